@@ -1,0 +1,53 @@
+"""Every test runs in its own folder with its own SQLite store; no test leaks an active MLflow run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    """chdir to a temporary folder and point MLFLOW_TRACKING_URI at a SQLite store inside it."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    try:
+        import mlflow
+    except ImportError:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+@pytest.fixture
+def store_uri(isolated_store) -> str:
+    return isolated_store
+
+
+@pytest.fixture
+def experiment_file(tmp_path):
+    """Write a small experiment file and return its path."""
+
+    def write(text: str, name: str = "exp.toml") -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def cli_runner():
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+def pytest_configure(config):
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")

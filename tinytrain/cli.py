@@ -1,0 +1,225 @@
+"""The tinytrain command line: a thin click layer over spec, sweep, tracking and report.
+
+The library raises its own errors; only this module turns them into one-line messages and exit codes
+(2 for bad input, 1 for a store or cluster that cannot be used or runs that failed, 130 for Ctrl-C).
+Neither torch nor MLflow is imported at module level, so `tinytrain --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from tinytrain.spec import ConfigError, load_experiment
+
+EXIT_RUNS_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class BadInput(click.ClickException):
+    """Bad input: one line, exit code 2."""
+
+    exit_code = 2
+
+
+def translate_errors(command):
+    """Library errors -> one-line click errors; nothing else reaches the user as a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from tinytrain.executors import ExecutorError
+        from tinytrain.tracking import TrackingError
+
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as error:
+            raise BadInput(str(error)) from None
+        except (TrackingError, ExecutorError) as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper
+
+
+tracking_uri_option = click.option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, metavar="URI",
+    help="The MLflow store: a SQLite file or http://HOST:PORT (default: mlruns/mlflow.db; env "
+         "MLFLOW_TRACKING_URI).",
+)
+
+
+def resolved_uri(tracking_uri: str | None) -> str:
+    from tinytrain.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(tracking_uri)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tinytrain")
+def cli() -> None:
+    """See, measure and compare how optimizers train the PyTorch tutorial LeNet.
+
+    \b
+    Example:
+        tinytrain sweep --set steps=10 --set optimizer=adam,sgd
+        tinytrain compare
+    """
+
+
+@cli.command()
+@click.argument("file", required=False, metavar="[FILE]")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2",
+              help="Override a setting or a grid axis (repeatable), e.g. --set steps=10 --set lr=0.1,0.01.")
+@tracking_uri_option
+@click.option("--dry-run", is_flag=True, help="List the runs, marking those already done; write nothing.")
+@click.option("--force", is_flag=True, help="Run every cell again, even those already finished in the store.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (with --executor pool or dask).")
+@click.option("--executor", type=click.Choice(["inprocess", "pool", "dask"]), default=None,
+              help="Where runs execute [default: inprocess, or pool when --jobs > 1].")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
+              help="A running Dask scheduler (with --executor dask); without it a local cluster is started.")
+@click.option("--engine", type=click.Choice(["sequential", "vmap"]), default=None,
+              help="sequential: one run at a time; vmap: every cell in one batched net.")
+@click.option("--from-run", "from_run", metavar="PARENT_RUN_ID", default=None,
+              help="Re-run the sweep whose resolved experiment file a parent run keeps.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@translate_errors
+def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, scheduler, engine, from_run, quiet):
+    """Train every cell of an experiment's grid (default: experiments/optimizer-grid.toml) and log it.
+
+    Cells already finished in the store are skipped, so an interrupted sweep resumes where it stopped.
+
+    \b
+    Example:
+        tinytrain sweep experiments/one-step-adam.toml
+        tinytrain sweep --set steps=10 --set lr=0.1,0.01 --set optimizer=adam --dry-run
+    """
+    overrides = list(overrides) + ([f"engine={engine}"] if engine else [])
+    uri = resolved_uri(tracking_uri)
+    if from_run:
+        if file:
+            raise BadInput("give either FILE or --from-run, not both")
+        from tinytrain.tracking import read_sweep_experiment
+
+        experiment = load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run))
+    else:
+        experiment = load_experiment(file, overrides)
+    if dry_run:
+        show_plan(experiment, uri, force)
+        return
+    from tinytrain.sweep import run_sweep
+
+    outcome = run_sweep(experiment, uri, force=force, executor=executor or "inprocess", jobs=jobs,
+                        scheduler=scheduler, progress=not quiet)
+    show_summary(outcome)
+    if outcome.interrupted:
+        click.echo("Interrupted: the current run is marked KILLED; run the same command again to resume.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if outcome.counts.failed:
+        sys.exit(EXIT_RUNS_FAILED)
+
+
+def show_plan(experiment, uri: str, force: bool) -> None:
+    from tinytrain.sweep import plan
+
+    cells = plan(experiment, uri)
+    done = sum(cell.done_run_id is not None for cell in cells)
+    for cell in cells:
+        status = "done" if cell.done_run_id and not force else "run"
+        spec = cell.spec
+        click.echo(f"{status:4}  {spec.optimizer:<14} lr={spec.lr:<8g} seed={spec.seed:<3} steps={spec.steps:<5} "
+                   f"key={spec.key}")
+    to_run = len(cells) if force else len(cells) - done
+    click.echo(f"{experiment.name}: {len(cells)} runs, {to_run} to run, {len(cells) - to_run} already done "
+               "(dry run: nothing written)")
+
+
+def show_summary(outcome) -> None:
+    counts = outcome.counts
+    ran = counts.converged + counts.diverged + counts.failed
+    click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.converged} converged, "
+               f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
+               f"in {outcome.seconds:.1f} s")
+    if outcome.recovered:
+        click.echo(f"Marked FAILED {outcome.recovered} run(s) left RUNNING by a killed sweep; their cells ran again.")
+    if counts.replaced:
+        click.echo(f"Replaced {counts.replaced} earlier finished run(s) (--force; the old ones are soft-deleted).")
+    for failure in outcome.failures:
+        click.echo(f"failed: {failure}", err=True)
+    parent = f" (sweep run {outcome.parent_run_id})" if outcome.parent_run_id else ""
+    click.echo(f"Store: {outcome.uri}{parent}")
+    click.echo(f"Browse: `make ui`, then open {outcome.runs_url}")
+
+
+@cli.command()
+@click.option("--optimizer", default="adam", show_default=True,
+              help="sgd, adam, adamw, rmsprop, adagrad, or a variant of the experiment file.")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: the optimizer's torch default].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, default=None, help="Optimizer steps [default: the experiment file's].")
+@click.option("--file", "file", default=None, metavar="FILE",
+              help="Experiment file for the settings and variants [default: experiments/optimizer-grid.toml].")
+@tracking_uri_option
+@translate_errors
+def run(optimizer, lr, seed, steps, file, tracking_uri):
+    """Train and log one run (no parent sweep); an earlier finished run of the same cell is replaced.
+
+    \b
+    Example (the blog's measurement):
+        tinytrain run --optimizer adam --lr 1e-3 --seed 0 --steps 1
+    """
+    overrides = [f"optimizer={optimizer}", f"seed={seed}"]
+    overrides += [f"lr={lr!r}"] if lr is not None else []
+    overrides += [f"steps={steps}"] if steps is not None else []
+    experiment = load_experiment(file, overrides)
+    if lr is None:
+        experiment.grid.pop("lr", None)  # the optimizer's own default
+    from tinytrain.sweep import run_sweep
+
+    outcome = run_sweep(experiment, resolved_uri(tracking_uri), force=True, with_parent=False, progress=False)
+    if outcome.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    (run_id,) = outcome.counts.run_ids.values()
+    spec = experiment.specs()[0]
+    from tinytrain.tracking import read_losses
+
+    losses = read_losses(outcome.uri, run_id)
+    verdict = "diverged" if outcome.counts.diverged else ("failed" if outcome.counts.failed else "converged")
+    click.echo(f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s), "
+               f"{verdict}; run {run_id}")
+    click.echo(f"Browse: `make ui`, then open {outcome.runs_url}")
+    if outcome.counts.failed:
+        sys.exit(EXIT_RUNS_FAILED)
+
+
+@cli.command()
+@tracking_uri_option
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Keep it on loopback unless you mean it.")
+@translate_errors
+def ui(tracking_uri, port, host):
+    """The MLflow UI on the project's store (runs, nested sweeps, loss curves, checkpoints).
+
+    \b
+    Example:
+        tinytrain ui --port 5000   # then open the runs page it prints
+    """
+    import os
+
+    from tinytrain.tracking import server_command
+
+    uri = resolved_uri(tracking_uri)
+    command, env = server_command(uri, host, port)
+    click.echo(f"MLflow UI on {uri}: http://{host}:{port}/#/experiments (a sweep's runs table is at "
+               f"http://{host}:{port}/#/experiments/<id>/runs; Ctrl-C stops it)")
+    os.execve(command[0], command, env)
+
+
+def main() -> None:
+    cli(prog_name="tinytrain")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Where runs execute: in this process, in a local process pool, or on a Dask cluster.
+
+An executor takes specs and yields their results as they finish, calling `started(spec)` when a run is
+handed out. Results always come back to the driver, which alone writes the store: a SQLite file never
+gets writers from several processes, and a task that a cluster re-runs is still logged once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import TYPE_CHECKING, Protocol
+
+from tinytrain.spec import RunSpec
+
+if TYPE_CHECKING:
+    from tinytrain.train import RunResult
+
+Started = Callable[[RunSpec], None]
+EXECUTORS = ("inprocess", "pool", "dask")
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot start (an unreachable scheduler, a missing extra)."""
+
+
+class Executor(Protocol):
+    def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """Runs one after another in this process (the default; what every other executor must equal)."""
+
+    def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
+        from tinytrain.train import train_safely
+
+        sequential = [spec for spec in specs if spec.engine != "vmap"]
+        for spec in sequential:
+            started(spec)
+            yield train_safely(spec)
+        batch = [spec for spec in specs if spec.engine == "vmap"]
+        if batch:
+            from tinytrain.vmap import train_batch
+
+            for spec in batch:
+                started(spec)
+            yield from train_batch(batch)
+
+    def close(self) -> None:
+        pass
+
+
+def _pin_worker_threads() -> None:
+    """Each worker process trains with the spec's thread count; start it at one to avoid oversubscription."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class ProcessPool:
+    """A local pool of N worker processes (spawned, so no torch state is forked)."""
+
+    def __init__(self, jobs: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.jobs = jobs
+        self.pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_pin_worker_threads
+        )
+
+    def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
+        from tinytrain.train import train_safely
+
+        yield from _bounded(specs, started, lambda spec: self.pool.submit(train_safely, spec), 2 * self.jobs)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _bounded(specs: list[RunSpec], started: Started, submit: Callable[[RunSpec], Future],
+             window: int) -> Iterator[RunResult]:
+    """Keep at most `window` runs in flight; yield results as they complete."""
+    pending: set[Future] = set()
+    queue = list(reversed(specs))
+    try:
+        while queue or pending:
+            while queue and len(pending) < window:
+                spec = queue.pop()
+                started(spec)
+                pending.add(submit(spec))
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def make_executor(name: str = "inprocess", jobs: int = 1, scheduler: str | None = None) -> Executor:
+    if name == "dask":
+        from tinytrain.distributed import DaskExecutor
+
+        return DaskExecutor(scheduler=scheduler, workers=max(jobs, 1))
+    if name == "pool" or jobs > 1:
+        return ProcessPool(jobs)
+    return InProcess()

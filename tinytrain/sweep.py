@@ -1,0 +1,124 @@
+"""A sweep: expand the grid, skip the cells already finished in the store, train the rest, log them all.
+
+Data flows one way: experiment -> specs -> results (an executor) -> records (a Recorder). Everything that
+can be wrong with the input is found before the store is touched.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from tinytrain.executors import make_executor
+from tinytrain.spec import Experiment, RunSpec
+from tinytrain.tracking import Recorder, SweepCounts, check_store, runs_page_url
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did, for the summary and the exit code."""
+
+    experiment: Experiment
+    uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    counts: SweepCounts
+    recovered: int
+    seconds: float
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def runs_url(self) -> str:
+        return runs_page_url(self.uri, self.experiment_id)
+
+
+@dataclass
+class CellStatus:
+    spec: RunSpec
+    done_run_id: str | None  # the finished run of this cell, if the store has one
+
+
+def plan(experiment: Experiment, uri: str | None) -> list[CellStatus]:
+    """Each cell and whether the store already has it finished (for --dry-run: nothing is written)."""
+    specs = experiment.specs()
+    finished: dict[str, str] = {}
+    if uri is not None:
+        from tinytrain.tracking import finished_keys_readonly
+
+        finished = finished_keys_readonly(uri, experiment.name)
+    return [CellStatus(spec, finished.get(spec.key)) for spec in specs]
+
+
+def run_sweep(
+    experiment: Experiment,
+    uri: str,
+    *,
+    force: bool = False,
+    executor: str = "inprocess",
+    jobs: int = 1,
+    scheduler: str | None = None,
+    with_parent: bool = True,
+    progress: bool = True,
+    background: bool = False,
+) -> SweepOutcome:
+    """Train every cell not yet finished and log it. Ctrl-C ends the current run as KILLED and re-raises."""
+    started_at = time.perf_counter()
+    specs = experiment.specs()
+    check_store(uri)
+    runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
+    recorder = Recorder(uri)
+    try:
+        opened = recorder.open(experiment, specs, skip_finished=not force, with_parent=with_parent)
+        todo = [spec for spec in specs if spec.key not in opened.finished]
+        outcome = SweepOutcome(experiment, uri, opened.experiment_id, opened.parent_run_id, recorder.counts,
+                               opened.recovered, 0.0)
+        status = "FINISHED"
+        try:
+            with _progress(len(specs), len(specs) - len(todo), enabled=progress) as advance:
+                for result in runner.run(todo, recorder.run_started):
+                    recorder.run_finished(result)
+                    if result.error:
+                        outcome.failures.append(f"{result.spec.run_name}: {result.error}")
+                    advance()
+        except KeyboardInterrupt:
+            status, outcome.interrupted = "KILLED", True
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            recorder.close(status)
+    finally:
+        runner.close()
+    outcome.seconds = time.perf_counter() - started_at
+    return outcome
+
+
+class _progress:
+    """A progress bar over the sweep's runs (done/total, elapsed, ETA), on stderr when it is a terminal."""
+
+    def __init__(self, total: int, already: int, enabled: bool):
+        self.total, self.already = total, already
+        self.enabled = enabled and sys.stderr.isatty() and total > already
+        self.bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+        )
+        self.bar.start()
+        task = self.bar.add_task("runs", total=self.total, completed=self.already)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc_info):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

@@ -1,0 +1,112 @@
+"""train(spec) -> RunResult: one run of the experiment, in plain torch (no MLflow, no click)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+import torch
+
+from tinytrain.model import LeNet
+from tinytrain.optimizers import build_optimizer
+from tinytrain.problem import loss_fn, make_input, make_target
+from tinytrain.spec import RunSpec
+
+CONVERGED, DIVERGED, FAILED = "converged", "diverged", "failed"
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the loss at every step, its outcome and the weights to checkpoint."""
+
+    spec: RunSpec
+    losses: list[float]  # losses[i] is the loss before step i's update; losses[steps] after the last
+    outcome: str  # converged, diverged (a non-finite loss ended it) or failed (it raised)
+    final_weights: StateDict | None = None  # None for a diverged or failed run: nothing to checkpoint
+    checkpoints: dict[int, StateDict] = field(default_factory=dict)  # step -> weights, every checkpoint_every
+    train_seconds: float = 0.0
+    error: str | None = None
+    runtime: dict[str, str] = field(default_factory=dict)  # threads and switches it actually ran with
+
+    @property
+    def initial_loss(self) -> float:
+        return self.losses[0] if self.losses else math.nan
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else math.nan
+
+
+def configure_runtime(threads: int, mkldnn: bool) -> None:
+    """The settings that decide the bits of a result besides the spec itself; every run sets them."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = mkldnn
+    torch.use_deterministic_algorithms(True)
+
+
+def runtime_settings() -> dict[str, str]:
+    """What configure_runtime set, as it stands in this process (recorded with every run)."""
+    return {
+        "torch_threads": str(torch.get_num_threads()),
+        "mkldnn_enabled": str(torch.backends.mkldnn.enabled),
+        "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
+    }
+
+
+def snapshot(net: torch.nn.Module) -> StateDict:
+    return {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
+
+
+def initial_net(spec: RunSpec) -> LeNet:
+    """The net of a run as it starts: seeded right before it is built."""
+    torch.manual_seed(spec.seed)
+    return LeNet()
+
+
+def train(spec: RunSpec) -> RunResult:
+    """Train one run: for each step zero_grad, forward, loss, backward, step; then one more forward."""
+    configure_runtime(spec.threads, spec.mkldnn)
+    started = time.perf_counter()
+    x, target = make_input(spec.data_seed), make_target(spec.target_index)
+    net = initial_net(spec)
+    optimizer = build_optimizer(spec.kind, net.parameters(), spec.lr, spec.optimizer_kwargs)
+    losses: list[float] = []
+    checkpoints: dict[int, StateDict] = {}
+    for step in range(spec.steps):
+        optimizer.zero_grad()
+        loss = loss_fn(net(x), target)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            return RunResult(spec, losses, DIVERGED, train_seconds=time.perf_counter() - started,
+                             runtime=runtime_settings())
+        loss.backward()
+        optimizer.step()
+        done = step + 1
+        if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
+            checkpoints[done] = snapshot(net)
+    with torch.no_grad():
+        losses.append(loss_fn(net(x), target).item())
+    seconds = time.perf_counter() - started
+    if not math.isfinite(losses[-1]):
+        return RunResult(spec, losses, DIVERGED, train_seconds=seconds, runtime=runtime_settings())
+    return RunResult(spec, losses, CONVERGED, snapshot(net), checkpoints, seconds, runtime=runtime_settings())
+
+
+def train_safely(spec: RunSpec) -> RunResult:
+    """train(), with an exception turned into a failed result so that a sweep goes on."""
+    try:
+        return train(spec)
+    except Exception as error:  # noqa: BLE001 - any error of one run must not end the sweep
+        return RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error}")
+
+
+def evaluate(weights: StateDict, data_seed: int, target_index: int) -> float:
+    """The loss of given weights on the experiment's input and target (for checkpoint checks)."""
+    net = LeNet()
+    net.load_state_dict(weights)
+    with torch.no_grad():
+        return loss_fn(net(make_input(data_seed)), make_target(target_index)).item()
+
