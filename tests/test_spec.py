@@ -1,0 +1,218 @@
+"""Experiment files, overrides and validation: every bad input gets its own one-line message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinytrain.spec import ConfigError, RunSpec, load_experiment, parse_override, validate
+
+from .conftest import PROJECT_ROOT
+
+SMALL = """
+name = "small"
+steps = 3
+[grid]
+optimizer = ["sgd", "heavy"]
+lr = [0.1, 0.01]
+seed = [0, 1, 2]
+[optimizers.heavy]
+type = "sgd"
+momentum = 0.9
+"""
+
+
+def test_grid_expands_to_the_cartesian_product_in_order(experiment_file):
+    specs = load_experiment(experiment_file(SMALL)).specs()
+    assert len(specs) == 2 * 2 * 3
+    assert [(s.optimizer, s.lr, s.seed) for s in specs[:4]] == [
+        ("sgd", 0.1, 0), ("sgd", 0.1, 1), ("sgd", 0.1, 2), ("sgd", 0.01, 0)]
+    heavy = specs[-1]
+    assert (heavy.optimizer, heavy.kind, heavy.lr, heavy.seed, heavy.steps) == ("heavy", "sgd", 0.01, 2, 3)
+    assert heavy.optimizer_kwargs == {"momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
+                                      "nesterov": False, "maximize": False}
+
+
+def test_missing_lr_axis_takes_each_optimizers_torch_default():
+    experiment = validate({"grid": {"optimizer": ["adam", "rmsprop"]}})
+    assert [(s.optimizer, s.lr) for s in experiment.specs()] == [("adam", 1e-3), ("rmsprop", 1e-2)]
+
+
+def test_set_overrides_axes_settings_and_variant_hyperparameters(experiment_file):
+    experiment = load_experiment(experiment_file(SMALL), [
+        "steps=10", "lr=0.1,1e-3", "optimizer=heavy", "seed=7", "optimizers.heavy.nesterov=true"])
+    specs = experiment.specs()
+    assert [(s.optimizer, s.lr, s.seed, s.steps) for s in specs] == [("heavy", 0.1, 7, 10), ("heavy", 1e-3, 7, 10)]
+    assert specs[0].optimizer_kwargs["nesterov"] is True
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("lr=0.1,0.01", ("lr", [0.1, 0.01])),
+    ("optimizer=adam,sgd", ("optimizer", ["adam", "sgd"])),
+    ("steps=10", ("steps", [10])),
+    ("seed=0, 1", ("seed", [0, 1])),
+    ("mkldnn=true", ("mkldnn", [True])),
+    ("lr=.5", ("lr", [0.5])),
+    ("optimizers.x.betas=[0.9, 0.99]", ("optimizers.x.betas", [[0.9, 0.99]])),
+])
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+BAD_INPUTS = [
+    ({"grid": {"optimizer": ["adamx"]}},
+     "unknown optimizer 'adamx' in grid.optimizer: use one of adagrad, adam, adamw, rmsprop, sgd, "
+     "or define it as [optimizers.adamx] with a type"),
+    ({"optimizers": {"m": {"type": "sgd", "momentun": 0.9}}, "grid": {"optimizer": ["m"]}},
+     "unknown hyperparameter 'momentun' for optimizer 'm' (type sgd): known ones are dampening, maximize, "
+     "momentum, nesterov, weight_decay"),
+    ({"stepz": 3}, "unknown key 'stepz' in <experiment>: known keys are checkpoint_every, data_seed, engine, "
+                   "grid, mkldnn, name, optimizers, steps, target_index, threads"),
+    ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
+    ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
+    ({"grid": {"lr": [float("inf")]}}, "lr must be a finite number > 0, got inf in grid.lr"),
+    ({"grid": {"lr": [float("nan")]}}, "lr must be a finite number > 0, got nan in grid.lr"),
+    ({"grid": {"lr": ["fast"]}}, "lr must be a finite number > 0, got 'fast' in grid.lr"),
+    ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+    ({"steps": 2.5}, "steps must be an integer >= 1, got 2.5"),
+    ({"grid": {"seed": []}}, "grid.seed is empty: give at least one value"),
+    ({"grid": {"seed": [-1]}}, "seed must be an integer >= 0, got -1 in grid.seed"),
+    ({"grid": {"seed": [1, 1]}}, "grid.seed lists 1 more than once: list each value once"),
+    ({"grid": {"epochs": [1]}}, "unknown grid axis 'epochs': the axes are optimizer, lr, seed"),
+    ({"target_index": 10}, "target_index must be an integer from 0 to 9, got 10"),
+    ({"engine": "jax"}, "engine must be one of sequential, vmap, got 'jax'"),
+    ({"optimizers": {"adam": {"type": "adam"}}},
+     "[optimizers.adam] redefines the built-in 'adam': give the variant its own name, e.g. [optimizers.adam-custom]"),
+    ({"optimizers": {"m": {"type": "lbfgs"}}}, "optimizers.m has type 'lbfgs': use one of adagrad, adam, adamw, "
+                                               "rmsprop, sgd"),
+    ({"optimizers": {"m": {"type": "sgd", "lr": 0.1}}},
+     "optimizers.m sets lr: the learning rate is a grid axis, set it in [grid]"),
+    ({"optimizers": {"m": {"type": "sgd", "momentum": -1}}}, "optimizers.m.momentum must be a finite number >= 0, "
+                                                             "got -1"),
+    ({"optimizers": {"m": {"type": "adam", "betas": [0.9]}}},
+     "optimizers.m.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got [0.9]"),
+    ({"optimizers": {"m": {"type": "sgd", "nesterov": True}}},
+     "optimizers.m: nesterov needs momentum > 0 and dampening = 0"),
+]
+
+
+@pytest.mark.parametrize("raw, message", BAD_INPUTS)
+def test_each_bad_input_has_its_own_message(raw, message):
+    with pytest.raises(ConfigError) as error:
+        validate(raw)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps10", "--set 'steps10' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
+    ("=3", "--set '=3' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
+    ("lr=0.1,", "--set 'lr=0.1,' has an empty value: give values separated by commas, e.g. lr=1,2"),
+    ("steps=1,2", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
+    ("colour=red", "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
+                   "data_seed, target_index, checkpoint_every, threads, mkldnn, engine) or optimizers.NAME."
+                   "HYPERPARAMETER"),
+])
+def test_bad_overrides(text, message):
+    with pytest.raises(ConfigError) as error:
+        load_experiment(text="", overrides=[text])
+    assert str(error.value) == message
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"^experiment file 'nope.toml' does not exist"):
+        load_experiment("nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = \n")
+    with pytest.raises(ConfigError, match=r"bad.toml is not valid TOML: .*line 1"):
+        load_experiment(bad)
+
+
+def test_every_experiment_file_loads_and_validates():
+    files = sorted((PROJECT_ROOT / "experiments").glob("*.toml"))
+    assert {f.name for f in files} >= {"optimizer-grid.toml", "one-step-adam.toml"}
+    for path in files:
+        experiment = load_experiment(path)
+        assert experiment.specs(), path
+        assert path.read_text().startswith("# tinytrain sweep"), f"{path} must say how to run it"
+
+
+def test_default_grid_is_45_runs_of_100_steps():
+    specs = load_experiment(PROJECT_ROOT / "experiments" / "optimizer-grid.toml").specs()
+    assert len(specs) == 45 and {s.steps for s in specs} == {100}
+    assert {s.optimizer for s in specs} == {"sgd", "sgd-momentum", "adam", "adamw", "rmsprop"}
+    one_step = load_experiment(PROJECT_ROOT / "experiments" / "one-step-adam.toml").specs()
+    assert [(s.optimizer, s.lr, s.steps) for s in one_step] == [("adam", 1e-3, 1)] * 10
+    assert [s.seed for s in one_step] == list(range(10))
+
+
+def test_resolved_toml_loads_back_to_the_same_specs(experiment_file):
+    experiment = load_experiment(experiment_file(SMALL), ["lr=1e-05,0.5"])
+    again = load_experiment(text=experiment.to_toml())
+    assert again.specs() == experiment.specs()
+    assert [s.key for s in again.specs()] == [s.key for s in experiment.specs()]
+
+
+def test_spec_round_trips_through_its_logged_params(experiment_file):
+    for spec in load_experiment(experiment_file(SMALL), ["optimizer=heavy,sgd"]).specs():
+        assert RunSpec.from_params(spec.params()) == spec
+    for kind in ("adam", "adamw", "rmsprop", "adagrad"):
+        spec = validate({"grid": {"optimizer": [kind]}}).specs()[0]
+        assert RunSpec.from_params(spec.params()) == spec
+
+
+def test_run_key_is_stable_across_processes_and_changes_with_every_field():
+    spec = validate({"grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}}).specs()[0]
+    code = ("from tinytrain.spec import validate; "
+            "print(validate({'grid': {'optimizer': ['adam'], 'lr': [1e-3], 'seed': [0]}}).specs()[0].key)")
+    other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other_process.stdout.strip() == spec.key
+    variations = [
+        {"grid": {"optimizer": ["adamw"], "lr": [1e-3], "seed": [0]}},
+        {"grid": {"optimizer": ["adam"], "lr": [1e-2], "seed": [0]}},
+        {"grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [1]}},
+        {"steps": 7, "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
+        {"data_seed": 1, "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
+        {"target_index": 0, "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
+        {"threads": 2, "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
+        {"mkldnn": True, "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
+        {"engine": "vmap", "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
+        {"optimizers": {"a2": {"type": "adam", "eps": 1e-6}}, "grid": {"optimizer": ["a2"], "lr": [1e-3]}},
+    ]
+    keys = {validate(raw).specs()[0].key for raw in variations}
+    assert spec.key not in keys and len(keys) == len(variations)
+    # checkpoints change what is saved, not what is computed: same cell, same key
+    assert validate({"checkpoint_every": 5, "grid": {"optimizer": ["adam"], "lr": [1e-3]}}).specs()[0].key == spec.key
+
+
+def test_params_name_every_hyperparameter_actually_used():
+    spec = validate({"grid": {"optimizer": ["adam"]}}).specs()[0]
+    params = spec.params()
+    assert {k: params[k] for k in ("optimizer", "lr", "seed", "steps", "data_seed", "target_index")} == {
+        "optimizer": "adam", "lr": "0.001", "seed": "0", "steps": "100", "data_seed": "0", "target_index": "3"}
+    assert {k: params[k] for k in ("betas", "eps", "weight_decay", "amsgrad")} == {
+        "betas": "(0.9, 0.999)", "eps": "1e-08", "weight_decay": "0.0", "amsgrad": "False"}
+    json.dumps(params)  # all strings
+
+
+def test_optimizer_table_matches_torch_signatures():
+    import inspect
+
+    import torch
+
+    from tinytrain.optimizers import OPTIMIZERS
+
+    for class_name, default_lr, defaults in OPTIMIZERS.values():
+        signature = inspect.signature(getattr(torch.optim, class_name)).parameters
+        assert signature["lr"].default == default_lr, class_name
+        for name, value in defaults.items():
+            assert signature[name].default == value, f"{class_name}.{name}"
+
+
+def test_spec_module_imports_neither_torch_nor_mlflow():
+    code = "import sys, tinytrain.cli, tinytrain.spec; print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd())
+    assert out.stdout.strip() == "False False"

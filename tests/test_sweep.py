@@ -1,0 +1,179 @@
+"""End to end through the CLI on a real temporary SQLite store: what a sweep writes, and what it must not."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinytrain.cli import cli
+
+GRID = """# tinytrain sweep grid.toml
+name = "e2e"
+steps = 4
+[grid]
+optimizer = ["sgd", "adam"]
+lr = [0.01, 1000.0]
+seed = [0, 1]
+"""
+
+
+def client(uri):
+    import mlflow
+
+    return mlflow.MlflowClient(uri)
+
+
+def runs_of(uri, name="e2e"):
+    experiment = client(uri).get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    return client(uri).search_runs([experiment.experiment_id], max_results=1000)
+
+
+def children(uri, name="e2e"):
+    return [run for run in runs_of(uri, name) if run.data.tags.get("tinytrain.kind") == "run"]
+
+
+def store_digest(uri: str) -> str | None:
+    path = Path(uri.removeprefix("sqlite:///"))
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+@pytest.fixture
+def swept(cli_runner, experiment_file, store_uri):
+    result = cli_runner.invoke(cli, ["sweep", experiment_file(GRID, "grid.toml"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_a_sweep_logs_one_parent_and_a_nested_run_per_cell(swept, store_uri):
+    runs = runs_of(store_uri)
+    parents = [run for run in runs if run.data.tags.get("tinytrain.kind") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    cells = children(store_uri)
+    assert len(cells) == 8
+    assert {run.data.tags["mlflow.parentRunId"] for run in cells} == {parents[0].info.run_id}
+    assert sorted((r.data.params["optimizer"], float(r.data.params["lr"]), int(r.data.params["seed"]))
+                  for r in cells) == sorted((o, lr, s) for o in ("sgd", "adam") for lr in (0.01, 1000.0)
+                                            for s in (0, 1))
+    adam = next(r for r in cells if r.data.params["optimizer"] == "adam")
+    assert {k: adam.data.params[k] for k in ("steps", "data_seed", "target_index", "betas", "eps")} == {
+        "steps": "4", "data_seed": "0", "target_index": "3", "betas": "(0.9, 0.999)", "eps": "1e-08"}
+    tags = adam.data.tags
+    for name in ("tinytrain.python", "tinytrain.torch", "tinytrain.mlflow", "tinytrain.git_commit",
+                 "tinytrain.torch_threads", "tinytrain.mkldnn_enabled", "tinytrain.run_key"):
+        assert tags.get(name), name
+    experiment_file_text = client(store_uri).download_artifacts(parents[0].info.run_id, "experiment.toml")
+    assert 'name = "e2e"' in Path(experiment_file_text).read_text()
+    assert "8 runs: 8 trained (4 converged, 4 diverged, 0 failed), 0 already done" in swept.output
+
+
+def test_losses_and_the_checkpoint_follow_the_contract(swept, store_uri):
+    import mlflow.pytorch
+
+    from tinytrain.train import evaluate
+
+    converged = [r for r in children(store_uri) if r.data.tags["tinytrain.outcome"] == "converged"]
+    assert len(converged) == 4
+    for run in converged:
+        history = sorted(client(store_uri).get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(5))  # steps + 1 points
+        assert run.data.metrics["final_loss"] == history[-1].value
+        assert run.data.metrics["initial_loss"] == history[0].value
+    run = converged[0]
+    outputs = run.outputs.model_outputs
+    assert len(outputs) == 1 and outputs[0].step == 4
+    model = mlflow.pytorch.load_model(f"models:/{outputs[0].model_id}")
+    assert evaluate(model.state_dict(), 0, 3) == run.data.metrics["final_loss"]
+
+
+def test_divergence_is_recorded_and_the_sweep_goes_on(swept, store_uri):
+    diverged = [r for r in children(store_uri) if r.data.tags["tinytrain.outcome"] == "diverged"]
+    assert sorted((r.data.params["optimizer"], r.data.params["lr"]) for r in diverged) == [
+        ("adam", "1000.0"), ("adam", "1000.0"), ("sgd", "1000.0"), ("sgd", "1000.0")]
+    for run in diverged:
+        assert run.info.status == "FINISHED"
+        assert not run.outputs.model_outputs  # no checkpoint of a diverged run
+        history = client(store_uri).get_metric_history(run.info.run_id, "loss")
+        last = max(history, key=lambda m: m.step).value
+        assert math.isnan(last) or last == sys.float_info.max  # MLflow stores inf as the largest float
+
+
+def test_a_second_sweep_skips_every_finished_cell(swept, cli_runner, store_uri):
+    again = cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "8 runs: 0 trained (0 converged, 0 diverged, 0 failed), 8 already done" in again.output
+    assert len(children(store_uri)) == 8
+
+
+def test_dry_run_lists_runs_marks_done_ones_and_writes_nothing(cli_runner, experiment_file, store_uri):
+    path = experiment_file(GRID, "grid.toml")
+    result = cli_runner.invoke(cli, ["sweep", path, "--dry-run", "--set", "seed=0"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "e2e: 4 runs, 4 to run, 0 already done (dry run: nothing written)"
+    assert store_digest(store_uri) is None
+    cli_runner.invoke(cli, ["sweep", path, "--set", "seed=0", "--set", "optimizer=adam", "--quiet"])
+    digest = store_digest(store_uri)
+    result = cli_runner.invoke(cli, ["sweep", path, "--dry-run", "--set", "seed=0"])
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["run", "run", "done", "done"]
+    assert lines[-1] == "e2e: 4 runs, 2 to run, 2 already done (dry run: nothing written)"
+    assert store_digest(store_uri) == digest
+
+
+BAD = [
+    (["--set", "optimizer=adamx"], "unknown optimizer 'adamx' in grid.optimizer"),
+    (["--set", "lr=0"], "lr must be a finite number > 0, got 0 in grid.lr"),
+    (["--set", "steps=0"], "steps must be an integer >= 1, got 0"),
+    (["--set", "seed="], "has an empty value"),
+    (["--set", "steps10"], "--set 'steps10' must look like KEY=V1,V2"),
+    (["--set", "stepz=1"], "--set stepz: unknown key"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD)
+def test_bad_input_is_one_line_exit_2_and_leaves_the_store_as_it_was(args, message, swept, cli_runner, store_uri):
+    before = store_digest(store_uri)
+    result = cli_runner.invoke(cli, ["sweep", "grid.toml", *args])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: ") and message in result.output
+    assert store_digest(store_uri) == before
+
+
+def test_bad_files_are_one_line_errors(cli_runner, experiment_file, store_uri):
+    for path, message in [("missing.toml", "Error: experiment file 'missing.toml' does not exist"),
+                          (experiment_file("steps = [\n", "broken.toml"), "broken.toml is not valid TOML"),
+                          (experiment_file('name = "x"\nsteps = 0\n', "zero.toml"), "steps must be an integer")]:
+        result = cli_runner.invoke(cli, ["sweep", path])
+        assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output, result.output
+    assert store_digest(store_uri) is None
+
+
+def test_run_logs_one_unnested_run_and_replaces_its_earlier_one(cli_runner, store_uri):
+    args = ["run", "--optimizer", "adam", "--lr", "1e-3", "--seed", "0", "--steps", "1"]
+    first = cli_runner.invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("adam-lr0.001-seed0: loss 0.0894599 -> 0.0697813 after 1 step(s), converged; run ")
+    second = cli_runner.invoke(cli, args)
+    assert second.exit_code == 0
+    cells = children(store_uri, "optimizer-grid")
+    assert len(cells) == 1 and "mlflow.parentRunId" not in cells[0].data.tags
+    assert cells[0].info.run_id in second.output
+
+
+def test_force_reruns_and_keeps_one_finished_run_per_cell(swept, cli_runner, store_uri):
+    result = cli_runner.invoke(cli, ["sweep", "grid.toml", "--force", "--set", "optimizer=adam", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Replaced 4 earlier finished run(s)" in result.output
+    keys = [r.data.tags["tinytrain.run_key"] for r in children(store_uri) if r.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 8
+
+
+def test_unreachable_tracking_server_is_one_line_before_any_run(cli_runner, experiment_file):
+    result = cli_runner.invoke(cli, ["sweep", experiment_file(GRID), "--tracking-uri", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("Error: cannot reach the tracking server at http://127.0.0.1:9")
