@@ -111,12 +111,18 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
         return
     from tinytrain.sweep import run_sweep
 
-    outcome = run_sweep(experiment, uri, force=force, executor=executor or "inprocess", jobs=jobs,
-                        scheduler=scheduler, progress=not quiet)
-    show_summary(outcome)
-    if outcome.interrupted:
-        click.echo("Interrupted: the current run is marked KILLED; run the same command again to resume.", err=True)
+    try:
+        outcome = run_sweep(experiment, uri, force=force, executor=executor or "inprocess", jobs=jobs,
+                            scheduler=scheduler, progress=not quiet)
+    except KeyboardInterrupt:  # before the first run: nothing to mark
+        click.echo("Interrupted before any run started.", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    if outcome.interrupted:
+        counts = outcome.counts
+        click.echo(f"Interrupted: {counts.converged + counts.diverged} run(s) finished, {counts.killed} marked "
+                   "KILLED; run the same command again to resume.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    show_summary(outcome)
     if outcome.counts.failed:
         sys.exit(EXIT_RUNS_FAILED)
 
@@ -192,6 +198,69 @@ def run(optimizer, lr, seed, steps, file, tracking_uri):
     click.echo(f"Browse: `make ui`, then open {outcome.runs_url}")
     if outcome.counts.failed:
         sys.exit(EXIT_RUNS_FAILED)
+
+
+@cli.command()
+@click.argument("run_id")
+@tracking_uri_option
+@translate_errors
+def reproduce(run_id, tracking_uri):
+    """Retrain a logged run from its MLflow record alone; compare every loss and checkpoint bit for bit.
+
+    Exits 0 when identical, 1 at the first difference (its step, both values and the difference).
+
+    \b
+    Example:
+        tinytrain reproduce 3f2a9c...   # a run id from the UI or `tinytrain compare`
+    """
+    from tinytrain.tracking import read_logged_run
+    from tinytrain.verify import reproduce as retrain_and_compare
+
+    record = read_logged_run(resolved_uri(tracking_uri), run_id)
+    if record.tags.get("tinytrain.run_key") != record.spec.key:
+        click.echo("note: the run's params no longer give its run key: the record was changed or written by "
+                   "another version", err=True)
+    verdict = retrain_and_compare(run_id, record.spec, record.losses, record.checkpoints, record.tags)
+    for note in verdict.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(verdict.describe())
+    sys.exit(0 if verdict.identical else 1)
+
+
+@cli.command()
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the net's initial weights.")
+@click.option("--entries", default="200", show_default=True, metavar="N|all",
+              help="Entries checked per parameter tensor (a fixed random sample), or all (about a minute).")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Largest relative error that passes.")
+@translate_errors
+def gradcheck(seed, entries, tolerance):
+    """Check autograd's gradients of the net and loss against central finite differences in float64.
+
+    Prints the largest relative error per parameter tensor; exits 0 when all pass, 1 otherwise.
+
+    \b
+    Example:
+        tinytrain gradcheck --entries all
+    """
+    if entries != "all" and not (entries.isdigit() and int(entries) > 0):
+        raise BadInput(f"--entries must be a positive number or all, got {entries!r}")
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinytrain.verify import gradient_check
+
+    checks = gradient_check(seed=seed, entries_per_tensor=None if entries == "all" else int(entries))
+    table = Table("tensor", "entries", "max relative error", "max absolute error", "verdict",
+                  title=f"autograd vs central differences (float64, seed {seed})")
+    for check in checks:
+        table.add_row(check.name, str(check.entries), f"{check.max_relative_error:.2e}",
+                      f"{check.max_absolute_error:.2e}", "ok" if check.passed(tolerance) else "FAIL")
+    Console(width=100).print(table)
+    failed = [check.name for check in checks if not check.passed(tolerance)]
+    click.echo(f"gradcheck failed for {', '.join(failed)} (tolerance {tolerance:g})" if failed
+               else f"gradcheck passed: every tensor within {tolerance:g}")
+    sys.exit(1 if failed else 0)
 
 
 @cli.command()

@@ -446,6 +446,45 @@ def read_sweep_experiment(uri: str, parent_run_id: str) -> str:
     return Store(uri).read_text(parent_run_id, EXPERIMENT_FILE)
 
 
+@dataclass
+class LoggedRun:
+    """What reproduce needs of a logged run: its spec (from its params alone), losses and checkpoints."""
+
+    run_id: str
+    spec: RunSpec
+    losses: list[float]
+    checkpoints: dict[int, dict]  # step -> state dict, loaded with weights_only=True (no code unpickled)
+    tags: dict[str, str]
+
+
+def read_logged_run(uri: str, run_id: str) -> LoggedRun:
+    """Read a run's record back: params -> spec, the `loss` history, every checkpoint's state dict."""
+    import torch
+
+    store = Store(uri)
+    run = store.get_run(run_id)
+    tags = run.data.tags
+    if tags.get(KIND) != "run":
+        raise TrackingError(f"run {run_id} is not a tinytrain run of a grid cell (a sweep's parent?): give the "
+                            "id of one of its nested runs")
+    try:
+        spec = RunSpec.from_params(run.data.params)
+    except (KeyError, ValueError) as error:
+        raise TrackingError(f"run {run_id} lacks the params to rebuild it ({error}): was it logged by "
+                            "tinytrain?") from None
+    losses = store.losses(run_id)
+    checkpoints: dict[int, dict] = {}
+    artifacts = [item.path for item in store.client.list_artifacts(run_id, "checkpoints")]
+    if artifacts:
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(store.client.download_artifacts(run_id, "checkpoints", folder))
+            for path in artifacts:
+                name = Path(path).name
+                step = len(losses) - 1 if name == "final.pt" else int(name.removeprefix("step-").removesuffix(".pt"))
+                checkpoints[step] = torch.load(local / name, weights_only=True)
+    return LoggedRun(run_id, spec, losses, checkpoints, dict(tags))
+
+
 class Recorder:
     """The single writing path of a sweep: opens it, records each run's start and result, closes it.
 
