@@ -23,6 +23,7 @@ def isolated_store(tmp_path, monkeypatch):
         return
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    mlflow.set_tracking_uri(None)  # a Store sets the process-wide URI; the next test has its own store
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ seed = [0, 1]
 
 
 def start_sweep(path, uri):
+    """A sweep in its own process group (it has a writer process beside it)."""
     return subprocess.Popen([sys.executable, "-m", "tinytrain", "sweep", path, "--quiet"],
-                            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -50,12 +51,14 @@ def statuses(uri):
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner):
+def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner):
+    """A lost machine: the sweep and its writer die at once and leave their runs RUNNING."""
     path = experiment_file(GRID)
     process = start_sweep(path, store_uri)
     wait_for_finished_runs(store_uri, 2, process)
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    time.sleep(0.5)
     before = statuses(store_uri)
     assert "RUNNING" in before and before.count("FINISHED") >= 2
     again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
@@ -71,7 +74,7 @@ def test_sigkill_then_rerun_gives_one_finished_run_per_cell(experiment_file, sto
 
 @pytest.mark.slow
 def test_sigint_marks_the_current_run_killed_and_exits_130(experiment_file, store_uri):
-    process = start_sweep(experiment_file(GRID), store_uri)
+    process = start_sweep(experiment_file(GRID.replace("steps = 150", "steps = 1500")), store_uri)
     wait_for_finished_runs(store_uri, 1, process)
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=60)
@@ -189,3 +192,25 @@ def test_gradcheck_fails_on_a_wrong_backward():
     checks = {check.name: check for check in gradient_check(WrongNet, entries_per_tensor=20)}
     assert not checks["conv1.weight"].passed(1e-4) and not checks["conv1.bias"].passed(1e-4)
     assert checks["fc3.weight"].passed(1e-4)  # the layers after the wrong backward are still right
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experiment_file, store_uri, cli_runner):
+    """SIGKILL of the sweep alone: its writer process sees it gone and marks what it left open FAILED."""
+    path = experiment_file(GRID)
+    process = start_sweep(path, store_uri)
+    wait_for_finished_runs(store_uri, 1, process)
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 60
+    while "RUNNING" in [run.info.status for run in runs_of(store_uri, "trust")] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    runs = runs_of(store_uri, "trust")
+    assert "RUNNING" not in [run.info.status for run in runs]
+    failed = [run for run in runs if run.info.status == "FAILED"]
+    assert failed and all(run.data.tags["tinytrain.error"] == "the sweep's process ended while it ran"
+                          for run in failed if run.data.tags.get("tinytrain.kind") == "run")
+    again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
+    assert again.exit_code == 0, again.output
+    keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 8

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from tinytrain.report import COLUMNS, FORMATS
 from tinytrain.spec import ConfigError, load_experiment
 
 EXIT_RUNS_FAILED = 1
@@ -109,6 +110,9 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
     if dry_run:
         show_plan(experiment, uri, force)
         return
+    if scheduler and executor not in (None, "dask"):
+        raise BadInput(f"--scheduler names a Dask scheduler: use it with --executor dask, not {executor}")
+    executor = executor or ("dask" if scheduler else None)  # --scheduler alone means the Dask executor
     from tinytrain.sweep import run_sweep
 
     try:
@@ -148,13 +152,13 @@ def show_summary(outcome) -> None:
     click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.converged} converged, "
                f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
                f"in {outcome.seconds:.1f} s")
-    if outcome.recovered:
-        click.echo(f"Marked FAILED {outcome.recovered} run(s) left RUNNING by a killed sweep; their cells ran again.")
+    if counts.recovered:
+        click.echo(f"Marked FAILED {counts.recovered} run(s) left RUNNING by a killed sweep; their cells ran again.")
     if counts.replaced:
         click.echo(f"Replaced {counts.replaced} earlier finished run(s) (--force; the old ones are soft-deleted).")
     for failure in outcome.failures:
         click.echo(f"failed: {failure}", err=True)
-    parent = f" (sweep run {outcome.parent_run_id})" if outcome.parent_run_id else ""
+    parent = f" (sweep run {counts.parent_run_id})" if counts.parent_run_id else ""
     click.echo(f"Store: {outcome.uri}{parent}")
     click.echo(f"Browse: `make ui`, then open {outcome.runs_url}")
 
@@ -277,13 +281,141 @@ def ui(tracking_uri, port, host):
     """
     import os
 
-    from tinytrain.tracking import server_command
+    from tinytrain.tracking import experiments_readonly, runs_page_url, server_command
 
     uri = resolved_uri(tracking_uri)
     command, env = server_command(uri, host, port)
-    click.echo(f"MLflow UI on {uri}: http://{host}:{port}/#/experiments (a sweep's runs table is at "
-               f"http://{host}:{port}/#/experiments/<id>/runs; Ctrl-C stops it)")
+    address = f"http://{host}:{port}"
+    click.echo(f"MLflow UI on {uri} at {address} (it takes a few seconds to start; Ctrl-C stops it)")
+    for experiment_id, name in experiments_readonly(uri):
+        click.echo(f"  {name}: {runs_page_url(uri, experiment_id, address)}")
+    sys.stdout.flush()
     os.execve(command[0], command, env)
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8786, show_default=True,
+              help="The scheduler's port on 127.0.0.1.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker processes, one thread each (one run at a time each).")
+@click.option("--stop", is_flag=True, help="Stop the cluster started from this folder, and clean up.")
+@translate_errors
+def cluster(port, workers, stop):
+    """Start a local Dask scheduler and workers on 127.0.0.1 in the background (or --stop them).
+
+    They keep running after this command returns (logs and state in .tinytrain-cluster/), so several
+    sweeps can use them; each run trains on a worker and its result is logged by the sweep itself.
+
+    \b
+    Example:
+        tinytrain cluster --port 8786 --workers 2
+        tinytrain sweep --executor dask --scheduler tcp://127.0.0.1:8786
+        tinytrain cluster --stop
+    """
+    from tinytrain.distributed import CLUSTER_FOLDER, start_cluster, stop_cluster
+
+    if stop:
+        stopped = stop_cluster(CLUSTER_FOLDER)
+        click.echo(f"Stopped the Dask cluster ({stopped} process(es)); removed {CLUSTER_FOLDER}/." if stopped
+                   else f"No Dask cluster running from this folder (nothing in {CLUSTER_FOLDER}/).")
+        return
+    state = start_cluster(port, workers, CLUSTER_FOLDER)
+    click.echo(f"Dask scheduler at {state.address} with {state.workers} worker(s), one thread each "
+               f"(logs in {CLUSTER_FOLDER}/)")
+    click.echo(f"Use it:  tinytrain sweep --executor dask --scheduler {state.address}")
+    click.echo("Stop it: tinytrain cluster --stop   (or make cluster-stop)")
+
+
+experiment_option = click.option(
+    "--experiment", "experiment_name", metavar="NAME", default=None,
+    help="The MLflow experiment [default: optimizer-grid, or the experiment of --sweep].",
+)
+sweep_option = click.option(
+    "--sweep", "sweep_id", metavar="PARENT_RUN_ID", default=None,
+    help="A sweep's parent run id [default: the experiment's latest sweep].",
+)
+
+
+def warn_missing_cells(sweep) -> None:
+    """Cells of the sweep that no finished run answers for: say so, on stderr, below the data."""
+    if sweep.missing:
+        names = ", ".join(sweep.missing[:5]) + (", ..." if len(sweep.missing) > 5 else "")
+        click.echo(f"note: {len(sweep.missing)} of {sweep.cells} cells have no finished run (failed, killed "
+                   f"or not run yet: {names}); run the sweep again to fill them", err=True)
+
+
+@cli.command()
+@experiment_option
+@sweep_option
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table for a terminal; markdown, csv and json for documents and scripts.")
+@click.option("--sort", type=click.Choice(COLUMNS), default=None,
+              help="Order the rows by this column, ascending [default: rank, by the geometric mean].")
+@click.option("--before-after", is_flag=True,
+              help="Instead: initial_loss -> final_loss of each seed, and their mean (the one-step "
+                   "measurement).")
+@tracking_uri_option
+@translate_errors
+def compare(experiment_name, sweep_id, output_format, sort, before_after, tracking_uri):
+    """Compare the cells of a sweep over their seeds: one row per (optimizer, lr).
+
+    Final losses span many decades, so besides mean ± std each row has the geometric mean and the spread
+    (std) of log10(final_loss), and rows rank by the geometric mean. Diverged seeds are counted and left
+    out of the statistics. Every cell of the sweep counts, also those it skipped because an earlier sweep
+    had finished them.
+
+    \b
+    Example:
+        tinytrain compare
+        tinytrain compare --experiment one-step-adam --before-after
+        tinytrain compare --sweep 3f2a9c... --format markdown --sort lr
+    """
+    from tinytrain import report
+    from tinytrain.tracking import read_sweep
+
+    if before_after and sort:
+        raise BadInput("--sort orders the compare table; --before-after lists the runs in grid order")
+    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id)
+    if before_after:
+        runs = report.before_after(sweep.runs)
+        text = report.render_before_after(runs, output_format, report.before_after_title(sweep))
+    else:
+        rows = report.sort_rows(report.summarize(sweep.runs), sort or "rank")
+        text = report.render_compare(rows, output_format, report.compare_title(sweep), report.COMPARE_CAPTION)
+    click.echo(text, nl=False)
+    warn_missing_cells(sweep)
+
+
+@cli.command()
+@experiment_option
+@sweep_option
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default="loss-curves.png",
+              show_default=True, help="The PNG file to write.")
+@tracking_uri_option
+@translate_errors
+def plot(experiment_name, sweep_id, out, tracking_uri):
+    """Plot a sweep's loss curves to a PNG: a panel per optimizer, a line per lr (log scale).
+
+    Each line is the median over seeds, with a band from the lowest to the highest seed; diverged seeds
+    are left out and named in the legend.
+
+    \b
+    Example:
+        tinytrain plot --out docs/loss-curves.png
+        tinytrain plot --experiment one-step-adam --sweep 3f2a9c... --out one-step.png
+    """
+    from tinytrain import report
+    from tinytrain.tracking import read_sweep
+
+    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=True)
+    if not sweep.runs:
+        raise click.ClickException(f"sweep {sweep.parent_run_id} has no finished run to plot yet")
+    figure = report.plot_loss_curves(sweep)
+    path = report.save_figure(figure, out)
+    lines = sum(len(ax.lines) for ax in figure.axes)
+    click.echo(f"Wrote {path}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.parent_run_id} of "
+               f"{sweep.experiment}")
+    warn_missing_cells(sweep)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
 from tinytrain.spec import Experiment, RunSpec
-from tinytrain.tracking import Recorder, SweepCounts, check_store, runs_page_url
+from tinytrain.tracking import Recorder, SweepCounts, check_store, finished_keys_readonly, runs_page_url
 
 
 @dataclass
@@ -21,17 +21,14 @@ class SweepOutcome:
 
     experiment: Experiment
     uri: str
-    experiment_id: str
-    parent_run_id: str | None
     counts: SweepCounts
-    recovered: int
     seconds: float
     interrupted: bool = False
     failures: list[str] = field(default_factory=list)
 
     @property
     def runs_url(self) -> str:
-        return runs_page_url(self.uri, self.experiment_id)
+        return runs_page_url(self.uri, self.counts.experiment_id)
 
 
 @dataclass
@@ -43,11 +40,7 @@ class CellStatus:
 def plan(experiment: Experiment, uri: str | None) -> list[CellStatus]:
     """Each cell and whether the store already has it finished (for --dry-run: nothing is written)."""
     specs = experiment.specs()
-    finished: dict[str, str] = {}
-    if uri is not None:
-        from tinytrain.tracking import finished_keys_readonly
-
-        finished = finished_keys_readonly(uri, experiment.name)
+    finished = finished_keys_readonly(uri, experiment.name) if uri is not None else {}
     return [CellStatus(spec, finished.get(spec.key)) for spec in specs]
 
 
@@ -61,38 +54,46 @@ def run_sweep(
     scheduler: str | None = None,
     with_parent: bool = True,
     progress: bool = True,
-    background: bool = False,
+    background: bool = True,
 ) -> SweepOutcome:
-    """Train every cell not yet finished and log it. Ctrl-C ends the current run as KILLED and re-raises."""
+    """Train every cell not yet finished and log it. Ctrl-C ends the current run as KILLED.
+
+    With `background`, a writer process logs while this one trains (see writer.py); this process then
+    never imports MLflow. Without it, the same Recorder writes in this process.
+    """
     started_at = time.perf_counter()
     specs = experiment.specs()
     check_store(uri)
+    finished = finished_keys_readonly(uri, experiment.name)
+    todo = [spec for spec in specs if force or spec.key not in finished]
     runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
-    recorder = Recorder(uri)
+    if background:
+        from tinytrain.writer import BackgroundRecorder
+
+        recorder = BackgroundRecorder(uri)
+    else:
+        recorder = Recorder(uri)
+    failures: list[str] = []
+    status, interrupted = "FINISHED", False
     try:
-        opened = recorder.open(experiment, specs, skip_finished=not force, with_parent=with_parent)
-        todo = [spec for spec in specs if spec.key not in opened.finished]
-        outcome = SweepOutcome(experiment, uri, opened.experiment_id, opened.parent_run_id, recorder.counts,
-                               opened.recovered, 0.0)
-        status = "FINISHED"
-        try:
-            with _progress(len(specs), len(specs) - len(todo), enabled=progress) as advance:
-                for result in runner.run(todo, recorder.run_started):
-                    recorder.run_finished(result)
-                    if result.error:
-                        outcome.failures.append(f"{result.spec.run_name}: {result.error}")
-                    advance()
-        except KeyboardInterrupt:
-            status, outcome.interrupted = "KILLED", True
-        except BaseException:
-            status = "FAILED"
-            raise
-        finally:
-            recorder.close(status)
+        recorder.open(experiment, specs, finished, force, with_parent)
+        with _progress(len(specs), len(specs) - len(todo), enabled=progress) as advance:
+            for result in runner.run(todo, recorder.run_started):
+                recorder.run_finished(result)
+                if result.error:
+                    failures.append(f"{result.spec.run_name}: {result.error}")
+                advance()
+    except KeyboardInterrupt:
+        status, interrupted = "KILLED", True
+    except BaseException:
+        status = "FAILED"
+        raise
     finally:
-        runner.close()
-    outcome.seconds = time.perf_counter() - started_at
-    return outcome
+        try:
+            counts = recorder.close(status)
+        finally:
+            runner.close()
+    return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures)
 
 
 class _progress:
@@ -107,8 +108,14 @@ class _progress:
         if not self.enabled:
             return lambda: None
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        from rich.progress import TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
             TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -8,20 +8,25 @@ sweep: the sweep hands it specs and results, in this process or in a background 
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+
+# MLflow 3 sends usage telemetry from every process that imports it; a research tool should not phone home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
-from tinytrain.spec import PROJECT_ROOT, Experiment, RunSpec
+from tinytrain.spec import DEFAULTS, PROJECT_ROOT, Experiment, RunSpec, load_experiment
 
 if TYPE_CHECKING:
     from tinytrain.train import RunResult
@@ -81,6 +86,34 @@ def artifact_root(uri: str) -> str | None:
     if is_http(uri):
         return None
     return (sqlite_path(uri).parent / "artifacts").as_uri()
+
+
+def _serve_server_artifacts_locally() -> None:
+    """Let a SQLite store read and write the artifacts of the experiments that `make server` created.
+
+    Through `mlflow server --serve-artifacts` an experiment gets `mlflow-artifacts:/<id>` as its artifact
+    root, which MLflow resolves only through a server: on the same mlruns/ without the server (tinytrain's
+    default), compare and plot could not read a sweep's experiment file, nor a sweep add runs to it. The
+    server of server_command serves the artifacts/ folder beside its database, so on a SQLite store such a
+    URI names artifacts/<path>; over HTTP, MLflow's own repository answers as before.
+    """
+    from mlflow.store.artifact import artifact_repository_registry as registry
+
+    registry._artifact_repository_registry.register("mlflow-artifacts", _server_artifacts_repository)
+
+
+def _server_artifacts_repository(artifact_uri: str, tracking_uri: str | None = None,
+                                 registry_uri: str | None = None) -> Any:
+    import mlflow
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    store = tracking_uri or mlflow.get_tracking_uri()
+    parsed = urlparse(artifact_uri)
+    if store.startswith("sqlite:///") and not parsed.netloc:  # mlflow-artifacts://host/... names a server
+        local = sqlite_path(store).parent / "artifacts" / parsed.path.lstrip("/")
+        return LocalArtifactRepository(local.as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri)
+    return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
 
 
 def check_store(uri: str, timeout: float = 3.0) -> None:
@@ -179,17 +212,9 @@ def environment() -> dict[str, str]:
 
 
 @dataclass
-class OpenedSweep:
-    """What the store says before a sweep runs."""
-
-    experiment_id: str
-    parent_run_id: str | None
-    finished: dict[str, str]  # run key -> run id of the finished run of each done cell
-    recovered: int  # runs left RUNNING by dead processes, now marked FAILED
-
-
-@dataclass
 class SweepCounts:
+    """What a sweep wrote: where, and how many runs of each outcome."""
+
     total: int = 0
     skipped: int = 0
     converged: int = 0
@@ -197,7 +222,40 @@ class SweepCounts:
     failed: int = 0
     killed: int = 0
     replaced: int = 0
+    recovered: int = 0  # runs left RUNNING by killed processes, marked FAILED when this sweep opened
+    experiment_id: str = ""
+    parent_run_id: str | None = None
     run_ids: dict[str, str] = field(default_factory=dict)  # key -> run id of every run written
+
+
+_sqlite_tuned = False
+
+
+def tune_sqlite_connections() -> None:
+    """WAL journal and synchronous=NORMAL on every SQLite connection this process opens.
+
+    MLflow commits about 25 transactions per run; in SQLite's default rollback-journal mode each one
+    creates, fsyncs and deletes a journal file (4 ms here: a third of the writer's time). In WAL mode
+    with synchronous=NORMAL a commit is an append: a killed process loses nothing it committed, and
+    the database stays consistent; only an OS crash or power cut may roll back the last commits.
+    """
+    global _sqlite_tuned
+    if _sqlite_tuned:
+        return
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _tune(dbapi_connection, _record) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    _sqlite_tuned = True
 
 
 class Store:
@@ -210,6 +268,11 @@ class Store:
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter on a new store
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format notice, once a model
+        # Over HTTP MLflow prints "View run ... at" for each run it ends (and fetches the run to do so).
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        _serve_server_artifacts_locally()
+        if not is_http(uri) and os.environ.get("TINYTRAIN_SQLITE_DEFAULTS") != "1":
+            tune_sqlite_connections()
         self.uri = uri
         mlflow.set_tracking_uri(uri)  # mlflow.pytorch.log_model resolves the store globally
         self.client = mlflow.MlflowClient(uri)
@@ -249,9 +312,13 @@ class Store:
 
     def finished_runs(self, experiment_id: str) -> dict[str, str]:
         """run key -> run id of every finished (converged or diverged) run of the experiment."""
+        return {key: run.info.run_id for key, run in self.finished_runs_by_key(experiment_id).items()}
+
+    def finished_runs_by_key(self, experiment_id: str) -> dict[str, Any]:
+        """run key -> the finished MLflow Run of each cell (the latest, if a cell has several)."""
         runs = self.search(experiment_id, "attributes.status = 'FINISHED'")
         return {
-            run.data.tags[RUN_KEY]: run.info.run_id
+            run.data.tags[RUN_KEY]: run
             for run in sorted(runs, key=lambda run: run.info.start_time)
             if run.data.tags.get(OUTCOME) in FINISHED_OUTCOMES and RUN_KEY in run.data.tags
         }
@@ -288,48 +355,89 @@ class Store:
         self.client.log_batch(run.info.run_id, params=params)
         return run.info.run_id
 
-    def finish_run(self, run_id: str, result: RunResult) -> None:
-        """Log a run's losses, outcome and checkpoints, then close it (FINISHED, or FAILED if it raised)."""
-        from mlflow.entities import Metric, RunTag
+    def finish_run(self, run_id: str, result: RunResult, experiment_id: str) -> None:
+        """Log a run's losses, outcome and checkpoints, then close it (FINISHED, or FAILED if it raised).
 
-        now = int(time.time() * 1000)
-        metrics = [Metric(LOSS, value, now, step) for step, value in enumerate(result.losses)]
-        if result.losses:
-            metrics.append(Metric("initial_loss", result.initial_loss, now, 0))
-            metrics.append(Metric("final_loss", result.final_loss, now, len(result.losses) - 1))
-        metrics.append(Metric("train_seconds", result.train_seconds, now, 0))
-        tags = [RunTag(OUTCOME, result.outcome)]
-        tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
-        if result.error:
-            tags.append(RunTag(ERROR, result.error[:5000]))
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        if result.final_weights is not None:
-            self.log_checkpoints(run_id, result)
+        Each checkpoint is an MLflow LoggedModel linked to the run at its step, with the run's metrics at
+        that step, as `mlflow.pytorch.log_model(step=...)` makes it; but built from the client calls that
+        log_model makes, so that the run's metrics go to the store once, in one batch, instead of being
+        read back for every model (see log_checkpoints).
+        """
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
+
+        with tempfile.TemporaryDirectory() as folder:
+            models = self.log_checkpoints(run_id, result, experiment_id, Path(folder))
+        try:
+            now = int(time.time() * 1000)
+            metrics = [Metric(LOSS, value, now, step, model_id=models.get(step))
+                       for step, value in enumerate(result.losses)]
+            if result.losses:
+                final_step = len(result.losses) - 1
+                metrics.append(Metric("initial_loss", result.initial_loss, now, 0, model_id=models.get(0)))
+                metrics.append(Metric("final_loss", result.final_loss, now, final_step,
+                                      model_id=models.get(final_step)))
+            metrics.append(Metric("train_seconds", result.train_seconds, now, 0, model_id=models.get(0)))
+            tags = [RunTag(OUTCOME, result.outcome)]
+            tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
+            if result.error:
+                tags.append(RunTag(ERROR, result.error[:5000]))
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            if models:
+                self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step) for step, model_id in models.items()])
+        except BaseException:
+            for model_id in models.values():
+                self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            raise
+        for model_id in models.values():
+            self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         self.client.set_terminated(run_id, "FAILED" if result.outcome == "failed" else "FINISHED")
 
-    def log_checkpoints(self, run_id: str, result: RunResult) -> None:
-        """Every checkpoint as an MLflow model at its step, plus its state dict (safe to load) as an artifact."""
+    def log_checkpoints(self, run_id: str, result: RunResult, experiment_id: str, folder: Path) -> dict[int, str]:
+        """Every checkpoint as a LoggedModel (PENDING until finish_run), its state dict as a run artifact.
+
+        Returns step -> model id. The state dicts (checkpoints/final.pt, checkpoints/step-NNNNNN.pt) are
+        what `reproduce` reads: plain tensors, loaded with weights_only=True, no code unpickled.
+        """
+        if result.final_weights is None:
+            return {}
         import mlflow.pytorch
         import torch
+        from mlflow.entities import LoggedModelStatus
+        from mlflow.models import Model
 
         from tinytrain.model import LeNet
 
         final_step = len(result.losses) - 1
-        weights_by_step = {**result.checkpoints, final_step: result.final_weights}
+        weights_by_step = {step: {name: torch.as_tensor(tensor) for name, tensor in weights.items()}
+                           for step, weights in {**result.checkpoints, final_step: result.final_weights}.items()}
         requirements = [f"torch=={torch.__version__.split('+')[0]}", "tinytrain"]
-        with tempfile.TemporaryDirectory() as folder:
+        params = result.spec.params()
+        state_dicts = folder / "checkpoints"
+        state_dicts.mkdir()
+        models: dict[int, str] = {}
+        try:
             for step, weights in sorted(weights_by_step.items()):
                 final = step == final_step
+                model = self.client.create_logged_model(
+                    experiment_id, name="model" if final else f"model-step-{step}", source_run_id=run_id,
+                    params=params)
+                models[step] = model.model_id
                 net = LeNet()
                 net.load_state_dict(weights)
+                local = folder / model.model_id
                 # pickle: 0.06 s a model against 0.2 s for pt2; explicit requirements: inference costs seconds.
-                mlflow.pytorch.log_model(
-                    net, name="model" if final else f"model-step-{step}", step=step, run_id=run_id,
-                    pip_requirements=requirements, serialization_format="pickle",
-                )
-                path = Path(folder) / ("final.pt" if final else f"step-{step:06d}.pt")
-                torch.save(weights, path)
-                self.client.log_artifact(run_id, str(path), "checkpoints")
+                mlflow.pytorch.save_model(
+                    net, str(local), pip_requirements=requirements, serialization_format="pickle",
+                    mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id,
+                                       run_id=run_id, model_id=model.model_id))
+                self.client.log_model_artifacts(model.model_id, str(local))
+                torch.save(weights, state_dicts / ("final.pt" if final else f"step-{step:06d}.pt"))
+            self.client.log_artifacts(run_id, str(state_dicts), "checkpoints")
+        except BaseException:
+            for model_id in models.values():
+                self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            raise
+        return models
 
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
@@ -349,10 +457,14 @@ class Store:
         import mlflow.artifacts
 
         self.get_run(run_id)
-        try:
-            return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact}")
-        except Exception:
-            raise TrackingError(f"run {run_id} has no {artifact}: give the id of a sweep's parent run") from None
+        folder = artifact.rpartition("/")[0] or None
+        try:  # list first: artifacts that cannot be reached are not reported as a missing file
+            if artifact in {item.path for item in self.client.list_artifacts(run_id, folder)}:
+                return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact}")
+        except Exception as error:
+            raise TrackingError(f"cannot read the artifacts of run {run_id} in {self.uri}: "
+                                f"{str(error).splitlines()[0]}") from None
+        raise TrackingError(f"run {run_id} has no {artifact}: give the id of a sweep's parent run")
 
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
@@ -379,11 +491,6 @@ def finished_keys_readonly(uri: str, experiment_name: str) -> dict[str, str]:
     """
     if is_http(uri):
         return _finished_keys_rest(uri, experiment_name)
-    import sqlite3
-
-    path = sqlite_path(uri)
-    if not path.exists():
-        return {}
     query = """
         SELECT key_tag.value, runs.run_uuid FROM runs
         JOIN experiments ON experiments.experiment_id = runs.experiment_id
@@ -392,14 +499,32 @@ def finished_keys_readonly(uri: str, experiment_name: str) -> dict[str, str]:
         WHERE experiments.name = ? AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
           AND outcome_tag.value IN (?, ?)
         ORDER BY runs.start_time"""
-    connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    return dict(_query_sqlite(uri, query, (RUN_KEY, OUTCOME, experiment_name, *FINISHED_OUTCOMES)))
+
+
+def experiments_readonly(uri: str) -> list[tuple[str, str]]:
+    """(experiment id, name) of the active experiments of a SQLite store that hold runs, without MLflow."""
+    query = """SELECT experiments.experiment_id, experiments.name FROM experiments
+               WHERE experiments.lifecycle_stage = 'active'
+                 AND EXISTS (SELECT 1 FROM runs WHERE runs.experiment_id = experiments.experiment_id)
+               ORDER BY experiments.experiment_id"""
+    return [(str(experiment_id), name) for experiment_id, name in _query_sqlite(uri, query, ())]
+
+
+def _query_sqlite(uri: str, query: str, parameters: tuple) -> list[tuple]:
+    """A SELECT on a SQLite store; nothing if the store does not exist yet."""
+    import sqlite3
+
+    path = sqlite_path(uri)
+    if not path.exists():
+        return []
+    connection = sqlite3.connect(path, timeout=20)  # SELECT only; mode=ro cannot always read a WAL database
     try:
-        rows = connection.execute(query, (RUN_KEY, OUTCOME, experiment_name, *FINISHED_OUTCOMES)).fetchall()
+        return connection.execute(query, parameters).fetchall()
     except sqlite3.Error as error:
         raise TrackingError(f"cannot read the store {path}: {error}") from None
     finally:
         connection.close()
-    return dict(rows)
 
 
 def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
@@ -501,24 +626,29 @@ class Recorder:
         self.replace: dict[str, str] = {}  # key -> finished run id that a --force re-run replaces
         self.counts = SweepCounts()
         self.environment: dict[str, str] = {}
+        self.experiment: Experiment | None = None
 
-    def open(self, experiment: Experiment, specs: list[RunSpec], skip_finished: bool = True,
-             with_parent: bool = True) -> OpenedSweep:
-        """Find the experiment, recover abandoned runs, learn which cells are done, start the parent run."""
+    def open(self, experiment: Experiment, specs: list[RunSpec], finished: dict[str, str], force: bool = False,
+             with_parent: bool = True) -> None:
+        """Find the experiment, mark abandoned runs FAILED, start the parent run.
+
+        `finished` (run key -> run id) is what the sweep read before it started training: those cells are
+        skipped, or, with force, replaced once their new run is finished.
+        """
         self.store = Store(self.uri)
-        experiment_id = self.experiment_id = self.store.experiment_id(experiment.name)
-        recovered = self.store.recover_abandoned(experiment_id)
-        finished = self.store.finished_runs(experiment_id)
+        self.experiment = experiment
+        experiment_id = self.experiment_id = self.counts.experiment_id = self.store.experiment_id(experiment.name)
+        self.counts.recovered = self.store.recover_abandoned(experiment_id)
         keys = {spec.key for spec in specs}
-        finished = {key: run_id for key, run_id in finished.items() if key in keys}
-        if not skip_finished:
-            self.replace, finished = finished, {}
+        done = {key: run_id for key, run_id in finished.items() if key in keys}
+        if force:
+            self.replace, done = done, {}
         self.environment = environment()
         self.counts.total = len(specs)
-        self.counts.skipped = len(finished)
+        self.counts.skipped = len(done)
         if with_parent:
             self.parent_run_id = self.store.start_sweep(experiment_id, experiment, len(specs), self.environment)
-        return OpenedSweep(experiment_id, self.parent_run_id, finished, recovered)
+            self.counts.parent_run_id = self.parent_run_id
 
     def run_started(self, spec: RunSpec) -> None:
         self.run_ids[spec.key] = self.store.start_run(self.experiment_id, self.parent_run_id, spec, self.environment)
@@ -527,7 +657,7 @@ class Recorder:
         key = result.spec.key
         run_id = self.run_ids.get(key) or self.store.start_run(
             self.experiment_id, self.parent_run_id, result.spec, self.environment)
-        self.store.finish_run(run_id, result)
+        self.store.finish_run(run_id, result, self.experiment_id)
         self.run_ids.pop(key, None)
         self.counts.run_ids[key] = run_id
         setattr(self.counts, result.outcome, getattr(self.counts, result.outcome) + 1)
@@ -535,19 +665,145 @@ class Recorder:
             self.store.delete_run(self.replace.pop(key))  # soft delete: one finished run per cell
             self.counts.replaced += 1
 
-    def close(self, status: str = "FINISHED") -> SweepCounts:
-        """End the runs still open (KILLED when interrupted) and the parent run; return the counts."""
+    def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts:
+        """End the runs still open (KILLED when interrupted) and the parent run; return the counts.
+
+        A sweep that ran to its end, with any finished cell, first gets its summary (table and loss curves).
+        """
         for run_id in self.run_ids.values():
-            self.store.end_run(run_id, "KILLED")
-            self.counts.killed += 1
+            if reason:
+                self.store.client.set_tag(run_id, ERROR, reason)
+            self.store.end_run(run_id, "KILLED" if status == "KILLED" else "FAILED")
+            self.counts.killed += status == "KILLED"
+            self.counts.failed += status != "KILLED"
         self.run_ids.clear()
         if self.parent_run_id:
+            if reason:
+                self.store.client.set_tag(self.parent_run_id, ERROR, reason)
+            if status == "FINISHED" and self.counts.skipped + self.counts.converged + self.counts.diverged:
+                self._log_sweep_summary()
             self.store.end_sweep(self.parent_run_id, self.counts, status)
         return self.counts
 
-    def ping(self) -> bool:
-        return True
+    def _log_sweep_summary(self) -> None:
+        """The compare table (markdown, csv) and the loss curves as artifacts of the parent run, for the UI.
 
+        A summary that cannot be made is reported and tagged on the parent; it never fails the sweep.
+        """
+        import logging
+
+        from tinytrain import report
+
+        try:
+            sweep = sweep_record(self.store, self.parent_run_id, self.experiment, with_losses=True)
+            with tempfile.TemporaryDirectory() as folder:
+                report.write_sweep_summary(sweep, Path(folder))
+                self.store.client.log_artifacts(self.parent_run_id, folder)
+        except Exception as error:  # noqa: BLE001 - the runs are logged; a missing picture must not undo that
+            message = f"{type(error).__name__}: {error}"
+            logging.getLogger("tinytrain").warning("no summary logged for sweep %s: %s",
+                                                   self.parent_run_id, message)
+            self.store.client.set_tag(self.parent_run_id, ERROR, f"summary: {message}"[:5000])
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading sweeps for reports
+#
+# A sweep skips the cells that earlier sweeps finished, so its runs are not just the children of its parent
+# run. Its cells come from the experiment file the parent keeps; the run of each cell is the finished run
+# with the cell's run key, whichever sweep made it.
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """The finished run of one cell of a sweep, in plain values: what compare and plot need."""
+
+    run_id: str
+    key: str
+    optimizer: str
+    lr: float
+    seed: int
+    outcome: str  # converged or diverged
+    initial_loss: float
+    final_loss: float
+    losses: tuple[float, ...] = ()  # `loss` at steps 0..steps (shorter if it diverged); read on request
+
+    @property
+    def diverged(self) -> bool:
+        return self.outcome == "diverged"
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep as the store holds it: which experiment, and the finished run of each of its cells."""
+
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    steps: int
+    cells: int  # cells in the sweep's grid
+    runs: tuple[CellRun, ...]  # grid order: optimizer, then lr, then seed
+    missing: tuple[str, ...]  # run names of the cells without a finished run (failed, killed, not yet run)
+
+
+def read_sweep(uri: str, experiment: str | None = None, parent_run_id: str | None = None,
+               with_losses: bool = False) -> SweepRecord:
+    """A sweep of the store: the given parent run, else the latest sweep of the experiment.
+
+    The experiment defaults to the default experiment file's (optimizer-grid), or to the parent run's.
+    """
+    if is_http(uri):
+        check_store(uri)  # one line now, rather than MLflow's retries and a traceback
+    elif not sqlite_path(uri).exists():  # opening it would create an empty store
+        raise TrackingError(f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store "
+                            "with --tracking-uri")
+    store = Store(uri)
+    if parent_run_id is None:
+        name = experiment or DEFAULTS["name"]
+        experiment_id = store.experiment_id(name, create=False)
+        if experiment_id is None:
+            raise TrackingError(f"no experiment '{name}' in {uri}: run `tinytrain sweep` first, or check "
+                                "--experiment and --tracking-uri")
+        latest = store.client.search_runs([experiment_id], f"tags.`{KIND}` = 'sweep'",
+                                          order_by=["attributes.start_time DESC"], max_results=1)
+        if not latest:
+            raise TrackingError(f"experiment '{name}' has no sweep yet: run `tinytrain sweep` first")
+        parent_run_id = latest[0].info.run_id
+    record = sweep_record(store, parent_run_id, with_losses=with_losses)
+    if experiment is not None and record.experiment != experiment:
+        raise TrackingError(f"run {parent_run_id} is a sweep of experiment '{record.experiment}', not "
+                            f"'{experiment}': drop --experiment or give a sweep of '{experiment}'")
+    return record
+
+
+def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None = None,
+                 with_losses: bool = False) -> SweepRecord:
+    """Resolve a sweep's cells to their finished runs (experiment: the sweep's own, if already loaded)."""
+    parent = store.get_run(parent_run_id)
+    if parent.data.tags.get(KIND) != "sweep":
+        raise TrackingError(f"run {parent_run_id} is not a sweep's parent run (tag {KIND}=sweep): give the "
+                            "id of a sweep, or leave --sweep out for the latest one")
+    if experiment is None:
+        text = store.read_text(parent_run_id, EXPERIMENT_FILE)
+        experiment = load_experiment(f"run {parent_run_id}", text=text)
+    experiment_id = parent.info.experiment_id
+    finished = store.finished_runs_by_key(experiment_id)
+    runs, missing = [], []
+    for spec in experiment.specs():
+        run = finished.get(spec.key)
+        if run is None:
+            missing.append(spec.run_name)
+            continue
+        metrics = run.data.metrics
+        runs.append(CellRun(
+            run_id=run.info.run_id, key=spec.key, optimizer=spec.optimizer, lr=spec.lr, seed=spec.seed,
+            outcome=run.data.tags[OUTCOME], initial_loss=metrics.get("initial_loss", math.nan),
+            final_loss=metrics.get("final_loss", math.nan),
+            losses=tuple(store.losses(run.info.run_id)) if with_losses else (),
+        ))
+    return SweepRecord(experiment.name, experiment_id, parent_run_id, experiment.settings["steps"],
+                       len(runs) + len(missing), tuple(runs), tuple(missing))
 
 
 # ---------------------------------------------------------------------------------------------------------

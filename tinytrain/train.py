@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+
 import torch
 
 from tinytrain.model import LeNet
@@ -103,8 +104,9 @@ def train_safely(spec: RunSpec) -> RunResult:
         return RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error}")
 
 
-def evaluate(weights: StateDict, data_seed: int, target_index: int) -> float:
-    """The loss of given weights on the experiment's input and target (for checkpoint checks)."""
+def evaluate(weights: StateDict, data_seed: int, target_index: int, threads: int = 1, mkldnn: bool = False) -> float:
+    """The loss of given weights on the experiment's input and target, under the runs' runtime settings."""
+    configure_runtime(threads, mkldnn)
     net = LeNet()
     net.load_state_dict(weights)
     with torch.no_grad():

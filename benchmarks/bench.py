@@ -1,0 +1,141 @@
+"""`make bench`: what tracking, the naive way of tracking, and the vmap engine cost, measured side by side.
+
+Every variant runs as a whole process (imports and store set-up included, as a user pays them), in
+alternating order, `--repeat` times; the figures are medians and, above all, ratios of variants measured
+in the same run, because this machine is shared and noisy:
+
+  (a) tinytrain sweep          the default grid, full tracking and checkpoints, into a fresh SQLite store
+  (b) plain training           the same grid's training, no tracking (benchmarks/plain_training.py)
+  (c) naive MLflow script      log_metric per step, log_model with defaults (benchmarks/naive_mlflow.py)
+  (d) vmap training            the same grid trained at once by the vmap engine, no tracking
+  (e) tinytrain sweep --engine vmap, full tracking
+
+Usage: python benchmarks/bench.py [--repeat 3] [--experiment FILE] [--skip-naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+FLOP_PER_MODEL_STEP = 2.26e6  # one forward + backward of the tutorial LeNet on one 1x32x32 input
+
+
+def run(command: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB, the largest process of its tree) and stdout of one whole process."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, text=True)
+        _pid, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode:
+            raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{err.read()[-2000:]}")
+        return wall, usage.ru_maxrss / 1024, out.read()
+
+
+def field(stdout: str, name: str) -> float:
+    return float(re.search(rf"{name}=([0-9.]+)", stdout).group(1))
+
+
+def matmul_gflops() -> float:
+    """A large float32 matrix product on one thread: what one core of this machine can do."""
+    import torch
+
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * 1024**3 / min(times) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--experiment", default=str(ROOT / "experiments" / "optimizer-grid.toml"))
+    parser.add_argument("--skip-naive", action="store_true", help="skip (c), which takes minutes")
+    args = parser.parse_args()
+    experiment = str(Path(args.experiment).resolve())
+    python, tinytrain = str(BIN / "python"), str(BIN / "tinytrain")
+    plain = str(ROOT / "benchmarks" / "plain_training.py")
+    naive = str(ROOT / "benchmarks" / "naive_mlflow.py")
+
+    load_before = os.getloadavg()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}; load average before: {load_before[0]:.2f}")
+    peak_gflops = matmul_gflops()
+    print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s")
+
+    walls: dict[str, list[float]] = {key: [] for key in "abcde"}
+    peaks: dict[str, float] = {}
+    training: dict[str, list[tuple[float, float]]] = {"b": [], "d": []}
+    with tempfile.TemporaryDirectory(prefix="tinytrain-bench-") as scratch:
+        scratch_path = Path(scratch)
+        for round_number in range(args.repeat):
+            store = scratch_path / f"round{round_number}"
+            variants = {
+                "a": [tinytrain, "sweep", experiment, "--quiet", "--tracking-uri", str(store / "a" / "mlflow.db")],
+                "b": [python, plain, experiment],
+                "d": [python, plain, experiment, "--engine", "vmap"],
+                "e": [tinytrain, "sweep", experiment, "--quiet", "--engine", "vmap",
+                      "--tracking-uri", str(store / "e" / "mlflow.db")],
+            }
+            if round_number == 0 and not args.skip_naive:
+                variants["c"] = [python, naive, f"sqlite:///{store / 'c' / 'mlflow.db'}", experiment]
+                (store / "c").mkdir(parents=True)
+            order = list(variants) if round_number % 2 == 0 else list(reversed(variants))
+            for key in order:
+                wall, peak, stdout = run(variants[key], scratch_path)
+                walls[key].append(wall)
+                peaks[key] = max(peaks.get(key, 0.0), peak)
+                if key in training:
+                    training[key].append((field(stdout, "training_seconds"), field(stdout, "model_steps")))
+                print(f"  round {round_number + 1} ({key}) {wall:6.2f} s", flush=True)
+
+    median = {key: statistics.median(values) for key, values in walls.items() if values}
+    names = {"a": "tinytrain sweep (full tracking)", "b": "plain training, no tracking",
+             "c": "naive MLflow script", "d": "vmap training, no tracking",
+             "e": "tinytrain sweep --engine vmap (full tracking)"}
+    print("\n| variant | median wall (s) | runs | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
+    for key, name in names.items():
+        if key in median:
+            print(f"| ({key}) {name} | {median[key]:.2f} | {len(walls[key])} | {peaks[key]:.0f} |")
+
+    def steps_per_second(key: str) -> float:
+        return statistics.median(steps / seconds for seconds, steps in training[key])
+
+    sequential, batched = steps_per_second("b"), steps_per_second("d")
+    print("\n| ratio | value | meaning |\n| --- | ---: | --- |")
+    print(f"| a/b | {median['a'] / median['b']:.2f} | tracking's cost: whole sweep over plain training (goal <= 1.3) |")
+    if "c" in median:
+        print(f"| c/a | {median['c'] / median['a']:.1f} | how far ahead of the naive MLflow script |")
+    print(f"| b/d | {median['b'] / median['d']:.2f} | vmap engine, whole process, no tracking |")
+    print(f"| b/d training only | {batched / sequential:.2f} | model-steps/s: {sequential:.0f} sequential, "
+          f"{batched:.0f} vmap (target >= 8) |")
+    print(f"| a/e | {median['a'] / median['e']:.2f} | full sweep, sequential over vmap engine |")
+    for key, rate in (("sequential", sequential), ("vmap", batched)):
+        fraction = rate * FLOP_PER_MODEL_STEP / (peak_gflops * 1e9)
+        print(f"FLOP rate, {key}: {rate * FLOP_PER_MODEL_STEP / 1e9:.2f} GFLOP/s = {fraction:.1%} of one core's "
+              "matmul peak")
+    print(f"load average after: {os.getloadavg()[0]:.2f} (before: {load_before[0]:.2f}); figures taken while "
+          "other work ran are noisier, their ratios less so")
+
+
+if __name__ == "__main__":
+    main()
