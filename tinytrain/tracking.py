@@ -157,7 +157,7 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "tinytrain", "pyproject.toml"))
+        dirty = bool(git("status", "--porcelain", "--", "tinytrain", "pyproject.toml"))
     except (OSError, subprocess.SubprocessError):
         return {"tinytrain.git_commit": "unknown", "tinytrain.git_dirty": "unknown"}
     return {"tinytrain.git_commit": commit, "tinytrain.git_dirty": str(dirty), "mlflow.source.git.commit": commit}
