@@ -85,6 +85,8 @@ BAD_INPUTS = [
     ({"grid": {"epochs": [1]}}, "unknown grid axis 'epochs': the axes are optimizer, lr, seed"),
     ({"target_index": 10}, "target_index must be an integer from 0 to 9, got 10"),
     ({"engine": "jax"}, "engine must be one of sequential, vmap, got 'jax'"),
+    ({"engine": "vmap", "threads": 2}, "engine vmap runs with threads = 1 and mkldnn = false, where its results "
+     "equal the sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential"),
     ({"optimizers": {"adam": {"type": "adam"}}},
      "[optimizers.adam] redefines the built-in 'adam': give the variant its own name, e.g. [optimizers.adam-custom]"),
     ({"optimizers": {"m": {"type": "lbfgs"}}}, "optimizers.m has type 'lbfgs': use one of adagrad, adam, adamw, "

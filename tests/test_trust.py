@@ -214,3 +214,15 @@ def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experimen
     assert again.exit_code == 0, again.output
     keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
     assert len(keys) == len(set(keys)) == 8
+
+
+def test_reproduce_retrains_a_vmap_run_bit_for_bit(cli_runner, experiment_file, store_uri):
+    """A vmap cell's result does not depend on its batch (threads 1, oneDNN off): reproduce retrains it alone."""
+    path = experiment_file(GRID.replace("steps = 150", "steps = 8"))
+    result = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])
+    assert result.exit_code == 0, result.output
+    runs = children(store_uri, "trust")
+    assert len(runs) == 8 and {run.data.params["engine"] for run in runs} == {"vmap"}
+    for run in runs[:2]:
+        verdict = cli_runner.invoke(cli, ["reproduce", run.info.run_id])
+        assert verdict.exit_code == 0 and verdict.output.startswith("identical: "), verdict.output

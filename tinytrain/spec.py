@@ -351,6 +351,11 @@ def _check_settings(settings: dict[str, Any]) -> None:
         raise ConfigError(f"mkldnn must be true or false, got {settings['mkldnn']!r}")
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
+    if settings["engine"] == "vmap" and (settings["threads"] != 1 or settings["mkldnn"]):
+        # Only there is a cell's result independent of the batch it ran in, and equal to the sequential
+        # engine's bit for bit, so that `reproduce` can retrain any vmap run on its own (see vmap.py).
+        raise ConfigError("engine vmap runs with threads = 1 and mkldnn = false, where its results equal the "
+                          "sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential")
 
 
 def _check_axis_value(axis: str, value: Any, variants: dict[str, dict[str, Any]]) -> Any:
