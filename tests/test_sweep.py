@@ -180,3 +180,15 @@ def test_unreachable_tracking_server_is_one_line_before_any_run(cli_runner, expe
     result = cli_runner.invoke(cli, ["sweep", experiment_file(GRID), "--tracking-uri", "http://127.0.0.1:9"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert result.output.startswith("Error: cannot reach the tracking server at http://127.0.0.1:9")
+
+
+def test_help_and_dry_run_import_neither_torch_nor_mlflow(swept, store_uri):
+    """`tinytrain --help`, `sweep --help` and `--dry-run` (which reads the store) stay instant."""
+    import subprocess
+
+    for args in (["--help"], ["sweep", "--help"], ["sweep", "grid.toml", "--dry-run"]):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tinytrain", *args],
+                              capture_output=True, text=True, check=True)
+        imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+        assert not imported & {"torch", "mlflow", "numpy", "matplotlib"}, args
+    assert "8 already done" in done.stdout
