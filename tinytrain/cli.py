@@ -146,6 +146,12 @@ def show_plan(experiment, uri: str, force: bool) -> None:
                "(dry run: nothing written)")
 
 
+def browse_line(outcome) -> str:
+    """Where to see the runs: the runs page (MLflow 3 opens experiments on a GenAI page otherwise)."""
+    opening = "open" if outcome.uri.startswith("http") else "`make ui`, then open"
+    return f"Browse: {opening} {outcome.runs_url}"
+
+
 def show_summary(outcome) -> None:
     counts = outcome.counts
     ran = counts.converged + counts.diverged + counts.failed
@@ -160,7 +166,7 @@ def show_summary(outcome) -> None:
         click.echo(f"failed: {failure}", err=True)
     parent = f" (sweep run {counts.parent_run_id})" if counts.parent_run_id else ""
     click.echo(f"Store: {outcome.uri}{parent}")
-    click.echo(f"Browse: `make ui`, then open {outcome.runs_url}")
+    click.echo(browse_line(outcome))
 
 
 @cli.command()
@@ -199,7 +205,7 @@ def run(optimizer, lr, seed, steps, file, tracking_uri):
     verdict = "diverged" if outcome.counts.diverged else ("failed" if outcome.counts.failed else "converged")
     click.echo(f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s), "
                f"{verdict}; run {run_id}")
-    click.echo(f"Browse: `make ui`, then open {outcome.runs_url}")
+    click.echo(browse_line(outcome))
     if outcome.counts.failed:
         sys.exit(EXIT_RUNS_FAILED)
 

@@ -627,6 +627,7 @@ class Recorder:
         self.counts = SweepCounts()
         self.environment: dict[str, str] = {}
         self.experiment: Experiment | None = None
+        self.logged_losses: dict[str, tuple[float, ...]] = {}  # key -> losses of the runs this sweep wrote
 
     def open(self, experiment: Experiment, specs: list[RunSpec], finished: dict[str, str], force: bool = False,
              with_parent: bool = True) -> None:
@@ -660,6 +661,8 @@ class Recorder:
         self.store.finish_run(run_id, result, self.experiment_id)
         self.run_ids.pop(key, None)
         self.counts.run_ids[key] = run_id
+        self.logged_losses[key] = tuple(math.copysign(sys.float_info.max, v) if math.isinf(v) else v
+                                        for v in result.losses)  # as MLflow stores them
         setattr(self.counts, result.outcome, getattr(self.counts, result.outcome) + 1)
         if result.outcome != "failed" and key in self.replace:
             self.store.delete_run(self.replace.pop(key))  # soft delete: one finished run per cell
@@ -695,7 +698,8 @@ class Recorder:
         from tinytrain import report
 
         try:
-            sweep = sweep_record(self.store, self.parent_run_id, self.experiment, with_losses=True)
+            sweep = sweep_record(self.store, self.parent_run_id, self.experiment, with_losses=True,
+                                 known_losses=self.logged_losses)
             with tempfile.TemporaryDirectory() as folder:
                 report.write_sweep_summary(sweep, Path(folder))
                 self.store.client.log_artifacts(self.parent_run_id, folder)
@@ -778,8 +782,12 @@ def read_sweep(uri: str, experiment: str | None = None, parent_run_id: str | Non
 
 
 def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None = None,
-                 with_losses: bool = False) -> SweepRecord:
-    """Resolve a sweep's cells to their finished runs (experiment: the sweep's own, if already loaded)."""
+                 with_losses: bool = False, known_losses: dict[str, tuple[float, ...]] | None = None) -> SweepRecord:
+    """Resolve a sweep's cells to their finished runs (experiment: the sweep's own, if already loaded).
+
+    known_losses (run key -> losses as stored) spares reading back the histories a Recorder just wrote.
+    """
+    known_losses = known_losses or {}
     parent = store.get_run(parent_run_id)
     if parent.data.tags.get(KIND) != "sweep":
         raise TrackingError(f"run {parent_run_id} is not a sweep's parent run (tag {KIND}=sweep): give the "
@@ -800,7 +808,7 @@ def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None
             run_id=run.info.run_id, key=spec.key, optimizer=spec.optimizer, lr=spec.lr, seed=spec.seed,
             outcome=run.data.tags[OUTCOME], initial_loss=metrics.get("initial_loss", math.nan),
             final_loss=metrics.get("final_loss", math.nan),
-            losses=tuple(store.losses(run.info.run_id)) if with_losses else (),
+            losses=(known_losses.get(spec.key) or tuple(store.losses(run.info.run_id))) if with_losses else (),
         ))
     return SweepRecord(experiment.name, experiment_id, parent_run_id, experiment.settings["steps"],
                        len(runs) + len(missing), tuple(runs), tuple(missing))

@@ -31,10 +31,17 @@ def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Q
     state = {"failed": False, "waiting_since": None}
     lock = threading.Lock()  # held while a call is applied
     threading.Thread(target=_close_when_orphaned, args=(recorder, state, lock), daemon=True).start()
+    warmed_up = False
     while True:
-        state["waiting_since"] = time.monotonic()
+        if state["waiting_since"] is None:
+            state["waiting_since"] = time.monotonic()
         try:
-            name, args, wants_reply = requests.get()
+            name, args, wants_reply = requests.get(timeout=0.25)
+        except queue.Empty:
+            if not warmed_up:  # idle while the sweep trains: load what the closing summary needs now
+                _warm_up_summary()
+                warmed_up = True
+            continue
         except Exception as error:  # noqa: BLE001 - a message cut short, or that cannot be read
             if not multiprocessing.parent_process().is_alive():
                 time.sleep(3600)  # the sweep died while sending: the watchdog closes and exits
@@ -75,6 +82,14 @@ def _close_when_orphaned(recorder, state: dict, lock: threading.Lock, idle_secon
             if not state["failed"] and recorder.store is not None:
                 recorder.close("FAILED", reason="the sweep's process ended while it ran")
         os._exit(0)
+
+
+def _warm_up_summary() -> None:
+    """Import the plotting stack ahead of the sweep's end, where it would add to the sweep's wall time."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+    import tinytrain.report  # noqa: F401
 
 
 def _use_memory_for_temporary_files() -> None:
@@ -153,11 +168,12 @@ class BackgroundRecorder:
         self._send("run_finished", _without_shared_tensors(result))
 
     def close(self, status: str = "FINISHED"):
+        """Wait until everything sent is written and the sweep is closed; then let the writer go.
+
+        Once close has answered, every write is committed: the writer's own exit is not waited for.
+        """
         try:
             self.counts = self._call("close", status)
             return self.counts
         finally:
             self.requests.put((_STOP, (), False))
-            self.process.join(timeout=30)
-            if self.process.is_alive():
-                self.process.kill()
