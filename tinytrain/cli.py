@@ -321,9 +321,13 @@ def cluster(port, workers, stop):
     from tinytrain.distributed import CLUSTER_FOLDER, start_cluster, stop_cluster
 
     if stop:
+        found = CLUSTER_FOLDER.exists()
         stopped = stop_cluster(CLUSTER_FOLDER)
-        click.echo(f"Stopped the Dask cluster ({stopped} process(es)); removed {CLUSTER_FOLDER}/." if stopped
-                   else f"No Dask cluster running from this folder (nothing in {CLUSTER_FOLDER}/).")
+        if stopped:
+            click.echo(f"Stopped the Dask cluster ({stopped} process(es)); removed {CLUSTER_FOLDER}/.")
+        else:
+            click.echo("No Dask cluster running from this folder" +
+                       (f"; removed what was left in {CLUSTER_FOLDER}/." if found else f" (no {CLUSTER_FOLDER}/)."))
         return
     state = start_cluster(port, workers, CLUSTER_FOLDER)
     click.echo(f"Dask scheduler at {state.address} with {state.workers} worker(s), one thread each "
