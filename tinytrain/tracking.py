@@ -383,7 +383,8 @@ class Store:
                 tags.append(RunTag(ERROR, result.error[:5000]))
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
             if models:
-                self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step) for step, model_id in models.items()])
+                outputs = [LoggedModelOutput(model_id, step) for step, model_id in models.items()]
+                self.client.log_outputs(run_id, outputs)
         except BaseException:
             for model_id in models.values():
                 self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
