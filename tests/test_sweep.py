@@ -192,3 +192,31 @@ def test_help_and_dry_run_import_neither_torch_nor_mlflow(swept, store_uri):
         imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
         assert not imported & {"torch", "mlflow", "numpy", "matplotlib"}, args
     assert "8 already done" in done.stdout
+
+
+def test_vmap_engine_with_workers_is_bad_input(cli_runner, experiment_file, store_uri):
+    result = cli_runner.invoke(cli, ["sweep", experiment_file(GRID), "--engine", "vmap", "--jobs", "2"])
+    assert result.exit_code == 2 and result.output == (
+        "Error: engine vmap trains every cell in one batched net in this process: drop --jobs and --executor, "
+        "or use engine sequential to spread runs over workers\n")
+    assert store_digest(store_uri) is None
+
+
+def test_a_pool_whose_worker_dies_logs_failed_runs_and_goes_on():
+    """A worker process killed under a pool: the runs it took are failed results, not a traceback."""
+    import os
+    import signal
+
+    from tinytrain.executors import ProcessPool
+    from tinytrain.spec import validate
+
+    specs = validate({"steps": 2, "grid": {"optimizer": ["sgd"], "seed": [0, 1, 2]}}).specs()
+    pool = ProcessPool(1)
+    try:
+        worker_pid = pool.pool.submit(os.getpid).result()
+        os.kill(worker_pid, signal.SIGKILL)
+        results = list(pool.run(specs, lambda spec: None))
+    finally:
+        pool.close()
+    assert [r.outcome for r in results] == ["failed"] * 3
+    assert all(r.error.startswith("BrokenProcessPool") for r in results)

@@ -82,18 +82,31 @@ class ProcessPool:
 
 def _bounded(specs: list[RunSpec], started: Started, submit: Callable[[RunSpec], Future],
              window: int) -> Iterator[RunResult]:
-    """Keep at most `window` runs in flight; yield results as they complete."""
-    pending: set[Future] = set()
+    """Keep at most `window` runs in flight; yield results as they complete.
+
+    A run whose worker process died (the pool is then broken) comes back as a failed result, like a run
+    that raised: the sweep logs it FAILED, goes on with what it can, and exits 1.
+    """
+    from tinytrain.train import FAILED, RunResult
+
+    pending: dict[Future, RunSpec] = {}
     queue = list(reversed(specs))
     try:
         while queue or pending:
             while queue and len(pending) < window:
                 spec = queue.pop()
                 started(spec)
-                pending.add(submit(spec))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                try:
+                    pending[submit(spec)] = spec
+                except Exception as error:  # noqa: BLE001 - a broken pool refuses new work
+                    yield RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error}")
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield future.result()
+                spec = pending.pop(future)
+                try:
+                    yield future.result()
+                except Exception as error:  # noqa: BLE001 - e.g. BrokenProcessPool: its worker died
+                    yield RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error or 'worker died'}")
     finally:
         for future in pending:
             future.cancel()

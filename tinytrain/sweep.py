@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
-from tinytrain.spec import Experiment, RunSpec
+from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.tracking import Recorder, SweepCounts, check_store, finished_keys_readonly, runs_page_url
 
 
@@ -63,6 +63,9 @@ def run_sweep(
     """
     started_at = time.perf_counter()
     specs = experiment.specs()
+    if experiment.settings["engine"] == "vmap" and (executor != "inprocess" or jobs > 1):
+        raise ConfigError("engine vmap trains every cell in one batched net in this process: drop --jobs and "
+                          "--executor, or use engine sequential to spread runs over workers")
     check_store(uri)
     finished = finished_keys_readonly(uri, experiment.name)
     todo = [spec for spec in specs if force or spec.key not in finished]
