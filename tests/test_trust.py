@@ -30,7 +30,9 @@ def start_sweep(path, uri):
     """A sweep in its own process group (it has a writer process beside it)."""
     return subprocess.Popen([sys.executable, "-m", "tinytrain", "sweep", path, "--quiet"],
                             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background jobs inherit SIGINT ignored (CI may run us so): restore it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_finished_runs(uri, count, process, timeout=120):
