@@ -277,3 +277,12 @@ def test_tinytrain_ui_starts_answers_and_stops_cleanly(swept, tmp_path):
         stop_group(process)
     assert process.returncode is not None
     assert not group_alive(process.pid)  # no worker left behind
+
+
+def test_the_rest_reader_of_finished_cells_equals_mlflows_own_search(swept):
+    """--dry-run over HTTP reads finished cells through the REST API; it must agree with MLflow's search."""
+    from tinytrain.tracking import Store, finished_keys_readonly
+
+    store = Store(swept["url"])
+    by_mlflow = {key: run.info.run_id for key, run in store.finished_runs_by_key(store.experiment_id(NAME)).items()}
+    assert by_mlflow and finished_keys_readonly(swept["url"], NAME) == by_mlflow

@@ -220,3 +220,14 @@ def test_a_pool_whose_worker_dies_logs_failed_runs_and_goes_on():
         pool.close()
     assert [r.outcome for r in results] == ["failed"] * 3
     assert all(r.error.startswith("BrokenProcessPool") for r in results)
+
+
+def test_the_store_read_without_mlflow_equals_mlflows_own_search(swept, cli_runner, store_uri):
+    """--dry-run and skipping read finished cells with plain SQL; they must agree with MLflow's search."""
+    from tinytrain.tracking import Store, finished_keys_readonly
+
+    cli_runner.invoke(cli, ["sweep", "grid.toml", "--force", "--set", "seed=0", "--quiet"])  # soft-deletes 4
+    store = Store(store_uri)
+    by_mlflow = {key: run.info.run_id for key, run in store.finished_runs_by_key(store.experiment_id("e2e")).items()}
+    assert len(by_mlflow) == 8
+    assert finished_keys_readonly(store_uri, "e2e") == by_mlflow

@@ -310,10 +310,6 @@ class Store:
             if not token:
                 return runs
 
-    def finished_runs(self, experiment_id: str) -> dict[str, str]:
-        """run key -> run id of every finished (converged or diverged) run of the experiment."""
-        return {key: run.info.run_id for key, run in self.finished_runs_by_key(experiment_id).items()}
-
     def finished_runs_by_key(self, experiment_id: str) -> dict[str, Any]:
         """run key -> the finished MLflow Run of each cell (the latest, if a cell has several)."""
         runs = self.search(experiment_id, "attributes.status = 'FINISHED'")
@@ -487,8 +483,8 @@ def finished_keys_readonly(uri: str, experiment_name: str) -> dict[str, str]:
     """run key -> run id of the finished runs of an experiment, read without importing MLflow.
 
     For `--dry-run`, which must stay instant: a read-only SQL query on a SQLite store (MLflow's schema:
-    tables experiments, runs, tags), MLflow's REST API on a server. A test holds it equal to
-    Store.finished_runs.
+    tables experiments, runs, tags), MLflow's REST API on a server. Tests hold both equal to what
+    MLflow's own search gives (Store.finished_runs_by_key).
     """
     if is_http(uri):
         return _finished_keys_rest(uri, experiment_name)
