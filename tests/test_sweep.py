@@ -194,11 +194,11 @@ def test_help_and_dry_run_import_neither_torch_nor_mlflow(swept, store_uri):
     assert "8 already done" in done.stdout
 
 
-def test_vmap_engine_with_workers_is_bad_input(cli_runner, experiment_file, store_uri):
-    result = cli_runner.invoke(cli, ["sweep", experiment_file(GRID), "--engine", "vmap", "--jobs", "2"])
+def test_vmap_engine_on_a_dask_cluster_is_bad_input(cli_runner, experiment_file, store_uri):
+    result = cli_runner.invoke(cli, ["sweep", experiment_file(GRID), "--engine", "vmap", "--executor", "dask"])
     assert result.exit_code == 2 and result.output == (
-        "Error: engine vmap trains every cell in one batched net in this process: drop --jobs and --executor, "
-        "or use engine sequential to spread runs over workers\n")
+        "Error: engine vmap trains its cells in batched nets on this machine (one per --jobs worker): drop "
+        "--executor dask, or use engine sequential to spread runs over a cluster\n")
     assert store_digest(store_uri) is None
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tinytrain.executors import InProcess
+from tinytrain.executors import InProcess, ProcessPool
 from tinytrain.model import LeNet
 from tinytrain.optimizers import build_optimizer
 from tinytrain.spec import RunSpec, load_experiment, validate
@@ -287,3 +287,23 @@ def test_the_in_process_executor_hands_vmap_specs_to_the_engine():
     by_spec = {result.spec: result for result in results}
     assert all(by_spec[spec].runtime.get("engine") == "vmap" for spec in specs[:3])
     assert "engine" not in by_spec[specs[3]].runtime
+
+
+def test_a_pool_trains_vmap_cells_as_one_batch_per_worker_with_the_same_bits():
+    """--engine vmap --jobs 2: two batches, dealt round robin, each on its own worker; every number equals the
+    in-process batch's and the sequential engine's (a cell's result does not depend on its batch)."""
+    specs = grid_specs("steps=5", "engine=vmap", "seed=0")
+    pool = ProcessPool(2)
+    try:
+        started = []
+        results = list(pool.run(specs, started.append))
+    finally:
+        pool.close()
+    assert sorted(started, key=specs.index) == specs
+    by_spec = {result.spec: result for result in results}
+    assert set(by_spec) == set(specs)
+    batch_keys = {by_spec[spec].runtime["batch_key"] for spec in specs}
+    assert len(batch_keys) == 2 and {by_spec[spec].runtime["batch_cells"] for spec in specs} == {"8", "7"}
+    for spec, alone in zip(specs, train_batch(specs), strict=True):
+        assert by_spec[spec].losses == alone.losses == train(replace(spec, engine="sequential")).losses
+        assert same_weights(by_spec[spec].final_weights, alone.final_weights)

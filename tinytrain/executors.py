@@ -74,7 +74,40 @@ class ProcessPool:
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
         from tinytrain.train import train_safely
 
-        yield from _bounded(specs, started, lambda spec: self.pool.submit(train_safely, spec), 2 * self.jobs)
+        sequential = [spec for spec in specs if spec.engine != "vmap"]
+        yield from _bounded(sequential, started, lambda spec: self.pool.submit(train_safely, spec), 2 * self.jobs)
+        batched = [spec for spec in specs if spec.engine == "vmap"]
+        if batched:
+            yield from self._run_batches(batched, started)
+
+    def _run_batches(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
+        """vmap cells as one batch per worker, dealt round robin so that each batch mixes the update rules
+        alike. At the vmap engine's runtime (one thread, oneDNN off) a cell's result does not depend on its
+        batch, so splitting changes no number; two batches on two cores train 1.7x faster than one.
+        """
+        from concurrent.futures import as_completed
+
+        from tinytrain.train import FAILED, RunResult
+        from tinytrain.vmap import train_batch
+
+        batches = [specs[start::self.jobs] for start in range(min(self.jobs, len(specs)))]
+        pending: dict[Future, list[RunSpec]] = {}
+        try:
+            for batch in batches:
+                for spec in batch:
+                    started(spec)
+                pending[self.pool.submit(train_batch, batch)] = batch
+            for future in as_completed(list(pending)):
+                batch = pending.pop(future)
+                try:
+                    results = future.result()
+                except Exception as error:  # noqa: BLE001 - e.g. BrokenProcessPool: its worker died
+                    results = [RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error or 'worker died'}")
+                               for spec in batch]
+                yield from results
+        finally:
+            for future in pending:
+                future.cancel()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

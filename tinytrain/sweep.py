@@ -63,9 +63,9 @@ def run_sweep(
     """
     started_at = time.perf_counter()
     specs = experiment.specs()
-    if experiment.settings["engine"] == "vmap" and (executor != "inprocess" or jobs > 1):
-        raise ConfigError("engine vmap trains every cell in one batched net in this process: drop --jobs and "
-                          "--executor, or use engine sequential to spread runs over workers")
+    if experiment.settings["engine"] == "vmap" and executor == "dask":
+        raise ConfigError("engine vmap trains its cells in batched nets on this machine (one per --jobs "
+                          "worker): drop --executor dask, or use engine sequential to spread runs over a cluster")
     check_store(uri)
     finished = finished_keys_readonly(uri, experiment.name)
     todo = [spec for spec in specs if force or spec.key not in finished]
