@@ -9,6 +9,7 @@ in the same run, because this machine is shared and noisy:
   (c) naive MLflow script      log_metric per step, log_model with defaults (benchmarks/naive_mlflow.py)
   (d) vmap training            the same grid trained at once by the vmap engine, no tracking
   (e) tinytrain sweep --engine vmap, full tracking
+  (f) vmap training, 2 workers  the grid as two batches on two worker processes (--jobs 2), no tracking
 
 Usage: python benchmarks/bench.py [--repeat 3] [--experiment FILE] [--skip-naive]
 """
@@ -65,6 +66,29 @@ def matmul_gflops() -> float:
     return 2 * 1024**3 / min(times) / 1e9
 
 
+def copy_bandwidth() -> float:
+    """GB/s read + written by one core copying 64 MiB: what bounds work on data beyond the caches."""
+    import torch
+
+    torch.set_num_threads(1)
+    source = torch.ones(16 * 2**20)
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(6):
+        started = time.perf_counter()
+        target.copy_(source)
+        times.append(time.perf_counter() - started)
+    return 2 * source.numel() * 4 / min(times[1:]) / 1e9
+
+
+# Floats per model-step that a perfectly fused engine must still move once the cells' state exceeds the
+# caches: the weights read by the forward and the backward, the gradient written, and the update's reads and
+# writes of weights, gradient and state (sgd 3, sgd with momentum 5, adam/adamw 7, rmsprop 5), over the
+# default grid's optimizers.
+FUSED_FLOATS_PER_PARAMETER = 3 + (3 + 5 + 7 + 7 + 5) / 5
+PARAMETERS = 61_706
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -80,11 +104,12 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; load average before: {load_before[0]:.2f}")
     peak_gflops = matmul_gflops()
-    print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s")
+    bandwidth = copy_bandwidth()
+    print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s; copy of 64 MiB: {bandwidth:.1f} GB/s")
 
-    walls: dict[str, list[float]] = {key: [] for key in "abcde"}
+    walls: dict[str, list[float]] = {key: [] for key in "abcdef"}
     peaks: dict[str, float] = {}
-    training: dict[str, list[tuple[float, float]]] = {"b": [], "d": []}
+    training: dict[str, list[tuple[float, float]]] = {"b": [], "d": [], "f": []}
     with tempfile.TemporaryDirectory(prefix="tinytrain-bench-") as scratch:
         scratch_path = Path(scratch)
         for round_number in range(args.repeat):
@@ -95,6 +120,7 @@ def main() -> None:
                 "d": [python, plain, experiment, "--engine", "vmap"],
                 "e": [tinytrain, "sweep", experiment, "--quiet", "--engine", "vmap",
                       "--tracking-uri", str(store / "e" / "mlflow.db")],
+                "f": [python, plain, experiment, "--engine", "vmap", "--jobs", "2"],
             }
             if round_number == 0 and not args.skip_naive:
                 variants["c"] = [python, naive, f"sqlite:///{store / 'c' / 'mlflow.db'}", experiment]
@@ -111,7 +137,7 @@ def main() -> None:
     median = {key: statistics.median(values) for key, values in walls.items() if values}
     names = {"a": "tinytrain sweep (full tracking)", "b": "plain training, no tracking",
              "c": "naive MLflow script", "d": "vmap training, no tracking",
-             "e": "tinytrain sweep --engine vmap (full tracking)"}
+             "e": "tinytrain sweep --engine vmap (full tracking)", "f": "vmap training, 2 worker processes"}
     print("\n| variant | median wall (s) | runs | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
     for key, name in names.items():
         if key in median:
@@ -120,7 +146,7 @@ def main() -> None:
     def steps_per_second(key: str) -> float:
         return statistics.median(steps / seconds for seconds, steps in training[key])
 
-    sequential, batched = steps_per_second("b"), steps_per_second("d")
+    sequential, batched, two_workers = steps_per_second("b"), steps_per_second("d"), steps_per_second("f")
     print("\n| ratio | value | meaning |\n| --- | ---: | --- |")
     print(f"| a/b | {median['a'] / median['b']:.2f} | tracking's cost: whole sweep over plain training (goal <= 1.3) |")
     if "c" in median:
@@ -128,7 +154,14 @@ def main() -> None:
     print(f"| b/d | {median['b'] / median['d']:.2f} | vmap engine, whole process, no tracking |")
     print(f"| b/d training only | {batched / sequential:.2f} | model-steps/s: {sequential:.0f} sequential, "
           f"{batched:.0f} vmap (target >= 8) |")
+    print(f"| b/f | {median['b'] / median['f']:.2f} | vmap engine on 2 workers, whole process (training only "
+          f"{two_workers / sequential:.2f}: {two_workers:.0f} model-steps/s, worker start-up included) |")
     print(f"| a/e | {median['a'] / median['e']:.2f} | full sweep, sequential over vmap engine |")
+    fused_floor = FUSED_FLOATS_PER_PARAMETER * PARAMETERS * 4 / (bandwidth * 1e9)
+    print(f"\nmemory floor of a perfectly fused batched engine: {fused_floor * 1e6:.0f} us a model-step "
+          f"({FUSED_FLOATS_PER_PARAMETER:.1f} floats a parameter at {bandwidth:.1f} GB/s), i.e. at most "
+          f"{1 / fused_floor / sequential:.1f}x the sequential loop; the vmap engine takes "
+          f"{1e6 / batched:.0f} us a model-step, the sequential loop {1e6 / sequential:.0f} us")
     for key, rate in (("sequential", sequential), ("vmap", batched)):
         fraction = rate * FLOP_PER_MODEL_STEP / (peak_gflops * 1e9)
         print(f"FLOP rate, {key}: {rate * FLOP_PER_MODEL_STEP / 1e9:.2f} GFLOP/s = {fraction:.1%} of one core's "

@@ -1,6 +1,12 @@
 """Reference (b): the grid's training in plain torch, with no tracking at all (what tinytrain must approach).
 
-Usage: python benchmarks/plain_training.py [EXPERIMENT.toml] [--engine sequential|vmap]
+Usage: python benchmarks/plain_training.py [EXPERIMENT.toml] [--engine sequential|vmap] [--jobs N]
+       [--runtime THREADS,MKLDNN]
+
+With --jobs N the vmap engine's cells are split into N batches trained at once by N worker processes (as
+`tinytrain sweep --engine vmap --jobs N` does); the training time then includes starting the workers.
+--runtime 2,1 trains with 2 torch threads and oneDNN on, which tinytrain does not accept for the vmap engine
+(a cell's bits then depend on its batch): it is here to measure what that setting would give.
 """
 
 import sys
@@ -13,15 +19,35 @@ from tinytrain.spec import default_experiment_path, load_experiment  # noqa: E40
 
 def main() -> None:
     args = sys.argv[1:]
-    engine = "sequential"
+    engine, jobs = "sequential", 1
     if "--engine" in args:
         position = args.index("--engine")
         engine = args[position + 1]
         del args[position:position + 2]
+    if "--jobs" in args:
+        position = args.index("--jobs")
+        jobs = int(args[position + 1])
+        del args[position:position + 2]
+    runtime = None
+    if "--runtime" in args:
+        position = args.index("--runtime")
+        threads, mkldnn = args[position + 1].split(",")
+        runtime = {"threads": int(threads), "mkldnn": mkldnn == "1"}
+        del args[position:position + 2]
     experiment = load_experiment(args[0] if args else default_experiment_path(), [f"engine={engine}"])
     specs = experiment.specs()
+    if runtime:
+        import dataclasses
+
+        specs = [dataclasses.replace(spec, **runtime) for spec in specs]
     training_started = time.perf_counter()
-    if engine == "vmap":
+    if engine == "vmap" and jobs > 1:
+        from tinytrain.executors import ProcessPool
+
+        pool = ProcessPool(jobs)
+        results = list(pool.run(specs, lambda spec: None))
+        pool.close()
+    elif engine == "vmap":
         from tinytrain.vmap import train_batch
 
         results = train_batch(specs)

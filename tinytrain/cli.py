@@ -8,6 +8,7 @@ Neither torch nor MLflow is imported at module level, so `tinytrain --help` is i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import sys
@@ -457,10 +458,8 @@ def exit_now(code: int | str | None) -> NoReturn:
         code = 1
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`tinytrain compare | head`) or stream
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`tinytrain compare | head`) or stream
-            pass
     os._exit(code)
 
 
