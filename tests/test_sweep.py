@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -231,3 +232,29 @@ def test_the_store_read_without_mlflow_equals_mlflows_own_search(swept, cli_runn
     by_mlflow = {key: run.info.run_id for key, run in store.finished_runs_by_key(store.experiment_id("e2e")).items()}
     assert len(by_mlflow) == 8
     assert finished_keys_readonly(store_uri, "e2e") == by_mlflow
+
+
+@pytest.mark.parametrize(("code", "returncode", "stderr"), [(3, 3, ""), (None, 0, ""), ("boom", 1, "boom\n")])
+def test_exit_now_keeps_what_sys_exit_promises(code, returncode, stderr):
+    """The command skips the interpreter's teardown: exit handlers must still run and buffered output come out."""
+    import subprocess
+
+    program = ("import atexit, sys\n"
+               "atexit.register(lambda: print('handler ran'))\n"
+               "from tinytrain.cli import exit_now\n"
+               "print('buffered', end='')\n"
+               f"exit_now({code!r})\n"
+               "print('never')\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": ""})
+    assert (done.returncode, done.stdout, done.stderr) == (returncode, "bufferedhandler ran\n", stderr)
+
+
+def test_the_command_exits_with_its_code_and_whole_output(experiment_file):
+    import subprocess
+
+    bad = subprocess.run([sys.executable, "-m", "tinytrain", "sweep", "missing.toml"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1 and "missing.toml" in bad.stderr
+    listed = subprocess.run([sys.executable, "-m", "tinytrain", "sweep", experiment_file(GRID), "--dry-run"],
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout.count("\n") > 8 and listed.stdout.endswith("\n")
