@@ -46,8 +46,9 @@ cluster: $(STAMP) ## A local Dask scheduler and two workers on 127.0.0.1 (make c
 cluster-stop: $(STAMP) ## Stop the cluster that make cluster started
 	$(BIN)/tinytrain cluster --stop
 
-bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow script, vmap engine
+bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow script, vmap engine and its bound
 	$(BIN)/python benchmarks/bench.py $(ARGS)
+	$(BIN)/python benchmarks/batched_kernels.py
 
 lint: $(STAMP) ## ruff over the code
 	$(BIN)/ruff check tinytrain tests benchmarks
