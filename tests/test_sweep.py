@@ -241,7 +241,7 @@ def test_exit_now_keeps_what_sys_exit_promises(code, returncode, stderr):
 
     program = ("import atexit, sys\n"
                "atexit.register(lambda: print('handler ran'))\n"
-               "from tinytrain.cli import exit_now\n"
+               "from tinytrain.shutdown import exit_now\n"
                "print('buffered', end='')\n"
                f"exit_now({code!r})\n"
                "print('never')\n")

@@ -7,16 +7,14 @@ Neither torch nor MLflow is imported at module level, so `tinytrain --help` is i
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
-import os
 import sys
 from typing import NoReturn
 
 import click
 
 from tinytrain.report import COLUMNS, FORMATS
+from tinytrain.shutdown import exit_now
 from tinytrain.spec import ConfigError, load_experiment
 
 EXIT_RUNS_FAILED = 1
@@ -433,34 +431,13 @@ def plot(experiment_name, sweep_id, out, tracking_uri):
 
 
 def main() -> NoReturn:
-    """The `tinytrain` command: run it, then exit without the interpreter's teardown.
-
-    With torch loaded, Python's own finalization (freeing every object of every module) takes 0.7 s on
-    this project's machine (`python -c "import torch"`: 1.84 s, 1.11 s with os._exit), and a sweep's
-    results are all written by then. The exit handlers still run (multiprocessing's children and
-    semaphores, logging, MLflow's) and the streams are flushed; only the freeing of memory that the
-    operating system takes back anyway is skipped.
-    """
+    """The `tinytrain` command: run it, then exit without the interpreter's teardown (see shutdown.py)."""
     try:
         cli.main(prog_name="tinytrain")  # standalone mode: it always ends with SystemExit
         code: int | str | None = 0
     except SystemExit as exit_:
         code = exit_.code
     exit_now(code)
-
-
-def exit_now(code: int | str | None) -> NoReturn:
-    """sys.exit(code) as far as the caller can tell (handlers run, streams flushed), without the teardown."""
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`tinytrain compare | head`) or stream
-            stream.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from tinytrain.shutdown import exit_now
 from tinytrain.tracking import TrackingError
 
 _STOP = "__stop__"
@@ -51,7 +52,7 @@ def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Q
         state["waiting_since"] = None
         with lock:
             if name == _STOP:  # the sweep has its reply to close: everything is committed
-                _exit_now()
+                exit_now(0)  # without the second it takes to tear down MLflow and torch
             if state["failed"] and name != "close":
                 continue
             try:
@@ -62,17 +63,6 @@ def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Q
                 continue
             if wants_reply:
                 replies.put(("ok", result))
-
-
-def _exit_now() -> None:
-    """End the writer without the interpreter's teardown of MLflow and torch (about a second)."""
-    import atexit
-    import sys
-
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(0)
 
 
 def _close_when_orphaned(recorder, state: dict, lock: threading.Lock, idle_seconds: float = 2.0) -> None:

@@ -1,0 +1,30 @@
+"""exit_now: end a tinytrain process as sys.exit would, without the interpreter's teardown.
+
+With torch loaded, Python's own finalization (freeing every object of every module) takes 0.7 s on this
+project's machine (`python -c "import torch"`: 1.84 s; 1.11 s when it ends with os._exit), and everything a
+command writes is written by then. The exit handlers still run (multiprocessing's children and semaphores,
+logging, MLflow's) and the streams are flushed; only the freeing of memory the operating system takes back
+anyway is skipped. Used by the `tinytrain` command and by the sweep's writer process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+from typing import NoReturn
+
+
+def exit_now(code: int | str | None = 0) -> NoReturn:
+    """sys.exit(code) as far as anyone can tell (handlers run, streams flushed), without the teardown."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`tinytrain compare | head`) or stream
+            stream.flush()
+    os._exit(code)
