@@ -34,6 +34,8 @@ class InProcess:
     """Runs one after another in this process (the default; what every other executor must equal)."""
 
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
+        if not specs:  # every cell done already: no need for torch
+            return
         from tinytrain.train import train_safely
 
         sequential = [spec for spec in specs if spec.engine != "vmap"]

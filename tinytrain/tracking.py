@@ -194,12 +194,15 @@ def owner_is_gone(owner: str) -> bool:
 
 
 def environment() -> dict[str, str]:
+    """Where runs are made; torch's version from its metadata (the same string as torch.__version__), so
+    that a sweep with nothing to train never imports torch."""
+    from importlib.metadata import version
+
     import mlflow
-    import torch
 
     return {
         "tinytrain.python": platform.python_version(),
-        "tinytrain.torch": torch.__version__,
+        "tinytrain.torch": version("torch"),
         "tinytrain.mlflow": mlflow.__version__,
         "tinytrain.platform": platform.platform(),
         "tinytrain.host": socket.gethostname(),
