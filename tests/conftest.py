@@ -10,9 +10,16 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """The suite's own cache folder (store templates): nothing of the user's ~/.cache is read or written."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_store(tmp_path, monkeypatch):
+def isolated_store(tmp_path, monkeypatch, session_cache):
     """chdir to a temporary folder and point MLFLOW_TRACKING_URI at a SQLite store inside it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(session_cache))  # inherited by the processes tests start
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -74,3 +74,14 @@ def test_without_a_usable_cache_mlflow_makes_the_store(tmp_path, monkeypatch):
     assert not create_store_from_template(uri)
     assert Store(uri).experiment_id("works")  # MLflow migrated the new store itself
     assert not list(tmp_path.glob("store/.*.new"))
+
+
+def test_a_damaged_template_is_made_again(tmp_path, cache):
+    assert create_store_from_template(resolve_tracking_uri(str(tmp_path / "first" / "mlflow.db")))
+    (template,) = cache.glob("mlflow-*-empty.db")
+    template.write_bytes(template.read_bytes()[:4096] + b"\0" * 8192)  # a header, then nothing of the tables
+    uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
+    assert create_store_from_template(uri)
+    assert Store(uri).experiment_id("works")
+    assert [path.name for path in cache.glob("mlflow-*-empty.db")] == [template.name]
+    assert template.stat().st_size > 12288  # the whole template again

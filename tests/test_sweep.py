@@ -51,6 +51,20 @@ def swept(cli_runner, experiment_file, store_uri):
     return result
 
 
+def test_a_finished_sweep_leaves_its_writes_in_the_database_file_itself(swept, store_uri):
+    """The writer ends without closing its connections; the sweep folds the WAL into the file and syncs it."""
+    import sqlite3
+
+    database = Path(store_uri.removeprefix("sqlite:///"))
+    log = database.with_name(database.name + "-wal")
+    assert not log.exists() or log.stat().st_size == 0
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        assert connection.execute("SELECT COUNT(*) FROM runs WHERE status = 'FINISHED'").fetchone()[0] == 9
+    finally:
+        connection.close()
+
+
 def test_a_sweep_logs_one_parent_and_a_nested_run_per_cell(swept, store_uri):
     runs = runs_of(store_uri)
     parents = [run for run in runs if run.data.tags.get("tinytrain.kind") == "sweep"]
@@ -239,15 +253,16 @@ def test_exit_now_keeps_what_sys_exit_promises(code, returncode, stderr):
     """The command skips the interpreter's teardown: exit handlers must still run and buffered output come out."""
     import subprocess
 
-    program = ("import atexit, sys\n"
+    program = ("import atexit, sys, threading, time\n"
                "atexit.register(lambda: print('handler ran'))\n"
                "from tinytrain.shutdown import exit_now\n"
-               "print('buffered', end='')\n"
+               "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', end=' '))).start()\n"
+               "print('buffered', end=' ')\n"
                f"exit_now({code!r})\n"
                "print('never')\n")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": ""})
-    assert (done.returncode, done.stdout, done.stderr) == (returncode, "bufferedhandler ran\n", stderr)
+    assert (done.returncode, done.stdout, done.stderr) == (returncode, "buffered thread done handler ran\n", stderr)
 
 
 def test_the_command_exits_with_its_code_and_whole_output(experiment_file):

@@ -55,9 +55,13 @@ def statuses(uri):
 @pytest.mark.slow
 def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner):
     """A lost machine: the sweep and its writer die at once and leave their runs RUNNING."""
-    path = experiment_file(GRID)
+    path = experiment_file(GRID.replace("steps = 150", "steps = 600"))  # runs long enough to be caught running
     process = start_sweep(path, store_uri)
     wait_for_finished_runs(store_uri, 2, process)
+    # between one run's end and the next one's start the writer has no run open: kill while one is
+    deadline = time.monotonic() + 60
+    while "RUNNING" not in statuses(store_uri) and time.monotonic() < deadline:
+        time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(0.5)

@@ -84,7 +84,7 @@ def cli() -> None:
 @click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
               help="A running Dask scheduler (with --executor dask); without it a local cluster is started.")
 @click.option("--engine", type=click.Choice(["sequential", "vmap"]), default=None,
-              help="sequential: one run at a time; vmap: every cell in one batched net.")
+              help="sequential: one run at a time; vmap: the cells in one batched net (one per --jobs worker).")
 @click.option("--from-run", "from_run", metavar="PARENT_RUN_ID", default=None,
               help="Re-run the sweep whose resolved experiment file a parent run keeps.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

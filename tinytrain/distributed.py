@@ -216,8 +216,8 @@ class DaskExecutor:
         """Hand the cells out, a bounded number at a time; yield each result once, as it arrives."""
         distributed = import_distributed()
         if any(spec.engine == "vmap" for spec in specs):
-            raise ExecutorError("engine vmap trains every cell in one batched net in one process: run it "
-                                "with --executor inprocess")
+            raise ExecutorError("engine vmap trains its cells in batched nets on this machine: run it "
+                                "with --executor inprocess or --jobs N")
         keys = [task_key(spec) for spec in specs]
         if len(set(keys)) != len(keys):
             raise ExecutorError("the sweep lists the same cell twice: list each grid value once")

@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 0,  # also checkpoint every N steps (0: the final weights only)
     "threads": 1,  # torch's intra-op threads: part of what makes a run bit-for-bit reproducible
     "mkldnn": False,  # oneDNN off: faster at this size, and recorded because it changes the bits
-    "engine": "sequential",  # sequential (one run at a time) or vmap (every cell in one batched net)
+    "engine": "sequential",  # sequential (one run at a time) or vmap (cells in batched nets)
 }
 GRID_AXES = ("optimizer", "lr", "seed")
 GRID_DEFAULTS: dict[str, list[Any]] = {"optimizer": ["adam"], "seed": [0]}  # lr: each optimizer's default

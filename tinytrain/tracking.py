@@ -274,8 +274,10 @@ def create_store_from_template(uri: str) -> bool:
     2.9 s a fresh sweep's writer spent before its first run. The result depends only on the MLflow
     version, so it is made once per version (in the user's cache) and copied. The template has no Default
     experiment: MLflow creates it when it opens the copy, with this store's own artifact location, so
-    the copy is what MLflow would have made here (a test compares the two). Any failure leaves the job
-    to MLflow; an existing store is never touched (the copy is linked into place only if none exists).
+    the copy is what MLflow would have made here (a test compares the two). The template is keyed by the
+    MLflow version and its migration files, and checked by SQLite before every copy. Any failure leaves
+    the job to MLflow; an existing store is never touched (the copy is linked into place only if none
+    exists).
     """
     if is_http(uri) or os.environ.get("TINYTRAIN_SQLITE_DEFAULTS") == "1":
         return False
@@ -298,14 +300,34 @@ def create_store_from_template(uri: str) -> bool:
     return True
 
 
-def _store_template() -> Path:
-    """The cached empty store of the installed MLflow version, made on first use."""
+def _quick_check(database: Path) -> bool:
+    """SQLite's own check of a database file's structure (a few ms for the template)."""
     import sqlite3
-    from importlib.metadata import version
 
-    template = template_cache() / f"mlflow-{version('mlflow')}-empty.db"
+    try:
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            return connection.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+
+
+def _store_template() -> Path:
+    """The cached empty store of the installed MLflow and its migrations, made (and checked) on first use."""
+    import hashlib
+    import sqlite3
+
+    import mlflow
+
+    migrations = Path(mlflow.__file__).parent / "store" / "db_migrations" / "versions"
+    schema = hashlib.sha256(" ".join(sorted(path.name for path in migrations.glob("*.py"))).encode()).hexdigest()
+    template = template_cache() / f"mlflow-{mlflow.__version__}-{schema[:12]}-empty.db"
     if template.exists():
-        return template
+        if _quick_check(template):
+            return template
+        template.unlink()  # damaged since it was made: make it again
     template.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=template.parent) as folder:
         staged = Path(folder) / "store.db"
@@ -318,12 +340,13 @@ def _store_template() -> Path:
             with connection:
                 connection.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
                 deleted = connection.execute("DELETE FROM experiments WHERE experiment_id = 0").rowcount
-            connection.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+            journal = connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0]  # one file, no -wal
             connection.execute("VACUUM")
         finally:
             connection.close()
-        if deleted != 1:
-            raise TrackingError("the new store has no Default experiment to take out")
+        if deleted != 1 or journal != "delete" or not _quick_check(staged):
+            raise TrackingError(f"the new template is not as expected ({deleted} Default experiment, "
+                                f"journal {journal})")
         os.replace(staged, template)
     return template
 
@@ -344,8 +367,10 @@ class ArtifactFolder:
 
     Where the artifacts are local files (a SQLite store's artifacts/ folder) it is their folder itself:
     files are written where they stay, without the staging copy and the artifact repository that MLflow's
-    log_artifacts builds on every call (about 8 ms of the writer's 40 a run). Anywhere else (a server)
-    it is a temporary folder, uploaded through the client at the end of the block.
+    log_artifacts builds on every call (about 8 ms of the writer's 40 a run). Files written in place are
+    not all-or-nothing: a run that fails midway can leave partial files in its own folder, under its
+    FAILED run (as a log_artifacts cut short would). Anywhere else (a server) it is a temporary folder,
+    uploaded through the client at the end of the block.
     """
 
     def __init__(self, client: Any, owner_id: str, artifact_uri: str, of_model: bool = False):
@@ -369,6 +394,27 @@ class ArtifactFolder:
                 upload(self.owner_id, self.staging.name)
         finally:
             self.staging.cleanup()
+
+
+def checkpoint_sqlite(uri: str) -> None:
+    """Fold a SQLite store's write-ahead log into the database file and sync it.
+
+    With synchronous=NORMAL (tune_sqlite_connections) a commit is in the WAL file but not yet synced: a
+    killed process loses nothing, an OS crash or power cut may. At the end of a sweep this makes what it
+    wrote durable and leaves one self-contained file (the writer process ends without closing its
+    connections, which is when SQLite would do it). Best effort: a busy reader only makes it partial.
+    """
+    if is_http(uri) or not sqlite_path(uri).exists():
+        return
+    import sqlite3
+
+    connection = sqlite3.connect(sqlite_path(uri), timeout=10)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error:
+        pass
+    finally:
+        connection.close()
 
 
 class Store:
@@ -804,6 +850,7 @@ class Recorder:
             if status == "FINISHED" and self.counts.skipped + self.counts.converged + self.counts.diverged:
                 self._log_sweep_summary()
             self.store.end_sweep(self.parent_run_id, self.counts, status)
+        checkpoint_sqlite(self.uri)  # everything written now survives an OS crash too
         return self.counts
 
     def _log_sweep_summary(self) -> None:
