@@ -408,7 +408,7 @@ def checkpoint_sqlite(uri: str) -> None:
         return
     import sqlite3
 
-    connection = sqlite3.connect(sqlite_path(uri), timeout=10)
+    connection = sqlite3.connect(sqlite_path(uri), timeout=2)  # a reader in the way only makes it partial
     try:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.Error:
