@@ -9,7 +9,7 @@ With --jobs N the vmap engine's cells are split into N batches trained at once b
 (a cell's bits then depend on its batch): it is here to measure what that setting would give.
 """
 
-import sys
+import argparse
 import time
 
 started = time.perf_counter()
@@ -18,23 +18,18 @@ from tinytrain.spec import default_experiment_path, load_experiment  # noqa: E40
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    engine, jobs = "sequential", 1
-    if "--engine" in args:
-        position = args.index("--engine")
-        engine = args[position + 1]
-        del args[position:position + 2]
-    if "--jobs" in args:
-        position = args.index("--jobs")
-        jobs = int(args[position + 1])
-        del args[position:position + 2]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", nargs="?", default=str(default_experiment_path()))
+    parser.add_argument("--engine", choices=["sequential", "vmap"], default="sequential")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--runtime", metavar="THREADS,MKLDNN", default=None)
+    args = parser.parse_args()
+    engine, jobs = args.engine, args.jobs
     runtime = None
-    if "--runtime" in args:
-        position = args.index("--runtime")
-        threads, mkldnn = args[position + 1].split(",")
+    if args.runtime:
+        threads, mkldnn = args.runtime.split(",")
         runtime = {"threads": int(threads), "mkldnn": mkldnn == "1"}
-        del args[position:position + 2]
-    experiment = load_experiment(args[0] if args else default_experiment_path(), [f"engine={engine}"])
+    experiment = load_experiment(args.experiment, [f"engine={engine}"])
     specs = experiment.specs()
     if runtime:
         import dataclasses

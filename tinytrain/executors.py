@@ -74,80 +74,67 @@ class ProcessPool:
         )
 
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
-        from tinytrain.train import train_safely
-
-        sequential = [spec for spec in specs if spec.engine != "vmap"]
-        yield from _bounded(sequential, started, lambda spec: self.pool.submit(train_safely, spec), 2 * self.jobs)
-        batched = [spec for spec in specs if spec.engine == "vmap"]
-        if batched:
-            yield from self._run_batches(batched, started)
-
-    def _run_batches(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
-        """vmap cells as one batch per worker, dealt round robin so that each batch mixes the update rules
-        alike. At the vmap engine's runtime (one thread, oneDNN off) a cell's result does not depend on its
-        batch, so splitting changes no number. Once the workers run, two batches on two cores train the
-        default grid in 1.3 s against 2.2 s for one batch; starting the workers costs more than that at this
-        size, so it pays off for longer sweeps (README, Performance).
+        """Sequential runs one per task; vmap cells as one batch per worker, dealt round robin so that each
+        batch mixes the update rules alike. At the vmap engine's runtime (one thread, oneDNN off) a cell's
+        result does not depend on its batch, so splitting changes no number. Once the workers run, two
+        batches on two cores train the default grid in 1.3 s against 2.2 s for one batch; starting the
+        workers costs more than that at this size, so it pays off for longer sweeps (README, Performance).
         """
-        from concurrent.futures import as_completed
-
-        from tinytrain.train import FAILED, RunResult
-        from tinytrain.vmap import train_batch
-
-        batches = [specs[start::self.jobs] for start in range(min(self.jobs, len(specs)))]
-        pending: dict[Future, list[RunSpec]] = {}
-        try:
-            for batch in batches:
-                for spec in batch:
-                    started(spec)
-                try:
-                    pending[self.pool.submit(train_batch, batch)] = batch
-                except Exception as error:  # noqa: BLE001 - a broken pool refuses new work
-                    yield from (RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error}")
-                                for spec in batch)
-            for future in as_completed(list(pending)):
-                batch = pending.pop(future)
-                try:
-                    results = future.result()
-                except Exception as error:  # noqa: BLE001 - e.g. BrokenProcessPool: its worker died
-                    results = [RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error or 'worker died'}")
-                               for spec in batch]
-                yield from results
-        finally:
-            for future in pending:
-                future.cancel()
+        runs = [[spec] for spec in specs if spec.engine != "vmap"]
+        yield from _bounded(runs, started, lambda unit: self.pool.submit(_train_each, unit), 2 * self.jobs)
+        batched = [spec for spec in specs if spec.engine == "vmap"]
+        batches = [batched[start::self.jobs] for start in range(min(self.jobs, len(batched)))]
+        yield from _bounded(batches, started, lambda batch: self.pool.submit(_train_batch, batch), self.jobs)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _bounded(specs: list[RunSpec], started: Started, submit: Callable[[RunSpec], Future],
-             window: int) -> Iterator[RunResult]:
-    """Keep at most `window` runs in flight; yield results as they complete.
+def _train_each(specs: list[RunSpec]) -> list[RunResult]:
+    """A worker's task: sequential runs, one after another."""
+    from tinytrain.train import train_safely
 
-    A run whose worker process died (the pool is then broken) comes back as a failed result, like a run
-    that raised: the sweep logs it FAILED, goes on with what it can, and exits 1.
+    return [train_safely(spec) for spec in specs]
+
+
+def _train_batch(specs: list[RunSpec]) -> list[RunResult]:
+    """A worker's task for a vmap batch."""
+    from tinytrain.vmap import train_batch
+
+    return train_batch(specs)
+
+
+def _bounded(units: list[list[RunSpec]], started: Started, submit: Callable[[list[RunSpec]], Future],
+             window: int) -> Iterator[RunResult]:
+    """Keep at most `window` units (a run, or a vmap batch) in flight; yield their results as they complete.
+
+    A unit whose worker process died (the pool is then broken) comes back as failed results, like a run
+    that raised: the sweep logs them FAILED, goes on with what it can, and exits 1.
     """
     from tinytrain.train import FAILED, RunResult
 
-    pending: dict[Future, RunSpec] = {}
-    queue = list(reversed(specs))
+    def failed(unit: list[RunSpec], message: str) -> list[RunResult]:
+        return [RunResult(spec, [], FAILED, error=message) for spec in unit]
+
+    pending: dict[Future, list[RunSpec]] = {}
+    queue = list(reversed(units))
     try:
         while queue or pending:
             while queue and len(pending) < window:
-                spec = queue.pop()
-                started(spec)
+                unit = queue.pop()
+                for spec in unit:
+                    started(spec)
                 try:
-                    pending[submit(spec)] = spec
+                    pending[submit(unit)] = unit
                 except Exception as error:  # noqa: BLE001 - a broken pool refuses new work
-                    yield RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error}")
+                    yield from failed(unit, f"{type(error).__name__}: {error}")
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                spec = pending.pop(future)
+                unit = pending.pop(future)
                 try:
-                    yield future.result()
+                    yield from future.result()
                 except Exception as error:  # noqa: BLE001 - e.g. BrokenProcessPool: its worker died
-                    yield RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error or 'worker died'}")
+                    yield from failed(unit, f"{type(error).__name__}: {error or 'worker died'}")
     finally:
         for future in pending:
             future.cancel()

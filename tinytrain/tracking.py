@@ -8,6 +8,7 @@ sweep: the sweep hands it specs and results, in this process or in a background 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -302,15 +303,9 @@ def create_store_from_template(uri: str) -> bool:
 
 def _quick_check(database: Path) -> bool:
     """SQLite's own check of a database file's structure (a few ms for the template)."""
-    import sqlite3
-
     try:
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-        try:
-            return connection.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        finally:
-            connection.close()
-    except sqlite3.Error:
+        return _query_sqlite(f"sqlite:///{database}", "PRAGMA quick_check") == [("ok",)]
+    except TrackingError:
         return False
 
 
@@ -357,7 +352,7 @@ def local_artifact_path(artifact_uri: str) -> Path | None:
         from urllib.parse import unquote
 
         return Path(unquote(urlparse(artifact_uri).path))
-    if "://" not in artifact_uri and ":" not in artifact_uri.split("/")[0] and Path(artifact_uri).is_absolute():
+    if Path(artifact_uri).is_absolute():  # "mlflow-artifacts:/...", "s3://..." are not
         return Path(artifact_uri)
     return None
 
@@ -404,17 +399,9 @@ def checkpoint_sqlite(uri: str) -> None:
     wrote durable and leaves one self-contained file (the writer process ends without closing its
     connections, which is when SQLite would do it). Best effort: a busy reader only makes it partial.
     """
-    if is_http(uri) or not sqlite_path(uri).exists():
-        return
-    import sqlite3
-
-    connection = sqlite3.connect(sqlite_path(uri), timeout=2)  # a reader in the way only makes it partial
-    try:
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    except sqlite3.Error:
-        pass
-    finally:
-        connection.close()
+    if not is_http(uri):
+        with contextlib.suppress(TrackingError):  # a reader in the way for 2 s only makes it partial
+            _query_sqlite(uri, "PRAGMA wal_checkpoint(TRUNCATE)", timeout=2)
 
 
 class Store:
@@ -436,7 +423,7 @@ class Store:
         self.uri = uri
         mlflow.set_tracking_uri(uri)  # mlflow.pytorch.log_model resolves the store globally
         self.client = mlflow.MlflowClient(uri)
-        self.artifact_uris: dict[str, str] = {}  # run id -> artifact URI, of the runs this Store started
+        self.artifact_uris: dict[str, str] = {}  # run id -> artifact URI, of the runs started and not finished
 
     # experiments -------------------------------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = True) -> str | None:
@@ -556,6 +543,7 @@ class Store:
         Returns step -> model id. The state dicts (checkpoints/final.pt, checkpoints/step-NNNNNN.pt) are
         what `reproduce` reads: plain tensors, loaded with weights_only=True, no code unpickled.
         """
+        artifact_uri = self.artifact_uris.pop(run_id, None)
         if result.final_weights is None:
             return {}
         import torch
@@ -566,7 +554,7 @@ class Store:
                            for step, weights in {**result.checkpoints, final_step: result.final_weights}.items()}
         params = result.spec.params()
         models: dict[int, str] = {}
-        artifact_uri = self.artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
+        artifact_uri = artifact_uri or self.client.get_run(run_id).info.artifact_uri
         try:
             with ArtifactFolder(self.client, run_id, artifact_uri) as run_artifacts:
                 state_dicts = run_artifacts / "checkpoints"
@@ -675,14 +663,14 @@ def experiments_readonly(uri: str) -> list[tuple[str, str]]:
     return [(str(experiment_id), name) for experiment_id, name in _query_sqlite(uri, query, ())]
 
 
-def _query_sqlite(uri: str, query: str, parameters: tuple) -> list[tuple]:
-    """A SELECT on a SQLite store; nothing if the store does not exist yet."""
+def _query_sqlite(uri: str, query: str, parameters: tuple = (), timeout: float = 20) -> list[tuple]:
+    """A SELECT (or PRAGMA) on a SQLite store, outside MLflow; nothing if the store does not exist yet."""
     import sqlite3
 
     path = sqlite_path(uri)
     if not path.exists():
         return []
-    connection = sqlite3.connect(path, timeout=20)  # SELECT only; mode=ro cannot always read a WAL database
+    connection = sqlite3.connect(path, timeout=timeout)  # not mode=ro: it cannot always read a WAL database
     try:
         return connection.execute(query, parameters).fetchall()
     except sqlite3.Error as error:
