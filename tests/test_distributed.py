@@ -23,6 +23,8 @@ from tinytrain.cli import cli
 from tinytrain.executors import ExecutorError
 from tinytrain.spec import load_experiment
 
+from .conftest import free_port
+
 # Three optimizers (one a variant), a stable and a diverging learning rate, two seeds: 12 short cells.
 GRID = """# tinytrain sweep scale-out.toml
 name = "scale-out"
@@ -37,12 +39,6 @@ momentum = 0.9
 """
 CELLS = 12
 CLI_TIMEOUT = 300
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tinytrain(*args: str, cwd: Path, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
@@ -155,7 +151,7 @@ def test_a_sweep_on_a_dask_cluster_equals_the_in_process_sweep_bit_for_bit(dask_
     assert listening and set(listening) == {"127.0.0.1"}  # the scheduler, nannies, workers, their HTTP
     from distributed import Client
 
-    from tinytrain.distributed import worker_environment
+    from tinytrain.executors.dask_cluster import worker_environment
 
     with Client(address, timeout="10s", set_as_default=False) as client:
         workers = client.run(worker_environment)
@@ -201,7 +197,7 @@ def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_clus
     runs that cell again elsewhere, and the store ends with one FINISHED run per cell, nothing RUNNING."""
     from distributed import Client
 
-    from tinytrain.distributed import task_key
+    from tinytrain.executors.dask_cluster import task_key
 
     address, _home = dask_cluster
     uri = f"sqlite:///{tmp_path / 'kill-store' / 'mlflow.db'}"
@@ -282,15 +278,15 @@ def test_a_cell_whose_workers_keep_dying_is_a_failed_result_and_the_others_finis
     """With allowed-failures at 0 the first death is final: that cell fails, the sweep goes on."""
     import dask
 
-    from tinytrain.distributed import DaskExecutor
-    from tinytrain.train import FAILED
+    from tinytrain.executors.dask_cluster import DaskExecutor
+    from tinytrain.results import FAILED
 
     specs = load_experiment(overrides=["steps=3", "optimizer=adam", "lr=0.001", "seed=0,1,2"]).specs()
 
     def train_or_die(spec):  # pickled by value: a worker does not need this test module
         import os
 
-        from tinytrain.distributed import train_on_worker
+        from tinytrain.executors.dask_cluster import train_on_worker
 
         if spec.seed == 1:
             os._exit(1)
@@ -349,7 +345,7 @@ def test_an_unreachable_tracking_server_is_one_line_before_the_cluster_is_asked(
 
 
 def test_without_the_dask_extra_the_error_says_how_to_install_it(monkeypatch):
-    from tinytrain.distributed import DaskExecutor
+    from tinytrain.executors.dask_cluster import DaskExecutor
 
     monkeypatch.setitem(sys.modules, "distributed", None)  # what `import distributed` meets without the extra
     with pytest.raises(ExecutorError, match=r"pip install -e '\.\[dask\]'"):
@@ -385,7 +381,7 @@ def test_a_run_that_torch_rejects_on_a_worker_is_a_failed_result():
     """A spec that bypassed validation (a negative lr): torch raises on the worker, the driver gets FAILED."""
     from dataclasses import replace
 
-    from tinytrain.distributed import DaskExecutor
+    from tinytrain.executors.dask_cluster import DaskExecutor
 
     good = load_experiment(overrides=["steps=2", "optimizer=sgd", "lr=0.01", "seed=0"]).specs()[0]
     rejected = replace(good, lr=-1.0)

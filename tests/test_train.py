@@ -11,8 +11,9 @@ import torch
 
 from tinytrain.model import PARAMETER_COUNT, LeNet
 from tinytrain.problem import loss_fn, make_input, make_target
+from tinytrain.results import CONVERGED, DIVERGED, FAILED
 from tinytrain.spec import validate
-from tinytrain.train import CONVERGED, DIVERGED, FAILED, evaluate, train, train_safely
+from tinytrain.train import evaluate, train, train_safely
 
 
 def one_spec(**settings):

@@ -16,17 +16,17 @@ import torch
 from tinytrain.executors import InProcess, ProcessPool
 from tinytrain.model import LeNet
 from tinytrain.optimizers import build_optimizer
+from tinytrain.results import CONVERGED, DIVERGED, FAILED
 from tinytrain.spec import RunSpec, load_experiment, validate
-from tinytrain.train import CONVERGED, DIVERGED, FAILED, initial_net, train
+from tinytrain.train import initial_net, train
 from tinytrain.vmap import (
     ROW_LENGTH,
-    UPDATE_RULE_OF_KIND,
-    UPDATE_RULES,
     cell_parameters,
     initial_weights,
     train_batch,
     train_cells,
 )
+from tinytrain.vmap_optim import UPDATE_RULE_OF_KIND, UPDATE_RULES
 
 GRID = "experiments/optimizer-grid.toml"
 

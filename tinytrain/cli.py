@@ -13,9 +13,12 @@ from typing import NoReturn
 
 import click
 
+from tinytrain.executors.base import EXECUTORS, ExecutorError
 from tinytrain.report import COLUMNS, FORMATS
 from tinytrain.shutdown import exit_now
-from tinytrain.spec import ConfigError, load_experiment
+from tinytrain.spec import ENGINES, ConfigError, load_experiment
+from tinytrain.tracking.contract import RUN_KEY, TrackingError
+from tinytrain.tracking.location import is_http
 
 EXIT_RUNS_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -32,9 +35,6 @@ def translate_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from tinytrain.executors import ExecutorError
-        from tinytrain.tracking import TrackingError
-
         try:
             return command(*args, **kwargs)
         except ConfigError as error:
@@ -79,11 +79,11 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Run every cell again, even those already finished in the store.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (with --executor pool or dask).")
-@click.option("--executor", type=click.Choice(["inprocess", "pool", "dask"]), default=None,
+@click.option("--executor", type=click.Choice(EXECUTORS), default=None,
               help="Where runs execute [default: inprocess, or pool when --jobs > 1].")
 @click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
               help="A running Dask scheduler (with --executor dask); without it a local cluster is started.")
-@click.option("--engine", type=click.Choice(["sequential", "vmap"]), default=None,
+@click.option("--engine", type=click.Choice(ENGINES), default=None,
               help="sequential: one run at a time; vmap: the cells in one batched net (one per --jobs worker).")
 @click.option("--from-run", "from_run", metavar="PARENT_RUN_ID", default=None,
               help="Re-run the sweep whose resolved experiment file a parent run keeps.")
@@ -150,7 +150,7 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
 def browse_line(outcome) -> str:
     """Where to see the runs: the runs page (MLflow 3 opens experiments on a GenAI page otherwise)."""
-    opening = "open" if outcome.uri.startswith("http") else "`make ui`, then open"
+    opening = "open" if is_http(outcome.uri) else "`make ui`, then open"
     return f"Browse: {opening} {outcome.runs_url}"
 
 
@@ -229,7 +229,7 @@ def reproduce(run_id, tracking_uri):
     from tinytrain.verify import reproduce as retrain_and_compare
 
     record = read_logged_run(resolved_uri(tracking_uri), run_id)
-    if record.tags.get("tinytrain.run_key") != record.spec.key:
+    if record.tags.get(RUN_KEY) != record.spec.key:
         click.echo("note: the run's params no longer give its run key: the record was changed or written by "
                    "another version", err=True)
     verdict = retrain_and_compare(run_id, record.spec, record.losses, record.checkpoints, record.tags)
@@ -320,7 +320,7 @@ def cluster(port, workers, stop):
         tinytrain sweep --executor dask --scheduler tcp://127.0.0.1:8786
         tinytrain cluster --stop
     """
-    from tinytrain.distributed import CLUSTER_FOLDER, start_cluster, stop_cluster
+    from tinytrain.cluster import CLUSTER_FOLDER, start_cluster, stop_cluster
 
     if stop:
         found = CLUSTER_FOLDER.exists()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from tinytrain.tracking import CellRun, SweepRecord
+    from tinytrain.tracking.read import CellRun, SweepRecord
 
 FORMATS = ("table", "csv", "json", "markdown")
 # The columns of the compare table, in order; any of them sorts it (--sort).
@@ -283,7 +283,6 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
 
     Returns the Figure (drawn with the Agg canvas: no display, no pyplot state) for the caller to save.
     """
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -304,19 +303,8 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
         diverged_everywhere = []
         for lr in lrs:
             cell = [run for run in sweep.runs if run.optimizer == optimizer and run.lr == lr]
-            converged = [run.losses for run in cell if not run.diverged and run.losses]
-            if not cell:
-                continue
-            if not converged:
+            if cell and not _draw_cell(ax, cell, f"{lr:g}", colours[lr]):
                 diverged_everywhere.append(f"{lr:g}")
-                continue
-            curves = np.array([curve[:min(map(len, converged))] for curve in converged])
-            steps = np.arange(curves.shape[1])
-            diverged = len(cell) - len(converged)
-            label = f"{lr:g}" + (f" ({diverged}/{len(cell)} diverged)" if diverged else "")
-            ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=colours[lr], alpha=0.2,
-                            linewidth=0)
-            ax.plot(steps, np.median(curves, axis=0), color=colours[lr], linewidth=1.6, label=label)
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
         ax.set_title(optimizer)
@@ -332,6 +320,22 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
     figure.suptitle(f"{sweep.experiment}: loss per step, median over {seeds} seed{'s' if seeds != 1 else ''} "
                     "(band: min–max)")
     return figure
+
+
+def _draw_cell(ax: Any, cell: list[CellRun], lr_label: str, colour: Any) -> bool:
+    """A cell's median loss curve over its converged seeds, with a min–max band; False if none converged."""
+    import numpy as np
+
+    converged = [run.losses for run in cell if not run.diverged and run.losses]
+    if not converged:
+        return False
+    curves = np.array([curve[:min(map(len, converged))] for curve in converged])
+    steps = np.arange(curves.shape[1])
+    diverged = len(cell) - len(converged)
+    label = lr_label + (f" ({diverged}/{len(cell)} diverged)" if diverged else "")
+    ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=colour, alpha=0.2, linewidth=0)
+    ax.plot(steps, np.median(curves, axis=0), color=colour, linewidth=1.6, label=label)
+    return True
 
 
 def _lr_colours(lrs: Sequence[float]) -> dict[float, Any]:
@@ -360,3 +364,15 @@ def write_sweep_summary(sweep: SweepRecord, folder: Path) -> list[Path]:
     table_csv.write_text(render_compare(rows, "csv"))
     save_figure(plot_loss_curves(sweep), curves)
     return [markdown, table_csv, curves]
+
+
+class SweepSummary:
+    """tracking's SweepSummary: what a sweep logs to its parent run at its end, as the sweep hands it in."""
+
+    def warm_up(self) -> None:
+        """Import the plotting stack ahead of the sweep's end, where it would add to the sweep's wall time."""
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
+    def write(self, sweep: SweepRecord, folder: Path) -> None:
+        write_sweep_summary(sweep, folder)

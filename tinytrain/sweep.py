@@ -11,8 +11,16 @@ import time
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
+from tinytrain.report import SweepSummary
 from tinytrain.spec import ConfigError, Experiment, RunSpec
-from tinytrain.tracking import Recorder, SweepCounts, check_store, finished_keys_readonly, runs_page_url
+from tinytrain.tracking import (
+    Recorder,
+    SweepCounts,
+    SweepRecorder,
+    check_store,
+    finished_keys_readonly,
+    runs_page_url,
+)
 
 
 @dataclass
@@ -58,8 +66,8 @@ def run_sweep(
 ) -> SweepOutcome:
     """Train every cell not yet finished and log it. Ctrl-C ends the current run as KILLED.
 
-    With `background`, a writer process logs while this one trains (see writer.py); this process then
-    never imports MLflow. Without it, the same Recorder writes in this process.
+    With `background`, a writer process logs while this one trains (tracking/background.py); this process
+    then never imports MLflow. Without it, the same Recorder writes in this process.
     """
     started_at = time.perf_counter()
     specs = experiment.specs()
@@ -70,12 +78,7 @@ def run_sweep(
     finished = finished_keys_readonly(uri, experiment.name)
     todo = [spec for spec in specs if force or spec.key not in finished]
     runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
-    if background:
-        from tinytrain.writer import BackgroundRecorder
-
-        recorder = BackgroundRecorder(uri)
-    else:
-        recorder = Recorder(uri)
+    recorder = _recorder(uri, background)
     failures: list[str] = []
     status, interrupted = "FINISHED", False
     try:
@@ -97,6 +100,15 @@ def run_sweep(
         finally:
             runner.close()
     return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures)
+
+
+def _recorder(uri: str, background: bool) -> SweepRecorder:
+    """The sweep's single writer: in a writer process of its own, or in this one."""
+    if background:
+        from tinytrain.tracking.background import BackgroundRecorder
+
+        return BackgroundRecorder(uri, SweepSummary())
+    return Recorder(uri, SweepSummary())
 
 
 class _progress:

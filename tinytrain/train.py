@@ -4,40 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from tinytrain.model import LeNet
 from tinytrain.optimizers import build_optimizer
 from tinytrain.problem import loss_fn, make_input, make_target
+from tinytrain.results import CONVERGED, DIVERGED, RunResult, failed_result
 from tinytrain.spec import RunSpec
 
-CONVERGED, DIVERGED, FAILED = "converged", "diverged", "failed"
-
 StateDict = dict[str, torch.Tensor]
-
-
-@dataclass
-class RunResult:
-    """What a run produced: the loss at every step, its outcome and the weights to checkpoint."""
-
-    spec: RunSpec
-    losses: list[float]  # losses[i] is the loss before step i's update; losses[steps] after the last
-    outcome: str  # converged, diverged (a non-finite loss ended it) or failed (it raised)
-    final_weights: StateDict | None = None  # None for a diverged or failed run: nothing to checkpoint
-    checkpoints: dict[int, StateDict] = field(default_factory=dict)  # step -> weights, every checkpoint_every
-    train_seconds: float = 0.0
-    error: str | None = None
-    runtime: dict[str, str] = field(default_factory=dict)  # threads and switches it actually ran with
-
-    @property
-    def initial_loss(self) -> float:
-        return self.losses[0] if self.losses else math.nan
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1] if self.losses else math.nan
 
 
 def configure_runtime(threads: int, mkldnn: bool) -> None:
@@ -101,7 +77,7 @@ def train_safely(spec: RunSpec) -> RunResult:
     try:
         return train(spec)
     except Exception as error:  # noqa: BLE001 - any error of one run must not end the sweep
-        return RunResult(spec, [], FAILED, error=f"{type(error).__name__}: {error}")
+        return failed_result(spec, error)
 
 
 def evaluate(weights: StateDict, data_seed: int, target_index: int, threads: int = 1, mkldnn: bool = False) -> float:
@@ -111,4 +87,3 @@ def evaluate(weights: StateDict, data_seed: int, target_index: int, threads: int
     net.load_state_dict(weights)
     with torch.no_grad():
         return loss_fn(net(make_input(data_seed)), make_target(target_index)).item()
-

@@ -6,10 +6,8 @@ seed), their optimizer, lr and hyperparameters. So the weights of K cells are st
 cell's loss and the gradient of its own loss in one batched forward and backward: the per-op overhead that
 bounds the sequential loop at this size is paid once per step for the whole batch.
 
-The updates are torch.optim's single-tensor steps rewritten operation by operation for stacked rows: each
-per-cell scalar (lr, betas, bias corrections, ...) is computed in Python floats as torch computes it and
-applied as a [cells, 1] float32 column, so every element sees the same float operations as in torch.optim.
-One update runs per update rule over all of its cells (AdamW is Adam with decoupled weight decay: one rule).
+The updates are torch.optim's single-tensor steps rewritten operation by operation for stacked rows
+(vmap_optim.py), one update per update rule over all of its cells.
 
 Each parameter of a row starts 64 bytes aligned, as a tensor of its own does: MKL's matrix products give
 results that depend on the operands' alignment, and aligned they give the sequential engine's bits. Measured
@@ -31,24 +29,16 @@ import hashlib
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from tinytrain.model import LeNet
 from tinytrain.problem import loss_fn, make_input, make_target
+from tinytrain.results import CONVERGED, DIVERGED, RunResult, failed_result
 from tinytrain.spec import RunSpec
-from tinytrain.train import (
-    CONVERGED,
-    DIVERGED,
-    FAILED,
-    RunResult,
-    StateDict,
-    configure_runtime,
-    initial_net,
-    runtime_settings,
-)
+from tinytrain.train import StateDict, configure_runtime, initial_net, runtime_settings
+from tinytrain.vmap_optim import UPDATE_RULE_OF_KIND, UPDATE_RULES
 
 # The LeNet's parameters in state-dict order, and where each lies in a cell's row of the stacked weights.
 with torch.device("meta"):  # functional_call only needs the module's structure (and no RNG is drawn)
@@ -96,8 +86,7 @@ def train_batch(specs: list[RunSpec]) -> list[RunResult]:
         try:
             trained = train_cells(members)
         except Exception as error:  # noqa: BLE001 - an error of one sub-batch must not end the sweep
-            message = f"{type(error).__name__}: {error}"
-            trained = [RunResult(spec, [], FAILED, error=message) for spec in members]
+            trained = [failed_result(spec, error) for spec in members]
         for index, result in zip(indices, trained, strict=True):
             results[index] = result
     return results  # type: ignore[return-value]
@@ -109,13 +98,9 @@ def train_cells(specs: Sequence[RunSpec]) -> list[RunResult]:
     Each step: one batched forward and backward over every row (ended cells ride along zeroed), one
     `.tolist()` of the K losses, then one update per update rule over the rows of its cells.
     """
-    settings = {batch_setting(spec) for spec in specs}
-    if len(settings) > 1:
-        raise ValueError(f"cells of one batch must share threads, mkldnn, data_seed and target_index, "
-                         f"got {sorted(settings)}: use train_batch, which splits them")
     if not specs:
         return []
-    threads, mkldnn, data_seed, target_index = settings.pop()
+    threads, mkldnn, data_seed, target_index = _shared_setting(specs)
     configure_runtime(threads, mkldnn)
     started = time.perf_counter()
 
@@ -160,12 +145,18 @@ def train_cells(specs: Sequence[RunSpec]) -> list[RunResult]:
     seconds = time.perf_counter() - started
     runtime = runtime_settings() | {"engine": "vmap", "batch_cells": str(count),
                                     "batch_key": batch_key(cells)}
-    results: list[RunResult | None] = [None] * count
-    for row, index in enumerate(order):
-        converged = outcomes[row] == CONVERGED
-        results[index] = RunResult(cells[row], losses[row], outcomes[row], final_weights[row],
-                                   checkpoints[row] if converged else {}, seconds / count, runtime=runtime)
-    return results  # type: ignore[return-value]
+    results = [RunResult(cells[row], losses[row], outcomes[row], final_weights[row],
+                         checkpoints[row] if outcomes[row] == CONVERGED else {}, seconds / count, runtime=runtime)
+               for row in range(count)]
+    return [results[row] for row in sorted(range(count), key=order.__getitem__)]  # back in the specs' order
+
+
+def _shared_setting(specs: Sequence[RunSpec]) -> BatchSetting:
+    settings = {batch_setting(spec) for spec in specs}
+    if len(settings) > 1:
+        raise ValueError(f"cells of one batch must share threads, mkldnn, data_seed and target_index, "
+                         f"got {sorted(settings)}: use train_batch, which splits them")
+    return settings.pop()
 
 
 def batch_key(cells: Sequence[RunSpec]) -> str:
@@ -249,210 +240,3 @@ class BatchedNet:
                   for piece in (by_parameter[name].reshape(cells, -1), padding)]
         torch.cat(pieces, dim=1, out=self._gradients)
         return self._gradients, losses
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Updates on stacked rows: torch.optim's single-tensor step, operation by operation, per-cell scalars as
-# [cells, 1] float32 columns (torch turns its Python-float scalars into float32 the same way).
-
-
-def column(values: Sequence[float]) -> torch.Tensor:
-    """Per-cell scalars as a [cells, 1] float32 column that broadcasts over the cells' weight rows."""
-    return torch.tensor(list(values), dtype=torch.float32).unsqueeze(1)
-
-
-def select(mask: torch.Tensor | None, when: torch.Tensor, otherwise: torch.Tensor) -> torch.Tensor:
-    """Per-cell choice between two branches of torch's code; no copy when every cell takes the same one."""
-    return when if mask is None else torch.where(mask, when, otherwise)
-
-
-class StackedUpdate:
-    """One update rule over the rows of its cells; the per-cell settings every torch.optim rule shares."""
-
-    def __init__(self, cells: Sequence[RunSpec]):
-        self.hyperparameters = [cell.optimizer_kwargs for cell in cells]
-        self.lrs = [cell.lr for cell in cells]
-        self.neg_lr = column([-lr for lr in self.lrs])
-        maximize = self.values("maximize")
-        self.sign = column([-1.0 if flag else 1.0 for flag in maximize]) if any(maximize) else None
-        self.weight_decay = self.column_unless_zero("weight_decay")
-
-    def values(self, name: str) -> list[Any]:
-        return [hyperparameters[name] for hyperparameters in self.hyperparameters]
-
-    def column_unless_zero(self, name: str) -> torch.Tensor | None:
-        """The hyperparameter as a column, or None when every cell has it at 0 (torch skips the branch)."""
-        values = self.values(name)
-        return column(values) if any(value != 0 for value in values) else None
-
-    def mask(self, flags: Sequence[bool]) -> torch.Tensor | None:
-        """A per-cell mask when a flag differs between cells, else None (every cell takes one branch)."""
-        if any(flags) and not all(flags):
-            return torch.tensor(list(flags), dtype=torch.bool).unsqueeze(1)
-        return None
-
-    def gradient(self, weights: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        """torch.optim's `grad if not maximize else -grad`, then `grad.add(param, alpha=weight_decay)`."""
-        grad = gradients if self.sign is None else gradients * self.sign  # a product by -1 is exact
-        if self.weight_decay is not None:
-            grad = grad.addcmul(weights, self.weight_decay)
-        return grad
-
-    def step(self, weights: torch.Tensor, gradients: torch.Tensor) -> None:
-        """Update the cells' weight rows in place from their gradient rows."""
-        raise NotImplementedError
-
-
-class StackedSGD(StackedUpdate):
-    """torch.optim.SGD (_single_tensor_sgd): momentum, dampening, weight_decay, nesterov, maximize per cell.
-
-    Cells without momentum run the momentum arithmetic with momentum 0 and no dampening, which gives
-    exactly their gradient (0 * buf + grad), so plain SGD and SGD with momentum share one update.
-    """
-
-    def __init__(self, cells: Sequence[RunSpec]):
-        super().__init__(cells)
-        momentum = self.values("momentum")
-        self.uses_momentum = any(value != 0 for value in momentum)
-        self.momentum = column(momentum)
-        self.one_minus_dampening = column([1 - dampening if value != 0 else 1.0
-                                           for value, dampening in zip(momentum, self.values("dampening"),
-                                                                       strict=True)])
-        nesterov = [bool(flag) for flag in self.values("nesterov")]
-        self.any_nesterov, self.nesterov = any(nesterov), self.mask(nesterov)
-        self.momentum_buffer: torch.Tensor | None = None
-
-    def step(self, weights: torch.Tensor, gradients: torch.Tensor) -> None:
-        grad = self.gradient(weights, gradients)
-        if self.uses_momentum:
-            if self.momentum_buffer is None:
-                self.momentum_buffer = grad.clone()
-            else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-                self.momentum_buffer.mul_(self.momentum).addcmul_(grad, self.one_minus_dampening)
-            buffer = self.momentum_buffer
-            grad = select(self.nesterov, grad.addcmul(buffer, self.momentum), buffer) if self.any_nesterov \
-                else buffer
-        weights.addcmul_(grad, self.neg_lr)  # param.add_(grad, alpha=-lr)
-
-
-class StackedAdam(StackedUpdate):
-    """torch.optim.Adam and AdamW (_single_tensor_adam): betas, eps, weight_decay (coupled, or decoupled for
-    AdamW and Adam's decoupled_weight_decay), amsgrad, maximize per cell."""
-
-    def __init__(self, cells: Sequence[RunSpec]):
-        super().__init__(cells)
-        decoupled = [cell.kind == "adamw" or bool(h.get("decoupled_weight_decay"))
-                     for cell, h in zip(cells, self.hyperparameters, strict=True)]
-        decay = self.values("weight_decay")
-        coupled_decay = [0.0 if is_decoupled else wd
-                         for wd, is_decoupled in zip(decay, decoupled, strict=True)]
-        self.weight_decay = column(coupled_decay) if any(coupled_decay) else None  # grad.add(param, alpha=wd)
-        decay_factors = [1 - lr * wd if is_decoupled else 1.0  # param.mul_(1 - lr * weight_decay)
-                         for lr, wd, is_decoupled in zip(self.lrs, decay, decoupled, strict=True)]
-        self.decay_factor = column(decay_factors) if any(factor != 1.0 for factor in decay_factors) else None
-        self.beta1s = [betas[0] for betas in self.values("betas")]
-        self.beta2s = [betas[1] for betas in self.values("betas")]
-        self.one_minus_beta1 = column([1 - beta1 for beta1 in self.beta1s])
-        self.beta2 = column(self.beta2s)
-        self.one_minus_beta2 = column([1 - beta2 for beta2 in self.beta2s])
-        self.eps = column(self.values("eps"))
-        amsgrad = [bool(flag) for flag in self.values("amsgrad")]
-        self.any_amsgrad, self.amsgrad = any(amsgrad), self.mask(amsgrad)
-        self.steps = 0
-        self.exp_avg: torch.Tensor | None = None
-        self.exp_avg_sq: torch.Tensor | None = None
-        self.max_exp_avg_sq: torch.Tensor | None = None
-
-    def step(self, weights: torch.Tensor, gradients: torch.Tensor) -> None:
-        if self.exp_avg is None or self.exp_avg_sq is None:
-            self.exp_avg, self.exp_avg_sq = torch.zeros_like(weights), torch.zeros_like(weights)
-            self.max_exp_avg_sq = torch.zeros_like(weights) if self.any_amsgrad else None
-        self.steps += 1
-        if self.decay_factor is not None:
-            weights.mul_(self.decay_factor)
-        grad = self.gradient(weights, gradients)  # coupled decay only: decoupled cells have 0 here
-        self.exp_avg.lerp_(grad, self.one_minus_beta1)
-        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): value * grad first, as torch's kernel
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad * self.one_minus_beta2, grad)
-        bias_correction2_sqrt = column([(1 - beta2**self.steps) ** 0.5 for beta2 in self.beta2s])
-        neg_step_size = column([-(lr / (1 - beta1**self.steps)) for lr, beta1 in
-                                zip(self.lrs, self.beta1s, strict=True)])
-        second_moment = self.exp_avg_sq
-        if self.max_exp_avg_sq is not None:
-            torch.maximum(self.max_exp_avg_sq, self.exp_avg_sq, out=self.max_exp_avg_sq)
-            second_moment = select(self.amsgrad, self.max_exp_avg_sq, self.exp_avg_sq)
-        denom = second_moment.sqrt().div_(bias_correction2_sqrt).add_(self.eps)
-        # param.addcdiv_(exp_avg, denom, value=-step_size): value * exp_avg first, as torch's kernel
-        weights.addcdiv_(self.exp_avg * neg_step_size, denom)
-
-
-class StackedRMSprop(StackedUpdate):
-    """torch.optim.RMSprop (_single_tensor_rmsprop): alpha, eps, weight_decay, momentum, centered, maximize
-    per cell."""
-
-    def __init__(self, cells: Sequence[RunSpec]):
-        super().__init__(cells)
-        self.alpha = column(self.values("alpha"))
-        self.one_minus_alpha = column([1 - alpha for alpha in self.values("alpha")])
-        self.eps = column(self.values("eps"))
-        with_momentum = [value > 0 for value in self.values("momentum")]
-        self.any_momentum, self.with_momentum = any(with_momentum), self.mask(with_momentum)
-        self.momentum = column(self.values("momentum"))
-        centered = [bool(flag) for flag in self.values("centered")]
-        self.any_centered, self.centered = any(centered), self.mask(centered)
-        self.square_avg: torch.Tensor | None = None
-        self.grad_avg: torch.Tensor | None = None
-        self.momentum_buffer: torch.Tensor | None = None
-
-    def step(self, weights: torch.Tensor, gradients: torch.Tensor) -> None:
-        if self.square_avg is None:
-            self.square_avg = torch.zeros_like(weights)
-            self.grad_avg = torch.zeros_like(weights) if self.any_centered else None
-            self.momentum_buffer = torch.zeros_like(weights) if self.any_momentum else None
-        grad = self.gradient(weights, gradients)
-        self.square_avg.mul_(self.alpha).addcmul_(grad * self.one_minus_alpha, grad)
-        if self.grad_avg is not None:
-            self.grad_avg.lerp_(grad, self.one_minus_alpha)
-            centered_avg = self.square_avg.addcmul(self.grad_avg, self.grad_avg, value=-1).sqrt_()
-            avg = select(self.centered, centered_avg, self.square_avg.sqrt())
-        else:
-            avg = self.square_avg.sqrt()
-        avg = avg.add_(self.eps)
-        if self.momentum_buffer is None:
-            weights.addcdiv_(grad * self.neg_lr, avg)  # param.addcdiv_(grad, avg, value=-lr)
-            return
-        self.momentum_buffer.mul_(self.momentum).addcdiv_(grad, avg)
-        with_momentum = weights.addcmul(self.momentum_buffer, self.neg_lr)  # param.add_(buf, alpha=-lr)
-        weights.copy_(select(self.with_momentum, with_momentum, weights.addcdiv(grad * self.neg_lr, avg)))
-
-
-class StackedAdagrad(StackedUpdate):
-    """torch.optim.Adagrad (_single_tensor_adagrad, dense gradients): lr_decay, weight_decay,
-    initial_accumulator_value, eps, maximize per cell."""
-
-    def __init__(self, cells: Sequence[RunSpec]):
-        super().__init__(cells)
-        self.lr_decays = self.values("lr_decay")
-        self.initial_accumulator = column(self.values("initial_accumulator_value"))
-        self.eps = column(self.values("eps"))
-        self.steps = 0
-        self.state_sum: torch.Tensor | None = None
-
-    def step(self, weights: torch.Tensor, gradients: torch.Tensor) -> None:
-        if self.state_sum is None:
-            self.state_sum = self.initial_accumulator.expand_as(weights).clone()  # torch.full_like(p, value)
-        self.steps += 1
-        grad = self.gradient(weights, gradients)
-        neg_clr = column([-(lr / (1 + (self.steps - 1) * lr_decay))
-                          for lr, lr_decay in zip(self.lrs, self.lr_decays, strict=True)])
-        self.state_sum.addcmul_(grad, grad, value=1)
-        std = self.state_sum.sqrt().add_(self.eps)
-        weights.addcdiv_(grad * neg_clr, std)  # param.addcdiv_(grad, std, value=-clr)
-
-
-# Update rule of each torch.optim kind; adam and adamw share one (AdamW is Adam with decoupled decay).
-UPDATE_RULES: dict[str, type[StackedUpdate]] = {
-    "sgd": StackedSGD, "adam": StackedAdam, "rmsprop": StackedRMSprop, "adagrad": StackedAdagrad,
-}
-UPDATE_RULE_OF_KIND = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop",
-                       "adagrad": "adagrad"}

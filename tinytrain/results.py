@@ -1,0 +1,46 @@
+"""What a run produced, in plain values: every executor returns it, every recorder writes it.
+
+No torch import here: the weights are whatever the training engine holds (tensors, or arrays on their way
+to the writer process), so executors, tracking and reports can type and build results without torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinytrain.spec import RunSpec
+
+CONVERGED, DIVERGED, FAILED = "converged", "diverged", "failed"
+OUTCOMES = (CONVERGED, DIVERGED, FAILED)
+
+StateDict = dict[str, Any]  # parameter name -> tensor (torch.Tensor where training made it)
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the loss at every step, its outcome and the weights to checkpoint."""
+
+    spec: RunSpec
+    losses: list[float]  # losses[i] is the loss before step i's update; losses[steps] after the last
+    outcome: str  # converged, diverged (a non-finite loss ended it) or failed (it raised)
+    final_weights: StateDict | None = None  # None for a diverged or failed run: nothing to checkpoint
+    checkpoints: dict[int, StateDict] = field(default_factory=dict)  # step -> weights, every checkpoint_every
+    train_seconds: float = 0.0
+    error: str | None = None
+    runtime: dict[str, str] = field(default_factory=dict)  # threads and switches it actually ran with
+
+    @property
+    def initial_loss(self) -> float:
+        return self.losses[0] if self.losses else math.nan
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else math.nan
+
+
+def failed_result(spec: RunSpec, error: BaseException | str) -> RunResult:
+    """The result of a run that could not complete: it raised, its worker died, its cluster gave up on it."""
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return RunResult(spec, [], FAILED, error=message)

@@ -1,0 +1,62 @@
+"""Everything tinytrain keeps in MLflow: where the store is, how runs are written, and how they read back.
+
+    contract.py    the names of the data contract (tags, artifacts) and TrackingError
+    location.py    tracking URIs, the store check, the UI's runs page, the `mlflow server` command
+    sqlite.py      SQLite beside MLflow: connection tuning, the store template, WAL checkpoint, plain reads
+    provenance.py  the environment of a run and the process that writes it
+    artifacts.py   artifacts written in place on a local store; server artifacts on a SQLite store
+    store.py       Store: every write, through MLflow's client
+    read.py        the read models (SweepRecord, CellRun, LoggedRun) and their readers
+    recorder.py    Recorder: the single writing path of a sweep (SweepRecorder, SweepSummary)
+    background.py  BackgroundRecorder: a Recorder in a writer process of its own
+
+Nothing here imports MLflow at module level (only where a store is opened), nor the reports, the sweep or
+the executors: the arrows point into tracking, never out of it (checked by `make lint`).
+"""
+
+from tinytrain.tracking.contract import (
+    ERROR,
+    EXPERIMENT_FILE,
+    FINAL_CHECKPOINT,
+    FINISHED_OUTCOMES,
+    KIND,
+    LOSS,
+    OUTCOME,
+    OWNER,
+    PARENT,
+    RUN_KEY,
+    TrackingError,
+)
+from tinytrain.tracking.location import (
+    DEFAULT_STORE,
+    artifact_root,
+    check_store,
+    is_http,
+    resolve_tracking_uri,
+    runs_page_url,
+    server_command,
+    sqlite_path,
+)
+from tinytrain.tracking.read import (
+    CellRun,
+    LoggedRun,
+    SweepRecord,
+    finished_keys_readonly,
+    read_logged_run,
+    read_losses,
+    read_sweep,
+    read_sweep_experiment,
+    sweep_record,
+)
+from tinytrain.tracking.recorder import Recorder, SweepCounts, SweepRecorder, SweepSummary
+from tinytrain.tracking.sqlite import create_store_from_template, experiments_readonly, template_cache
+from tinytrain.tracking.store import Store
+
+__all__ = [
+    "DEFAULT_STORE", "ERROR", "EXPERIMENT_FILE", "FINAL_CHECKPOINT", "FINISHED_OUTCOMES", "KIND", "LOSS", "OUTCOME",
+    "OWNER", "PARENT", "RUN_KEY", "CellRun", "LoggedRun", "Recorder", "Store", "SweepCounts", "SweepRecord",
+    "SweepRecorder", "SweepSummary", "TrackingError", "artifact_root", "check_store", "create_store_from_template",
+    "experiments_readonly", "finished_keys_readonly", "is_http", "read_logged_run", "read_losses", "read_sweep",
+    "read_sweep_experiment", "resolve_tracking_uri", "runs_page_url", "server_command", "sqlite_path",
+    "sweep_record", "template_cache",
+]

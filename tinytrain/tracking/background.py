@@ -1,0 +1,233 @@
+"""A Recorder in a process of its own, so that a sweep trains while its store is written.
+
+The sweep's process never imports MLflow: it hands starts and results to a queue and goes on training on
+its core, while the writer process imports MLflow, opens the store and logs, on the other core. It stays
+the store's single writer. Calls are applied in the order they were made; `close` waits for all of them.
+If the sweep's process dies, the writer closes the sweep as FAILED by itself and exits.
+
+The calls travel as small typed messages (Open, RunStarted, RunFinished, Close), each of which knows the
+Recorder method it stands for: BackgroundRecorder and Recorder are the same SweepRecorder to the sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tinytrain.results import RunResult
+from tinytrain.shutdown import exit_now
+from tinytrain.spec import Experiment, RunSpec
+from tinytrain.tracking.contract import TrackingError
+from tinytrain.tracking.recorder import Recorder, SweepCounts, SweepSummary
+
+# ---------------------------------------------------------------------------------------------------------
+# The messages
+
+
+@dataclass(frozen=True)
+class Open:
+    experiment: Experiment
+    specs: list[RunSpec]
+    finished: dict[str, str]
+    force: bool
+    with_parent: bool
+
+    def apply(self, recorder: Recorder) -> None:
+        recorder.open(self.experiment, self.specs, self.finished, self.force, self.with_parent)
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    spec: RunSpec
+
+    def apply(self, recorder: Recorder) -> None:
+        recorder.run_started(self.spec)
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    result: RunResult
+
+    def apply(self, recorder: Recorder) -> None:
+        recorder.run_finished(self.result)
+
+
+@dataclass(frozen=True)
+class Close:
+    status: str
+    reason: str | None
+
+    def apply(self, recorder: Recorder) -> SweepCounts:
+        return recorder.close(self.status, self.reason)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The sweep has its reply to Close: everything is committed, the writer may go."""
+
+
+Message = Open | RunStarted | RunFinished | Close | Stop
+
+
+@dataclass(frozen=True)
+class Request:
+    message: Message
+    wants_reply: bool
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The writer process
+
+
+def _serve(uri: str, summary: SweepSummary | None, requests: multiprocessing.Queue,
+           replies: multiprocessing.Queue) -> None:
+    """The writer process: apply each message to a Recorder; report the first error and stop writing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it sends Close(KILLED)
+    recorder = Recorder(uri, summary)
+    state = {"failed": False, "waiting_since": None}
+    lock = threading.Lock()  # held while a message is applied
+    threading.Thread(target=_close_when_orphaned, args=(recorder, state, lock), daemon=True).start()
+    warmed_up = False
+    while True:
+        if state["waiting_since"] is None:
+            state["waiting_since"] = time.monotonic()
+        try:
+            request: Request = requests.get(timeout=0.25)
+        except queue.Empty:
+            if not warmed_up and summary is not None:  # idle while the sweep trains: load what it needs now
+                summary.warm_up()
+            warmed_up = True
+            continue
+        except Exception as error:  # noqa: BLE001 - a message cut short, or that cannot be read
+            if not multiprocessing.parent_process().is_alive():
+                time.sleep(3600)  # the sweep died while sending: the watchdog closes and exits
+            state["failed"] = True
+            replies.put(("error", f"cannot read a message from the sweep: {type(error).__name__}: {error}"))
+            continue
+        state["waiting_since"] = None
+        with lock:
+            _apply(request, recorder, state, replies)
+
+
+def _apply(request: Request, recorder: Recorder, state: dict, replies: multiprocessing.Queue) -> None:
+    message = request.message
+    if isinstance(message, Stop):
+        exit_now(0)  # without the second it takes to tear down MLflow and torch
+    if state["failed"] and not isinstance(message, Close):
+        return
+    try:
+        result = message.apply(recorder)
+    except Exception as error:  # noqa: BLE001 - reported to the sweep, which turns it into a message
+        state["failed"] = True
+        replies.put(("error", f"{type(error).__name__}: {error}"))
+        return
+    if request.wants_reply:
+        replies.put(("ok", result))
+
+
+def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, idle_seconds: float = 2.0) -> None:
+    """If the sweep's process dies, write what it fully sent, then close what it left open as FAILED.
+
+    Runs beside the message loop because a process killed while sending leaves a half message in the
+    queue, on which the loop would wait for ever.
+    """
+    parent = multiprocessing.parent_process()
+    while True:
+        time.sleep(0.5)
+        if parent is None or parent.is_alive():
+            continue
+        waiting_since = state["waiting_since"]
+        if waiting_since is None or time.monotonic() - waiting_since < idle_seconds:
+            continue  # still writing what was sent before the sweep died
+        with lock:
+            if not state["failed"] and recorder.store is not None:
+                recorder.close("FAILED", reason="the sweep's process ended while it ran")
+        os._exit(0)
+
+
+def _without_shared_tensors(result: RunResult) -> RunResult:
+    """A result whose weights are copied into the message itself.
+
+    torch makes tensors in a multiprocessing queue share memory through file descriptors that the
+    sending process serves: if it dies, the writer could not read the results it had already sent.
+    """
+
+    def copied(weights):
+        return None if weights is None else {name: tensor.clone().numpy() for name, tensor in weights.items()}
+
+    return dataclasses.replace(result, final_weights=copied(result.final_weights),
+                               checkpoints={step: copied(w) for step, w in result.checkpoints.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sweep's side
+
+
+class BackgroundRecorder:
+    """A SweepRecorder whose calls are carried out by a Recorder in a writer process."""
+
+    def __init__(self, uri: str, summary: SweepSummary | None = None):
+        context = multiprocessing.get_context("spawn")
+        self.requests: multiprocessing.Queue = context.Queue()
+        self.replies: multiprocessing.Queue = context.Queue()
+        self.process = context.Process(target=_serve, args=(uri, summary, self.requests, self.replies),
+                                       name="tinytrain-writer", daemon=True)
+        self.process.start()
+        self.counts: SweepCounts | None = None
+
+    def _send(self, message: Message) -> None:
+        self.raise_if_failed()
+        self.requests.put(Request(message, wants_reply=False))
+
+    def _call(self, message: Message) -> Any:
+        """Send a message and wait for its reply. Ctrl-C does not stop the wait: what was trained is written."""
+        self.requests.put(Request(message, wants_reply=True))
+        while True:
+            try:
+                status, value = self.replies.get(timeout=1.0)
+            except KeyboardInterrupt:
+                continue
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise TrackingError("the tracking writer process ended unexpectedly") from None
+                continue
+            if status == "error":
+                raise TrackingError(f"writing to the store failed: {value}")
+            return value
+
+    def raise_if_failed(self) -> None:
+        """Surface a writer error as soon as it is known, not only at the end of the sweep."""
+        try:
+            status, value = self.replies.get_nowait()
+        except queue.Empty:
+            return
+        if status == "error":
+            raise TrackingError(f"writing to the store failed: {value}")
+
+    def open(self, experiment: Experiment, specs: list[RunSpec], finished: dict[str, str], force: bool = False,
+             with_parent: bool = True) -> None:
+        self._send(Open(experiment, specs, finished, force, with_parent))
+
+    def run_started(self, spec: RunSpec) -> None:
+        self._send(RunStarted(spec))
+
+    def run_finished(self, result: RunResult) -> None:
+        self._send(RunFinished(_without_shared_tensors(result)))
+
+    def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts:
+        """Wait until everything sent is written and the sweep is closed; then let the writer go.
+
+        Once close has answered, every write is committed: the writer's own exit is not waited for.
+        """
+        try:
+            self.counts = self._call(Close(status, reason))
+            return self.counts
+        finally:
+            self.requests.put(Request(Stop(), wants_reply=False))

@@ -1,0 +1,31 @@
+"""The names of tinytrain's data contract with MLflow: what every reader and writer of the store agrees on.
+
+One parent run per sweep, one nested child run per grid cell with the cell's params, its `loss` at every
+step, `initial_loss`, `final_loss`, tags (run key, outcome, environment) and its final weights as an MLflow
+model at the final step (see the README, "Where the runs go").
+"""
+
+from __future__ import annotations
+
+# Tag names
+RUN_KEY = "tinytrain.run_key"
+OUTCOME = "tinytrain.outcome"
+KIND = "tinytrain.kind"  # "sweep" on parent runs, "run" on the runs of grid cells
+OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, to find runs left RUNNING
+ERROR = "tinytrain.error"
+PARENT = "mlflow.parentRunId"
+
+FINISHED_OUTCOMES = ("converged", "diverged")  # the outcomes of a cell that needs no new run
+EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
+CHECKPOINTS = "checkpoints"  # the run's artifact folder of weights-only state dicts
+FINAL_CHECKPOINT = f"{CHECKPOINTS}/final.pt"
+LOSS = "loss"
+
+
+def step_checkpoint(step: int) -> str:
+    """The artifact path of the state dict checkpointed after `step` updates (checkpoint_every)."""
+    return f"{CHECKPOINTS}/step-{step:06d}.pt"
+
+
+class TrackingError(RuntimeError):
+    """The store cannot be reached or does not hold what was asked for."""

@@ -1,0 +1,98 @@
+"""Where the store is: URIs, the check that it can be used, the UI's runs page and the `mlflow server` command.
+
+No MLflow import here: the CLI resolves URIs and prints links without loading it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tinytrain.tracking.contract import TrackingError
+
+DEFAULT_STORE = Path("mlruns") / "mlflow.db"
+# MLflow 3 sends usage telemetry from every process that imports it; a research tool should not phone home.
+# Set in the environment of the processes that use MLflow: the store's (Store) and the server's.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded store mlruns/mlflow.db of this folder.
+
+    A plain path is taken as a SQLite file. SQLite URIs are made absolute so that every process that gets
+    the URI (workers, the UI) opens the same file whatever its working directory.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or str(DEFAULT_STORE)
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+    elif "://" in uri:
+        raise TrackingError(f"tracking URI '{uri}' is not supported: use a SQLite file (sqlite:///path/mlflow.db "
+                            "or a path) or an mlflow server (http://127.0.0.1:5000)")
+    else:
+        path = Path(uri)
+    return f"sqlite:///{path.expanduser().resolve()}"
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store go to artifacts/ beside the database; a server decides its own."""
+    if is_http(uri):
+        return None
+    return (sqlite_path(uri).parent / "artifacts").as_uri()
+
+
+def check_store(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast, with one line, when the store cannot be used; before any run starts."""
+    if is_http(uri):
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise TrackingError(f"the tracking server at {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise TrackingError(f"cannot reach the tracking server at {uri} ({reason}): start it with "
+                                "`make server` or fix --tracking-uri") from None
+        return
+    folder = sqlite_path(uri).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackingError(f"cannot create the store folder {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise TrackingError(f"the store folder {folder} is not writable: fix its permissions or use --tracking-uri")
+
+
+def runs_page_url(uri: str, experiment_id: str, ui_address: str = "http://127.0.0.1:5000") -> str:
+    """The runs table of an experiment (the UI opens experiments on a GenAI page otherwise)."""
+    base = uri if is_http(uri) else ui_address
+    return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict[str, str]]:
+    """`mlflow server` on a SQLite store, its artifacts served through it; and the environment it needs.
+
+    One web worker and no job consumers: tinytrain needs neither, and on two cores they slow all else.
+    """
+    if is_http(uri):
+        raise TrackingError(f"{uri} is already a server: open {uri} in a browser")
+    artifacts = sqlite_path(uri).parent / "artifacts"
+    command = [
+        str(Path(sys.executable).with_name("mlflow")), "server",
+        "--backend-store-uri", uri,
+        "--serve-artifacts", "--artifacts-destination", artifacts.as_uri(),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]
+    env = {**NO_TELEMETRY, **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return command, env

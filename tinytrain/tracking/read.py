@@ -1,0 +1,242 @@
+"""Reading the store back: the read models that reports take (plain values) and the readers that fill them.
+
+A sweep skips the cells that earlier sweeps finished, so its runs are not just the children of its parent
+run. Its cells come from the experiment file the parent keeps; the run of each cell is the finished run
+with the cell's run key, whichever sweep made it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinytrain.spec import DEFAULTS, Experiment, RunSpec, load_experiment
+from tinytrain.tracking.contract import (
+    CHECKPOINTS,
+    EXPERIMENT_FILE,
+    FINAL_CHECKPOINT,
+    FINISHED_OUTCOMES,
+    KIND,
+    OUTCOME,
+    RUN_KEY,
+    TrackingError,
+)
+from tinytrain.tracking.location import check_store, is_http, sqlite_path
+from tinytrain.tracking.sqlite import query_sqlite
+from tinytrain.tracking.store import Store
+
+
+def finished_keys_readonly(uri: str, experiment_name: str) -> dict[str, str]:
+    """run key -> run id of the finished runs of an experiment, read without importing MLflow.
+
+    For `--dry-run`, which must stay instant: a read-only SQL query on a SQLite store (MLflow's schema:
+    tables experiments, runs, tags), MLflow's REST API on a server. Tests hold both equal to what
+    MLflow's own search gives (Store.finished_runs_by_key).
+    """
+    if is_http(uri):
+        return _finished_keys_rest(uri, experiment_name)
+    query = """
+        SELECT key_tag.value, runs.run_uuid FROM runs
+        JOIN experiments ON experiments.experiment_id = runs.experiment_id
+        JOIN tags AS key_tag ON key_tag.run_uuid = runs.run_uuid AND key_tag.key = ?
+        JOIN tags AS outcome_tag ON outcome_tag.run_uuid = runs.run_uuid AND outcome_tag.key = ?
+        WHERE experiments.name = ? AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
+          AND outcome_tag.value IN (?, ?)
+        ORDER BY runs.start_time"""
+    return dict(query_sqlite(uri, query, (RUN_KEY, OUTCOME, experiment_name, *FINISHED_OUTCOMES)))
+
+
+def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
+    import json
+    from urllib.parse import quote
+
+    def call(path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    try:
+        experiment = call(f"experiments/get-by-name?experiment_name={quote(experiment_name)}")["experiment"]
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return {}
+        raise TrackingError(f"the tracking server at {uri} answered {error.code}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(f"cannot reach the tracking server at {uri}: {error}") from None
+    finished, token = {}, None
+    while True:
+        body = {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000,
+                "filter": "attributes.status = 'FINISHED'", "order_by": ["attributes.start_time ASC"]}
+        if token:
+            body["page_token"] = token
+        page = call("runs/search", body)
+        for run in page.get("runs", []):
+            tags = {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
+            if tags.get(OUTCOME) in FINISHED_OUTCOMES and RUN_KEY in tags:
+                finished[tags[RUN_KEY]] = run["info"]["run_id"]
+        token = page.get("next_page_token")
+        if not token:
+            return finished
+
+
+def read_losses(uri: str, run_id: str) -> list[float]:
+    with Store(uri) as store:
+        return store.losses(run_id)
+
+
+def read_sweep_experiment(uri: str, parent_run_id: str) -> str:
+    """The resolved experiment file that a sweep's parent run keeps."""
+    with Store(uri) as store:
+        return store.read_text(parent_run_id, EXPERIMENT_FILE)
+
+
+@dataclass
+class LoggedRun:
+    """What reproduce needs of a logged run: its spec (from its params alone), losses and checkpoints."""
+
+    run_id: str
+    spec: RunSpec
+    losses: list[float]
+    checkpoints: dict[int, dict]  # step -> state dict, loaded with weights_only=True (no code unpickled)
+    tags: dict[str, str]
+
+
+def read_logged_run(uri: str, run_id: str) -> LoggedRun:
+    """Read a run's record back: params -> spec, the `loss` history, every checkpoint's state dict."""
+    with Store(uri) as store:
+        run = store.get_run(run_id)
+        tags = run.data.tags
+        if tags.get(KIND) != "run":
+            raise TrackingError(f"run {run_id} is not a tinytrain run of a grid cell (a sweep's parent?): give "
+                                "the id of one of its nested runs")
+        try:
+            spec = RunSpec.from_params(run.data.params)
+        except (KeyError, ValueError) as error:
+            raise TrackingError(f"run {run_id} lacks the params to rebuild it ({error}): was it logged by "
+                                "tinytrain?") from None
+        losses = store.losses(run_id)
+        checkpoints = _read_checkpoints(store, run_id, final_step=len(losses) - 1)
+    return LoggedRun(run_id, spec, losses, checkpoints, dict(tags))
+
+
+def _read_checkpoints(store: Store, run_id: str, final_step: int) -> dict[int, dict]:
+    """step -> state dict of every checkpoint a run keeps, loaded with weights_only=True."""
+    import torch
+
+    artifacts = [item.path for item in store.client.list_artifacts(run_id, CHECKPOINTS)]
+    if not artifacts:
+        return {}
+    checkpoints: dict[int, dict] = {}
+    final_name = Path(FINAL_CHECKPOINT).name
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(store.client.download_artifacts(run_id, CHECKPOINTS, folder))
+        for path in artifacts:
+            name = Path(path).name
+            step = final_step if name == final_name else int(name.removeprefix("step-").removesuffix(".pt"))
+            checkpoints[step] = torch.load(local / name, weights_only=True)
+    return checkpoints
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """The finished run of one cell of a sweep, in plain values: what compare and plot need."""
+
+    run_id: str
+    key: str
+    optimizer: str
+    lr: float
+    seed: int
+    outcome: str  # converged or diverged
+    initial_loss: float
+    final_loss: float
+    losses: tuple[float, ...] = ()  # `loss` at steps 0..steps (shorter if it diverged); read on request
+
+    @property
+    def diverged(self) -> bool:
+        return self.outcome == "diverged"
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep as the store holds it: which experiment, and the finished run of each of its cells."""
+
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    steps: int
+    cells: int  # cells in the sweep's grid
+    runs: tuple[CellRun, ...]  # grid order: optimizer, then lr, then seed
+    missing: tuple[str, ...]  # run names of the cells without a finished run (failed, killed, not yet run)
+
+
+def read_sweep(uri: str, experiment: str | None = None, parent_run_id: str | None = None,
+               with_losses: bool = False) -> SweepRecord:
+    """A sweep of the store: the given parent run, else the latest sweep of the experiment.
+
+    The experiment defaults to the default experiment file's (optimizer-grid), or to the parent run's.
+    """
+    if is_http(uri):
+        check_store(uri)  # one line now, rather than MLflow's retries and a traceback
+    elif not sqlite_path(uri).exists():  # opening it would create an empty store
+        raise TrackingError(f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store "
+                            "with --tracking-uri")
+    with Store(uri) as store:
+        if parent_run_id is None:
+            parent_run_id = _latest_sweep(store, experiment or DEFAULTS["name"])
+        record = sweep_record(store, parent_run_id, with_losses=with_losses)
+    if experiment is not None and record.experiment != experiment:
+        raise TrackingError(f"run {parent_run_id} is a sweep of experiment '{record.experiment}', not "
+                            f"'{experiment}': drop --experiment or give a sweep of '{experiment}'")
+    return record
+
+
+def _latest_sweep(store: Store, name: str) -> str:
+    """The parent run id of the experiment's latest sweep."""
+    experiment_id = store.experiment_id(name, create=False)
+    if experiment_id is None:
+        raise TrackingError(f"no experiment '{name}' in {store.uri}: run `tinytrain sweep` first, or check "
+                            "--experiment and --tracking-uri")
+    latest = store.client.search_runs([experiment_id], f"tags.`{KIND}` = 'sweep'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    if not latest:
+        raise TrackingError(f"experiment '{name}' has no sweep yet: run `tinytrain sweep` first")
+    return latest[0].info.run_id
+
+
+def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None = None,
+                 with_losses: bool = False, known_losses: dict[str, tuple[float, ...]] | None = None) -> SweepRecord:
+    """Resolve a sweep's cells to their finished runs (experiment: the sweep's own, if already loaded).
+
+    known_losses (run key -> losses as stored) spares reading back the histories a Recorder just wrote.
+    """
+    known_losses = known_losses or {}
+    parent = store.get_run(parent_run_id)
+    if parent.data.tags.get(KIND) != "sweep":
+        raise TrackingError(f"run {parent_run_id} is not a sweep's parent run (tag {KIND}=sweep): give the "
+                            "id of a sweep, or leave --sweep out for the latest one")
+    if experiment is None:
+        text = store.read_text(parent_run_id, EXPERIMENT_FILE)
+        experiment = load_experiment(f"run {parent_run_id}", text=text)
+    experiment_id = parent.info.experiment_id
+    finished = store.finished_runs_by_key(experiment_id)
+    runs, missing = [], []
+    for spec in experiment.specs():
+        run = finished.get(spec.key)
+        if run is None:
+            missing.append(spec.run_name)
+            continue
+        metrics = run.data.metrics
+        runs.append(CellRun(
+            run_id=run.info.run_id, key=spec.key, optimizer=spec.optimizer, lr=spec.lr, seed=spec.seed,
+            outcome=run.data.tags[OUTCOME], initial_loss=metrics.get("initial_loss", math.nan),
+            final_loss=metrics.get("final_loss", math.nan),
+            losses=(known_losses.get(spec.key) or tuple(store.losses(run.info.run_id))) if with_losses else (),
+        ))
+    return SweepRecord(experiment.name, experiment_id, parent_run_id, experiment.settings["steps"],
+                       len(runs) + len(missing), tuple(runs), tuple(missing))

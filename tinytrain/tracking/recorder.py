@@ -1,0 +1,172 @@
+"""The single writing path of a sweep: a Recorder opens it, records each run's start and result, closes it.
+
+The sweep drives any SweepRecorder the same way: this Recorder in its own process, or the BackgroundRecorder
+(background.py) that runs one in a writer process. What the sweep logs to its parent run at its end (the
+compare table and the loss curves) is the sweep's to decide: it hands a SweepSummary in, and tracking never
+imports the reports.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from tinytrain.results import FAILED, RunResult
+from tinytrain.spec import Experiment, RunSpec
+from tinytrain.tracking.contract import ERROR
+from tinytrain.tracking.provenance import environment
+from tinytrain.tracking.read import SweepRecord, sweep_record
+from tinytrain.tracking.sqlite import checkpoint_sqlite
+from tinytrain.tracking.store import Store
+
+
+@dataclass
+class SweepCounts:
+    """What a sweep wrote: where, and how many runs of each outcome."""
+
+    total: int = 0
+    skipped: int = 0
+    converged: int = 0
+    diverged: int = 0
+    failed: int = 0
+    killed: int = 0
+    replaced: int = 0
+    recovered: int = 0  # runs left RUNNING by killed processes, marked FAILED when this sweep opened
+    experiment_id: str = ""
+    parent_run_id: str | None = None
+    run_ids: dict[str, str] = field(default_factory=dict)  # key -> run id of every run written
+
+    def figures(self) -> dict[str, int]:
+        """The counts a sweep's parent run keeps as metrics (runs_total, runs_skipped, ...)."""
+        names = ("total", "skipped", "converged", "diverged", "failed", "killed", "replaced")
+        return {f"runs_{name}": getattr(self, name) for name in names}
+
+
+class SweepSummary(Protocol):
+    """What a sweep logs to its parent run once it has run to its end (report.SweepSummary)."""
+
+    def warm_up(self) -> None:
+        """Load what write() needs, ahead of time (a writer does it while it waits for the next run)."""
+
+    def write(self, sweep: SweepRecord, folder: Path) -> None:
+        """Write the summary's files of a sweep into folder."""
+
+
+class SweepRecorder(Protocol):
+    """How a sweep writes: open, a start and a result per run (in the order it makes them), close."""
+
+    def open(self, experiment: Experiment, specs: list[RunSpec], finished: dict[str, str], force: bool = False,
+             with_parent: bool = True) -> None: ...
+
+    def run_started(self, spec: RunSpec) -> None: ...
+
+    def run_finished(self, result: RunResult) -> None: ...
+
+    def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts: ...
+
+
+class Recorder:
+    """The single writing path of a sweep: opens it, records each run's start and result, closes it.
+
+    Calls come in the order the sweep makes them; results are written as they arrive. The same object
+    runs in this process or, behind background.BackgroundRecorder, in a process of its own.
+    """
+
+    def __init__(self, uri: str, summary: SweepSummary | None = None):
+        self.uri = uri
+        self.summary = summary
+        self.store: Store | None = None
+        self.experiment_id = ""
+        self.parent_run_id: str | None = None
+        self.run_ids: dict[str, str] = {}  # key -> run id of the runs this sweep started
+        self.replace: dict[str, str] = {}  # key -> finished run id that a --force re-run replaces
+        self.counts = SweepCounts()
+        self.environment: dict[str, str] = {}
+        self.experiment: Experiment | None = None
+        self.logged_losses: dict[str, tuple[float, ...]] = {}  # key -> losses of the runs this sweep wrote
+
+    def open(self, experiment: Experiment, specs: list[RunSpec], finished: dict[str, str], force: bool = False,
+             with_parent: bool = True) -> None:
+        """Find the experiment, mark abandoned runs FAILED, start the parent run.
+
+        `finished` (run key -> run id) is what the sweep read before it started training: those cells are
+        skipped, or, with force, replaced once their new run is finished.
+        """
+        self.store = Store(self.uri, writer=True)
+        self.experiment = experiment
+        experiment_id = self.experiment_id = self.counts.experiment_id = self.store.experiment_id(experiment.name)
+        self.counts.recovered = self.store.recover_abandoned(experiment_id)
+        keys = {spec.key for spec in specs}
+        done = {key: run_id for key, run_id in finished.items() if key in keys}
+        if force:
+            self.replace, done = done, {}
+        self.environment = environment()
+        self.counts.total = len(specs)
+        self.counts.skipped = len(done)
+        if with_parent:
+            self.parent_run_id = self.store.start_sweep(experiment_id, experiment, len(specs), self.environment)
+            self.counts.parent_run_id = self.parent_run_id
+
+    def run_started(self, spec: RunSpec) -> None:
+        self.run_ids[spec.key] = self.store.start_run(self.experiment_id, self.parent_run_id, spec, self.environment)
+
+    def run_finished(self, result: RunResult) -> None:
+        key = result.spec.key
+        run_id = self.run_ids.get(key) or self.store.start_run(
+            self.experiment_id, self.parent_run_id, result.spec, self.environment)
+        self.store.finish_run(run_id, result, self.experiment_id)
+        self.run_ids.pop(key, None)
+        self.counts.run_ids[key] = run_id
+        self.logged_losses[key] = tuple(math.copysign(sys.float_info.max, v) if math.isinf(v) else v
+                                        for v in result.losses)  # as MLflow stores them
+        setattr(self.counts, result.outcome, getattr(self.counts, result.outcome) + 1)
+        if result.outcome != FAILED and key in self.replace:
+            self.store.delete_run(self.replace.pop(key))  # soft delete: one finished run per cell
+            self.counts.replaced += 1
+
+    def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts:
+        """End the runs still open (KILLED when interrupted) and the parent run; return the counts.
+
+        A sweep that ran to its end, with any finished cell, first gets its summary (table and loss curves).
+        """
+        for run_id in self.run_ids.values():
+            if reason:
+                self.store.client.set_tag(run_id, ERROR, reason)
+            self.store.end_run(run_id, "KILLED" if status == "KILLED" else "FAILED")
+            self.counts.killed += status == "KILLED"
+            self.counts.failed += status != "KILLED"
+        self.run_ids.clear()
+        if self.parent_run_id:
+            if reason:
+                self.store.client.set_tag(self.parent_run_id, ERROR, reason)
+            finished_cells = self.counts.skipped + self.counts.converged + self.counts.diverged
+            if status == "FINISHED" and finished_cells and self.summary is not None:
+                self._log_sweep_summary(self.summary)
+            self.store.end_sweep(self.parent_run_id, self.counts.figures(), status)
+        if self.store is not None:
+            self.store.close()
+        checkpoint_sqlite(self.uri)  # everything written now survives an OS crash too
+        return self.counts
+
+    def _log_sweep_summary(self, summary: SweepSummary) -> None:
+        """The compare table (markdown, csv) and the loss curves as artifacts of the parent run, for the UI.
+
+        A summary that cannot be made is reported and tagged on the parent; it never fails the sweep.
+        """
+        import logging
+
+        try:
+            sweep = sweep_record(self.store, self.parent_run_id, self.experiment, with_losses=True,
+                                 known_losses=self.logged_losses)
+            with tempfile.TemporaryDirectory() as folder:
+                summary.write(sweep, Path(folder))
+                self.store.client.log_artifacts(self.parent_run_id, folder)
+        except Exception as error:  # noqa: BLE001 - the runs are logged; a missing picture must not undo that
+            message = f"{type(error).__name__}: {error}"
+            logging.getLogger("tinytrain").warning("no summary logged for sweep %s: %s",
+                                                   self.parent_run_id, message)
+            self.store.client.set_tag(self.parent_run_id, ERROR, f"summary: {message}"[:5000])

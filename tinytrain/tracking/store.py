@@ -1,0 +1,279 @@
+"""Every write to the store, through MLflow's client, in the shape of tinytrain's data contract.
+
+A parent run per sweep, a nested run per grid cell with its params, losses, outcome and checkpoints (each
+an MLflow LoggedModel linked to the run's metrics at its step, and a weights-only state dict beside it).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tinytrain.results import FAILED, RunResult
+from tinytrain.spec import Experiment, RunSpec
+from tinytrain.tracking.artifacts import ArtifactFolder, ServerArtifactsOnSqlite
+from tinytrain.tracking.contract import (
+    CHECKPOINTS,
+    ERROR,
+    EXPERIMENT_FILE,
+    FINAL_CHECKPOINT,
+    FINISHED_OUTCOMES,
+    KIND,
+    LOSS,
+    OUTCOME,
+    OWNER,
+    PARENT,
+    RUN_KEY,
+    TrackingError,
+    step_checkpoint,
+)
+from tinytrain.tracking.location import NO_TELEMETRY, artifact_root, is_http
+from tinytrain.tracking.provenance import owner_is_gone, process_owner
+from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
+
+
+class Store:
+    """An MLflow tracking store, through MlflowClient, with tinytrain's data contract."""
+
+    def __init__(self, uri: str, writer: bool = False):
+        """Open the store; `writer` also tunes this process's SQLite connections to it for writing.
+
+        What opening changes in this process (MLflow's log levels, its printing of run URLs, the
+        repository of server artifacts, the SQLite tuning) lasts until close(), or the end of a with block.
+        """
+        import logging
+
+        for name, value in NO_TELEMETRY.items():  # before MLflow is imported
+            os.environ.setdefault(name, value)
+        import mlflow
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter on a new store
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format notice, once a model
+        # Over HTTP MLflow prints "View run ... at" for each run it ends (and fetches the run to do so).
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.uri = uri
+        self._undo: list[Any] = [ServerArtifactsOnSqlite(uri).install()]
+        if writer and not is_http(uri) and not sqlite_defaults_only():
+            self._undo.append(TunedConnections(uri).install())
+        create_store_from_template(uri)  # before MLflow opens it: a new store costs a copy, not migrations
+        self.client = mlflow.MlflowClient(uri)
+        self.artifact_uris: dict[str, str] = {}  # run id -> artifact URI, of the runs started and not finished
+
+    def close(self) -> None:
+        """Undo what opening the store changed in this process (see __init__)."""
+        while self._undo:
+            self._undo.pop().remove()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # experiments -------------------------------------------------------------------------------------
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                raise TrackingError(f"experiment '{name}' is deleted in {self.uri}: restore it with "
+                                    f"`mlflow experiments restore` or pick another name")
+            return experiment.experiment_id
+        if not create:
+            return None
+        root = artifact_root(self.uri)
+        location = f"{root}/{name}" if root else None
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
+        except Exception:  # another process created it first
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    # reading -----------------------------------------------------------------------------------------
+    def search(self, experiment_id: str, filter_string: str = "") -> list[Any]:
+        """Every active run of the experiment that matches, all pages."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def finished_runs_by_key(self, experiment_id: str) -> dict[str, Any]:
+        """run key -> the finished MLflow Run of each cell (the latest, if a cell has several)."""
+        runs = self.search(experiment_id, "attributes.status = 'FINISHED'")
+        return {
+            run.data.tags[RUN_KEY]: run
+            for run in sorted(runs, key=lambda run: run.info.start_time)
+            if run.data.tags.get(OUTCOME) in FINISHED_OUTCOMES and RUN_KEY in run.data.tags
+        }
+
+    def recover_abandoned(self, experiment_id: str) -> int:
+        """Mark FAILED the runs left RUNNING by processes that were killed outright."""
+        recovered = 0
+        for run in self.search(experiment_id, "attributes.status = 'RUNNING'"):
+            if owner_is_gone(run.data.tags.get(OWNER, "")):
+                self.client.set_tag(run.info.run_id, ERROR, "abandoned: its process ended while it ran")
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                recovered += 1
+        return recovered
+
+    # writing -----------------------------------------------------------------------------------------
+    def start_sweep(self, experiment_id: str, experiment: Experiment, cells: int, tags: dict[str, str]) -> str:
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={KIND: "sweep", OWNER: process_owner(), "tinytrain.cells": str(cells), **tags},
+        )
+        run_id = run.info.run_id
+        self.client.log_text(run_id, experiment.to_toml(), EXPERIMENT_FILE)
+        return run_id
+
+    def start_run(self, experiment_id: str, parent_run_id: str | None, spec: RunSpec, tags: dict[str, str]) -> str:
+        from mlflow.entities import Param
+
+        run_tags = {KIND: "run", RUN_KEY: spec.key, OWNER: process_owner(), **tags}
+        if parent_run_id:
+            run_tags[PARENT] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=spec.run_name, tags=run_tags)
+        params = [Param(key, value) for key, value in spec.params().items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        self.artifact_uris[run.info.run_id] = run.info.artifact_uri
+        return run.info.run_id
+
+    def finish_run(self, run_id: str, result: RunResult, experiment_id: str) -> None:
+        """Log a run's losses, outcome and checkpoints, then close it (FINISHED, or FAILED if it raised).
+
+        Each checkpoint is an MLflow LoggedModel linked to the run at its step, with the run's metrics at
+        that step, as `mlflow.pytorch.log_model(step=...)` makes it; but built from the client calls that
+        log_model makes, so that the run's metrics go to the store once, in one batch, instead of being
+        read back for every model (see log_checkpoints).
+        """
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
+
+        models = self.log_checkpoints(run_id, result, experiment_id)
+        try:
+            now = int(time.time() * 1000)
+            metrics = [Metric(LOSS, value, now, step, model_id=models.get(step))
+                       for step, value in enumerate(result.losses)]
+            if result.losses:
+                final_step = len(result.losses) - 1
+                metrics.append(Metric("initial_loss", result.initial_loss, now, 0, model_id=models.get(0)))
+                metrics.append(Metric("final_loss", result.final_loss, now, final_step,
+                                      model_id=models.get(final_step)))
+            metrics.append(Metric("train_seconds", result.train_seconds, now, 0, model_id=models.get(0)))
+            tags = [RunTag(OUTCOME, result.outcome)]
+            tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
+            if result.error:
+                tags.append(RunTag(ERROR, result.error[:5000]))
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            if models:
+                outputs = [LoggedModelOutput(model_id, step) for step, model_id in models.items()]
+                self.client.log_outputs(run_id, outputs)
+        except BaseException:
+            for model_id in models.values():
+                self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            raise
+        for model_id in models.values():
+            self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+        self.client.set_terminated(run_id, "FAILED" if result.outcome == FAILED else "FINISHED")
+
+    def log_checkpoints(self, run_id: str, result: RunResult, experiment_id: str) -> dict[int, str]:
+        """Every checkpoint as a LoggedModel (PENDING until finish_run), its state dict as a run artifact.
+
+        Returns step -> model id. The state dicts (checkpoints/final.pt, checkpoints/step-NNNNNN.pt) are
+        what `reproduce` reads: plain tensors, loaded with weights_only=True, no code unpickled.
+        """
+        artifact_uri = self.artifact_uris.pop(run_id, None)
+        if result.final_weights is None:
+            return {}
+        import torch
+        from mlflow.entities import LoggedModelStatus
+
+        final_step = len(result.losses) - 1
+        weights_by_step = {step: {name: torch.as_tensor(tensor) for name, tensor in weights.items()}
+                           for step, weights in {**result.checkpoints, final_step: result.final_weights}.items()}
+        params = result.spec.params()
+        models: dict[int, str] = {}
+        artifact_uri = artifact_uri or self.client.get_run(run_id).info.artifact_uri
+        try:
+            with ArtifactFolder(self.client, run_id, artifact_uri) as run_artifacts:
+                (run_artifacts / CHECKPOINTS).mkdir(exist_ok=True)
+                for step, weights in sorted(weights_by_step.items()):
+                    final = step == final_step
+                    model = self.client.create_logged_model(
+                        experiment_id, name="model" if final else f"model-step-{step}", source_run_id=run_id,
+                        params=params)
+                    models[step] = model.model_id
+                    self._save_model(model, run_id, weights)
+                    torch.save(weights, run_artifacts / (FINAL_CHECKPOINT if final else step_checkpoint(step)))
+        except BaseException:
+            for model_id in models.values():
+                self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            raise
+        return models
+
+    def _save_model(self, model: Any, run_id: str, weights: dict[str, Any]) -> None:
+        """The LeNet with these weights in MLflow's pytorch format, as the LoggedModel's artifacts."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import Model
+
+        from tinytrain.model import LeNet
+
+        net = LeNet()
+        net.load_state_dict(weights)
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", "tinytrain"]
+        with ArtifactFolder(self.client, model.model_id, model.artifact_location, of_model=True) as folder:
+            # pickle: 0.06 s a model against 0.2 s for pt2; explicit requirements: inference costs seconds.
+            mlflow.pytorch.save_model(
+                net, str(folder), pip_requirements=requirements, serialization_format="pickle",
+                mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id,
+                                   run_id=run_id, model_id=model.model_id))
+
+    def get_run(self, run_id: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            raise TrackingError(f"no run '{run_id}' in {self.uri}: check the id (the UI or `tinytrain compare` "
+                                "shows them) and --tracking-uri") from None
+
+    def losses(self, run_id: str) -> list[float]:
+        """The logged `loss` of a run, in step order."""
+        return [metric.value for metric in
+                sorted(self.client.get_metric_history(run_id, LOSS), key=lambda metric: metric.step)]
+
+    def read_text(self, run_id: str, artifact: str) -> str:
+        self.get_run(run_id)
+        folder = artifact.rpartition("/")[0] or None
+        try:  # list first: artifacts that cannot be reached are not reported as a missing file
+            if artifact in {item.path for item in self.client.list_artifacts(run_id, folder)}:
+                with tempfile.TemporaryDirectory() as staging:
+                    return Path(self.client.download_artifacts(run_id, artifact, staging)).read_text()
+        except Exception as error:
+            raise TrackingError(f"cannot read the artifacts of run {run_id} in {self.uri}: "
+                                f"{str(error).splitlines()[0]}") from None
+        raise TrackingError(f"run {run_id} has no {artifact}: give the id of a sweep's parent run")
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    def end_sweep(self, parent_run_id: str, figures: dict[str, int], status: str) -> None:
+        """Close a sweep's parent run with its counts of runs (runs_total, runs_skipped, ...) as metrics."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in figures.items()])
+        self.client.set_terminated(parent_run_id, status)
