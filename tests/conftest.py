@@ -1,13 +1,52 @@
-"""Every test runs in its own folder with its own SQLite store; no test leaks an active MLflow run."""
+"""Every test runs in its own folder with its own SQLite store; a test that leaks an active MLflow run fails.
+
+The helpers the test modules share live here too (free_port, invoke, client, runs_of, children).
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def invoke(args: list[str]):
+    """The tinytrain command in this process (click's runner), as a user types it."""
+    from click.testing import CliRunner
+
+    from tinytrain.cli import cli
+
+    return CliRunner().invoke(cli, args)
+
+
+def client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(uri)
+
+
+def runs_of(uri: str, name: str = "e2e") -> list:
+    """Every active run of an experiment (none if it does not exist)."""
+    experiment = client(uri).get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    return client(uri).search_runs([experiment.experiment_id], max_results=1000)
+
+
+def children(uri: str, name: str = "e2e") -> list:
+    """The runs of grid cells of an experiment (not the sweeps' parent runs)."""
+    return [run for run in runs_of(uri, name) if run.data.tags.get("tinytrain.kind") == "run"]
 
 
 @pytest.fixture(scope="session")
@@ -24,13 +63,18 @@ def isolated_store(tmp_path, monkeypatch, session_cache):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     yield uri
-    try:
-        import mlflow
-    except ImportError:
+    import sys
+
+    if "mlflow" not in sys.modules:  # the test never used MLflow: nothing of it to put back
         return
+    import mlflow
+
+    leaked = mlflow.active_run()
     while mlflow.active_run() is not None:
         mlflow.end_run()
-    mlflow.set_tracking_uri(None)  # a Store sets the process-wide URI; the next test has its own store
+    mlflow.set_tracking_uri(None)  # a test that set the process-wide URI does not leak it to the next one
+    if leaked is not None:  # as MLflow's own conftest does: a leak is the test's fault, not quietly mended
+        pytest.fail(f"test case unexpectedly leaked a run: {leaked.info.run_id}")
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from tinytrain import report
-from tinytrain.cli import cli
 from tinytrain.tracking import CellRun, Recorder, SweepRecord, read_sweep, resolve_tracking_uri
+
+from .conftest import invoke
 
 NAME = "compare-e2e"
 GRID = f"""# tinytrain sweep grid.toml
@@ -27,23 +28,6 @@ lr = [0.001, 0.01, 1000.0]   # 1000: every seed diverges, for both
 seed = [0, 1]
 """
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def forget_the_global_tracking_uri(isolated_store):
-    """compare and plot run here, and tracking.Store sets MLflow's process-wide tracking URI: unset it after
-    each test, so that no later test's fluent MLflow call (mlflow.pytorch.load_model) reads this store."""
-    yield
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-
-
-def invoke(args: list[str]):
-    from click.testing import CliRunner
-
-    result = CliRunner().invoke(cli, args)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +257,7 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
     experiment = load_experiment(text=GRID)
     parents = []
     for status in ("KILLED", "FINISHED"):
-        recorder = Recorder(uri)
+        recorder = Recorder(uri, report.SweepSummary())
         recorder.open(experiment, experiment.specs(), finished={})
         recorder.close(status)
         parents.append(recorder.parent_run_id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from tinytrain import report
-from tinytrain.cli import cli
 from tinytrain.tracking import resolve_tracking_uri, server_command
+
+from .conftest import free_port, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -35,22 +35,6 @@ lr = [0.01, 1000.0]   # 1000 diverges: no checkpoint
 seed = [0, 1]
 """
 START_TIMEOUT = 120  # seconds; about 10-20 s on two busy cores
-
-
-@pytest.fixture(autouse=True)
-def forget_the_global_tracking_uri(isolated_store):
-    """compare and plot run here, and tracking.Store sets MLflow's process-wide tracking URI: unset it after
-    each test, so that no later test's fluent MLflow call (mlflow.pytorch.load_model) reads this store."""
-    yield
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_health(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -106,12 +90,6 @@ def rest(url: str, path: str, body: dict | None = None) -> dict:
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
         return json.load(response)
-
-
-def invoke(args: list[str]):
-    from click.testing import CliRunner
-
-    return CliRunner().invoke(cli, args)
 
 
 def sweep_into(uri: str, grid: Path) -> str:

@@ -12,6 +12,8 @@ import pytest
 
 from tinytrain.cli import cli
 
+from .conftest import children, client, runs_of
+
 GRID = """# tinytrain sweep grid.toml
 name = "e2e"
 steps = 4
@@ -20,23 +22,6 @@ optimizer = ["sgd", "adam"]
 lr = [0.01, 1000.0]
 seed = [0, 1]
 """
-
-
-def client(uri):
-    import mlflow
-
-    return mlflow.MlflowClient(uri)
-
-
-def runs_of(uri, name="e2e"):
-    experiment = client(uri).get_experiment_by_name(name)
-    if experiment is None:
-        return []
-    return client(uri).search_runs([experiment.experiment_id], max_results=1000)
-
-
-def children(uri, name="e2e"):
-    return [run for run in runs_of(uri, name) if run.data.tags.get("tinytrain.kind") == "run"]
 
 
 def store_digest(uri: str) -> str | None:

@@ -14,7 +14,7 @@ import torch
 from tinytrain.cli import cli
 from tinytrain.tracking import finished_keys_readonly
 
-from .test_sweep import children, runs_of
+from .conftest import children, runs_of
 
 GRID = """# tinytrain sweep grid.toml
 name = "trust"
