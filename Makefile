@@ -9,17 +9,19 @@ SCHEDULER_PORT ?= 8786
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep one-step test ui server cluster cluster-stop bench lint clean clean-store
+.PHONY: help setup sweep one-step test ui server cluster cluster-stop bench lint lock clean clean-store
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+PIP = -m pip install -q --disable-pip-version-check
 # torch first, from the pinned CPU build (a plain `torch` would pull a CUDA build of several GB), then the
-# project with its test extra. Re-done only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# exact versions of requirements.lock, then the project itself. Re-done when pyproject.toml or the lock change.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/python $(PIP) 'torch==2.13.0'
+	$(BIN)/python $(PIP) -r requirements.lock
+	$(BIN)/python $(PIP) --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install tinytrain (done by the other targets when needed)
@@ -50,11 +52,23 @@ bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow scrip
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/batched_kernels.py
 
-lint: $(STAMP) ## ruff over the code
+lint: $(STAMP) ## ruff over the code, and the import contract (pyproject.toml: arrows one way, no cycles)
 	$(BIN)/ruff check tinytrain tests benchmarks
+	$(BIN)/lint-imports
+
+# A fresh environment from pyproject.toml alone (torch first, as above), frozen: the versions `make test`
+# then installs everywhere. Run it after changing the dependencies, then run the suite and commit both.
+LOCK_VENV := .lock-venv
+lock: ## Refresh requirements.lock from pyproject.toml (a fresh environment, frozen)
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python $(PIP) 'torch==2.13.0'
+	$(LOCK_VENV)/bin/python $(PIP) -e '.[test]'
+	{ echo "# The exact versions the suite passed with: made by make lock from pyproject.toml, installed by make."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > requirements.lock
+	rm -rf $(LOCK_VENV)
 
 clean: ## Remove .venv and caches (the store mlruns/ stays: make clean-store)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache .import_linter_cache *.egg-info build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 clean-store: ## Delete every run in mlruns/ (asks first)
