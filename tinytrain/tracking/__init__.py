@@ -10,25 +10,13 @@
     recorder.py    Recorder: the single writing path of a sweep (SweepRecorder, SweepSummary)
     background.py  BackgroundRecorder: a Recorder in a writer process of its own
 
-Nothing here imports MLflow at module level (only where a store is opened), nor the reports, the sweep or
-the executors: the arrows point into tracking, never out of it (checked by `make lint`).
+The names of the data contract are imported from contract.py itself. Nothing here imports MLflow at module
+level (only where a store is opened), nor the reports, the sweep or the executors: the arrows point into
+tracking, never out of it (checked by `make lint`).
 """
 
-from tinytrain.tracking.contract import (
-    ERROR,
-    EXPERIMENT_FILE,
-    FINAL_CHECKPOINT,
-    FINISHED_OUTCOMES,
-    KIND,
-    LOSS,
-    OUTCOME,
-    OWNER,
-    PARENT,
-    RUN_KEY,
-    TrackingError,
-)
+from tinytrain.tracking.contract import TrackingError
 from tinytrain.tracking.location import (
-    DEFAULT_STORE,
     artifact_root,
     check_store,
     is_http,
@@ -53,10 +41,8 @@ from tinytrain.tracking.sqlite import create_store_from_template, experiments_re
 from tinytrain.tracking.store import Store
 
 __all__ = [
-    "DEFAULT_STORE", "ERROR", "EXPERIMENT_FILE", "FINAL_CHECKPOINT", "FINISHED_OUTCOMES", "KIND", "LOSS", "OUTCOME",
-    "OWNER", "PARENT", "RUN_KEY", "CellRun", "LoggedRun", "Recorder", "Store", "SweepCounts", "SweepRecord",
-    "SweepRecorder", "SweepSummary", "TrackingError", "artifact_root", "check_store", "create_store_from_template",
-    "experiments_readonly", "finished_keys_readonly", "is_http", "read_logged_run", "read_losses", "read_sweep",
-    "read_sweep_experiment", "resolve_tracking_uri", "runs_page_url", "server_command", "sqlite_path",
-    "sweep_record", "template_cache",
+    "CellRun", "LoggedRun", "Recorder", "Store", "SweepCounts", "SweepRecord", "SweepRecorder", "SweepSummary",
+    "TrackingError", "artifact_root", "check_store", "create_store_from_template", "experiments_readonly",
+    "finished_keys_readonly", "is_http", "read_logged_run", "read_losses", "read_sweep", "read_sweep_experiment",
+    "resolve_tracking_uri", "runs_page_url", "server_command", "sqlite_path", "sweep_record", "template_cache",
 ]
