@@ -63,15 +63,17 @@ def test_parse_override(text, expected):
     assert parse_override(text) == expected
 
 
+CATALOGUE = ("adadelta, adafactor, adagrad, adam, adamax, adamw, ademamix, adopt, asgd, lion, muon, nadam, prodigy, "
+             "radam, rmsprop, rprop, schedulefree-adamw, sgd, soap")
 BAD_INPUTS = [
     ({"grid": {"optimizer": ["adamx"]}},
-     "unknown optimizer 'adamx' in grid.optimizer: use one of adagrad, adam, adamw, rmsprop, sgd, "
+     f"unknown optimizer 'adamx' in grid.optimizer: use one of {CATALOGUE}, "
      "or define it as [optimizers.adamx] with a type"),
     ({"optimizers": {"m": {"type": "sgd", "momentun": 0.9}}, "grid": {"optimizer": ["m"]}},
      "unknown hyperparameter 'momentun' for optimizer 'm' (type sgd): known ones are dampening, maximize, "
      "momentum, nesterov, weight_decay"),
-    ({"stepz": 3}, "unknown key 'stepz' in <experiment>: known keys are checkpoint_every, data_seed, engine, "
-                   "grid, mkldnn, name, optimizers, steps, target_index, threads"),
+    ({"stepz": 3}, "unknown key 'stepz' in <experiment>: known keys are batch_size, checkpoint_every, data_seed, "
+                   "engine, eval_every, grid, loss, mkldnn, name, optimizers, problem, steps, target_index, threads"),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
     ({"grid": {"lr": [float("inf")]}}, "lr must be a finite number > 0, got inf in grid.lr"),
@@ -89,8 +91,7 @@ BAD_INPUTS = [
      "equal the sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential"),
     ({"optimizers": {"adam": {"type": "adam"}}},
      "[optimizers.adam] redefines the built-in 'adam': give the variant its own name, e.g. [optimizers.adam-custom]"),
-    ({"optimizers": {"m": {"type": "lbfgs"}}}, "optimizers.m has type 'lbfgs': use one of adagrad, adam, adamw, "
-                                               "rmsprop, sgd"),
+    ({"optimizers": {"m": {"type": "lbfgs"}}}, f"optimizers.m has type 'lbfgs': use one of {CATALOGUE}"),
     ({"optimizers": {"m": {"type": "sgd", "lr": 0.1}}},
      "optimizers.m sets lr: the learning rate is a grid axis, set it in [grid]"),
     ({"optimizers": {"m": {"type": "sgd", "momentum": -1}}}, "optimizers.m.momentum must be a finite number >= 0, "
@@ -99,6 +100,35 @@ BAD_INPUTS = [
      "optimizers.m.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got [0.9]"),
     ({"optimizers": {"m": {"type": "sgd", "nesterov": True}}},
      "optimizers.m: nesterov needs momentum > 0 and dampening = 0"),
+    ({"problem": "mnist"}, "problem must be one of one-sample, digits, got 'mnist'"),
+    ({"loss": "hinge"}, "loss must be one of mse, cross_entropy, got 'hinge'"),
+    ({"batch_size": 32}, "batch_size applies to problem digits; one-sample trains on its one input and has no "
+                         "test set: drop batch_size or set problem = \"digits\""),
+    ({"problem": "digits", "batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"problem": "digits", "batch_size": 2000}, "batch_size must be at most the 1437 training images of digits, "
+                                                "got 2000"),
+    ({"problem": "digits", "target_index": 5}, "target_index is the one-sample problem's label; problem digits has "
+                                               "its own labels: drop target_index"),
+    ({"problem": "digits", "engine": "vmap"}, "engine vmap trains problem one-sample with loss mse only, not "
+     "problem digits with loss mse: use engine sequential (--jobs N runs cells in parallel)"),
+    ({"engine": "vmap", "grid": {"optimizer": ["lion"]}}, "engine vmap has no stacked update for lion (optimizer "
+     "lion): use engine sequential, or one of sgd, adam, adamw, rmsprop, adagrad"),
+    ({"optimizers": {"m": {"type": "ademamix", "betas": [0.9, 0.999]}}},
+     "optimizers.m.betas must be three numbers in [0, 1), e.g. [0.9, 0.999, 0.9999], got [0.9, 0.999]"),
+    ({"optimizers": {"m": {"type": "adafactor", "beta2_decay": 0.5}}},
+     "optimizers.m.beta2_decay must be a finite number <= 0, got 0.5"),
+    ({"optimizers": {"m": {"type": "muon", "ns_steps": 2.5}}}, "optimizers.m.ns_steps must be an integer >= 0, "
+                                                               "got 2.5"),
+    ({"optimizers": {"m": {"type": "muon", "adjust_lr_fn": "fast"}}},
+     "optimizers.m.adjust_lr_fn must be one of original, match_rms_adamw, got 'fast'"),
+    ({"optimizers": {"m": {"type": "sgd", "nesterov": {"uniform": [0, 1], "count": 2}}}},
+     "optimizers.m.nesterov is drawn, but only a number can be (its default is False): give one value"),
+    ({"grid": {"lr": {"log_uniform": [0, 1], "count": 3}}},
+     "grid.lr.log_uniform must be [low, high] with low < high and low > 0, got [0, 1]"),
+    ({"grid": {"lr": {"log_uniform": [1e-4, 1.0]}}}, "grid.lr.count must be an integer >= 1, got None"),
+    ({"grid": {"lr": {"normal": [0, 1], "count": 3}}}, "grid.lr draws values with one of log_uniform, uniform, a "
+     "count and an optional seed, e.g. grid.lr = { log_uniform = [1e-4, 1.0], count = 20 }; got {'normal': [0, 1], "
+     "'count': 3}"),
 ]
 
 
@@ -115,8 +145,8 @@ def test_each_bad_input_has_its_own_message(raw, message):
     ("lr=0.1,", "--set 'lr=0.1,' has an empty value: give values separated by commas, e.g. lr=1,2"),
     ("steps=1,2", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
     ("colour=red", "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
-                   "data_seed, target_index, checkpoint_every, threads, mkldnn, engine) or optimizers.NAME."
-                   "HYPERPARAMETER"),
+                   "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
+                   "eval_every) or optimizers.NAME.HYPERPARAMETER"),
 ])
 def test_bad_overrides(text, message):
     with pytest.raises(ConfigError) as error:
@@ -200,18 +230,31 @@ def test_params_name_every_hyperparameter_actually_used():
     json.dumps(params)  # all strings
 
 
-def test_optimizer_table_matches_torch_signatures():
+def test_optimizer_table_matches_the_signatures_of_torch_and_pytorch_optimizer():
+    """Every default of the catalogue is the implementation's own; every mathematical argument is offered."""
+    import importlib
     import inspect
 
     import torch
 
     from tinytrain.optimizers import OPTIMIZERS
 
-    for class_name, default_lr, defaults in OPTIMIZERS.values():
-        signature = inspect.signature(getattr(torch.optim, class_name)).parameters
-        assert signature["lr"].default == default_lr, class_name
-        for name, value in defaults.items():
-            assert signature[name].default == value, f"{class_name}.{name}"
+    implementation_switches = {"params", "lr", "foreach", "fused", "capturable", "differentiable", "kwargs",
+                               "clip_lambda"}  # clip_lambda: ADOPT's clipping schedule, a function
+    for kind, (class_path, default_lr, defaults) in OPTIMIZERS.items():
+        module, _, class_name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module) if module else torch.optim, class_name)
+        signature = inspect.signature(cls).parameters
+        assert signature["lr"].default == default_lr, kind
+        own = {name: value for name, value in defaults.items() if not name.startswith("adamw_")}
+        for name, value in own.items():
+            assert signature[name].default == value, f"{kind}.{name}"
+        assert set(signature) - implementation_switches == set(own), kind
+        if kind == "muon":  # AdamW trains what Muon does not: its defaults are AdamW's
+            adamw = inspect.signature(torch.optim.AdamW).parameters
+            for name, value in defaults.items():
+                if name.startswith("adamw_"):
+                    assert adamw[name.removeprefix("adamw_")].default == value, name
 
 
 def test_spec_module_imports_neither_torch_nor_mlflow():

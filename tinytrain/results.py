@@ -30,6 +30,9 @@ class RunResult:
     train_seconds: float = 0.0
     error: str | None = None
     runtime: dict[str, str] = field(default_factory=dict)  # threads and switches it actually ran with
+    # Metrics besides the training loss, name -> step -> value: test_loss and test_accuracy of the weights
+    # before step's update, every eval_every steps, and of the final weights at step `steps`.
+    metrics: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @property
     def initial_loss(self) -> float:

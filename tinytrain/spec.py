@@ -16,7 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinytrain.optimizers import OPTIMIZERS
+from tinytrain import draws, hyperparameters
+from tinytrain.errors import ConfigError
+from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS, VMAP_KINDS
+from tinytrain.problem_catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
+from tinytrain.variants import Variants, check_variants
 
 # Every top-level setting and its default: the one place defaults live.
 DEFAULTS: dict[str, Any] = {
@@ -28,7 +32,15 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1,  # torch's intra-op threads: part of what makes a run bit-for-bit reproducible
     "mkldnn": False,  # oneDNN off: faster at this size, and recorded because it changes the bits
     "engine": "sequential",  # sequential (one run at a time) or vmap (cells in batched nets)
+    "problem": "one-sample",  # what a run learns: one-sample (the blog's) or digits (tinytrain/problems/)
+    "loss": "mse",  # mse against the one-hot label (the blog's) or cross_entropy
+    "batch_size": 64,  # digits: training images per step
+    "eval_every": 50,  # digits: test metrics every N steps (0: at the end only), and always at the end
 }
+# Settings added after run keys were first written: they enter a run's key only when they differ from
+# their default, so that every run key written before them (a one-sample run at the defaults) stays valid.
+LATER_SETTINGS = ("problem", "loss", "batch_size", "eval_every")
+BATCH_SETTINGS = ("batch_size", "eval_every")  # used only by problems with a data set (not one-sample)
 GRID_AXES = ("optimizer", "lr", "seed")
 GRID_DEFAULTS: dict[str, list[Any]] = {"optimizer": ["adam"], "seed": [0]}  # lr: each optimizer's default
 ENGINES = ("sequential", "vmap")
@@ -36,10 +48,6 @@ MAX_TARGET_INDEX = 9
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = "experiments/optimizer-grid.toml"
-
-
-class ConfigError(ValueError):
-    """Bad input: an experiment file, an override or a value that cannot make a valid sweep."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,10 @@ class RunSpec:
     threads: int = DEFAULTS["threads"]
     mkldnn: bool = DEFAULTS["mkldnn"]
     engine: str = DEFAULTS["engine"]
+    problem: str = DEFAULTS["problem"]
+    loss: str = DEFAULTS["loss"]
+    batch_size: int = DEFAULTS["batch_size"]
+    eval_every: int = DEFAULTS["eval_every"]
     checkpoint_every: int = field(default=DEFAULTS["checkpoint_every"], compare=False)
 
     @property
@@ -77,9 +89,16 @@ class RunSpec:
             "mkldnn": str(self.mkldnn),
             "engine": self.engine,
             "checkpoint_every": str(self.checkpoint_every),
+            "problem": self.problem,
+            "loss": self.loss,
         }
+        if self.problem != "one-sample":
+            params.update({name: str(getattr(self, name)) for name in BATCH_SETTINGS})
+        if self.kind == "muon":  # which parameters each of its two optimizers trains
+            params["muon_parameters"] = ",".join(MUON_PARAMETERS)
+            params["adamw_parameters"] = ",".join(ADAMW_WITH_MUON)
         for name, value in self.hyperparameters:
-            params[name] = repr(value) if isinstance(value, float) else str(value)
+            params[name] = hyperparameters.as_param(value)
         return params
 
     @property
@@ -88,6 +107,9 @@ class RunSpec:
         fields = asdict(self)
         del fields["checkpoint_every"]  # decides what is saved, not what is computed
         fields["hyperparameters"] = dict(self.hyperparameters)
+        for name in LATER_SETTINGS:
+            if fields[name] == DEFAULTS[name]:
+                del fields[name]
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -100,7 +122,8 @@ class RunSpec:
         """Rebuild a spec from the params of a logged run (what `reproduce` trusts)."""
         kind = params["optimizer_type"]
         hyperparameters = {
-            name: _parse_logged(params[name], default) for name, default in OPTIMIZERS[kind][2].items()
+            name: hyperparameters_module.from_param(params[name], default)
+            for name, default in OPTIMIZERS[kind][2].items()
         }
         return cls(
             optimizer=params["optimizer"],
@@ -115,15 +138,13 @@ class RunSpec:
             mkldnn=params["mkldnn"] == "True",
             engine=params["engine"],
             checkpoint_every=int(params.get("checkpoint_every", "0")),
+            problem=params.get("problem", DEFAULTS["problem"]),  # runs logged before problems were a setting
+            loss=params.get("loss", DEFAULTS["loss"]),
+            **{name: int(params.get(name, DEFAULTS[name])) for name in BATCH_SETTINGS},
         )
 
 
-def _parse_logged(text: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        return text == "True"
-    if isinstance(default, tuple):
-        return tuple(float(part) for part in text.strip("()").split(","))
-    return float(text)
+hyperparameters_module = hyperparameters  # from_params has a local of that name
 
 
 @dataclass(frozen=True)
@@ -134,6 +155,7 @@ class Experiment:
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]]
     source: str  # where it came from, for messages
+    drawn: tuple[str, ...] = ()  # how drawn values were drawn, one line each (kept in to_toml as comments)
 
     @property
     def name(self) -> str:
@@ -160,6 +182,7 @@ class Experiment:
                     mkldnn=self.settings["mkldnn"],
                     engine=self.settings["engine"],
                     checkpoint_every=self.settings["checkpoint_every"],
+                    **{name: self.settings[name] for name in LATER_SETTINGS},
                 )
             )
         return specs
@@ -176,6 +199,7 @@ class Experiment:
     def to_toml(self) -> str:
         """The resolved experiment as a TOML file that loads back to the same sweep."""
         lines = [f"# tinytrain sweep --from-run <this run>   (resolved from {self.source})"]
+        lines += [f"# drawn: {line}" for line in self.drawn]
         lines += [f"{key} = {_toml_value(value)}" for key, value in self.settings.items()]
         lines += ["", "[grid]"]
         lines += [f"{axis} = {_toml_value(values)}" for axis, values in self.grid.items()]
@@ -244,7 +268,7 @@ def parse_override(text: str) -> tuple[str, list[Any]]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set '{text}' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)")
-    if values.strip().startswith("["):
+    if values.strip().startswith(("[", "{")):
         return key, [parse_value(values)]
     parts = [part.strip() for part in values.split(",")]
     if any(part == "" for part in parts):
@@ -303,7 +327,7 @@ def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
     settings = {key: raw.get(key, default) for key, default in DEFAULTS.items()}
     _check_settings(settings)
 
-    variants = _check_variants(raw.get("optimizers", {}))
+    variants = check_variants(raw.get("optimizers", {}))
     grid_raw = raw.get("grid", {})
     if not isinstance(grid_raw, dict):
         raise ConfigError("grid must be a table: write [grid] with optimizer, lr and seed lists")
@@ -311,12 +335,16 @@ def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
         if axis not in GRID_AXES:
             raise ConfigError(f"unknown grid axis '{axis}': the axes are {', '.join(GRID_AXES)}")
     grid: dict[str, list[Any]] = {}
+    drawn = list(variants.drawn)
     for axis in GRID_AXES:
         if axis not in grid_raw:
             if axis in GRID_DEFAULTS:
                 grid[axis] = list(GRID_DEFAULTS[axis])
             continue
         values = grid_raw[axis]
+        if axis == "lr" and draws.is_draw(values):
+            table, values = values, draws.draw("grid.lr", values)
+            drawn.append(f"grid.lr: {draws.describe(table)}")
         values = list(values) if isinstance(values, list) else [values]
         if not values:
             raise ConfigError(f"grid.{axis} is empty: give at least one value")
@@ -324,7 +352,11 @@ def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
         duplicates = sorted({repr(v) for v in grid[axis] if grid[axis].count(v) > 1})
         if duplicates:
             raise ConfigError(f"grid.{axis} lists {', '.join(duplicates)} more than once: list each value once")
-    return Experiment(settings=settings, grid=grid, variants=variants, source=source)
+        if axis == "optimizer":
+            grid[axis] = [expanded for name in grid[axis] for expanded in variants.names(name)]
+    used = {name: variants.tables[name] for name in grid["optimizer"] if name in variants.tables}
+    _check_engine(settings, {name: used.get(name, {"type": name})["type"] for name in grid["optimizer"]})
+    return Experiment(settings=settings, grid=grid, variants=variants.tables, source=source, drawn=tuple(drawn))
 
 
 def _is_int(value: Any) -> bool:
@@ -339,7 +371,8 @@ def _check_settings(settings: dict[str, Any]) -> None:
     name = settings["name"]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"name must be a non-empty string (the MLflow experiment), got {name!r}")
-    lower_bounds = {"steps": 1, "data_seed": 0, "checkpoint_every": 0, "threads": 1}
+    lower_bounds = {"steps": 1, "data_seed": 0, "checkpoint_every": 0, "threads": 1, "batch_size": 1,
+                    "eval_every": 0}
     for key, low in lower_bounds.items():
         value = settings[key]
         if not _is_int(value) or value < low:
@@ -351,6 +384,21 @@ def _check_settings(settings: dict[str, Any]) -> None:
         raise ConfigError(f"mkldnn must be true or false, got {settings['mkldnn']!r}")
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
+    for key, allowed in (("problem", tuple(PROBLEMS)), ("loss", LOSSES)):
+        if settings[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {settings[key]!r}")
+    if settings["problem"] == "one-sample":
+        for key in BATCH_SETTINGS:
+            if settings[key] != DEFAULTS[key]:
+                raise ConfigError(f"{key} applies to problem digits; one-sample trains on its one input and has "
+                                  f"no test set: drop {key} or set problem = \"digits\"")
+    else:
+        if target != DEFAULTS["target_index"]:
+            raise ConfigError(f"target_index is the one-sample problem's label; problem {settings['problem']} "
+                              "has its own labels: drop target_index")
+        if settings["batch_size"] > DIGITS_TRAINING_IMAGES:
+            raise ConfigError(f"batch_size must be at most the {DIGITS_TRAINING_IMAGES} training images of "
+                              f"digits, got {settings['batch_size']}")
     if settings["engine"] == "vmap" and (settings["threads"] != 1 or settings["mkldnn"]):
         # Only there is a cell's result independent of the batch it ran in, and equal to the sequential
         # engine's bit for bit, so that `reproduce` can retrain any vmap run on its own (see vmap.py).
@@ -358,10 +406,24 @@ def _check_settings(settings: dict[str, Any]) -> None:
                           "sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential")
 
 
-def _check_axis_value(axis: str, value: Any, variants: dict[str, dict[str, Any]]) -> Any:
+def _check_engine(settings: dict[str, Any], kinds: dict[str, str]) -> None:
+    """The vmap engine batches the one-sample problem with MSE, for the optimizers it has a stacked update of."""
+    if settings["engine"] != "vmap":
+        return
+    if settings["problem"] != "one-sample" or settings["loss"] != "mse":
+        raise ConfigError(f"engine vmap trains problem one-sample with loss mse only, not problem "
+                          f"{settings['problem']} with loss {settings['loss']}: use engine sequential "
+                          "(--jobs N runs cells in parallel)")
+    for name, kind in kinds.items():
+        if kind not in VMAP_KINDS:
+            raise ConfigError(f"engine vmap has no stacked update for {kind} (optimizer {name}): use engine "
+                              f"sequential, or one of {', '.join(VMAP_KINDS)}")
+
+
+def _check_axis_value(axis: str, value: Any, variants: Variants) -> Any:
     if axis == "optimizer":
-        if not isinstance(value, str) or (value not in OPTIMIZERS and value not in variants):
-            names = ", ".join(sorted(OPTIMIZERS) + sorted(variants))
+        if not isinstance(value, str) or not variants.known(value):
+            names = ", ".join(sorted(OPTIMIZERS) + sorted(set(variants.tables) | set(variants.expansions)))
             raise ConfigError(f"unknown optimizer {value!r} in grid.optimizer: use one of {names}, "
                               f"or define it as [optimizers.{value}] with a type")
         return value
@@ -372,51 +434,3 @@ def _check_axis_value(axis: str, value: Any, variants: dict[str, dict[str, Any]]
     if not _is_int(value) or value < 0:  # seed
         raise ConfigError(f"seed must be an integer >= 0, got {value!r} in grid.seed")
     return value
-
-
-def _check_variants(raw_variants: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(raw_variants, dict):
-        raise ConfigError("optimizers must be a table of variants: [optimizers.NAME] with type = ...")
-    variants = {}
-    for name, variant in raw_variants.items():
-        if name in OPTIMIZERS:
-            raise ConfigError(f"[optimizers.{name}] redefines the built-in '{name}': give the variant its own "
-                              f"name, e.g. [optimizers.{name}-custom]")
-        if not isinstance(variant, dict):
-            raise ConfigError(f"optimizers.{name} must be a table with a type, e.g. [optimizers.{name}] "
-                              'type = "sgd"')
-        kind = variant.get("type")
-        if kind not in OPTIMIZERS:
-            raise ConfigError(f"optimizers.{name} has type {kind!r}: use one of {', '.join(sorted(OPTIMIZERS))}")
-        defaults = OPTIMIZERS[kind][2]
-        checked: dict[str, Any] = {"type": kind}
-        for key, value in variant.items():
-            if key == "type":
-                continue
-            if key == "lr":
-                raise ConfigError(f"optimizers.{name} sets lr: the learning rate is a grid axis, set it in [grid]")
-            if key not in defaults:
-                raise ConfigError(f"unknown hyperparameter '{key}' for optimizer '{name}' (type {kind}): "
-                                  f"known ones are {', '.join(sorted(defaults))}")
-            checked[key] = _check_hyperparameter(name, key, value, defaults[key])
-        hyperparameters = {**defaults, **checked}
-        if hyperparameters.get("nesterov") and (hyperparameters["momentum"] <= 0 or hyperparameters["dampening"]):
-            raise ConfigError(f"optimizers.{name}: nesterov needs momentum > 0 and dampening = 0")
-        variants[name] = checked
-    return variants
-
-
-def _check_hyperparameter(name: str, key: str, value: Any, default: Any) -> Any:
-    where = f"optimizers.{name}.{key}"
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, tuple):
-        if (not isinstance(value, list | tuple) or len(value) != 2
-                or not all(_is_number(v) and 0 <= v < 1 for v in value)):
-            raise ConfigError(f"{where} must be two numbers in [0, 1), e.g. [0.9, 0.999], got {value!r}")
-        return tuple(float(v) for v in value)
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where} must be a finite number >= 0, got {value!r}")
-    return float(value)

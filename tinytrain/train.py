@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 
 import torch
 
 from tinytrain.model import LeNet
 from tinytrain.optimizers import build_optimizer
 from tinytrain.problem import loss_fn, make_input, make_target
+from tinytrain.problems import loss_function as problem_loss
+from tinytrain.problems import make_problem
 from tinytrain.results import CONVERGED, DIVERGED, RunResult, failed_result
 from tinytrain.spec import RunSpec
 
@@ -43,33 +47,69 @@ def initial_net(spec: RunSpec) -> LeNet:
     return LeNet()
 
 
+@contextlib.contextmanager
+def evaluation_mode(optimizer) -> Iterator[None]:
+    """The weights to evaluate: schedule-free optimizers train on one sequence of weights and are evaluated
+    (and checkpointed) on their average, which optimizer.eval() puts in the net and train() takes back."""
+    switches = hasattr(optimizer, "eval") and hasattr(optimizer, "train")
+    if switches:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        if switches:
+            optimizer.train()
+
+
 def train(spec: RunSpec) -> RunResult:
-    """Train one run: for each step zero_grad, forward, loss, backward, step; then one more forward."""
+    """Train one run: per step a minibatch, zero_grad, forward, loss, backward, step; then one more forward.
+
+    That last forward (no update) is on the last step's minibatch: losses[steps] (final_loss) is the loss
+    after the last update on the data the last step trained on, as in the blog's one-sample measurement.
+    """
     configure_runtime(spec.threads, spec.mkldnn)
     started = time.perf_counter()
-    x, target = make_input(spec.data_seed), make_target(spec.target_index)
+    problem = make_problem(spec)
+    loss_of = problem_loss(spec.loss)
+    batches = problem.batches(spec.seed)
     net = initial_net(spec)
-    optimizer = build_optimizer(spec.kind, net.parameters(), spec.lr, spec.optimizer_kwargs)
+    optimizer = build_optimizer(spec.kind, list(net.named_parameters()), spec.lr, spec.optimizer_kwargs)
     losses: list[float] = []
     checkpoints: dict[int, StateDict] = {}
+    metrics: dict[str, dict[int, float]] = {}
+
+    def measure(step: int) -> None:
+        with evaluation_mode(optimizer):
+            for name, value in problem.evaluate(net, loss_of).items():
+                metrics.setdefault(name, {})[step] = value
+
+    def ended(outcome: str, weights: StateDict | None = None) -> RunResult:
+        return RunResult(spec, losses, outcome, weights, checkpoints if weights else {},
+                         time.perf_counter() - started, runtime=runtime_settings(), metrics=metrics)
+
     for step in range(spec.steps):
+        if problem.has_test_set and spec.eval_every and step % spec.eval_every == 0:
+            measure(step)
+        x, labels = next(batches)
         optimizer.zero_grad()
-        loss = loss_fn(net(x), target)
+        loss = loss_of(net(x), labels)
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
-            return RunResult(spec, losses, DIVERGED, train_seconds=time.perf_counter() - started,
-                             runtime=runtime_settings())
+            return ended(DIVERGED)
         loss.backward()
         optimizer.step()
         done = step + 1
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
-            checkpoints[done] = snapshot(net)
-    with torch.no_grad():
-        losses.append(loss_fn(net(x), target).item())
-    seconds = time.perf_counter() - started
+            with evaluation_mode(optimizer):
+                checkpoints[done] = snapshot(net)
+    with evaluation_mode(optimizer), torch.no_grad():
+        losses.append(loss_of(net(x), labels).item())
+        weights = snapshot(net)
+    if problem.has_test_set:
+        measure(spec.steps)
     if not math.isfinite(losses[-1]):
-        return RunResult(spec, losses, DIVERGED, train_seconds=seconds, runtime=runtime_settings())
-    return RunResult(spec, losses, CONVERGED, snapshot(net), checkpoints, seconds, runtime=runtime_settings())
+        return ended(DIVERGED)
+    return ended(CONVERGED, weights)
 
 
 def train_safely(spec: RunSpec) -> RunResult:
