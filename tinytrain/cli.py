@@ -8,13 +8,14 @@ Neither torch nor MLflow is imported at module level, so `tinytrain --help` is i
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from typing import NoReturn
 
 import click
 
 from tinytrain.executors.base import EXECUTORS, ExecutorError
-from tinytrain.report import COLUMNS, FORMATS
+from tinytrain.report import COLUMNS, FORMATS, METRICS
 from tinytrain.shutdown import exit_now
 from tinytrain.spec import ENGINES, ConfigError, load_experiment
 from tinytrain.tracking.contract import RUN_KEY, TrackingError
@@ -138,6 +139,8 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
     cells = plan(experiment, uri)
     done = sum(cell.done_run_id is not None for cell in cells)
+    for line in experiment.drawn:
+        click.echo(f"drawn {line}")
     for cell in cells:
         status = "done" if cell.done_run_id and not force else "run"
         spec = cell.spec
@@ -173,15 +176,17 @@ def show_summary(outcome) -> None:
 
 @cli.command()
 @click.option("--optimizer", default="adam", show_default=True,
-              help="sgd, adam, adamw, rmsprop, adagrad, or a variant of the experiment file.")
+              help="A name of `tinytrain optimizers`, or a variant of the experiment file.")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: the optimizer's torch default].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Optimizer steps [default: the experiment file's].")
 @click.option("--file", "file", default=None, metavar="FILE",
               help="Experiment file for the settings and variants [default: experiments/optimizer-grid.toml].")
+@click.option("--problem", type=click.Choice(["one-sample", "digits"]), default=None,
+              help="What the run learns [default: the experiment file's].")
 @tracking_uri_option
 @translate_errors
-def run(optimizer, lr, seed, steps, file, tracking_uri):
+def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
     """Train and log one run (no parent sweep); an earlier finished run of the same cell is replaced.
 
     \b
@@ -191,6 +196,7 @@ def run(optimizer, lr, seed, steps, file, tracking_uri):
     overrides = [f"optimizer={optimizer}", f"seed={seed}"]
     overrides += [f"lr={lr!r}"] if lr is not None else []
     overrides += [f"steps={steps}"] if steps is not None else []
+    overrides += [f"problem={problem}"] if problem is not None else []
     experiment = load_experiment(file, overrides)
     if lr is None:
         experiment.grid.pop("lr", None)  # the optimizer's own default
@@ -201,11 +207,13 @@ def run(optimizer, lr, seed, steps, file, tracking_uri):
         sys.exit(EXIT_INTERRUPTED)
     (run_id,) = outcome.counts.run_ids.values()
     spec = experiment.specs()[0]
-    from tinytrain.tracking import read_losses
+    from tinytrain.tracking import Store
 
-    losses = read_losses(outcome.uri, run_id)
+    with Store(outcome.uri) as store:
+        losses, accuracy = store.losses(run_id), store.get_run(run_id).data.metrics.get("final_test_accuracy")
     verdict = "diverged" if outcome.counts.diverged else ("failed" if outcome.counts.failed else "converged")
-    click.echo(f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s), "
+    tested = f", test accuracy {accuracy:.4g}" if accuracy is not None else ""
+    click.echo(f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s){tested}, "
                f"{verdict}; run {run_id}")
     click.echo(browse_line(outcome))
     if outcome.counts.failed:
@@ -232,7 +240,8 @@ def reproduce(run_id, tracking_uri):
     if record.tags.get(RUN_KEY) != record.spec.key:
         click.echo("note: the run's params no longer give its run key: the record was changed or written by "
                    "another version", err=True)
-    verdict = retrain_and_compare(run_id, record.spec, record.losses, record.checkpoints, record.tags)
+    verdict = retrain_and_compare(run_id, record.spec, record.losses, record.checkpoints, record.tags,
+                                  record.metrics)
     for note in verdict.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(verdict.describe())
@@ -245,8 +254,13 @@ def reproduce(run_id, tracking_uri):
               help="Entries checked per parameter tensor (a fixed random sample), or all (about a minute).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Largest relative error that passes.")
+@click.option("--problem", type=click.Choice(["one-sample", "digits"]), default="one-sample", show_default=True,
+              help="Whose data: the one-sample input, or one fixed minibatch of digits (the first training images).")
+@click.option("--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1437), default=16, show_default=True,
+              help="Images in the digits minibatch.")
 @translate_errors
-def gradcheck(seed, entries, tolerance):
+def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
     """Check autograd's gradients of the net and loss against central finite differences in float64.
 
     Prints the largest relative error per parameter tensor; exits 0 when all pass, 1 otherwise.
@@ -254,6 +268,7 @@ def gradcheck(seed, entries, tolerance):
     \b
     Example:
         tinytrain gradcheck --entries all
+        tinytrain gradcheck --problem digits --loss cross_entropy --batch-size 8
     """
     if entries != "all" and not (entries.isdigit() and int(entries) > 0):
         raise BadInput(f"--entries must be a positive number or all, got {entries!r}")
@@ -262,9 +277,11 @@ def gradcheck(seed, entries, tolerance):
 
     from tinytrain.verify import gradient_check
 
-    checks = gradient_check(seed=seed, entries_per_tensor=None if entries == "all" else int(entries))
+    checks = gradient_check(seed=seed, entries_per_tensor=None if entries == "all" else int(entries),
+                            problem=problem, loss=loss, batch_size=batch_size)
+    data = f"{problem}, {loss}" + (f", a fixed batch of {batch_size}" if problem != "one-sample" else "")
     table = Table("tensor", "entries", "max relative error", "max absolute error", "verdict",
-                  title=f"autograd vs central differences (float64, seed {seed})")
+                  title=f"autograd vs central differences (float64, seed {seed}, {data})")
     for check in checks:
         table.add_row(check.name, str(check.entries), f"{check.max_relative_error:.2e}",
                       f"{check.max_absolute_error:.2e}", "ok" if check.passed(tolerance) else "FAIL")
@@ -338,6 +355,27 @@ def cluster(port, workers, stop):
     click.echo("Stop it: tinytrain cluster --stop   (or make cluster-stop)")
 
 
+@cli.command()
+def optimizers():
+    """List the optimizers an experiment can name, with their default lr and hyperparameters.
+
+    A variant fixes some of them: [optimizers.NAME] type = "sgd", momentum = 0.9 (see the README).
+
+    \b
+    Example:
+        tinytrain optimizers
+    """
+    from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
+
+    for name, (class_path, default_lr, defaults) in OPTIMIZERS.items():
+        source = class_path.replace("pytorch_optimizer.", "pytorch-optimizer ") if "." in class_path \
+            else f"torch.optim.{class_path}"
+        click.echo(f"{name:<19} {source:<37} lr={default_lr:g}")
+        click.echo("    " + ", ".join(f"{key}={value}" for key, value in defaults.items()))
+    click.echo(f"muon trains {', '.join(MUON_PARAMETERS)} and its AdamW (adamw_*) the other "
+               f"{len(ADAMW_WITH_MUON)} tensors.")
+
+
 experiment_option = click.option(
     "--experiment", "experiment_name", metavar="NAME", default=None,
     help="The MLflow experiment [default: optimizer-grid, or the experiment of --sweep].",
@@ -363,12 +401,15 @@ def warn_missing_cells(sweep) -> None:
               help="table for a terminal; markdown, csv and json for documents and scripts.")
 @click.option("--sort", type=click.Choice(COLUMNS), default=None,
               help="Order the rows by this column, ascending [default: rank, by the geometric mean].")
+@click.option("--metric", type=click.Choice(list(METRICS)), default="final_loss", show_default=True,
+              help="What the table compares: final_loss (training), or the test set's test_loss or "
+                   "test_accuracy (digits; higher is better for accuracy).")
 @click.option("--before-after", is_flag=True,
               help="Instead: initial_loss -> final_loss of each seed, and their mean (the one-step "
                    "measurement).")
 @tracking_uri_option
 @translate_errors
-def compare(experiment_name, sweep_id, output_format, sort, before_after, tracking_uri):
+def compare(experiment_name, sweep_id, output_format, sort, metric, before_after, tracking_uri):
     """Compare the cells of a sweep over their seeds: one row per (optimizer, lr).
 
     Final losses span many decades, so besides mean ± std each row has the geometric mean and the spread
@@ -381,6 +422,7 @@ def compare(experiment_name, sweep_id, output_format, sort, before_after, tracki
         tinytrain compare
         tinytrain compare --experiment one-step-adam --before-after
         tinytrain compare --sweep 3f2a9c... --format markdown --sort lr
+        tinytrain compare --experiment digits-grid --metric test_accuracy
     """
     from tinytrain import report
     from tinytrain.tracking import read_sweep
@@ -392,8 +434,13 @@ def compare(experiment_name, sweep_id, output_format, sort, before_after, tracki
         runs = report.before_after(sweep.runs)
         text = report.render_before_after(runs, output_format, report.before_after_title(sweep))
     else:
-        rows = report.sort_rows(report.summarize(sweep.runs), sort or "rank")
-        text = report.render_compare(rows, output_format, report.compare_title(sweep), report.COMPARE_CAPTION)
+        untested = [run for run in sweep.runs if math.isnan(report.metric_value(run, metric))]
+        if untested and sweep.runs:
+            raise BadInput(f"sweep {sweep.parent_run_id} has no {metric} for {len(untested)} of its runs (the "
+                           "one-sample problem has no test set): compare --metric final_loss")
+        rows = report.sort_rows(report.summarize(sweep.runs, metric), sort or "rank")
+        text = report.render_compare(rows, output_format, report.compare_title(sweep, metric),
+                                     report.compare_caption(metric), metric)
     click.echo(text, nl=False)
     warn_missing_cells(sweep)
 

@@ -33,6 +33,13 @@ COLUMNS = ("rank", "optimizer", "lr", "mean", "std", "geomean", "log10_std", "mi
            "diverged")
 LOSS_FLOOR = 1e-45  # a final loss of exactly 0 counts as float32's smallest positive value in log10
 SUMMARY_FILES = ("compare.md", "compare.csv", "loss-curves.png")  # what a sweep logs to its parent run
+# What compare can rank by: metric -> (the run's metric, its name in tables, higher is better). Losses span
+# decades and get geometric statistics; an accuracy lies in [0, 1] and gets plain ones.
+METRICS: dict[str, tuple[str, str, bool]] = {
+    "final_loss": ("final_loss", "final loss", False),
+    "test_loss": ("final_test_loss", "test loss", False),
+    "test_accuracy": ("final_test_accuracy", "test accuracy", True),
+}
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,22 @@ class CellSummary:
     diverged: int
 
 
-def summarize(runs: Iterable[CellRun]) -> list[CellSummary]:
-    """Aggregate the runs of a sweep per (optimizer, lr), ranked by the geometric mean of final_loss."""
-    unranked = [_summarize_cell(optimizer, lr, cell) for (optimizer, lr), cell in _by_cell(runs).items()]
-    ranked = sorted((row for row in unranked if row.geomean is not None),
-                    key=lambda row: (row.geomean, row.mean))
+def metric_value(run: CellRun, metric: str = "final_loss") -> float:
+    """A run's value of a compare metric (NaN when the run did not measure it)."""
+    name = METRICS[metric][0]
+    return run.final_loss if name == "final_loss" else run.metrics.get(name, math.nan)
+
+
+def summarize(runs: Iterable[CellRun], metric: str = "final_loss") -> list[CellSummary]:
+    """Aggregate the runs of a sweep per (optimizer, lr), ranked by the geometric mean of a loss (lowest
+    first), or by the mean of an accuracy (highest first)."""
+    higher_is_better = METRICS[metric][2]
+    unranked = [_summarize_cell(optimizer, lr, cell, metric) for (optimizer, lr), cell in _by_cell(runs).items()]
+    if higher_is_better:
+        ranked = sorted((row for row in unranked if row.mean is not None), key=lambda row: -row.mean)
+    else:
+        ranked = sorted((row for row in unranked if row.geomean is not None),
+                        key=lambda row: (row.geomean, row.mean))
     ranks = {id(row): rank for rank, row in enumerate(ranked, start=1)}
     return [replace(row, rank=ranks.get(id(row))) for row in unranked]
 
@@ -70,9 +88,9 @@ def _by_cell(runs: Iterable[CellRun]) -> dict[tuple[str, float], list[CellRun]]:
     return cells
 
 
-def _summarize_cell(optimizer: str, lr: float, runs: list[CellRun]) -> CellSummary:
-    losses = [run.final_loss for run in runs if not run.diverged]
-    logs = [math.log10(max(loss, LOSS_FLOOR)) for loss in losses]
+def _summarize_cell(optimizer: str, lr: float, runs: list[CellRun], metric: str = "final_loss") -> CellSummary:
+    losses = [metric_value(run, metric) for run in runs if not run.diverged]
+    logs = [] if METRICS[metric][2] else [math.log10(max(loss, LOSS_FLOOR)) for loss in losses]
     return CellSummary(
         rank=None, optimizer=optimizer, lr=lr,
         mean=statistics.fmean(losses) if losses else None,
@@ -122,7 +140,7 @@ def _cells(row: CellSummary) -> tuple[str, ...]:
 
 
 def render_compare(rows: Sequence[CellSummary], output_format: str = "table", title: str = "",
-                   caption: str = "") -> str:
+                   caption: str = "", metric: str = "final_loss") -> str:
     """The compare table as text: a rich table, markdown, csv (raw numbers) or json (raw numbers)."""
     if output_format == "csv":
         return _csv(COLUMNS, [[_raw(getattr(row, column)) for column in COLUMNS] for row in rows])
@@ -130,10 +148,11 @@ def render_compare(rows: Sequence[CellSummary], output_format: str = "table", ti
         return json.dumps({"title": title, "rows": [asdict(row) for row in rows]}, indent=2) + "\n"
     table = [_cells(row) for row in rows]
     right = {0, 2, 3, 4, 5, 6, 7, 8, 9}
+    headers = (*_HEADERS[:3], f"{METRICS[metric][1]} mean ± std", *_HEADERS[4:])
     if output_format == "markdown":
-        return _markdown(_HEADERS, table, right, title, caption)
+        return _markdown(headers, table, right, title, caption)
     if output_format == "table":
-        return _rich_table(_HEADERS, table, right, title, caption)
+        return _rich_table(headers, table, right, title, caption)
     raise ValueError(f"unknown format {output_format!r}: use one of {', '.join(FORMATS)}")
 
 
@@ -185,11 +204,22 @@ def _rich_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set
     return "\n".join(([title] if title else []) + lines + (["", caption] if caption else [])) + "\n"
 
 
-def compare_title(sweep: SweepRecord) -> str:
+def compare_title(sweep: SweepRecord, metric: str = "final_loss") -> str:
     """One line that says which sweep a table is about."""
     seeds = len({run.seed for run in sweep.runs})
-    return (f"{sweep.experiment}: sweep {sweep.parent_run_id}, final loss after {sweep.steps} steps "
+    return (f"{sweep.experiment}: sweep {sweep.parent_run_id}, {METRICS[metric][1]} after {sweep.steps} steps "
             f"over {seeds} seed{'s' if seeds != 1 else ''}")
+
+
+def compare_caption(metric: str = "final_loss") -> str:
+    """What the compare table's rank and columns mean for a metric."""
+    if metric == "final_loss":
+        return COMPARE_CAPTION
+    name, _label, higher_is_better = METRICS[metric]
+    if higher_is_better:
+        return (f"Ranked by the mean of {name} over seeds, highest first; diverged seeds are left out of the "
+                "statistics.")
+    return COMPARE_CAPTION.replace("final_loss", name)
 
 
 COMPARE_CAPTION = ("Ranked by the geometric mean of final_loss; log10 std is the spread of log10(final_loss) "
@@ -279,7 +309,8 @@ def before_after_title(sweep: SweepRecord) -> str:
 
 def plot_loss_curves(sweep: SweepRecord) -> Figure:
     """Loss against step on a log axis: a panel per optimizer, a line per lr (the median over converged
-    seeds, with a min–max band). Cells whose every seed diverged get no line; the panel names them.
+    seeds, with a min–max band). Cells whose every seed diverged get no line; the panel names them. Where
+    the runs measured test accuracy (digits), each loss panel has the accuracy's panel below it.
 
     Returns the Figure (drawn with the Agg canvas: no display, no pyplot state) for the caller to save.
     """
@@ -290,52 +321,80 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
     optimizers = list(dict.fromkeys(run.optimizer for run in sweep.runs))
     lrs = sorted({run.lr for run in sweep.runs})
     colours = _lr_colours(lrs)
+    accuracy = any(run.curves.get(ACCURACY_CURVE) for run in sweep.runs)
     columns = min(len(optimizers), 3) or 1
     rows = math.ceil(len(optimizers) / columns) or 1
-    figure = Figure(figsize=(4.6 * columns, 3.6 * rows + 0.6), layout="constrained")
+    per_optimizer = 2 if accuracy else 1
+    figure = Figure(figsize=(4.6 * columns, 3.6 * rows * per_optimizer + 0.6), layout="constrained")
     FigureCanvasAgg(figure)
+    grid = figure.subplots(rows * per_optimizer, columns, squeeze=False)
     # a shared y axis makes panels comparable; x stays per panel so that each one keeps its step labels
-    axes = figure.subplots(rows, columns, sharey=True, squeeze=False).ravel()
-    for ax in axes[len(optimizers):]:
-        figure.delaxes(ax)
+    loss_axes = [grid[row * per_optimizer][column] for row in range(rows) for column in range(columns)]
+    accuracy_axes = ([grid[row * per_optimizer + 1][column] for row in range(rows) for column in range(columns)]
+                     if accuracy else [])
+    for axes in (loss_axes, accuracy_axes):
+        for ax in axes[len(optimizers):]:
+            figure.delaxes(ax)
+        for ax in axes[1:len(optimizers)]:
+            ax.sharey(axes[0])
     seeds = len({run.seed for run in sweep.runs})
-    for index, (ax, optimizer) in enumerate(zip(axes, optimizers, strict=False)):
-        diverged_everywhere = []
-        for lr in lrs:
-            cell = [run for run in sweep.runs if run.optimizer == optimizer and run.lr == lr]
-            if cell and not _draw_cell(ax, cell, f"{lr:g}", colours[lr]):
-                diverged_everywhere.append(f"{lr:g}")
+    for index, optimizer in enumerate(optimizers):
+        cells = {lr: [run for run in sweep.runs if run.optimizer == optimizer and run.lr == lr] for lr in lrs}
+        ax = loss_axes[index]
+        diverged_everywhere = _draw_lines(ax, cells, colours, lambda run: (range(len(run.losses)), run.losses))
         ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
         ax.set_title(optimizer)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.set_xlabel("step")
         if index % columns == 0:
-            ax.set_ylabel("loss (MSE, log scale)")
-        if ax.lines:
-            ax.legend(title="lr", fontsize="small", title_fontsize="small", loc="best")
+            ax.set_ylabel("training loss (log scale)")
         if diverged_everywhere:
             ax.text(0.02, 0.02, f"diverged at every seed: lr {', '.join(diverged_everywhere)}",
                     transform=ax.transAxes, fontsize="small", color="firebrick")
-    figure.suptitle(f"{sweep.experiment}: loss per step, median over {seeds} seed{'s' if seeds != 1 else ''} "
-                    "(band: min–max)")
+        if accuracy:
+            ax = accuracy_axes[index]
+            _draw_lines(ax, cells, colours, _accuracy_curve)
+            ax.set_title(f"{optimizer}: test accuracy")
+            if index % columns == 0:
+                ax.set_ylabel("test accuracy")
+        for ax in [loss_axes[index]] + ([accuracy_axes[index]] if accuracy else []):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
+            ax.grid(True, which="major", alpha=0.3)
+            ax.set_xlabel("step")
+            if ax.lines:
+                ax.legend(title="lr", fontsize="small", title_fontsize="small", loc="best")
+    figure.suptitle(f"{sweep.experiment}: {'loss and test accuracy' if accuracy else 'loss'} per step, median over "
+                    f"{seeds} seed{'s' if seeds != 1 else ''} (band: min–max)")
     return figure
 
 
-def _draw_cell(ax: Any, cell: list[CellRun], lr_label: str, colour: Any) -> bool:
-    """A cell's median loss curve over its converged seeds, with a min–max band; False if none converged."""
+ACCURACY_CURVE = "test_accuracy"
+
+
+def _accuracy_curve(run: CellRun) -> tuple[list[int], list[float]]:
+    points = run.curves.get(ACCURACY_CURVE, ())
+    return [step for step, _value in points], [value for _step, value in points]
+
+
+def _draw_lines(ax, cells: dict[float, list[CellRun]], colours: dict[float, Any], curve_of) -> list[str]:
+    """A line per lr (median over converged seeds, min-max band); returns the lrs where every seed diverged."""
     import numpy as np
 
-    converged = [run.losses for run in cell if not run.diverged and run.losses]
-    if not converged:
-        return False
-    curves = np.array([curve[:min(map(len, converged))] for curve in converged])
-    steps = np.arange(curves.shape[1])
-    diverged = len(cell) - len(converged)
-    label = lr_label + (f" ({diverged}/{len(cell)} diverged)" if diverged else "")
-    ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=colour, alpha=0.2, linewidth=0)
-    ax.plot(steps, np.median(curves, axis=0), color=colour, linewidth=1.6, label=label)
-    return True
+    diverged_everywhere = []
+    for lr, cell in cells.items():
+        if not cell:
+            continue
+        converged = [curve_of(run) for run in cell if not run.diverged]
+        converged = [(list(steps), list(values)) for steps, values in converged if len(values)]
+        if not converged:
+            diverged_everywhere.append(f"{lr:g}")
+            continue
+        length = min(len(values) for _steps, values in converged)
+        curves = np.array([values[:length] for _steps, values in converged])
+        steps = np.array(converged[0][0][:length])
+        diverged = len(cell) - len(converged)
+        label = f"{lr:g}" + (f" ({diverged}/{len(cell)} diverged)" if diverged else "")
+        ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=colours[lr], alpha=0.2, linewidth=0)
+        ax.plot(steps, np.median(curves, axis=0), color=colours[lr], linewidth=1.6, label=label)
+    return diverged_everywhere
 
 
 def _lr_colours(lrs: Sequence[float]) -> dict[float, Any]:
@@ -358,9 +417,12 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
 
 def write_sweep_summary(sweep: SweepRecord, folder: Path) -> list[Path]:
     """The files a sweep logs to its parent run for the UI: the compare table (markdown, csv), the curves."""
-    rows = sort_rows(summarize(sweep.runs))
+    tested = bool(sweep.runs) and all(not math.isnan(metric_value(run, "test_accuracy")) for run in sweep.runs)
+    metric = "test_accuracy" if tested else "final_loss"  # a problem with a test set is compared on it
+    rows = sort_rows(summarize(sweep.runs, metric))
     markdown, table_csv, curves = (folder / name for name in SUMMARY_FILES)
-    markdown.write_text(render_compare(rows, "markdown", compare_title(sweep), COMPARE_CAPTION))
+    markdown.write_text(render_compare(rows, "markdown", compare_title(sweep, metric), compare_caption(metric),
+                                       metric))
     table_csv.write_text(render_compare(rows, "csv"))
     save_figure(plot_loss_curves(sweep), curves)
     return [markdown, table_csv, curves]

@@ -11,9 +11,10 @@ import math
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from tinytrain.problem_catalogue import TEST_METRICS
 from tinytrain.spec import DEFAULTS, Experiment, RunSpec, load_experiment
 from tinytrain.tracking.contract import (
     CHECKPOINTS,
@@ -105,6 +106,7 @@ class LoggedRun:
     losses: list[float]
     checkpoints: dict[int, dict]  # step -> state dict, loaded with weights_only=True (no code unpickled)
     tags: dict[str, str]
+    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # test metrics: (step, value)
 
 
 def read_logged_run(uri: str, run_id: str) -> LoggedRun:
@@ -122,7 +124,8 @@ def read_logged_run(uri: str, run_id: str) -> LoggedRun:
                                 "tinytrain?") from None
         losses = store.losses(run_id)
         checkpoints = _read_checkpoints(store, run_id, final_step=len(losses) - 1)
-    return LoggedRun(run_id, spec, losses, checkpoints, dict(tags))
+        metrics = {name: store.history(run_id, name) for name in TEST_METRICS if name in run.data.metrics}
+    return LoggedRun(run_id, spec, losses, checkpoints, dict(tags), metrics)
 
 
 def _read_checkpoints(store: Store, run_id: str, final_step: int) -> dict[int, dict]:
@@ -143,6 +146,9 @@ def _read_checkpoints(store: Store, run_id: str, final_step: int) -> dict[int, d
     return checkpoints
 
 
+CURVES = ("test_accuracy",)  # histories besides the loss that reports plot
+
+
 @dataclass(frozen=True)
 class CellRun:
     """The finished run of one cell of a sweep, in plain values: what compare and plot need."""
@@ -156,6 +162,8 @@ class CellRun:
     initial_loss: float
     final_loss: float
     losses: tuple[float, ...] = ()  # `loss` at steps 0..steps (shorter if it diverged); read on request
+    metrics: dict[str, float] = field(default_factory=dict)  # the run's metrics, each at its last step
+    curves: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)  # CURVES: (step, value)
 
     @property
     def diverged(self) -> bool:
@@ -237,6 +245,9 @@ def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None
             outcome=run.data.tags[OUTCOME], initial_loss=metrics.get("initial_loss", math.nan),
             final_loss=metrics.get("final_loss", math.nan),
             losses=(known_losses.get(spec.key) or tuple(store.losses(run.info.run_id))) if with_losses else (),
+            metrics=dict(metrics),
+            curves={name: tuple(store.history(run.info.run_id, name)) for name in CURVES
+                    if with_losses and name in metrics},
         ))
     return SweepRecord(experiment.name, experiment_id, parent_run_id, experiment.settings["steps"],
                        len(runs) + len(missing), tuple(runs), tuple(missing))

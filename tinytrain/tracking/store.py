@@ -169,6 +169,12 @@ class Store:
                 metrics.append(Metric("final_loss", result.final_loss, now, final_step,
                                       model_id=models.get(final_step)))
             metrics.append(Metric("train_seconds", result.train_seconds, now, 0, model_id=models.get(0)))
+            for name, series in result.metrics.items():  # whatever else the problem measured, and its last value
+                metrics += [Metric(name, value, now, step, model_id=models.get(step))
+                            for step, value in sorted(series.items())]
+                if series:
+                    last = max(series)
+                    metrics.append(Metric(f"final_{name}", series[last], now, last, model_id=models.get(last)))
             tags = [RunTag(OUTCOME, result.outcome)]
             tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
             if result.error:
@@ -249,8 +255,12 @@ class Store:
 
     def losses(self, run_id: str) -> list[float]:
         """The logged `loss` of a run, in step order."""
-        return [metric.value for metric in
-                sorted(self.client.get_metric_history(run_id, LOSS), key=lambda metric: metric.step)]
+        return [value for _step, value in self.history(run_id, LOSS)]
+
+    def history(self, run_id: str, name: str) -> list[tuple[int, float]]:
+        """(step, value) of a logged metric, in step order."""
+        return [(metric.step, metric.value) for metric in
+                sorted(self.client.get_metric_history(run_id, name), key=lambda metric: metric.step)]
 
     def read_text(self, run_id: str, artifact: str) -> str:
         self.get_run(run_id)
