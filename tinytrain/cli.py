@@ -434,8 +434,9 @@ def compare(experiment_name, sweep_id, output_format, sort, metric, before_after
         runs = report.before_after(sweep.runs)
         text = report.render_before_after(runs, output_format, report.before_after_title(sweep))
     else:
-        untested = [run for run in sweep.runs if math.isnan(report.metric_value(run, metric))]
-        if untested and sweep.runs:
+        untested = [run for run in sweep.runs if metric != "final_loss" and not run.diverged
+                    and math.isnan(report.metric_value(run, metric))]
+        if untested:
             raise BadInput(f"sweep {sweep.parent_run_id} has no {metric} for {len(untested)} of its runs (the "
                            "one-sample problem has no test set): compare --metric final_loss")
         rows = report.sort_rows(report.summarize(sweep.runs, metric), sort or "rank")
