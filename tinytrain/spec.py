@@ -293,7 +293,7 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
     key, values = parse_override(text)
     if key in GRID_AXES or key.startswith("grid."):
         axis = key.removeprefix("grid.")
-        raw.setdefault("grid", {})[axis] = values
+        raw.setdefault("grid", {})[axis] = values[0] if len(values) == 1 and draws.is_draw(values[0]) else values
         return
     if key.startswith("optimizers."):
         _, _, rest = key.partition(".")
