@@ -279,9 +279,10 @@ def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
 
     checks = gradient_check(seed=seed, entries_per_tensor=None if entries == "all" else int(entries),
                             problem=problem, loss=loss, batch_size=batch_size)
-    data = f"{problem}, {loss}" + (f", a fixed batch of {batch_size}" if problem != "one-sample" else "")
+    data = f"{problem}, {loss}" + (f", a fixed batch of {batch_size} training images" if problem != "one-sample"
+                                   else "")
     table = Table("tensor", "entries", "max relative error", "max absolute error", "verdict",
-                  title=f"autograd vs central differences (float64, seed {seed}, {data})")
+                  title=f"autograd vs central differences (float64, seed {seed})", caption=f"data: {data}")
     for check in checks:
         table.add_row(check.name, str(check.entries), f"{check.max_relative_error:.2e}",
                       f"{check.max_absolute_error:.2e}", "ok" if check.passed(tolerance) else "FAIL")
