@@ -10,8 +10,14 @@ in the same run, because this machine is shared and noisy:
   (d) vmap training            the same grid trained at once by the vmap engine, no tracking
   (e) tinytrain sweep --engine vmap, full tracking
   (f) vmap training, 2 workers  the grid as two batches on two worker processes (--jobs 2), no tracking
+  (g) tinytrain sweep, digits  experiments/digits-grid.toml (real images), full tracking and checkpoints
+  (h) plain training, digits   the same digits cells trained by plain_training.py, no tracking
 
 Usage: python benchmarks/bench.py [--repeat 3] [--experiment FILE] [--skip-naive]
+       [--digits FILE] [--digits-set KEY=V ...] [--skip-digits | --digits-only]
+
+A quick check of the digits variants on a tiny grid (seconds, not minutes):
+  python benchmarks/bench.py --repeat 1 --digits-only --digits-set steps=5 --digits-set optimizer=adam,sgd
 """
 
 from __future__ import annotations
@@ -94,7 +100,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--experiment", default=str(ROOT / "experiments" / "optimizer-grid.toml"))
     parser.add_argument("--skip-naive", action="store_true", help="skip (c), which takes minutes")
+    parser.add_argument("--digits", default=str(ROOT / "experiments" / "digits-grid.toml"))
+    parser.add_argument("--digits-set", action="append", default=[], metavar="KEY=V1,V2",
+                        help="override the digits experiment (as `tinytrain sweep --set`), e.g. steps=5")
+    parser.add_argument("--skip-digits", action="store_true", help="skip (g) and (h), which take minutes")
+    parser.add_argument("--digits-only", action="store_true", help="only (g) and (h)")
     args = parser.parse_args()
+    digits = str(Path(args.digits).resolve())
+    digits_set = [part for override in args.digits_set for part in ("--set", override)]
     experiment = str(Path(args.experiment).resolve())
     python, tinytrain = str(BIN / "python"), str(BIN / "tinytrain")
     plain = str(ROOT / "benchmarks" / "plain_training.py")
@@ -107,9 +120,9 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s; copy of 64 MiB: {bandwidth:.1f} GB/s")
 
-    walls: dict[str, list[float]] = {key: [] for key in "abcdef"}
+    walls: dict[str, list[float]] = {key: [] for key in "abcdefgh"}
     peaks: dict[str, float] = {}
-    training: dict[str, list[tuple[float, float]]] = {"b": [], "d": [], "f": []}
+    training: dict[str, list[tuple[float, float]]] = {"b": [], "d": [], "f": [], "h": []}
     with tempfile.TemporaryDirectory(prefix="tinytrain-bench-") as scratch:
         scratch_path = Path(scratch)
         # Every round measures what every store but a machine's first costs: a copy of the cached template.
@@ -125,8 +138,15 @@ def main() -> None:
                 "e": [tinytrain, "sweep", experiment, "--quiet", "--engine", "vmap",
                       "--tracking-uri", str(store / "e" / "mlflow.db")],
                 "f": [python, plain, experiment, "--engine", "vmap", "--jobs", "2"],
+                "g": [tinytrain, "sweep", digits, *digits_set, "--quiet", "--tracking-uri",
+                      str(store / "g" / "mlflow.db")],
+                "h": [python, plain, digits, *digits_set],
             }
-            if round_number == 0 and not args.skip_naive:
+            if args.digits_only:
+                variants = {key: variants[key] for key in "gh"}
+            elif args.skip_digits:
+                variants = {key: command for key, command in variants.items() if key not in "gh"}
+            if round_number == 0 and not (args.skip_naive or args.digits_only):
                 variants["c"] = [python, naive, f"sqlite:///{store / 'c' / 'mlflow.db'}", experiment]
                 (store / "c").mkdir(parents=True)
             order = list(variants) if round_number % 2 == 0 else list(reversed(variants))
@@ -141,7 +161,8 @@ def main() -> None:
     median = {key: statistics.median(values) for key, values in walls.items() if values}
     names = {"a": "tinytrain sweep (full tracking)", "b": "plain training, no tracking",
              "c": "naive MLflow script", "d": "vmap training, no tracking",
-             "e": "tinytrain sweep --engine vmap (full tracking)", "f": "vmap training, 2 worker processes"}
+             "e": "tinytrain sweep --engine vmap (full tracking)", "f": "vmap training, 2 worker processes",
+             "g": "tinytrain sweep, digits (full tracking)", "h": "plain training, digits, no tracking"}
     print("\n| variant | median wall (s) | runs | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
     for key, name in names.items():
         if key in median:
@@ -149,6 +170,13 @@ def main() -> None:
 
     def steps_per_second(key: str) -> float:
         return statistics.median(steps / seconds for seconds, steps in training[key])
+
+    if "g" in median:
+        rounds = ", ".join(f"{g / h:.2f}" for g, h in zip(walls["g"], walls["h"], strict=True))
+        print(f"\n| g/h | {median['g'] / median['h']:.2f} | tracking's cost on digits: whole sweep over plain "
+              f"training (goal <= 1.3); round by round {rounds}; {steps_per_second('h'):.0f} model-steps/s |")
+    if "a" not in median:
+        return
 
     sequential, batched, two_workers = steps_per_second("b"), steps_per_second("d"), steps_per_second("f")
     print("\n| ratio | value | meaning |\n| --- | ---: | --- |")

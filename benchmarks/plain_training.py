@@ -1,7 +1,7 @@
 """Reference (b): the grid's training in plain torch, with no tracking at all (what tinytrain must approach).
 
 Usage: python benchmarks/plain_training.py [EXPERIMENT.toml] [--engine sequential|vmap] [--jobs N]
-       [--runtime THREADS,MKLDNN]
+       [--runtime THREADS,MKLDNN] [--set KEY=V1,V2 ...]
 
 With --jobs N the vmap engine's cells are split into N batches trained at once by N worker processes (as
 `tinytrain sweep --engine vmap --jobs N` does); the training time then includes starting the workers.
@@ -23,13 +23,15 @@ def main() -> None:
     parser.add_argument("--engine", choices=["sequential", "vmap"], default="sequential")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--runtime", metavar="THREADS,MKLDNN", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=V1,V2",
+                        help="override the experiment as `tinytrain sweep --set` does")
     args = parser.parse_args()
     engine, jobs = args.engine, args.jobs
     runtime = None
     if args.runtime:
         threads, mkldnn = args.runtime.split(",")
         runtime = {"threads": int(threads), "mkldnn": mkldnn == "1"}
-    experiment = load_experiment(args.experiment, [f"engine={engine}"])
+    experiment = load_experiment(args.experiment, [*args.overrides, f"engine={engine}"])
     specs = experiment.specs()
     if runtime:
         import dataclasses
