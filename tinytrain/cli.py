@@ -7,56 +7,27 @@ Neither torch nor MLflow is imported at module level, so `tinytrain --help` is i
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 from typing import NoReturn
 
 import click
 
-from tinytrain.executors.base import EXECUTORS, ExecutorError
+from tinytrain.cli_shared import (
+    EXIT_INTERRUPTED,
+    EXIT_RUNS_FAILED,
+    BadInput,
+    resolved_uri,
+    tracking_uri_option,
+    translate_errors,
+)
+from tinytrain.cli_trust import gradcheck, optimizers, reproduce
+from tinytrain.executors.base import EXECUTORS
+from tinytrain.problem_catalogue import PROBLEMS
 from tinytrain.report import COLUMNS, FORMATS, METRICS
 from tinytrain.shutdown import exit_now
-from tinytrain.spec import ENGINES, ConfigError, load_experiment
-from tinytrain.tracking.contract import RUN_KEY, TrackingError
+from tinytrain.spec import ENGINES, load_experiment
 from tinytrain.tracking.location import is_http
-
-EXIT_RUNS_FAILED = 1
-EXIT_INTERRUPTED = 130
-
-
-class BadInput(click.ClickException):
-    """Bad input: one line, exit code 2."""
-
-    exit_code = 2
-
-
-def translate_errors(command):
-    """Library errors -> one-line click errors; nothing else reaches the user as a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except ConfigError as error:
-            raise BadInput(str(error)) from None
-        except (TrackingError, ExecutorError) as error:
-            raise click.ClickException(str(error)) from None
-
-    return wrapper
-
-
-tracking_uri_option = click.option(
-    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, metavar="URI",
-    help="The MLflow store: a SQLite file or http://HOST:PORT (default: mlruns/mlflow.db; env "
-         "MLFLOW_TRACKING_URI).",
-)
-
-
-def resolved_uri(tracking_uri: str | None) -> str:
-    from tinytrain.tracking import resolve_tracking_uri
-
-    return resolve_tracking_uri(tracking_uri)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -182,7 +153,7 @@ def show_summary(outcome) -> None:
 @click.option("--steps", type=int, default=None, help="Optimizer steps [default: the experiment file's].")
 @click.option("--file", "file", default=None, metavar="FILE",
               help="Experiment file for the settings and variants [default: experiments/optimizer-grid.toml].")
-@click.option("--problem", type=click.Choice(["one-sample", "digits"]), default=None,
+@click.option("--problem", type=click.Choice(list(PROBLEMS)), default=None,
               help="What the run learns [default: the experiment file's].")
 @tracking_uri_option
 @translate_errors
@@ -218,79 +189,6 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
     click.echo(browse_line(outcome))
     if outcome.counts.failed:
         sys.exit(EXIT_RUNS_FAILED)
-
-
-@cli.command()
-@click.argument("run_id")
-@tracking_uri_option
-@translate_errors
-def reproduce(run_id, tracking_uri):
-    """Retrain a logged run from its MLflow record alone; compare every loss and checkpoint bit for bit.
-
-    Exits 0 when identical, 1 at the first difference (its step, both values and the difference).
-
-    \b
-    Example:
-        tinytrain reproduce 3f2a9c...   # a run id from the UI or `tinytrain compare`
-    """
-    from tinytrain.tracking import read_logged_run
-    from tinytrain.verify import reproduce as retrain_and_compare
-
-    record = read_logged_run(resolved_uri(tracking_uri), run_id)
-    if record.tags.get(RUN_KEY) != record.spec.key:
-        click.echo("note: the run's params no longer give its run key: the record was changed or written by "
-                   "another version", err=True)
-    verdict = retrain_and_compare(run_id, record.spec, record.losses, record.checkpoints, record.tags,
-                                  record.metrics)
-    for note in verdict.notes:
-        click.echo(f"note: {note}", err=True)
-    click.echo(verdict.describe())
-    sys.exit(0 if verdict.identical else 1)
-
-
-@cli.command()
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the net's initial weights.")
-@click.option("--entries", default="200", show_default=True, metavar="N|all",
-              help="Entries checked per parameter tensor (a fixed random sample), or all (about a minute).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest relative error that passes.")
-@click.option("--problem", type=click.Choice(["one-sample", "digits"]), default="one-sample", show_default=True,
-              help="Whose data: the one-sample input, or one fixed minibatch of digits (the first training images).")
-@click.option("--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1437), default=16, show_default=True,
-              help="Images in the digits minibatch.")
-@translate_errors
-def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
-    """Check autograd's gradients of the net and loss against central finite differences in float64.
-
-    Prints the largest relative error per parameter tensor; exits 0 when all pass, 1 otherwise.
-
-    \b
-    Example:
-        tinytrain gradcheck --entries all
-        tinytrain gradcheck --problem digits --loss cross_entropy --batch-size 8
-    """
-    if entries != "all" and not (entries.isdigit() and int(entries) > 0):
-        raise BadInput(f"--entries must be a positive number or all, got {entries!r}")
-    from rich.console import Console
-    from rich.table import Table
-
-    from tinytrain.verify import gradient_check
-
-    checks = gradient_check(seed=seed, entries_per_tensor=None if entries == "all" else int(entries),
-                            problem=problem, loss=loss, batch_size=batch_size)
-    data = f"{problem}, {loss}" + (f", a fixed batch of {batch_size} training images" if problem != "one-sample"
-                                   else "")
-    table = Table("tensor", "entries", "max relative error", "max absolute error", "verdict",
-                  title=f"autograd vs central differences (float64, seed {seed})", caption=f"data: {data}")
-    for check in checks:
-        table.add_row(check.name, str(check.entries), f"{check.max_relative_error:.2e}",
-                      f"{check.max_absolute_error:.2e}", "ok" if check.passed(tolerance) else "FAIL")
-    Console(width=100).print(table)
-    failed = [check.name for check in checks if not check.passed(tolerance)]
-    click.echo(f"gradcheck failed for {', '.join(failed)} (tolerance {tolerance:g})" if failed
-               else f"gradcheck passed: every tensor within {tolerance:g}")
-    sys.exit(1 if failed else 0)
 
 
 @cli.command()
@@ -354,27 +252,6 @@ def cluster(port, workers, stop):
                f"(logs in {CLUSTER_FOLDER}/)")
     click.echo(f"Use it:  tinytrain sweep --executor dask --scheduler {state.address}")
     click.echo("Stop it: tinytrain cluster --stop   (or make cluster-stop)")
-
-
-@cli.command()
-def optimizers():
-    """List the optimizers an experiment can name, with their default lr and hyperparameters.
-
-    A variant fixes some of them: [optimizers.NAME] type = "sgd", momentum = 0.9 (see the README).
-
-    \b
-    Example:
-        tinytrain optimizers
-    """
-    from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
-
-    for name, (class_path, default_lr, defaults) in OPTIMIZERS.items():
-        source = class_path.replace("pytorch_optimizer.", "pytorch-optimizer ") if "." in class_path \
-            else f"torch.optim.{class_path}"
-        click.echo(f"{name:<19} {source:<37} lr={default_lr:g}")
-        click.echo("    " + ", ".join(f"{key}={value}" for key, value in defaults.items()))
-    click.echo(f"muon trains {', '.join(MUON_PARAMETERS)} and its AdamW (adamw_*) the other "
-               f"{len(ADAMW_WITH_MUON)} tensors.")
 
 
 experiment_option = click.option(
@@ -477,6 +354,10 @@ def plot(experiment_name, sweep_id, out, tracking_uri):
     click.echo(f"Wrote {path}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.parent_run_id} of "
                f"{sweep.experiment}")
     warn_missing_cells(sweep)
+
+
+for command in (reproduce, gradcheck, optimizers):  # defined in cli_trust.py
+    cli.add_command(command)
 
 
 def main() -> NoReturn:
