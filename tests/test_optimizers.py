@@ -42,6 +42,9 @@ def test_each_optimizer_records_every_hyperparameter_it_used(kind):
         assert name in params, name
         assert params[name] == (repr(default) if isinstance(default, float) else str(default))
     assert params["optimizer_type"] == kind and float(params["lr"]) == OPTIMIZERS[kind][1]
+    from tinytrain.spec import RunSpec
+
+    assert RunSpec.from_params(params) == spec and RunSpec.from_params(params).key == spec.key  # what reproduce reads
 
 
 def test_a_set_hyperparameter_changes_the_run_and_comes_back_from_its_params():
