@@ -148,7 +148,7 @@ def show_summary(outcome) -> None:
 @cli.command()
 @click.option("--optimizer", default="adam", show_default=True,
               help="A name of `tinytrain optimizers`, or a variant of the experiment file.")
-@click.option("--lr", type=float, default=None, help="Learning rate [default: the optimizer's torch default].")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: the optimizer's default].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Optimizer steps [default: the experiment file's].")
 @click.option("--file", "file", default=None, metavar="FILE",

@@ -55,7 +55,7 @@ class RunSpec:
     """One cell of a sweep: everything that decides the numbers of a run, and nothing else."""
 
     optimizer: str  # the name used in the grid: a built-in name or an experiment's variant
-    kind: str  # the torch.optim optimizer behind it: sgd, adam, adamw, rmsprop, adagrad
+    kind: str  # the catalogue optimizer behind it (optimizers.OPTIMIZERS): sgd, adam, lion, muon, ...
     lr: float
     seed: int
     steps: int = DEFAULTS["steps"]
@@ -121,10 +121,8 @@ class RunSpec:
     def from_params(cls, params: dict[str, str]) -> RunSpec:
         """Rebuild a spec from the params of a logged run (what `reproduce` trusts)."""
         kind = params["optimizer_type"]
-        hyperparameters = {
-            name: hyperparameters_module.from_param(params[name], default)
-            for name, default in OPTIMIZERS[kind][2].items()
-        }
+        used = {name: hyperparameters.from_param(params[name], default)
+                for name, default in OPTIMIZERS[kind][2].items()}
         return cls(
             optimizer=params["optimizer"],
             kind=kind,
@@ -133,7 +131,7 @@ class RunSpec:
             steps=int(params["steps"]),
             data_seed=int(params["data_seed"]),
             target_index=int(params["target_index"]),
-            hyperparameters=tuple(sorted(hyperparameters.items())),
+            hyperparameters=tuple(sorted(used.items())),
             threads=int(params["threads"]),
             mkldnn=params["mkldnn"] == "True",
             engine=params["engine"],
@@ -143,8 +141,6 @@ class RunSpec:
             **{name: int(params.get(name, DEFAULTS[name])) for name in BATCH_SETTINGS},
         )
 
-
-hyperparameters_module = hyperparameters  # from_params has a local of that name
 
 
 @dataclass(frozen=True)
