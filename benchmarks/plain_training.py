@@ -45,9 +45,9 @@ def main() -> None:
         results = list(pool.run(specs, lambda spec: None))
         pool.close()
     elif engine == "vmap":
-        from tinytrain.vmap import train_batch
+        from tinytrain.executors import InProcess
 
-        results = train_batch(specs)
+        results = list(InProcess().run(specs, lambda spec: None))  # the sweep's sub-batches and fallback
     else:
         from tinytrain.train import train
 

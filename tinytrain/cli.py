@@ -134,6 +134,8 @@ def show_summary(outcome) -> None:
     click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.converged} converged, "
                f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
                f"in {outcome.seconds:.1f} s")
+    if outcome.engine_line():
+        click.echo(outcome.engine_line())
     if counts.recovered:
         click.echo(f"Marked FAILED {counts.recovered} run(s) left RUNNING by a killed sweep; their cells ran again.")
     if counts.replaced:

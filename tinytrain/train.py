@@ -29,8 +29,9 @@ def configure_runtime(threads: int, mkldnn: bool) -> None:
 
 
 def runtime_settings() -> dict[str, str]:
-    """What configure_runtime set, as it stands in this process (recorded with every run)."""
+    """What configure_runtime set, as it stands in this process, and the engine (recorded with every run)."""
     return {
+        "engine": "sequential",
         "torch_threads": str(torch.get_num_threads()),
         "mkldnn_enabled": str(torch.backends.mkldnn.enabled),
         "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
