@@ -7,10 +7,12 @@ another. A sub-batch hands its results over as soon as it ends, so the sweep's w
 the next one trains; at this size a sub-batch of about 9 cells is also as fast as one batch of 45 or
 faster, since its weights, gradients and optimizer state stay closer to the core (README, Performance).
 
-A group of fewer than MIN_BATCH_CELLS cells trains on the sequential engine, where it is faster
-(the measured crossover is in the README). Both engines give the same bits at the only runtime the vmap
-engine accepts (one thread, oneDNN off), so the choice changes no number: a run's `engine` param and its
-run key keep the engine the experiment asked for, and its `tinytrain.engine` tag says which one trained it.
+The engine decides which cells it trains: a cell whose optimizer has no stacked update (BATCHED_KINDS) or
+a group of fewer than MIN_BATCH_CELLS cells trains on the sequential engine. Both engines give the same bits at
+the only runtime the vmap engine accepts (one thread, oneDNN off), so the choice changes no number: a run's
+`engine` param and its run key keep the engine the experiment asked for (the same cell has the same key
+whatever else its sweep holds, so resuming still finds it), and its `tinytrain.engine` tag says which engine
+trained it, with `tinytrain.engine_reason` when that is not the one asked for.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from dataclasses import dataclass, field
 
 from tinytrain.spec import RunSpec
 
-MIN_BATCH_CELLS = 4  # fewer cells than this train faster one by one (README, Performance: the crossover)
+# Measured (benchmarks/crossover.py, README): the vmap engine trains even one cell faster than the sequential
+# engine, so no group is too small here; a machine with less per-operation overhead may want more.
+MIN_BATCH_CELLS = 1
+# The update rule of each torch.optim kind the engine batches (vmap_optim.py); adam and adamw share one.
+BATCHED_KINDS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad"}
 SUB_BATCH_CELLS = 9  # the largest sub-batch: results reach the writer early, and it is no slower per step
 
 BatchSetting = tuple[int, bool, int, int]  # threads, mkldnn, data_seed, target_index
@@ -51,17 +57,22 @@ def sub_batches(cells: list[RunSpec], largest: int = SUB_BATCH_CELLS, workers: i
     return [cells[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)]
 
 
-def plan_batches(specs: list[RunSpec], workers: int = 1, min_cells: int = MIN_BATCH_CELLS,
+def plan_batches(specs: list[RunSpec], workers: int = 1, min_cells: int | None = None,
                  largest: int = SUB_BATCH_CELLS) -> BatchPlan:
     """Split specs between the engines: sequential specs stay sequential; vmap specs are batched by group
-    (into sub-batches for `workers` worker processes), unless their group has fewer than `min_cells` cells."""
+    (into sub-batches for `workers` worker processes), unless their optimizer has no stacked update or their
+    group has fewer than `min_cells` (MIN_BATCH_CELLS) cells."""
+    min_cells = MIN_BATCH_CELLS if min_cells is None else min_cells
     plan = BatchPlan()
     groups: dict[BatchSetting, list[RunSpec]] = {}
     for spec in specs:
-        if spec.engine == "vmap":
-            groups.setdefault(batch_setting(spec), []).append(spec)
-        else:
+        if spec.engine != "vmap":
             plan.sequential.append(spec)
+        elif spec.kind not in BATCHED_KINDS:
+            plan.sequential.append(spec)
+            plan.fallback_reason[spec] = f"the vmap engine has no stacked update for {spec.kind}"
+        else:
+            groups.setdefault(batch_setting(spec), []).append(spec)
     for cells in groups.values():
         if len(cells) >= min_cells:
             plan.batches += sub_batches(cells, largest, workers)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.func import stack_module_state
 
 from tinytrain.model import LeNet
 from tinytrain.problem import make_input, make_target
@@ -47,10 +46,11 @@ ROW_LENGTH = sum(ROW_PIECES)  # 61,760 floats for the 61,706 parameters
 
 def initial_weights(cells: list[RunSpec]) -> torch.Tensor:
     """[cells, ROW_LENGTH]: each row a cell's LeNet as train.initial_net builds it (seeded right before)."""
-    stacked, _buffers = stack_module_state([initial_net(cell) for cell in cells])
     weights = torch.zeros(len(cells), ROW_LENGTH)
-    for name, piece in cell_parameters(weights).items():
-        piece.copy_(stacked[name].detach())
+    for row, cell in enumerate(cells):
+        parameters = dict(initial_net(cell).named_parameters())
+        for name, piece in cell_parameters(weights[row]).items():
+            piece.copy_(parameters[name].detach())
     return weights
 
 

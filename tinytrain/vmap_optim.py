@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from tinytrain.batching import BATCHED_KINDS
 from tinytrain.spec import RunSpec
 
 
@@ -230,9 +231,8 @@ class StackedAdagrad(StackedUpdate):
         weights.addcdiv_(torch.mul(grad, neg_clr, out=self.scratch("scaled", grad)), std)
 
 
-# Update rule of each torch.optim kind; adam and adamw share one (AdamW is Adam with decoupled decay).
+# Each update rule; adam and adamw share one (AdamW is Adam with decoupled decay).
 UPDATE_RULES: dict[str, type[StackedUpdate]] = {
     "sgd": StackedSGD, "adam": StackedAdam, "rmsprop": StackedRMSprop, "adagrad": StackedAdagrad,
 }
-UPDATE_RULE_OF_KIND = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop",
-                       "adagrad": "adagrad"}
+UPDATE_RULE_OF_KIND = BATCHED_KINDS  # the rule of each torch.optim kind: plain data, read by the planner too
