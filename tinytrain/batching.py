@@ -45,23 +45,24 @@ class BatchPlan:
     fallback_reason: dict[RunSpec, str] = field(default_factory=dict)  # vmap cells trained sequentially
 
 
-def sub_batches(cells: list[RunSpec], largest: int = SUB_BATCH_CELLS, workers: int = 1) -> list[list[RunSpec]]:
+def sub_batches(cells: list[RunSpec], largest: int | None = None, workers: int = 1) -> list[list[RunSpec]]:
     """Cells cut, in order, into the fewest sub-batches of at most `largest` (a multiple of `workers` of
     them, so that each worker gets as many), of sizes as equal as can be.
 
     In the grid's order a sub-batch holds few optimizers, so it runs few update rules.
     """
-    count = -(-len(cells) // largest)
+    count = -(-len(cells) // (SUB_BATCH_CELLS if largest is None else largest))
     count = min(len(cells), -(-count // workers) * workers)
     bounds = [len(cells) * index // count for index in range(count + 1)]
     return [cells[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)]
 
 
 def plan_batches(specs: list[RunSpec], workers: int = 1, min_cells: int | None = None,
-                 largest: int = SUB_BATCH_CELLS) -> BatchPlan:
+                 largest: int | None = None) -> BatchPlan:
     """Split specs between the engines: sequential specs stay sequential; vmap specs are batched by group
     (into sub-batches for `workers` worker processes), unless their optimizer has no stacked update or their
-    group has fewer than `min_cells` (MIN_BATCH_CELLS) cells."""
+    group has fewer than `min_cells` (MIN_BATCH_CELLS) cells. Sub-batches hold at most `largest`
+    (SUB_BATCH_CELLS) cells."""
     min_cells = MIN_BATCH_CELLS if min_cells is None else min_cells
     plan = BatchPlan()
     groups: dict[BatchSetting, list[RunSpec]] = {}
