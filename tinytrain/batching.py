@@ -7,8 +7,9 @@ another. A sub-batch hands its results over as soon as it ends, so the sweep's w
 the next one trains; at this size a sub-batch of about 9 cells is also as fast as one batch of 45 or
 faster, since its weights, gradients and optimizer state stay closer to the core (README, Performance).
 
-The engine decides which cells it trains: a cell whose optimizer has no stacked update (BATCHED_KINDS) or
-a group of fewer than MIN_BATCH_CELLS cells trains on the sequential engine. Both engines give the same bits at
+The engine decides which cells it trains: a cell whose optimizer has no stacked update (outside
+optimizers.VMAP_KINDS; spec.py refuses those for engine vmap today, so this only guards the engine) or a group
+of fewer than MIN_BATCH_CELLS cells trains on the sequential engine. Both engines give the same bits at
 the only runtime the vmap engine accepts (one thread, oneDNN off), so the choice changes no number: a run's
 `engine` param and its run key keep the engine the experiment asked for (the same cell has the same key
 whatever else its sweep holds, so resuming still finds it), and its `tinytrain.engine` tag says which engine
@@ -19,13 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tinytrain.optimizers import VMAP_KINDS
 from tinytrain.spec import RunSpec
 
 # Measured (benchmarks/crossover.py, README): the vmap engine trains even one cell faster than the sequential
 # engine, so no group is too small here; a machine with less per-operation overhead may want more.
 MIN_BATCH_CELLS = 1
-# The update rule of each torch.optim kind the engine batches (vmap_optim.py); adam and adamw share one.
-BATCHED_KINDS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad"}
 SUB_BATCH_CELLS = 9  # the largest sub-batch: results reach the writer early, and it is no slower per step
 
 BatchSetting = tuple[int, bool, int, int]  # threads, mkldnn, data_seed, target_index
@@ -69,7 +69,7 @@ def plan_batches(specs: list[RunSpec], workers: int = 1, min_cells: int | None =
     for spec in specs:
         if spec.engine != "vmap":
             plan.sequential.append(spec)
-        elif spec.kind not in BATCHED_KINDS:
+        elif spec.kind not in VMAP_KINDS:
             plan.sequential.append(spec)
             plan.fallback_reason[spec] = f"the vmap engine has no stacked update for {spec.kind}"
         else:
