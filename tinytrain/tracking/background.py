@@ -119,6 +119,7 @@ def _serve(uri: str, summary: SweepSummary | None, requests: multiprocessing.Que
 def _apply(request: Request, recorder: Recorder, state: dict, replies: multiprocessing.Queue) -> None:
     message = request.message
     if isinstance(message, Stop):
+        _report_usage()
         exit_now(0)  # without the second it takes to tear down MLflow and torch
     if state["failed"] and not isinstance(message, Close):
         return
@@ -130,6 +131,23 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         return
     if request.wants_reply:
         replies.put(("ok", result))
+
+
+# Benchmarks set it to a file path: the writer appends its CPU seconds and peak RSS there before it exits
+# (the sweep does not wait for its writer's exit, so no rusage of the sweep's process tree counts it).
+USAGE_ENV = "TINYTRAIN_WRITER_USAGE"
+
+
+def _report_usage() -> None:
+    path = os.environ.get(USAGE_ENV)
+    if path:
+        import json
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        with open(path, "a") as file:
+            file.write(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime,
+                                   "max_rss_mib": usage.ru_maxrss / 1024}) + "\n")
 
 
 def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, idle_seconds: float = 2.0) -> None:

@@ -1,5 +1,6 @@
 """The SQLite side of a store, beside MLflow: connection tuning, new stores from a template, the WAL
-checkpoint at a sweep's end, and plain read-only queries (for `--dry-run`, which never imports MLflow).
+checkpoint at a sweep's end, and plain read-only queries: for `--dry-run`, compare and plot, which never
+import MLflow on a SQLite store, and for a sweep's summary, which reads all its runs in a few queries.
 
 Only reads go around MLflow here; every write to MLflow's tables goes through its client (store.py).
 """
