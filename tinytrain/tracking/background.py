@@ -87,7 +87,7 @@ class Request:
 
 
 def _serve(uri: str, summary: SweepSummary | None, requests: multiprocessing.Queue,
-           replies: multiprocessing.Queue) -> None:
+           replies: multiprocessing.Queue, in_flight: Any = None) -> None:
     """The writer process: apply each message to a Recorder; report the first error and stop writing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it sends Close(KILLED)
     recorder = Recorder(uri, summary)
@@ -114,6 +114,8 @@ def _serve(uri: str, summary: SweepSummary | None, requests: multiprocessing.Que
         state["waiting_since"] = None
         with lock:
             _apply(request, recorder, state, replies)
+        if in_flight is not None and isinstance(request.message, RunFinished):
+            in_flight.release()  # room for one more result
 
 
 def _apply(request: Request, recorder: Recorder, state: dict, replies: multiprocessing.Queue) -> None:
@@ -132,6 +134,8 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
     if request.wants_reply:
         replies.put(("ok", result))
 
+
+MAX_RESULTS_IN_FLIGHT = 32  # results sent to the writer and not yet written (about 250 KB of weights each)
 
 # Benchmarks set it to a file path: the writer appends its CPU seconds and peak RSS there before it exits
 # (the sweep does not wait for its writer's exit, so no rusage of the sweep's process tree counts it).
@@ -195,7 +199,12 @@ class BackgroundRecorder:
         context = multiprocessing.get_context("spawn")
         self.requests: multiprocessing.Queue = context.Queue()
         self.replies: multiprocessing.Queue = context.Queue()
-        self.process = context.Process(target=_serve, args=(uri, summary, self.requests, self.replies),
+        # Results the writer has not yet written wait in this process's queue buffer, weights and all; where
+        # training outpaces the writer (short runs) they would pile up: a 10,000-run sweep of 10-step runs
+        # grew past 1 GB. At most MAX_RESULTS_IN_FLIGHT are sent ahead; then the sweep waits for the writer.
+        self.in_flight = context.BoundedSemaphore(MAX_RESULTS_IN_FLIGHT)
+        self.process = context.Process(target=_serve, args=(uri, summary, self.requests, self.replies,
+                                                            self.in_flight),
                                        name="tinytrain-writer", daemon=True)
         self.process.start()
         self.counts: SweepCounts | None = None
@@ -237,6 +246,10 @@ class BackgroundRecorder:
         self._send(RunStarted(spec))
 
     def run_finished(self, result: RunResult) -> None:
+        while not self.in_flight.acquire(timeout=1.0):  # the writer is behind: wait for it
+            self.raise_if_failed()
+            if not self.process.is_alive():
+                raise TrackingError("the tracking writer process ended unexpectedly")
         self._send(RunFinished(_without_shared_tensors(result)))
 
     def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts:
