@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinytrain import report
+from tinytrain import curves, report
 from tinytrain.tracking import CellRun, Recorder, SweepRecord, read_sweep, resolve_tracking_uri
 
 from .conftest import invoke
@@ -103,7 +103,7 @@ def test_compare_equals_a_recomputation_from_mlflow(store):
 
 
 def test_compare_ranks_by_geometric_mean_and_leaves_all_diverged_cells_unranked(store):
-    rows = compare_json(store)
+    rows = json.loads(compare(store, "--format", "json", "--by", "final_loss"))["rows"]
     ranked = [row for row in rows if row["rank"] is not None]
     assert [row["rank"] for row in rows] == [1, 2, 3, 4, None, None]
     assert [row["geomean"] for row in ranked] == sorted(row["geomean"] for row in ranked)
@@ -136,18 +136,22 @@ def test_compare_table_and_markdown_render(store):
     best = rows[0]
     table = compare(store).splitlines()
     assert table[0].startswith(f"{NAME}: sweep ")
-    assert table[2].split() == ["rank", "optimizer", "lr", "final", "loss", "mean", "±", "std", "geo.",
-                                "mean", "log10", "std", "min", "max", "seeds", "diverged"]
+    assert table[2].split() == ["rank", "optimizer", "lr", "steps", "to", "0.001", "final", "loss", "median",
+                                "[95%", "CI]", "IQM", "p_better", "p", "(Holm)", "vs", "baseline", "seeds",
+                                "diverged"]
     first = table[4].split()
     assert first[:3] == ["1", best["optimizer"], f"{best['lr']:g}"]
-    assert first[3:6] == [f"{best['mean']:.3g}", "±", f"{best['std']:.2g}"]
-    assert table[-1].startswith("Ranked by the geometric mean")
+    assert first[3:5] == ["not", "reached"]  # 3 steps: nothing gets to 1e-3
+    assert first[6:9] == [f"{best['median']:.2g}", f"[{best['ci_low']:.2g},", f"{best['ci_high']:.2g}]"]
+    assert first[-5:] == ["—", "—", "baseline", "2", "0"]
+    assert table[-1].startswith("Ranked by the median steps to a loss <= 0.001")
+    assert table[-1].endswith("with 2 seeds (Holm-corrected p >= 0.05).")
     markdown = compare(store, "--format", "markdown").splitlines()
-    assert markdown[2] == ("| rank | optimizer | lr | final loss mean ± std | geo. mean | log10 std | min "
-                           "| max | seeds | diverged |")
-    assert markdown[4].startswith(f"| 1 | {best['optimizer']} | {best['lr']:g} | {best['mean']:.3g} ± ")
-    assert markdown[-4:-2] == ["| — | sgd | 1000 | — | — | — | — | — | 2 | 2 |",
-                               "| — | adam | 1000 | — | — | — | — | — | 2 | 2 |"]
+    assert markdown[2] == ("| rank | optimizer | lr | steps to 0.001 | final loss median [95% CI] | IQM | p_better "
+                           "| p (Holm) | vs baseline | seeds | diverged |")
+    assert markdown[4].startswith(f"| 1 | {best['optimizer']} | {best['lr']:g} | not reached (2/2) | ")
+    assert markdown[-4:-2] == ["| — | sgd | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |",
+                               "| — | adam | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |"]
 
 
 def test_compare_sorts_by_any_column(store):
@@ -195,8 +199,63 @@ def test_compare_errors_are_one_line(store):
     assert result.exit_code == 1 and "is a sweep of experiment 'compare-e2e', not 'other'" in result.output
     result = invoke(["compare", "--before-after", "--sort", "lr", "--tracking-uri", store["uri"]])
     assert result.exit_code == 2
-    assert result.output.endswith("Error: --sort orders the compare table; --before-after lists the runs in "
-                                  "grid order\n")
+    assert result.output.endswith("Error: --sort and --vs are for the compare table; --before-after lists the "
+                                  "runs in grid order\n")
+    for args, message in [
+        (["--vs", "adam@0.5"], "Error: --vs adam@0.5 is not a cell of this sweep: use one of sgd@0.001, sgd@0.01, "
+                               "sgd@1000, adam@0.001, adam@0.01, adam@1000\n"),
+        (["--vs", "adam"], "Error: --vs 'adam' must name a cell as OPTIMIZER@LR, for example adam@0.001\n"),
+        (["--target", "0"], "Error: --target must be a finite loss > 0, got 0.0\n"),
+    ]:
+        result = invoke(["compare", "--experiment", NAME, "--tracking-uri", store["uri"], *args])
+        assert (result.exit_code, result.output) == (2, message)
+
+
+def test_time_to_target_and_the_paired_numbers_equal_a_recomputation_from_mlflow(store):
+    """--target 0.09 --vs sgd@0.001 against numpy on the `loss` histories MlflowClient returns."""
+    import mlflow
+    from scipy.stats import wilcoxon
+
+    rows = json.loads(compare(store, "--format", "json", "--target", "0.09", "--vs", "sgd@0.001"))["rows"]
+    client = mlflow.MlflowClient(store["uri"])
+    experiment = client.get_experiment_by_name(NAME)
+    cells: dict[tuple[str, float], dict[int, tuple[str, list[float]]]] = {}
+    for run in client.search_runs([experiment.experiment_id], "tags.`tinytrain.kind` = 'run'", max_results=1000):
+        history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        cell = cells.setdefault((run.data.params["optimizer"], float(run.data.params["lr"])), {})
+        cell[int(run.data.params["seed"])] = (run.data.tags["tinytrain.outcome"], [m.value for m in history])
+    worst = math.log10(1.7976931348623157e308)
+
+    def final_log(outcome_losses):
+        outcome, losses = outcome_losses
+        return worst if outcome == "diverged" else math.log10(losses[-1])
+
+    base = cells[("sgd", 0.001)]
+    raw_p = {}
+    for row in rows:
+        cell = cells[(row["optimizer"], row["lr"])]
+        reached = [None if outcome == "diverged" else next((i for i, v in enumerate(losses) if v <= 0.09), None)
+                   for outcome, losses in cell.values()]
+        steps = np.median([math.inf if r is None else r for r in reached])
+        assert row["steps_to_target"] == (None if math.isinf(steps) else steps)
+        assert row["not_reached"] == sum(r is None for r in reached)
+        finished = [math.log10(losses[-1]) for outcome, losses in cell.values() if outcome != "diverged"]
+        assert row["median"] == (pytest.approx(10 ** np.median(finished), rel=1e-12) if finished else None)
+        if row["baseline"]:
+            assert (row["optimizer"], row["lr"], row["p_value"]) == ("sgd", 0.001, None)
+            continue
+        d = [final_log(cell[seed]) - final_log(base[seed]) for seed in sorted(base)]
+        assert row["p_better"] == pytest.approx(sum(1 if x < 0 else 0.5 if x == 0 else 0 for x in d) / len(d))
+        raw_p[(row["optimizer"], row["lr"])] = 1.0 if not any(d) else wilcoxon(d).pvalue
+    order = sorted(raw_p, key=raw_p.get)
+    running, holm = 0.0, {}
+    for k, cell in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * raw_p[cell]))
+        holm[cell] = running
+    for row in rows:
+        if not row["baseline"]:
+            assert row["p_value"] == pytest.approx(holm[(row["optimizer"], row["lr"])])
+            assert row["tied_with_best"] is (holm[(row["optimizer"], row["lr"])] >= 0.05)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,7 +276,7 @@ def test_plot_writes_a_png(store, tmp_path):
 
 def test_the_figure_has_a_log_panel_per_optimizer_and_a_line_per_converged_lr(store):
     sweep = read_sweep(store["uri"], NAME, with_losses=True)
-    figure = report.plot_loss_curves(sweep)
+    figure = curves.plot_loss_curves(sweep)
     assert [ax.get_title() for ax in figure.axes] == ["sgd", "adam"]
     for ax in figure.axes:
         assert ax.get_yscale() == "log"
@@ -299,10 +358,10 @@ def test_markdown_of_hand_made_rows_is_exact():
     rows = report.summarize([cell_run("sgd", 0.01, 0, 0.25), cell_run("sgd", 0.01, 1, 0.0625)])
     assert report.render_compare(rows, "markdown", "title", "caption") == (
         "**title**\n\n"
-        "| rank | optimizer | lr | final loss mean ± std | geo. mean | log10 std | min | max | seeds "
-        "| diverged |\n"
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-        "| 1 | sgd | 0.01 | 0.156 ± 0.13 | 0.125 | 0.43 | 0.0625 | 0.25 | 2 | 0 |\n"
+        "| rank | optimizer | lr | steps to 0.001 | final loss median [95% CI] | IQM | p_better | p (Holm) "
+        "| vs baseline | seeds | diverged |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|\n"
+        "| 1 | sgd | 0.01 | not reached (2/2) | 0.12 [0.062, 0.25] | 0.12 | — | — | baseline | 2 | 0 |\n"
         "\ncaption\n"
     )
 
