@@ -70,7 +70,7 @@ def recomputed(uri: str) -> dict[tuple[str, float], dict]:
     expected = {}
     for cell, cell_runs in cells.items():
         finals = np.array([run.data.metrics["final_loss"] for run in cell_runs
-                           if run.data.tags["tinytrain.outcome"] == "converged"])
+                           if run.data.tags["tinytrain.outcome"] == "finished"])
         logs = np.log10(finals)
         expected[cell] = {
             "seeds": len(cell_runs),
@@ -330,7 +330,7 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
 # the report functions on hand-made runs
 
 
-def cell_run(optimizer: str, lr: float, seed: int, final: float, outcome: str = "converged",
+def cell_run(optimizer: str, lr: float, seed: int, final: float, outcome: str = "finished",
              initial: float = 0.1) -> CellRun:
     return CellRun(f"{optimizer}{lr}{seed}", "key", optimizer, lr, seed, outcome, initial, final,
                    (initial, final))
@@ -374,7 +374,7 @@ def test_the_one_step_table_puts_the_mean_at_the_bottom():
     text = report.render_before_after(rows, "table", report.before_after_title(sweep)).splitlines()
     assert text[0] == "one-step-adam: sweep abc, loss before -> after 1 step"
     assert [line.split() for line in text[4:6]] == [
-        ["adam", "0.001", "0", "0.1", "->", "0.07", "-30.0%", "converged"],
-        ["adam", "0.001", "1", "0.09", "->", "0.06", "-33.3%", "converged"],
+        ["adam", "0.001", "0", "0.1", "->", "0.07", "-30.0%", "finished"],
+        ["adam", "0.001", "1", "0.09", "->", "0.06", "-33.3%", "finished"],
     ]
     assert text[-1].split() == ["adam", "0.001", "mean", "0.095", "->", "0.065", "-31.6%"]

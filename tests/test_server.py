@@ -169,7 +169,7 @@ def test_a_sweep_over_http_reads_back_through_the_rest_api(swept):
         history = rest(url, f"metrics/get-history?run_id={run_id}&metric_key=loss")["metrics"]
         steps = sorted(metric["step"] for metric in history)
         metrics = metrics_of(run)
-        if tags_of(run)["tinytrain.outcome"] == "converged":
+        if tags_of(run)["tinytrain.outcome"] == "finished":
             assert steps == [0, 1, 2, 3]
             final = next(metric["value"] for metric in history if metric["step"] == 3)
             assert final == metrics["final_loss"]
@@ -181,7 +181,7 @@ def test_the_checkpoint_loads_over_http_and_gives_final_loss_again(swept, http_t
 
     from tinytrain.train import configure_runtime, evaluate
 
-    converged = search(swept["url"], "tags.`tinytrain.outcome` = 'converged'")
+    converged = search(swept["url"], "tags.`tinytrain.outcome` = 'finished'")
     assert len(converged) == 4
     for run in converged[:2]:
         params = params_of(run)
@@ -195,7 +195,7 @@ def test_the_checkpoint_is_a_logged_model_of_the_runs_own_experiment(swept):
     body = {"experiment_ids": [experiment_id(swept["url"])], "max_results": 100}
     models = rest(swept["url"], "logged-models/search", body).get("models", [])
     sources = {model["info"]["source_run_id"] for model in models}
-    converged = search(swept["url"], "tags.`tinytrain.outcome` = 'converged'")
+    converged = search(swept["url"], "tags.`tinytrain.outcome` = 'finished'")
     assert sources == {run["info"]["run_id"] for run in converged}
 
 

@@ -16,7 +16,7 @@ import torch
 from tinytrain.executors import InProcess, ProcessPool
 from tinytrain.model import LeNet
 from tinytrain.optimizers import build_optimizer
-from tinytrain.results import CONVERGED, DIVERGED, FAILED
+from tinytrain.results import DIVERGED, FAILED, FINISHED
 from tinytrain.spec import RunSpec, load_experiment, validate
 from tinytrain.train import initial_net, train
 from tinytrain.vmap import (
@@ -36,7 +36,10 @@ def within_tolerance(sequential: float, batched: float) -> bool:
     return abs(sequential - batched) <= 1e-5 * abs(sequential) + 1e-7
 
 
-def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+def same_weights(a: dict[str, torch.Tensor] | None, b: dict[str, torch.Tensor] | None) -> bool:
+    """Equal state dicts, bit for bit; two diverged runs (no weights) count as the same."""
+    if a is None or b is None:
+        return a is b
     return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
@@ -147,11 +150,12 @@ def test_losses_match_the_sequential_engine_on_the_default_grid():
     for expected, got in zip(sequential, batched, strict=True):
         assert got.spec.run_name == expected.spec.run_name and got.spec.engine == "vmap"
         assert got.outcome == expected.outcome
-        assert len(got.losses) == len(expected.losses) == 21
+        assert len(got.losses) == len(expected.losses)
+        assert len(got.losses) == 21 or got.outcome == DIVERGED  # the lr-0.1 adaptive cells pass diverge_above
         bad = [step for step, (a, b) in enumerate(zip(expected.losses, got.losses, strict=True))
                if not within_tolerance(a, b)]
         assert not bad, f"{got.spec.run_name}: steps {bad} out of tolerance"
-        for name, tensor in expected.final_weights.items():
+        for name, tensor in (expected.final_weights or {}).items():
             torch.testing.assert_close(got.final_weights[name], tensor, rtol=1e-4, atol=1e-6)
 
 
@@ -159,7 +163,8 @@ def test_default_runtime_gives_the_sequential_engines_bits():
     """At the default runtime (one thread, mkldnn off) each row lies 64-byte aligned like a tensor of its
     own, and the batched kernels give the sequential engine's bits: losses and weights identical."""
     cases = [("sgd", 0.1, 0), ("adam", 1e-3, 1), ("adamw", 0.1, 2), ("rmsprop", 1e-2, 0), ("adagrad", 0.1, 3)]
-    specs = [cell(optimizer, lr, seed, steps=8) for optimizer, lr, seed in cases]
+    # the bound off: three of these spike past 1e3 x their initial loss early and would end there
+    specs = [cell(optimizer, lr, seed, steps=8, diverge_above=math.inf) for optimizer, lr, seed in cases]
     for expected, got in zip((train(spec) for spec in specs), train_batch(specs), strict=True):
         assert got.losses == expected.losses, got.spec.run_name
         assert same_weights(got.final_weights, expected.final_weights)
@@ -178,10 +183,10 @@ def test_final_weights_are_a_state_dict_that_gives_the_final_loss():
 
 
 def test_a_diverging_cell_ends_alone_and_leaves_the_others_untouched():
-    """sgd at lr 1e3 diverges after two steps: it ends as diverged, the batch goes on, and the other cells
+    """sgd at lr 1e3 diverges at once: it ends as diverged, the batch goes on, and the other cells
     have exactly the bits they have when a tame cell takes its place."""
     others = [cell("adam", 1e-3, 0, steps=10), cell("sgd", 0.01, 1, steps=10, variant={"momentum": 0.9}),
-              cell("rmsprop", 1e-2, 2, steps=10)]
+              cell("rmsprop", 1e-3, 2, steps=10)]
     wild, tame = cell("sgd", 1e3, 0, steps=10), cell("sgd", 1e-3, 0, steps=10)
     with_wild = train_batch([others[0], wild, *others[1:]])
     with_tame = train_batch([others[0], tame, *others[1:]])
@@ -191,13 +196,14 @@ def test_a_diverging_cell_ends_alone_and_leaves_the_others_untouched():
     assert diverged.outcome == sequential.outcome == DIVERGED
     assert diverged.final_weights is None and diverged.checkpoints == {}
     assert len(diverged.losses) == len(sequential.losses) < 10
-    assert not math.isfinite(diverged.losses[-1]) and all(math.isfinite(v) for v in diverged.losses[:-1])
-    pairs = zip(sequential.losses[:-1], diverged.losses[:-1], strict=True)
+    assert diverged.losses[-1] > 1e3 * diverged.losses[0]  # past diverge_above
+    assert all(v <= 1e3 * diverged.losses[0] for v in diverged.losses[:-1])
+    pairs = zip(sequential.losses, diverged.losses, strict=True)
     assert all(within_tolerance(a, b) for a, b in pairs)
 
     for index in (0, 2, 3):
         result, reference = with_wild[index], with_tame[index]
-        assert result.outcome == CONVERGED and len(result.losses) == 11
+        assert result.outcome == FINISHED and len(result.losses) == 11
         assert result.losses == reference.losses, result.spec.run_name
         assert same_weights(result.final_weights, reference.final_weights)
 
@@ -206,10 +212,10 @@ def test_cells_of_one_batch_may_have_different_steps():
     """A cell stops when its own steps are done: its losses and weights are those of a batch that ends
     with it, and of the sequential engine."""
     mixed = [cell("adam", 1e-3, 0, steps=3), cell("sgd", 0.05, 1, steps=7),
-             cell("rmsprop", 1e-2, 2, steps=12)]
+             cell("rmsprop", 1e-3, 2, steps=12)]
     results = train_batch(mixed)
     assert [len(result.losses) for result in results] == [4, 8, 13]
-    assert all(result.outcome == CONVERGED and result.final_weights is not None for result in results)
+    assert all(result.outcome == FINISHED and result.final_weights is not None for result in results)
     for spec, result in zip(mixed, results, strict=True):
         same_steps = [replace(other, steps=spec.steps) for other in mixed]
         in_batch_of_equal_steps = train_batch(same_steps)[mixed.index(spec)]
@@ -274,7 +280,7 @@ def test_an_error_fails_its_sub_batch_only(monkeypatch):
 
     monkeypatch.setattr(vmap_engine, "train_cells", failing_for_data_seed_1)
     results = train_batch([cell(steps=2), cell(steps=2, data_seed=1)])
-    assert [result.outcome for result in results] == [CONVERGED, FAILED]
+    assert [result.outcome for result in results] == [FINISHED, FAILED]
     assert results[1].error == "RuntimeError: out of memory" and results[1].losses == []
 
 

@@ -106,7 +106,8 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
             raise BadInput("give either FILE or --from-run, not both")
         from tinytrain.tracking import read_sweep_experiment
 
-        experiment = load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run))
+        experiment = load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run),
+                                     recorded=True)
     else:
         experiment = load_experiment(file, overrides)
     if dry_run:
@@ -125,7 +126,7 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
         sys.exit(EXIT_INTERRUPTED)
     if outcome.interrupted:
         counts = outcome.counts
-        click.echo(f"Interrupted: {counts.converged + counts.diverged} run(s) finished, {counts.killed} marked "
+        click.echo(f"Interrupted: {counts.finished + counts.diverged} run(s) done, {counts.killed} marked "
                    "KILLED; run the same command again to resume.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     show_summary(outcome)
@@ -156,8 +157,8 @@ def browse_line(outcome) -> str:
 
 def show_summary(outcome) -> None:
     counts = outcome.counts
-    ran = counts.converged + counts.diverged + counts.failed
-    click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.converged} converged, "
+    ran = counts.finished + counts.diverged + counts.failed
+    click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.finished} finished, "
                f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
                f"in {outcome.seconds:.1f} s")
     if counts.recovered:
@@ -204,7 +205,7 @@ def run(optimizer, lr, seed, steps, file, tracking_uri):
     from tinytrain.tracking import read_losses
 
     losses = read_losses(outcome.uri, run_id)
-    verdict = "diverged" if outcome.counts.diverged else ("failed" if outcome.counts.failed else "converged")
+    verdict = "diverged" if outcome.counts.diverged else ("failed" if outcome.counts.failed else "finished")
     click.echo(f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s), "
                f"{verdict}; run {run_id}")
     click.echo(browse_line(outcome))

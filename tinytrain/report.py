@@ -326,7 +326,7 @@ def compare_caption(rows: Sequence[CellSummary], by: str = "target", target: flo
 
 @dataclass(frozen=True)
 class BeforeAfter:
-    """initial_loss -> final_loss of one run, or (seed None) the means over a cell's converged seeds,
+    """initial_loss -> final_loss of one run, or (seed None) the means over a cell's finished seeds,
     whose change is then that of the mean losses."""
 
     optimizer: str
@@ -347,15 +347,15 @@ class BeforeAfter:
 
 
 def before_after(runs: Iterable[CellRun]) -> list[BeforeAfter]:
-    """Per run initial -> final loss, each (optimizer, lr) cell followed by its mean over converged seeds."""
+    """Per run initial -> final loss, each (optimizer, lr) cell followed by its mean over finished seeds."""
     rows: list[BeforeAfter] = []
     for (optimizer, lr), cell in _by_cell(runs).items():
         rows += [BeforeAfter(optimizer, lr, run.seed, run.initial_loss, run.final_loss, run.outcome)
                  for run in cell]
-        converged = [run for run in cell if not run.diverged]
-        if converged:
-            before = statistics.fmean(run.initial_loss for run in converged)
-            after = statistics.fmean(run.final_loss for run in converged)
+        finished = [run for run in cell if not run.diverged]
+        if finished:
+            before = statistics.fmean(run.initial_loss for run in finished)
+            after = statistics.fmean(run.final_loss for run in finished)
             rows.append(BeforeAfter(optimizer, lr, None, before, after, "mean"))
     return rows
 

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1,  # torch's intra-op threads: part of what makes a run bit-for-bit reproducible
     "mkldnn": False,  # oneDNN off: faster at this size, and recorded because it changes the bits
     "engine": "sequential",  # sequential (one run at a time) or vmap (cells in batched nets)
+    "diverge_above": 1e3,  # a loss above this many times the run's initial loss (or non-finite) is divergence
 }
 GRID_AXES = ("optimizer", "lr", "seed")
 GRID_DEFAULTS: dict[str, list[Any]] = {"optimizer": ["adam"], "seed": [0]}  # lr: each optimizer's default
@@ -57,6 +58,8 @@ class RunSpec:
     threads: int = DEFAULTS["threads"]
     mkldnn: bool = DEFAULTS["mkldnn"]
     engine: str = DEFAULTS["engine"]
+    # None: a run recorded before the bound existed, where only a non-finite loss was divergence
+    diverge_above: float | None = DEFAULTS["diverge_above"]
     checkpoint_every: int = field(default=DEFAULTS["checkpoint_every"], compare=False)
 
     @property
@@ -78,15 +81,24 @@ class RunSpec:
             "engine": self.engine,
             "checkpoint_every": str(self.checkpoint_every),
         }
+        if self.diverge_above is not None:
+            params["diverge_above"] = repr(self.diverge_above)
         for name, value in self.hyperparameters:
             params[name] = repr(value) if isinstance(value, float) else str(value)
         return params
 
     @property
     def key(self) -> str:
-        """A stable key of everything that decides the run's numbers: the same cell, the same key."""
+        """A stable key of everything that decides the run's numbers: the same cell, the same key.
+
+        diverge_above decides where a run stops, so it is part of the key. A run recorded before the bound
+        existed (diverge_above None: only a non-finite loss stopped it) keeps the key it was written with,
+        so old sweeps still find their runs; a new sweep trains such cells once more under the bound.
+        """
         fields = asdict(self)
         del fields["checkpoint_every"]  # decides what is saved, not what is computed
+        if self.diverge_above is None:
+            del fields["diverge_above"]
         fields["hyperparameters"] = dict(self.hyperparameters)
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -114,6 +126,7 @@ class RunSpec:
             threads=int(params["threads"]),
             mkldnn=params["mkldnn"] == "True",
             engine=params["engine"],
+            diverge_above=float(params["diverge_above"]) if "diverge_above" in params else None,
             checkpoint_every=int(params.get("checkpoint_every", "0")),
         )
 
@@ -159,6 +172,8 @@ class Experiment:
                     threads=self.settings["threads"],
                     mkldnn=self.settings["mkldnn"],
                     engine=self.settings["engine"],
+                    diverge_above=None if self.settings["diverge_above"] is None
+                    else float(self.settings["diverge_above"]),
                     checkpoint_every=self.settings["checkpoint_every"],
                 )
             )
@@ -176,7 +191,7 @@ class Experiment:
     def to_toml(self) -> str:
         """The resolved experiment as a TOML file that loads back to the same sweep."""
         lines = [f"# tinytrain sweep --from-run <this run>   (resolved from {self.source})"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in self.settings.items()]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in self.settings.items() if value is not None]
         lines += ["", "[grid]"]
         lines += [f"{axis} = {_toml_value(values)}" for axis, values in self.grid.items()]
         for name, variant in self.variants.items():
@@ -220,9 +235,14 @@ def read_experiment_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_experiment(
-    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (), text: str | None = None
+    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (), text: str | None = None,
+    recorded: bool = False,
 ) -> Experiment:
-    """Read an experiment file (or its text), apply `--set` overrides, validate everything."""
+    """Read an experiment file (or its text), apply `--set` overrides, validate everything.
+
+    recorded: the text is a sweep's resolved experiment file (to_toml), which lists every setting; one
+    without diverge_above was written before the bound existed, and its runs had none.
+    """
     if text is not None:
         source = str(path or "<text>")
         try:
@@ -235,7 +255,10 @@ def load_experiment(
         raw = read_experiment_file(path)
     for override in overrides:
         apply_override(raw, override)
-    return validate(raw, source)
+    experiment = validate(raw, source)
+    if recorded and "diverge_above" not in raw:
+        experiment.settings["diverge_above"] = None
+    return experiment
 
 
 def parse_override(text: str) -> tuple[str, list[Any]]:
@@ -349,6 +372,10 @@ def _check_settings(settings: dict[str, Any]) -> None:
         raise ConfigError(f"target_index must be an integer from 0 to {MAX_TARGET_INDEX}, got {target!r}")
     if not isinstance(settings["mkldnn"], bool):
         raise ConfigError(f"mkldnn must be true or false, got {settings['mkldnn']!r}")
+    bound = settings["diverge_above"]
+    if not _is_number(bound) or math.isnan(bound) or bound <= 1:
+        raise ConfigError(f"diverge_above must be a number > 1 (times the initial loss; inf: only a non-finite "
+                          f"loss diverges), got {bound!r}")
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
     if settings["engine"] == "vmap" and (settings["threads"] != 1 or settings["mkldnn"]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -10,7 +9,7 @@ import torch
 from tinytrain.model import LeNet
 from tinytrain.optimizers import build_optimizer
 from tinytrain.problem import loss_fn, make_input, make_target
-from tinytrain.results import CONVERGED, DIVERGED, RunResult, failed_result
+from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
 from tinytrain.spec import RunSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -56,7 +55,7 @@ def train(spec: RunSpec) -> RunResult:
         optimizer.zero_grad()
         loss = loss_fn(net(x), target)
         losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
+        if diverges(losses[-1], losses[0], spec.diverge_above):
             return RunResult(spec, losses, DIVERGED, train_seconds=time.perf_counter() - started,
                              runtime=runtime_settings())
         loss.backward()
@@ -67,9 +66,9 @@ def train(spec: RunSpec) -> RunResult:
     with torch.no_grad():
         losses.append(loss_fn(net(x), target).item())
     seconds = time.perf_counter() - started
-    if not math.isfinite(losses[-1]):
+    if diverges(losses[-1], losses[0], spec.diverge_above):
         return RunResult(spec, losses, DIVERGED, train_seconds=seconds, runtime=runtime_settings())
-    return RunResult(spec, losses, CONVERGED, snapshot(net), checkpoints, seconds, runtime=runtime_settings())
+    return RunResult(spec, losses, FINISHED, snapshot(net), checkpoints, seconds, runtime=runtime_settings())
 
 
 def train_safely(spec: RunSpec) -> RunResult:

@@ -18,15 +18,14 @@ within the tolerance except in chaotic cells, and a cell's bits depend on the ba
 differs); the same batch run again always gives the same bits.
 
 The recording contract is train.train's: losses[i] before step i's update, losses[steps] after the last; a
-non-finite loss ends its cell as diverged without stopping the batch. An ended cell (diverged, or its steps
-done) keeps its row, zeroed after every update, so the batch keeps its shape and nothing non-finite reaches
-the batched kernels again.
+diverging loss (train.diverges) ends its cell as diverged without stopping the batch. An ended cell
+(diverged, or its steps done) keeps its row, zeroed after every update, so the batch keeps its shape and
+nothing non-finite reaches the batched kernels again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Sequence
 
@@ -35,7 +34,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from tinytrain.model import LeNet
 from tinytrain.problem import loss_fn, make_input, make_target
-from tinytrain.results import CONVERGED, DIVERGED, RunResult, failed_result
+from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
 from tinytrain.spec import RunSpec
 from tinytrain.train import StateDict, configure_runtime, initial_net, runtime_settings
 from tinytrain.vmap_optim import UPDATE_RULE_OF_KIND, UPDATE_RULES
@@ -122,10 +121,11 @@ def train_cells(specs: Sequence[RunSpec]) -> list[RunResult]:
         values = step_losses.tolist()
         for row in sorted(training):
             losses[row].append(values[row])
-            if math.isfinite(values[row]) and step < cells[row].steps:
+            diverged = diverges(values[row], losses[row][0], cells[row].diverge_above)
+            if not diverged and step < cells[row].steps:
                 continue
-            if math.isfinite(values[row]):
-                outcomes[row] = CONVERGED
+            if not diverged:
+                outcomes[row] = FINISHED
                 final_weights[row] = cell_state_dict(weights[row])
             training.discard(row)
             ended.append(row)
@@ -146,7 +146,7 @@ def train_cells(specs: Sequence[RunSpec]) -> list[RunResult]:
     runtime = runtime_settings() | {"engine": "vmap", "batch_cells": str(count),
                                     "batch_key": batch_key(cells)}
     results = [RunResult(cells[row], losses[row], outcomes[row], final_weights[row],
-                         checkpoints[row] if outcomes[row] == CONVERGED else {}, seconds / count, runtime=runtime)
+                         checkpoints[row] if outcomes[row] == FINISHED else {}, seconds / count, runtime=runtime)
                for row in range(count)]
     return [results[row] for row in sorted(range(count), key=order.__getitem__)]  # back in the specs' order
 

@@ -15,7 +15,8 @@ OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, 
 ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"
 
-FINISHED_OUTCOMES = ("converged", "diverged")  # the outcomes of a cell that needs no new run
+# the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
+FINISHED_OUTCOMES = ("finished", "diverged", "converged")
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
 CHECKPOINTS = "checkpoints"  # the run's artifact folder of weights-only state dicts
 FINAL_CHECKPOINT = f"{CHECKPOINTS}/final.pt"

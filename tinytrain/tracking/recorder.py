@@ -30,7 +30,7 @@ class SweepCounts:
 
     total: int = 0
     skipped: int = 0
-    converged: int = 0
+    finished: int = 0
     diverged: int = 0
     failed: int = 0
     killed: int = 0
@@ -42,7 +42,7 @@ class SweepCounts:
 
     def figures(self) -> dict[str, int]:
         """The counts a sweep's parent run keeps as metrics (runs_total, runs_skipped, ...)."""
-        names = ("total", "skipped", "converged", "diverged", "failed", "killed", "replaced")
+        names = ("total", "skipped", "finished", "diverged", "failed", "killed", "replaced")
         return {f"runs_{name}": getattr(self, name) for name in names}
 
 
@@ -143,7 +143,7 @@ class Recorder:
         if self.parent_run_id:
             if reason:
                 self.store.client.set_tag(self.parent_run_id, ERROR, reason)
-            finished_cells = self.counts.skipped + self.counts.converged + self.counts.diverged
+            finished_cells = self.counts.skipped + self.counts.finished + self.counts.diverged
             if status == "FINISHED" and finished_cells and self.summary is not None:
                 self._log_sweep_summary(self.summary)
             self.store.end_sweep(self.parent_run_id, self.counts.figures(), status)
