@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinytrain import curves, report
+from tinytrain import curves, report, summary
 from tinytrain.tracking import CellRun, Recorder, SweepRecord, read_sweep, resolve_tracking_uri
 
 from .conftest import invoke
@@ -299,12 +299,48 @@ def test_each_sweep_logs_its_table_and_curves_to_its_parent_run(store, tmp_path)
     client = mlflow.MlflowClient(store["uri"])
     for sweep in (store["first"], store["second"]):
         names = {item.path for item in client.list_artifacts(sweep)}
-        assert names == {"experiment.toml", *report.SUMMARY_FILES}
+        assert names == {"experiment.toml", *summary.SUMMARY_FILES}
     folder = Path(client.download_artifacts(store["second"], "", str(tmp_path)))
     assert (folder / "compare.csv").read_text() == compare(store, "--format", "csv")
     assert (folder / "loss-curves.png").read_bytes()[:8] == PNG_SIGNATURE
     markdown = (folder / "compare.md").read_text()
     assert markdown.splitlines()[2:] == compare(store, "--format", "markdown").splitlines()[2:]
+
+
+def test_each_sweep_has_a_summary_run_per_cell_that_equals_compare_and_the_seeds_curves(store):
+    """The runs the UI shows per cell: their numbers are compare's, their `loss` the median over seeds, and
+    they never count as cells (resume, compare and --dry-run see the 12 runs of the grid's cells only)."""
+    import mlflow
+
+    from tinytrain.tracking import finished_keys_readonly
+
+    client = mlflow.MlflowClient(store["uri"])
+    experiment_id = client.get_experiment_by_name(NAME).experiment_id
+    summaries = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{store['first']}' and "
+                                   "tags.`tinytrain.kind` = 'cell'")
+    rows = {(row["optimizer"], row["lr"]): row for row in compare_json(store, store["first"])}
+    assert len(summaries) == len(rows) == 6
+    for run in summaries:
+        row = rows[(run.data.params["optimizer"], float(run.data.params["lr"]))]
+        assert run.info.run_name == f"{row['optimizer']}-lr{row['lr']:g}-median" and run.info.status == "FINISHED"
+        metrics = run.data.metrics
+        for metric, column in [("final_loss_median", "median"), ("final_loss_ci_low", "ci_low"),
+                               ("final_loss_ci_high", "ci_high"), ("final_loss_iqm", "iqm"), ("p_value", "p_value"),
+                               ("p_better", "p_better"), ("rank", "rank"), ("seeds_diverged", "diverged")]:
+            assert metrics.get(metric) == (None if row[column] is None else pytest.approx(row[column])), metric
+        cell = [r for r in client.search_runs([experiment_id], "tags.`tinytrain.kind` = 'run'")
+                if (r.data.params["optimizer"], float(r.data.params["lr"])) == (row["optimizer"], row["lr"])
+                and r.data.tags["tinytrain.outcome"] != "diverged"]
+        median = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        if not cell:
+            assert median == []  # every seed diverged: no curve
+            continue
+        histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)]
+                     for r in cell]
+        assert [m.value for m in median] == pytest.approx(list(np.median(histories, axis=0)), rel=1e-6)
+    assert len(finished_keys_readonly(store["uri"], NAME)) == 12
+    assert invoke(["sweep", str(store["folder"] / "grid.toml"), "--dry-run", "--tracking-uri", store["uri"]]
+                  ).output.endswith("12 runs, 0 to run, 12 already done (dry run: nothing written)\n")
 
 
 def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_path):
@@ -316,7 +352,7 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
     experiment = load_experiment(text=GRID)
     parents = []
     for status in ("KILLED", "FINISHED"):
-        recorder = Recorder(uri, report.SweepSummary())
+        recorder = Recorder(uri, summary.SweepSummary())
         recorder.open(experiment, experiment.specs(), finished={})
         recorder.close(status)
         parents.append(recorder.parent_run_id)

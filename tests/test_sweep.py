@@ -89,6 +89,7 @@ def test_losses_and_the_checkpoint_follow_the_contract(swept, store_uri):
     assert len(outputs) == 1 and outputs[0].step == 4
     logged = client(store_uri).get_logged_model(outputs[0].model_id)
     assert str(logged.status) == "READY" and logged.source_run_id == run.info.run_id
+    assert logged.name == run.info.run_name.replace(".", "_")  # adam-lr0_01-seed0: MLflow forbids '.' there
     assert {m.key: m.value for m in logged.metrics if m.step == 4}["final_loss"] == run.data.metrics["final_loss"]
     model = mlflow.pytorch.load_model(f"models:/{outputs[0].model_id}")
     assert evaluate(model.state_dict(), 0, 3) == run.data.metrics["final_loss"]

@@ -150,9 +150,11 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
 
 def browse_line(outcome) -> str:
-    """Where to see the runs: the runs page (MLflow 3 opens experiments on a GenAI page otherwise)."""
+    """Where to see the runs in the UI: a sweep's cells (charts), and every run of it, one row each."""
     opening = "open" if is_http(outcome.uri) else "`make ui`, then open"
-    return f"Browse: {opening} {outcome.runs_url}"
+    if outcome.cells_url is None:
+        return f"Browse: {opening} {outcome.runs_url}"
+    return f"Browse: {opening} {outcome.cells_url}\n  every run of this sweep: {outcome.runs_url}"
 
 
 def show_summary(outcome) -> None:

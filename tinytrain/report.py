@@ -19,7 +19,6 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinytrain import stats
@@ -34,7 +33,6 @@ COLUMNS = ("rank", "optimizer", "lr", "steps_to_target", "not_reached", "median"
            "p_better", "p_value", "tied_with_best", "baseline", "mean", "std", "geomean", "log10_std", "min",
            "max", "seeds", "diverged")
 LOSS_FLOOR = stats.LOSS_FLOOR
-SUMMARY_FILES = ("compare.md", "compare.csv", "loss-curves.png")  # what a sweep logs to its parent run
 
 
 @dataclass(frozen=True)
@@ -215,7 +213,8 @@ def _median_ci(row: CellSummary) -> str:
     return f"{_number(row.median, '.2g')} [{_number(row.ci_low, '.2g')}, {_number(row.ci_high, '.2g')}]"
 
 
-def _verdict(row: CellSummary) -> str:
+def verdict(row: CellSummary) -> str:
+    """How a row stands against the baseline: baseline, tied, better, worse (— without shared seeds)."""
     if row.baseline:
         return "baseline"
     if row.tied_with_best is None:
@@ -232,7 +231,7 @@ def _headers(target: float) -> tuple[str, ...]:
 
 def _cells(row: CellSummary) -> tuple[str, ...]:
     return (_number(row.rank, "d"), row.optimizer, f"{row.lr:g}", _steps(row), _median_ci(row),
-            _number(row.iqm, ".2g"), _number(row.p_better, ".2f"), _number(row.p_value, ".2g"), _verdict(row),
+            _number(row.iqm, ".2g"), _number(row.p_better, ".2f"), _number(row.p_value, ".2g"), verdict(row),
             str(row.seeds), str(row.diverged))
 
 
@@ -395,27 +394,3 @@ def render_before_after(rows: Sequence[BeforeAfter], output_format: str = "table
 def before_after_title(sweep: SweepRecord) -> str:
     steps = f"{sweep.steps} step{'s' if sweep.steps != 1 else ''}"
     return f"{sweep.experiment}: sweep {sweep.parent_run_id}, loss before -> after {steps}"
-
-
-def write_sweep_summary(sweep: SweepRecord, folder: Path) -> list[Path]:
-    """The files a sweep logs to its parent run for the UI: the compare table (markdown, csv), the curves."""
-    from tinytrain import curves as curves_module
-
-    rows = sort_rows(summarize(sweep.runs))
-    markdown, table_csv, curves = (folder / name for name in SUMMARY_FILES)
-    markdown.write_text(render_compare(rows, "markdown", compare_title(sweep), compare_caption(rows)))
-    table_csv.write_text(render_compare(rows, "csv"))
-    curves_module.save_figure(curves_module.plot_loss_curves(sweep), curves)
-    return [markdown, table_csv, curves]
-
-
-class SweepSummary:
-    """tracking's SweepSummary: what a sweep logs to its parent run at its end, as the sweep hands it in."""
-
-    def warm_up(self) -> None:
-        """Import the plotting stack ahead of the sweep's end, where it would add to the sweep's wall time."""
-        import matplotlib.backends.backend_agg  # noqa: F401
-        import matplotlib.figure  # noqa: F401
-
-    def write(self, sweep: SweepRecord, folder: Path) -> None:
-        write_sweep_summary(sweep, folder)

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
-from tinytrain.report import SweepSummary
 from tinytrain.spec import ConfigError, Experiment, RunSpec
+from tinytrain.summary import SweepSummary
 from tinytrain.tracking import (
     Recorder,
     SweepCounts,
@@ -20,6 +20,7 @@ from tinytrain.tracking import (
     check_store,
     finished_keys_readonly,
     runs_page_url,
+    sweep_search,
 )
 
 
@@ -36,7 +37,18 @@ class SweepOutcome:
 
     @property
     def runs_url(self) -> str:
-        return runs_page_url(self.uri, self.counts.experiment_id)
+        """The UI's page of this sweep's runs (one row each), or of the experiment for a run without a sweep."""
+        parent = self.counts.parent_run_id
+        return runs_page_url(self.uri, self.counts.experiment_id, search=parent and sweep_search(parent))
+
+    @property
+    def cells_url(self) -> str | None:
+        """The UI's charts of this sweep's cell summaries: median loss per cell, and the statistics."""
+        parent = self.counts.parent_run_id
+        if parent is None:
+            return None
+        return runs_page_url(self.uri, self.counts.experiment_id, search=sweep_search(parent, cells_only=True),
+                             charts=True, order_by="metrics.`rank`")
 
 
 @dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 # Tag names
 RUN_KEY = "tinytrain.run_key"
 OUTCOME = "tinytrain.outcome"
-KIND = "tinytrain.kind"  # "sweep" on parent runs, "run" on the runs of grid cells
+KIND = "tinytrain.kind"  # "sweep" on parent runs, "run" on the runs of grid cells, CELL_SUMMARY below
+CELL_SUMMARY = "cell"  # KIND of a sweep's summary of one (optimizer, lr) cell over its seeds (no run key)
 OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, to find runs left RUNNING
 ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"

@@ -46,6 +46,21 @@ class SweepCounts:
         return {f"runs_{name}": getattr(self, name) for name in names}
 
 
+@dataclass(frozen=True)
+class CellSummaryRun:
+    """A run that summarises one (optimizer, lr) cell of a sweep over its seeds, for the UI's table and charts.
+
+    Logged nested under the sweep's parent with KIND = CELL_SUMMARY and no run key, so that resume, compare,
+    --dry-run and reproduce never take it for a cell's run.
+    """
+
+    name: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]  # one value each (step 0)
+    curves: dict[str, list[float]]  # metric -> value at steps 0, 1, ...
+
+
 class SweepSummary(Protocol):
     """What a sweep logs to its parent run once it has run to its end (report.SweepSummary)."""
 
@@ -54,6 +69,9 @@ class SweepSummary(Protocol):
 
     def write(self, sweep: SweepRecord, folder: Path) -> None:
         """Write the summary's files of a sweep into folder."""
+
+    def cell_runs(self, sweep: SweepRecord) -> list[CellSummaryRun]:
+        """One summary run per cell of the sweep."""
 
 
 class SweepRecorder(Protocol):
@@ -153,7 +171,8 @@ class Recorder:
         return self.counts
 
     def _log_sweep_summary(self, summary: SweepSummary) -> None:
-        """The compare table (markdown, csv) and the loss curves as artifacts of the parent run, for the UI.
+        """The compare table (markdown, csv) and the loss curves as artifacts of the parent run, and a summary
+        run per cell nested under it, for the UI.
 
         A summary that cannot be made is reported and tagged on the parent; it never fails the sweep.
         """
@@ -165,6 +184,7 @@ class Recorder:
             with tempfile.TemporaryDirectory() as folder:
                 summary.write(sweep, Path(folder))
                 self.store.client.log_artifacts(self.parent_run_id, folder)
+            self.store.log_cell_summaries(self.experiment_id, self.parent_run_id, summary.cell_runs(sweep))
         except Exception as error:  # noqa: BLE001 - the runs are logged; a missing picture must not undo that
             message = f"{type(error).__name__}: {error}"
             logging.getLogger("tinytrain").warning("no summary logged for sweep %s: %s",
