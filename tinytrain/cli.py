@@ -1,61 +1,31 @@
 """The tinytrain command line: a thin click layer over spec, sweep, tracking and report.
 
-The library raises its own errors; only this module turns them into one-line messages and exit codes
-(2 for bad input, 1 for a store or cluster that cannot be used or runs that failed, 130 for Ctrl-C).
-Neither torch nor MLflow is imported at module level, so `tinytrain --help` is instant.
+The library raises its own errors; cli_common turns them into one-line messages and exit codes. The
+commands that read sweeps back (compare, plot) live in cli_reports. Neither torch nor MLflow (nor scipy)
+is imported at module level, so `tinytrain --help` is instant.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from typing import NoReturn
 
 import click
 
-from tinytrain.executors.base import EXECUTORS, ExecutorError
-from tinytrain.report import COLUMNS, FORMATS, RANKINGS
-from tinytrain.shutdown import exit_now
-from tinytrain.spec import ENGINES, ConfigError, load_experiment
-from tinytrain.tracking.contract import RUN_KEY, TrackingError
-from tinytrain.tracking.location import is_http
-
-EXIT_RUNS_FAILED = 1
-EXIT_INTERRUPTED = 130
-
-
-class BadInput(click.ClickException):
-    """Bad input: one line, exit code 2."""
-
-    exit_code = 2
-
-
-def translate_errors(command):
-    """Library errors -> one-line click errors; nothing else reaches the user as a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except ConfigError as error:
-            raise BadInput(str(error)) from None
-        except (TrackingError, ExecutorError) as error:
-            raise click.ClickException(str(error)) from None
-
-    return wrapper
-
-
-tracking_uri_option = click.option(
-    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, metavar="URI",
-    help="The MLflow store: a SQLite file or http://HOST:PORT (default: mlruns/mlflow.db; env "
-         "MLFLOW_TRACKING_URI).",
+from tinytrain.cli_common import (
+    EXIT_INTERRUPTED,
+    EXIT_RUNS_FAILED,
+    BadInput,
+    resolved_uri,
+    tracking_uri_option,
+    translate_errors,
 )
-
-
-def resolved_uri(tracking_uri: str | None) -> str:
-    from tinytrain.tracking import resolve_tracking_uri
-
-    return resolve_tracking_uri(tracking_uri)
+from tinytrain.cli_reports import compare, plot
+from tinytrain.executors.base import EXECUTORS
+from tinytrain.shutdown import exit_now
+from tinytrain.spec import ENGINES, load_experiment
+from tinytrain.tracking.contract import RUN_KEY
+from tinytrain.tracking.location import is_http
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,9 +57,14 @@ def cli() -> None:
               help="sequential: one run at a time; vmap: the cells in one batched net (one per --jobs worker).")
 @click.option("--from-run", "from_run", metavar="PARENT_RUN_ID", default=None,
               help="Re-run the sweep whose resolved experiment file a parent run keeps.")
+@click.option("--until-separated", is_flag=True,
+              help="Then add seeds to the cells tied with the best and sweep them, until none is tied.")
+@click.option("--max-seeds", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --until-separated: stop when the tied cells have N seeds [default: 10].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @translate_errors
-def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, scheduler, engine, from_run, quiet):
+def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, scheduler, engine, from_run, until_separated,
+          max_seeds, quiet):
     """Train every cell of an experiment's grid (default: experiments/optimizer-grid.toml) and log it.
 
     Cells already finished in the store are skipped, so an interrupted sweep resumes where it stopped.
@@ -98,7 +73,12 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
     Example:
         tinytrain sweep experiments/one-step-adam.toml
         tinytrain sweep --set steps=10 --set lr=0.1,0.01 --set optimizer=adam --dry-run
+        tinytrain sweep --until-separated --max-seeds 12
     """
+    if max_seeds is not None and not until_separated:
+        raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")
+    if until_separated and (dry_run or force):
+        raise BadInput("--until-separated picks its seeds from the results: drop --dry-run and --force")
     overrides = list(overrides) + ([f"engine={engine}"] if engine else [])
     uri = resolved_uri(tracking_uri)
     if from_run:
@@ -116,11 +96,15 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
     if scheduler and executor not in (None, "dask"):
         raise BadInput(f"--scheduler names a Dask scheduler: use it with --executor dask, not {executor}")
     executor = executor or ("dask" if scheduler else None)  # --scheduler alone means the Dask executor
-    from tinytrain.sweep import run_sweep
+    from tinytrain.sweep import run_sweep, sweep_until_separated
 
+    options = {"executor": executor or "inprocess", "jobs": jobs, "scheduler": scheduler, "progress": not quiet}
     try:
-        outcome = run_sweep(experiment, uri, force=force, executor=executor or "inprocess", jobs=jobs,
-                            scheduler=scheduler, progress=not quiet)
+        if until_separated:
+            separation = sweep_until_separated(experiment, uri, max_seeds or 10, **options)
+            outcome = separation.rounds[-1]
+        else:
+            outcome = run_sweep(experiment, uri, force=force, **options)
     except KeyboardInterrupt:  # before the first run: nothing to mark
         click.echo("Interrupted before any run started.", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -130,8 +114,25 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
                    "KILLED; run the same command again to resume.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     show_summary(outcome)
+    if until_separated:
+        show_separation(separation, max_seeds or 10)
     if outcome.counts.failed:
         sys.exit(EXIT_RUNS_FAILED)
+
+
+def show_separation(separation, max_seeds: int) -> None:
+    """What --until-separated did, after the summary of its last round."""
+    rounds = len(separation.rounds)
+    spent = (f"{rounds - 1} more round(s), {separation.added_runs} runs added, {separation.seconds:.1f} s in all"
+             if rounds > 1 else f"no seeds added, {separation.seconds:.1f} s")
+    if separation.separated:
+        click.echo(f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
+                   f"p < 0.05 with up to {separation.seeds} seeds ({spent}).")
+    else:
+        tied = ", ".join(separation.tied)
+        click.echo(f"Not separated: {len(separation.tied)} cell(s) still cannot be told apart from the best "
+                   f"({separation.best}) with up to {separation.seeds} seeds (--max-seeds {max_seeds}; {spent}): "
+                   f"{tied}")
 
 
 def show_plan(experiment, uri: str, force: bool) -> None:
@@ -341,119 +342,8 @@ def cluster(port, workers, stop):
     click.echo("Stop it: tinytrain cluster --stop   (or make cluster-stop)")
 
 
-experiment_option = click.option(
-    "--experiment", "experiment_name", metavar="NAME", default=None,
-    help="The MLflow experiment [default: optimizer-grid, or the experiment of --sweep].",
-)
-sweep_option = click.option(
-    "--sweep", "sweep_id", metavar="PARENT_RUN_ID", default=None,
-    help="A sweep's parent run id [default: the experiment's latest sweep].",
-)
-
-
-def warn_missing_cells(sweep) -> None:
-    """Cells of the sweep that no finished run answers for: say so, on stderr, below the data."""
-    if sweep.missing:
-        names = ", ".join(sweep.missing[:5]) + (", ..." if len(sweep.missing) > 5 else "")
-        click.echo(f"note: {len(sweep.missing)} of {sweep.cells} cells have no finished run (failed, killed "
-                   f"or not run yet: {names}); run the sweep again to fill them", err=True)
-
-
-@cli.command()
-@experiment_option
-@sweep_option
-@click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="table for a terminal; markdown, csv and json for documents and scripts.")
-@click.option("--sort", type=click.Choice(COLUMNS), default=None,
-              help="Order the rows by this column, ascending [default: rank].")
-@click.option("--target", type=float, default=1e-3, show_default=True, metavar="LOSS",
-              help="Time to target: the first step whose loss is at or below LOSS.")
-@click.option("--by", type=click.Choice(RANKINGS), default="target", show_default=True,
-              help="Rank by the median steps to --target, or by the geometric mean of final_loss.")
-@click.option("--vs", "vs", metavar="OPTIMIZER@LR", default=None,
-              help="The baseline of the paired comparison [default: the best-ranked cell], e.g. adam@0.001.")
-@click.option("--before-after", is_flag=True,
-              help="Instead: initial_loss -> final_loss of each seed, and their mean (the one-step "
-                   "measurement).")
-@tracking_uri_option
-@translate_errors
-def compare(experiment_name, sweep_id, output_format, sort, target, by, vs, before_after, tracking_uri):
-    """Compare the cells of a sweep over their seeds: one row per (optimizer, lr).
-
-    Per row: the median steps to a loss <= --target over seeds (and how many never got there); the median,
-    95% bootstrap interval and interquartile mean of log10(final_loss); and, paired by seed against a
-    baseline (the best-ranked cell, or --vs), p_better and a Holm-corrected Wilcoxon p. Cells the seeds
-    cannot tell apart from the baseline are marked tied. Rows rank by time to target (--by final_loss: by
-    the geometric mean of final_loss). Diverged seeds are counted and left out of the loss statistics.
-    Every cell of the sweep counts, also those it skipped because an earlier sweep had finished them.
-
-    \b
-    Example:
-        tinytrain compare
-        tinytrain compare --vs adam@0.001 --format markdown
-        tinytrain compare --experiment one-step-adam --before-after
-        tinytrain compare --sweep 3f2a9c... --by final_loss --sort lr
-    """
-    import math
-
-    from tinytrain import report
-
-    if before_after and (sort or vs):
-        raise BadInput("--sort and --vs are for the compare table; --before-after lists the runs in grid order")
-    if not (math.isfinite(target) and target > 0):
-        raise BadInput(f"--target must be a finite loss > 0, got {target!r}")
-    try:
-        baseline = report.parse_cell(vs) if vs else None
-    except ValueError as error:
-        raise BadInput(str(error)) from None
-    from tinytrain.tracking import read_sweep
-
-    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=not before_after)
-    if before_after:
-        runs = report.before_after(sweep.runs)
-        text = report.render_before_after(runs, output_format, report.before_after_title(sweep))
-    else:
-        try:
-            rows = report.summarize(sweep.runs, target, by, baseline)
-        except ValueError as error:
-            raise BadInput(str(error)) from None
-        rows = report.sort_rows(rows, sort or "rank")
-        text = report.render_compare(rows, output_format, report.compare_title(sweep),
-                                     report.compare_caption(rows, by, target), target)
-    click.echo(text, nl=False)
-    warn_missing_cells(sweep)
-
-
-@cli.command()
-@experiment_option
-@sweep_option
-@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default="loss-curves.png",
-              show_default=True, help="The PNG file to write.")
-@tracking_uri_option
-@translate_errors
-def plot(experiment_name, sweep_id, out, tracking_uri):
-    """Plot a sweep's loss curves to a PNG: a panel per optimizer, a line per lr (log scale).
-
-    Each line is the median over seeds, with a band from the lowest to the highest seed; diverged seeds
-    are left out and named in the legend.
-
-    \b
-    Example:
-        tinytrain plot --out docs/loss-curves.png
-        tinytrain plot --experiment one-step-adam --sweep 3f2a9c... --out one-step.png
-    """
-    from tinytrain import curves
-    from tinytrain.tracking import read_sweep
-
-    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=True)
-    if not sweep.runs:
-        raise click.ClickException(f"sweep {sweep.parent_run_id} has no finished run to plot yet")
-    figure = curves.plot_loss_curves(sweep)
-    path = curves.save_figure(figure, out)
-    lines = sum(len(ax.lines) for ax in figure.axes)
-    click.echo(f"Wrote {path}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.parent_run_id} of "
-               f"{sweep.experiment}")
-    warn_missing_cells(sweep)
+cli.add_command(compare)
+cli.add_command(plot)
 
 
 def main() -> NoReturn:

@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +89,8 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """A stable key of everything that decides the run's numbers: the same cell, the same key.
-
-        diverge_above decides where a run stops, so it is part of the key. A run recorded before the bound
-        existed (diverge_above None: only a non-finite loss stopped it) keeps the key it was written with,
-        so old sweeps still find their runs; a new sweep trains such cells once more under the bound.
-        """
+        """A stable key of everything that decides the run's numbers: the same cell, the same key. A run
+        recorded before diverge_above existed (None) keeps the key it was written with: old sweeps find it."""
         fields = asdict(self)
         del fields["checkpoint_every"]  # decides what is saved, not what is computed
         if self.diverge_above is None:
@@ -147,37 +143,28 @@ class Experiment:
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]]
     source: str  # where it came from, for messages
+    extra_seeds: dict[tuple[str, float], tuple[int, ...]] = field(default_factory=dict)  # (optimizer, lr) -> seeds
 
     @property
     def name(self) -> str:
         return self.settings["name"]
 
     def specs(self) -> list[RunSpec]:
-        """The grid's cells, in a stable order: optimizer, then lr, then seed."""
-        specs = []
-        for optimizer, lr, seed in itertools.product(
-            self.grid["optimizer"], self.grid.get("lr", [None]), self.grid["seed"]
-        ):
-            kind, default_lr, hyperparameters = self.resolve_optimizer(optimizer)
-            specs.append(
-                RunSpec(
-                    optimizer=optimizer,
-                    kind=kind,
-                    lr=default_lr if lr is None else lr,
-                    seed=seed,
-                    steps=self.settings["steps"],
-                    data_seed=self.settings["data_seed"],
-                    target_index=self.settings["target_index"],
-                    hyperparameters=tuple(sorted(hyperparameters.items())),
-                    threads=self.settings["threads"],
-                    mkldnn=self.settings["mkldnn"],
-                    engine=self.settings["engine"],
-                    diverge_above=None if self.settings["diverge_above"] is None
-                    else float(self.settings["diverge_above"]),
-                    checkpoint_every=self.settings["checkpoint_every"],
-                )
-            )
-        return specs
+        """The grid's cells, in a stable order (optimizer, then lr, then seed), then the extra seeds of cells."""
+        grid = itertools.product(self.grid["optimizer"], self.grid.get("lr", [None]), self.grid["seed"])
+        extra = [(optimizer, lr, seed) for (optimizer, lr), seeds in self.extra_seeds.items() for seed in seeds]
+        return [self._spec(optimizer, lr, seed) for optimizer, lr, seed in [*grid, *extra]]
+
+    def _spec(self, optimizer: str, lr: float | None, seed: int) -> RunSpec:
+        kind, default_lr, hyperparameters = self.resolve_optimizer(optimizer)
+        settings, bound = self.settings, self.settings["diverge_above"]
+        return RunSpec(
+            optimizer=optimizer, kind=kind, lr=default_lr if lr is None else lr, seed=seed,
+            steps=settings["steps"], data_seed=settings["data_seed"], target_index=settings["target_index"],
+            hyperparameters=tuple(sorted(hyperparameters.items())), threads=settings["threads"],
+            mkldnn=settings["mkldnn"], engine=settings["engine"], diverge_above=None if bound is None else float(bound),
+            checkpoint_every=settings["checkpoint_every"],
+        )
 
     def resolve_optimizer(self, name: str) -> tuple[str, float, dict[str, Any]]:
         """(torch kind, default lr, every hyperparameter) of a built-in name or a variant."""
@@ -197,6 +184,9 @@ class Experiment:
         for name, variant in self.variants.items():
             lines += ["", f'[optimizers."{name}"]']
             lines += [f"{key} = {_toml_value(value)}" for key, value in variant.items()]
+        if self.extra_seeds:  # written by --until-separated
+            lines += ["", "[extra_seeds]"] + [f'"{o}@{lr!r}" = {_toml_value(seeds)}' for (o, lr), seeds in
+                                               self.extra_seeds.items()]
         return "\n".join(lines) + "\n"
 
 
@@ -238,11 +228,8 @@ def load_experiment(
     path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (), text: str | None = None,
     recorded: bool = False,
 ) -> Experiment:
-    """Read an experiment file (or its text), apply `--set` overrides, validate everything.
-
-    recorded: the text is a sweep's resolved experiment file (to_toml), which lists every setting; one
-    without diverge_above was written before the bound existed, and its runs had none.
-    """
+    """Read an experiment file (or its text), apply `--set` overrides, validate everything. recorded: the text
+    is a sweep's to_toml, which lists every setting; one without diverge_above predates the bound."""
     if text is not None:
         source = str(path or "<text>")
         try:
@@ -319,7 +306,7 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
 
 
 def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
-    known = set(DEFAULTS) | {"grid", "optimizers"}
+    known = set(DEFAULTS) | {"grid", "optimizers", "extra_seeds"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"unknown key '{key}' in {source}: known keys are {', '.join(sorted(known))}")
@@ -347,7 +334,21 @@ def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
         duplicates = sorted({repr(v) for v in grid[axis] if grid[axis].count(v) > 1})
         if duplicates:
             raise ConfigError(f"grid.{axis} lists {', '.join(duplicates)} more than once: list each value once")
-    return Experiment(settings=settings, grid=grid, variants=variants, source=source)
+    experiment = Experiment(settings=settings, grid=grid, variants=variants, source=source)
+    return replace(experiment, extra_seeds=_check_extra_seeds(raw.get("extra_seeds", {}), experiment))
+
+
+def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[tuple[str, float], tuple[int, ...]]:
+    # [extra_seeds] "OPTIMIZER@LR" = [seeds]: more seeds for cells of the grid (written by --until-separated)
+    cells = {(spec.optimizer, spec.lr) for spec in experiment.specs()}
+    extra = {}
+    for name, seeds in (raw.items() if isinstance(raw, dict) else [(raw, None)]):
+        optimizer, _, lr = str(name).rpartition("@")
+        cell = (optimizer, parse_value(lr))
+        if cell not in cells or not isinstance(seeds, list) or not all(_is_int(s) and s >= 0 for s in seeds):
+            raise ConfigError(f"extra_seeds.{name} must name a cell of the grid as \"OPTIMIZER@LR\" = [seeds >= 0]")
+        extra[cell] = tuple(sorted(set(seeds) - set(experiment.grid["seed"])))
+    return extra
 
 
 def _is_int(value: Any) -> bool:
