@@ -324,9 +324,12 @@ def test_each_sweep_has_a_summary_run_per_cell_that_equals_compare_and_the_seeds
         row = rows[(run.data.params["optimizer"], float(run.data.params["lr"]))]
         assert run.info.run_name == f"{row['optimizer']}-lr{row['lr']:g}-median" and run.info.status == "FINISHED"
         metrics = run.data.metrics
-        for metric, column in [("final_loss_median", "median"), ("final_loss_ci_low", "ci_low"),
-                               ("final_loss_ci_high", "ci_high"), ("final_loss_iqm", "iqm"), ("p_value", "p_value"),
-                               ("p_better", "p_better"), ("rank", "rank"), ("seeds_diverged", "diverged")]:
+        for column in ("median", "ci_low", "ci_high", "iqm"):
+            value = row[column]
+            assert metrics.get(f"log10_final_loss_{column}") == (None if value is None else
+                                                                 pytest.approx(math.log10(value))), column
+        for metric, column in [("p_value", "p_value"), ("p_better", "p_better"), ("rank", "rank"),
+                               ("seeds_diverged", "diverged"), ("steps_to_target", "steps_to_target")]:
             assert metrics.get(metric) == (None if row[column] is None else pytest.approx(row[column])), metric
         cell = [r for r in client.search_runs([experiment_id], "tags.`tinytrain.kind` = 'run'")
                 if (r.data.params["optimizer"], float(r.data.params["lr"])) == (row["optimizer"], row["lr"])

@@ -160,18 +160,18 @@ def ties_sentence(rows: Sequence[CellSummary]) -> str:
     baseline = next((row for row in rows if row.baseline), None)
     if baseline is None:
         return ""
-    who = "the best" if baseline.rank == 1 else baseline.name
+    who = f"the best ({baseline.name})" if baseline.rank == 1 else baseline.name
     tested = [row for row in rows if row.p_value is not None]
     tied = sum(bool(row.tied_with_best) for row in tested)
     counts = sorted({row.seeds for row in rows})
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     if not tested:
-        return f"No cell shares a seed with {who} ({baseline.name}): nothing to compare."
+        return f"No cell shares a seed with {who}: nothing to compare."
     if tied == 0:
-        return (f"Every other cell differs from {who} ({baseline.name}) at Holm-corrected p < {stats.ALPHA:g} "
+        return (f"Every other cell differs from {who} at Holm-corrected p < {stats.ALPHA:g} "
                 f"with {seeds} seeds.")
     cells = "1 cell cannot" if tied == 1 else f"{tied} cells cannot"
-    return (f"{cells} be told apart from {who} ({baseline.name}) with {seeds} seeds "
+    return (f"{cells} be told apart from {who} with {seeds} seeds "
             f"(Holm-corrected p >= {stats.ALPHA:g}).")
 
 

@@ -4,7 +4,8 @@ The parent run keeps the compare table (compare.md, compare.csv) and the loss cu
 Each (optimizer, lr) cell gets a run of its own nested under the parent (tinytrain.kind = cell), so that
 the UI's table and charts show the statistics of compare without a download: the median `loss` over the
 cell's finished seeds at every step with its quartiles (`loss_q25`, `loss_q75`), the median, IQM and 95%
-interval of the final loss, the time to target and the paired comparison with the best cell.
+interval of the final loss in decades (log10_final_loss_*: the UI's bar charts have a linear axis, on which
+1e-15 and 1e-7 look the same), the time to target and the paired comparison with the best cell.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def cell_summary_runs(sweep: SweepRecord, target: float = stats.TARGET) -> list[
             losses = np.array([curve[:min(map(len, finished))] for curve in finished])
             q25, median, q75 = np.percentile(losses, [25, 50, 75], axis=0)
             curves_by_name = {"loss": median.tolist(), "loss_q25": q25.tolist(), "loss_q75": q75.tolist()}
+        decades = {"median": row.median, "iqm": row.iqm, "ci_low": row.ci_low, "ci_high": row.ci_high}
         numbers = {
-            "rank": row.rank, "final_loss_median": row.median, "final_loss_iqm": row.iqm,
-            "final_loss_ci_low": row.ci_low, "final_loss_ci_high": row.ci_high,
-            "steps_to_target": row.steps_to_target, "seeds_not_reached": row.not_reached, "p_better": row.p_better,
-            "p_value": row.p_value, "seeds": row.seeds, "seeds_diverged": row.diverged,
+            **{f"log10_final_loss_{name}": None if value is None else stats.log10_loss(value)
+               for name, value in decades.items()},
+            "rank": row.rank, "steps_to_target": row.steps_to_target, "seeds_not_reached": row.not_reached,
+            "p_better": row.p_better, "p_value": row.p_value, "seeds": row.seeds, "seeds_diverged": row.diverged,
         }
         summaries.append(CellSummaryRun(
             name=f"{row.optimizer}-lr{row.lr:g}-median",
