@@ -71,7 +71,7 @@ BAD_INPUTS = [
      "unknown hyperparameter 'momentun' for optimizer 'm' (type sgd): known ones are dampening, maximize, "
      "momentum, nesterov, weight_decay"),
     ({"stepz": 3}, "unknown key 'stepz' in <experiment>: known keys are checkpoint_every, data_seed, diverge_above, "
-                   "engine, grid, mkldnn, name, optimizers, steps, target_index, threads"),
+                   "engine, extra_seeds, grid, mkldnn, name, optimizers, steps, target_index, threads"),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
     ({"grid": {"lr": [float("inf")]}}, "lr must be a finite number > 0, got inf in grid.lr"),

@@ -1,15 +1,14 @@
-"""Reports of a sweep: the cells compared over seeds, the one-step before/after table, the loss curves.
+"""Reports of a sweep: the cells compared over seeds, and the one-step before/after table.
 
-Input is a tracking.SweepRecord (plain values read from the store); output is text or a matplotlib Figure.
-No MLflow and no click here: the CLI prints what this returns and the sweep's Recorder logs it to the
-parent run. Final losses span many decades (1e-17 to 1e2 in the default sweep), so besides mean ± std
-each cell gets the geometric mean and the spread of log10(final_loss), and cells rank by the geometric
-mean: the arithmetic mean of such numbers is the largest seed's value and says little about the others.
+Input is a tracking SweepRecord (plain values read from the store); output is text. No MLflow and no click
+here: the CLI prints what this returns and the sweep's summary (summary.py) logs it to the parent run. Each
+row has compare's statistics (stats.py: median, IQM and bootstrap interval of log10(final_loss), time to
+target, paired by seed against a baseline with Holm's correction) besides mean ± std, the geometric mean and
+the spread of log10(final_loss); rows rank by time to target, or (by="final_loss") by the geometric mean.
 
 Only the standard library is imported at module level, so that `tinytrain --help` stays instant;
-rich, numpy and matplotlib are imported where they are used.
+rich and scipy are imported where they are used.
 """
-
 from __future__ import annotations
 
 import csv
