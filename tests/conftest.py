@@ -6,12 +6,17 @@ The helpers the test modules share live here too (free_port, invoke, client, run
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 120  # seconds for an mlflow server to answer; about 10-20 s on two busy cores
 
 
 def free_port() -> int:
@@ -19,6 +24,55 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# ---- servers in a process group of their own (the UI, mlflow server), stopped as a whole
+
+
+def wait_for_health(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the server did not answer /health within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
+
+
+def start_in_own_group(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("w") as output:
+        return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the whole process group (the server and its workers), then SIGKILL if it lingers."""
+    group = process.pid  # start_new_session: the group id is the leader's pid
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and group_alive(group):
+            process.poll()
+            time.sleep(0.2)
+        if not group_alive(group):
+            break
+    process.wait(timeout=5)
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def invoke(args: list[str]):

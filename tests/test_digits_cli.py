@@ -37,7 +37,7 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{folder / 'store' / 'mlflow.db'}"
     result = invoke(["sweep", str(grid), "--quiet", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
-    assert f"{CELLS} runs: {CELLS} trained ({CELLS} converged" in result.output
+    assert f"{CELLS} runs: {CELLS} trained ({CELLS} finished" in result.output
     return {"uri": uri, "grid": grid, "folder": folder}
 
 
@@ -62,7 +62,7 @@ def test_each_run_logs_test_metrics_and_the_new_settings(store):
 def test_a_second_sweep_resumes_every_cell(store):
     result = invoke(["sweep", str(store["grid"]), "--quiet", "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
-    assert f"{CELLS} runs: 0 trained (0 converged, 0 diverged, 0 failed), {CELLS} already done" in result.output
+    assert f"{CELLS} runs: 0 trained (0 finished, 0 diverged, 0 failed), {CELLS} already done" in result.output
 
 
 def test_compare_on_test_accuracy_ranks_the_highest_mean_first(store):

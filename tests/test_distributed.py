@@ -75,7 +75,7 @@ def assert_each_cell_finished_once(uri: str, cells: int) -> None:
     keys = [run.data.tags["tinytrain.run_key"] for run in runs]
     assert len(keys) == cells and len(set(keys)) == cells, sorted(keys)
     assert {run.info.status for run in runs} == {"FINISHED"}
-    assert all(run.data.tags.get("tinytrain.outcome") in ("converged", "diverged") for run in runs)
+    assert all(run.data.tags.get("tinytrain.outcome") in ("finished", "diverged") for run in runs)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_clus
     assert len(runs) == len(specs)
     assert len({run.data.tags["tinytrain.run_key"] for run in runs}) == len(specs)
     assert {run.info.status for run in runs} == {"FINISHED"}  # none left RUNNING, none FAILED
-    assert all(run.data.tags.get("tinytrain.outcome") in ("converged", "diverged") for run in runs)
+    assert all(run.data.tags.get("tinytrain.outcome") in ("finished", "diverged") for run in runs)
     killed_cell = [run for run in runs if f"train-{run.data.tags['tinytrain.run_key']}" == killed_key]
     assert len(killed_cell) == 1  # the cell that was training on the killed worker: run again, logged once
 
@@ -302,7 +302,7 @@ def test_a_cell_whose_workers_keep_dying_is_a_failed_result_and_the_others_finis
     assert started == specs
     assert sorted(results) == [0, 1, 2]
     assert results[1].outcome == FAILED and results[1].error.startswith("KilledWorker")
-    assert results[0].outcome == results[2].outcome == "converged"
+    assert results[0].outcome == results[2].outcome == "finished"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -366,7 +366,7 @@ def test_a_run_that_raises_is_logged_failed_and_the_sweep_goes_on(cli_runner, st
     result = cli_runner.invoke(cli, ["sweep", "--set", "steps=3", "--set", "optimizer=adam", "--set", "lr=0.001",
                                      "--set", "seed=0,1,2", "--quiet"])
     assert result.exit_code == 1, result.output
-    assert "3 runs: 3 trained (2 converged, 0 diverged, 1 failed)" in result.output
+    assert "3 runs: 3 trained (2 finished, 0 diverged, 1 failed)" in result.output
     assert "failed: adam-lr0.001-seed1: RuntimeError: the optimizer exploded" in result.output
     runs = {int(run.data.params["seed"]): run for run in cell_runs(store_uri, "optimizer-grid")}
     assert sorted(runs) == [0, 1, 2]
@@ -392,7 +392,7 @@ def test_a_run_that_torch_rejects_on_a_worker_is_a_failed_result():
         executor.close()
     assert results[-1.0].outcome == "failed"
     assert results[-1.0].error == "ValueError: Invalid learning rate: -1.0"
-    assert results[0.01].outcome == "converged"
+    assert results[0.01].outcome == "finished"
 
 
 # ---------------------------------------------------------------------------------------------------------

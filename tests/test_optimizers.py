@@ -3,6 +3,7 @@ hyperparameter it used; `tinytrain optimizers` lists them without importing torc
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -17,7 +18,9 @@ from .conftest import invoke
 
 
 def spec_of(kind: str, problem: str = "digits", **hyperparameters):
-    raw = {"steps": 3, "grid": {"optimizer": ["v"], "seed": [1]},
+    # diverge_above off: at its default lr on 8-image batches rmsprop's third loss is past 1e3 x its first,
+    # and these tests are about every optimizer training and reproducing, not about when a run diverges
+    raw = {"steps": 3, "diverge_above": math.inf, "grid": {"optimizer": ["v"], "seed": [1]},
            "optimizers": {"v": {"type": kind, **hyperparameters}}}
     if problem == "digits":
         raw.update(problem="digits", batch_size=8, eval_every=2)
@@ -28,7 +31,7 @@ def spec_of(kind: str, problem: str = "digits", **hyperparameters):
 def test_each_optimizer_trains_and_reproduces_bit_for_bit(kind):
     spec = spec_of(kind)
     first, second = train(spec), train(spec)
-    assert first.outcome == "converged", first.error
+    assert first.outcome == "finished", first.error
     assert len(first.losses) == 4 and first.losses == second.losses and first.metrics == second.metrics
     assert all(torch.equal(first.final_weights[name], second.final_weights[name]) for name in first.final_weights)
     assert first.losses != train(spec_of(kind, problem="one-sample")).losses[:4]

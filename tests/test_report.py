@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinytrain import report
+from tinytrain import curves, report, summary
 from tinytrain.tracking import CellRun, Recorder, SweepRecord, read_sweep, resolve_tracking_uri
 
 from .conftest import invoke
@@ -70,7 +70,7 @@ def recomputed(uri: str) -> dict[tuple[str, float], dict]:
     expected = {}
     for cell, cell_runs in cells.items():
         finals = np.array([run.data.metrics["final_loss"] for run in cell_runs
-                           if run.data.tags["tinytrain.outcome"] == "converged"])
+                           if run.data.tags["tinytrain.outcome"] == "finished"])
         logs = np.log10(finals)
         expected[cell] = {
             "seeds": len(cell_runs),
@@ -103,7 +103,7 @@ def test_compare_equals_a_recomputation_from_mlflow(store):
 
 
 def test_compare_ranks_by_geometric_mean_and_leaves_all_diverged_cells_unranked(store):
-    rows = compare_json(store)
+    rows = json.loads(compare(store, "--format", "json", "--by", "final_loss"))["rows"]
     ranked = [row for row in rows if row["rank"] is not None]
     assert [row["rank"] for row in rows] == [1, 2, 3, 4, None, None]
     assert [row["geomean"] for row in ranked] == sorted(row["geomean"] for row in ranked)
@@ -116,7 +116,8 @@ def test_a_second_sweep_that_skips_every_cell_compares_to_the_same_rows(store):
     client = mlflow.MlflowClient(store["uri"])
     second_children = client.search_runs(
         [client.get_experiment_by_name(NAME).experiment_id], f"tags.mlflow.parentRunId = '{store['second']}'")
-    assert second_children == []  # so its cells can only be found by their run keys
+    # only its cell summaries: its cells' runs can only be found by their run keys
+    assert {run.data.tags["tinytrain.kind"] for run in second_children} == {"cell"} and len(second_children) == 6
     assert compare_json(store, store["second"]) == compare_json(store, store["first"])
     # without --sweep: the latest sweep, which is the second
     title = f"{NAME}: sweep {store['second']}, final loss after 3 steps over 2 seeds"
@@ -136,18 +137,22 @@ def test_compare_table_and_markdown_render(store):
     best = rows[0]
     table = compare(store).splitlines()
     assert table[0].startswith(f"{NAME}: sweep ")
-    assert table[2].split() == ["rank", "optimizer", "lr", "final", "loss", "mean", "±", "std", "geo.",
-                                "mean", "log10", "std", "min", "max", "seeds", "diverged"]
+    assert table[2].split() == ["rank", "optimizer", "lr", "steps", "to", "0.001", "final", "loss", "median",
+                                "[95%", "CI]", "IQM", "p_better", "p", "(Holm)", "vs", "baseline", "seeds",
+                                "diverged"]
     first = table[4].split()
     assert first[:3] == ["1", best["optimizer"], f"{best['lr']:g}"]
-    assert first[3:6] == [f"{best['mean']:.3g}", "±", f"{best['std']:.2g}"]
-    assert table[-1].startswith("Ranked by the geometric mean")
+    assert first[3:5] == ["not", "reached"]  # 3 steps: nothing gets to 1e-3
+    assert first[6:9] == [f"{best['median']:.2g}", f"[{best['ci_low']:.2g},", f"{best['ci_high']:.2g}]"]
+    assert first[-5:] == ["—", "—", "baseline", "2", "0"]
+    assert table[-1].startswith("Ranked by the median steps to a loss <= 0.001")
+    assert table[-1].endswith("with 2 seeds (Holm-corrected p >= 0.05).")
     markdown = compare(store, "--format", "markdown").splitlines()
-    assert markdown[2] == ("| rank | optimizer | lr | final loss mean ± std | geo. mean | log10 std | min "
-                           "| max | seeds | diverged |")
-    assert markdown[4].startswith(f"| 1 | {best['optimizer']} | {best['lr']:g} | {best['mean']:.3g} ± ")
-    assert markdown[-4:-2] == ["| — | sgd | 1000 | — | — | — | — | — | 2 | 2 |",
-                               "| — | adam | 1000 | — | — | — | — | — | 2 | 2 |"]
+    assert markdown[2] == ("| rank | optimizer | lr | steps to 0.001 | final loss median [95% CI] | IQM | p_better "
+                           "| p (Holm) | vs baseline | seeds | diverged |")
+    assert markdown[4].startswith(f"| 1 | {best['optimizer']} | {best['lr']:g} | not reached (2/2) | ")
+    assert markdown[-4:-2] == ["| — | sgd | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |",
+                               "| — | adam | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |"]
 
 
 def test_compare_sorts_by_any_column(store):
@@ -195,8 +200,63 @@ def test_compare_errors_are_one_line(store):
     assert result.exit_code == 1 and "is a sweep of experiment 'compare-e2e', not 'other'" in result.output
     result = invoke(["compare", "--before-after", "--sort", "lr", "--tracking-uri", store["uri"]])
     assert result.exit_code == 2
-    assert result.output.endswith("Error: --sort orders the compare table; --before-after lists the runs in "
-                                  "grid order\n")
+    assert result.output.endswith("Error: --sort and --vs are for the compare table; --before-after lists the "
+                                  "runs in grid order\n")
+    for args, message in [
+        (["--vs", "adam@0.5"], "Error: --vs adam@0.5 is not a cell of this sweep: use one of sgd@0.001, sgd@0.01, "
+                               "sgd@1000, adam@0.001, adam@0.01, adam@1000\n"),
+        (["--vs", "adam"], "Error: --vs 'adam' must name a cell as OPTIMIZER@LR, for example adam@0.001\n"),
+        (["--target", "0"], "Error: --target must be a finite loss > 0, got 0.0\n"),
+    ]:
+        result = invoke(["compare", "--experiment", NAME, "--tracking-uri", store["uri"], *args])
+        assert (result.exit_code, result.output) == (2, message)
+
+
+def test_time_to_target_and_the_paired_numbers_equal_a_recomputation_from_mlflow(store):
+    """--target 0.09 --vs sgd@0.001 against numpy on the `loss` histories MlflowClient returns."""
+    import mlflow
+    from scipy.stats import wilcoxon
+
+    rows = json.loads(compare(store, "--format", "json", "--target", "0.09", "--vs", "sgd@0.001"))["rows"]
+    client = mlflow.MlflowClient(store["uri"])
+    experiment = client.get_experiment_by_name(NAME)
+    cells: dict[tuple[str, float], dict[int, tuple[str, list[float]]]] = {}
+    for run in client.search_runs([experiment.experiment_id], "tags.`tinytrain.kind` = 'run'", max_results=1000):
+        history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        cell = cells.setdefault((run.data.params["optimizer"], float(run.data.params["lr"])), {})
+        cell[int(run.data.params["seed"])] = (run.data.tags["tinytrain.outcome"], [m.value for m in history])
+    worst = math.log10(1.7976931348623157e308)
+
+    def final_log(outcome_losses):
+        outcome, losses = outcome_losses
+        return worst if outcome == "diverged" else math.log10(losses[-1])
+
+    base = cells[("sgd", 0.001)]
+    raw_p = {}
+    for row in rows:
+        cell = cells[(row["optimizer"], row["lr"])]
+        reached = [None if outcome == "diverged" else next((i for i, v in enumerate(losses) if v <= 0.09), None)
+                   for outcome, losses in cell.values()]
+        steps = np.median([math.inf if r is None else r for r in reached])
+        assert row["steps_to_target"] == (None if math.isinf(steps) else steps)
+        assert row["not_reached"] == sum(r is None for r in reached)
+        finished = [math.log10(losses[-1]) for outcome, losses in cell.values() if outcome != "diverged"]
+        assert row["median"] == (pytest.approx(10 ** np.median(finished), rel=1e-12) if finished else None)
+        if row["baseline"]:
+            assert (row["optimizer"], row["lr"], row["p_value"]) == ("sgd", 0.001, None)
+            continue
+        d = [final_log(cell[seed]) - final_log(base[seed]) for seed in sorted(base)]
+        assert row["p_better"] == pytest.approx(sum(1 if x < 0 else 0.5 if x == 0 else 0 for x in d) / len(d))
+        raw_p[(row["optimizer"], row["lr"])] = 1.0 if not any(d) else wilcoxon(d).pvalue
+    order = sorted(raw_p, key=raw_p.get)
+    running, holm = 0.0, {}
+    for k, cell in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * raw_p[cell]))
+        holm[cell] = running
+    for row in rows:
+        if not row["baseline"]:
+            assert row["p_value"] == pytest.approx(holm[(row["optimizer"], row["lr"])])
+            assert row["tied_with_best"] is (holm[(row["optimizer"], row["lr"])] >= 0.05)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,7 +277,7 @@ def test_plot_writes_a_png(store, tmp_path):
 
 def test_the_figure_has_a_log_panel_per_optimizer_and_a_line_per_converged_lr(store):
     sweep = read_sweep(store["uri"], NAME, with_losses=True)
-    figure = report.plot_loss_curves(sweep)
+    figure = curves.plot_loss_curves(sweep)
     assert [ax.get_title() for ax in figure.axes] == ["sgd", "adam"]
     for ax in figure.axes:
         assert ax.get_yscale() == "log"
@@ -240,12 +300,51 @@ def test_each_sweep_logs_its_table_and_curves_to_its_parent_run(store, tmp_path)
     client = mlflow.MlflowClient(store["uri"])
     for sweep in (store["first"], store["second"]):
         names = {item.path for item in client.list_artifacts(sweep)}
-        assert names == {"experiment.toml", *report.SUMMARY_FILES}
+        assert names == {"experiment.toml", *summary.SUMMARY_FILES}
     folder = Path(client.download_artifacts(store["second"], "", str(tmp_path)))
     assert (folder / "compare.csv").read_text() == compare(store, "--format", "csv")
     assert (folder / "loss-curves.png").read_bytes()[:8] == PNG_SIGNATURE
     markdown = (folder / "compare.md").read_text()
     assert markdown.splitlines()[2:] == compare(store, "--format", "markdown").splitlines()[2:]
+
+
+def test_each_sweep_has_a_summary_run_per_cell_that_equals_compare_and_the_seeds_curves(store):
+    """The runs the UI shows per cell: their numbers are compare's, their `loss` the median over seeds, and
+    they never count as cells (resume, compare and --dry-run see the 12 runs of the grid's cells only)."""
+    import mlflow
+
+    from tinytrain.tracking import finished_keys_readonly
+
+    client = mlflow.MlflowClient(store["uri"])
+    experiment_id = client.get_experiment_by_name(NAME).experiment_id
+    summaries = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{store['first']}' and "
+                                   "tags.`tinytrain.kind` = 'cell'")
+    rows = {(row["optimizer"], row["lr"]): row for row in compare_json(store, store["first"])}
+    assert len(summaries) == len(rows) == 6
+    for run in summaries:
+        row = rows[(run.data.params["optimizer"], float(run.data.params["lr"]))]
+        assert run.info.run_name == f"{row['optimizer']}-lr{row['lr']:g}-median" and run.info.status == "FINISHED"
+        metrics = run.data.metrics
+        for column in ("median", "ci_low", "ci_high", "iqm"):
+            value = row[column]
+            assert metrics.get(f"log10_final_loss_{column}") == (None if value is None else
+                                                                 pytest.approx(math.log10(value))), column
+        for metric, column in [("p_value", "p_value"), ("p_better", "p_better"), ("rank", "rank"),
+                               ("seeds_diverged", "diverged"), ("steps_to_target", "steps_to_target")]:
+            assert metrics.get(metric) == (None if row[column] is None else pytest.approx(row[column])), metric
+        cell = [r for r in client.search_runs([experiment_id], "tags.`tinytrain.kind` = 'run'")
+                if (r.data.params["optimizer"], float(r.data.params["lr"])) == (row["optimizer"], row["lr"])
+                and r.data.tags["tinytrain.outcome"] != "diverged"]
+        median = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        if not cell:
+            assert median == []  # every seed diverged: no curve
+            continue
+        histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)]
+                     for r in cell]
+        assert [m.value for m in median] == pytest.approx(list(np.median(histories, axis=0)), rel=1e-6)
+    assert len(finished_keys_readonly(store["uri"], NAME)) == 12
+    assert invoke(["sweep", str(store["folder"] / "grid.toml"), "--dry-run", "--tracking-uri", store["uri"]]
+                  ).output.endswith("12 runs, 0 to run, 12 already done (dry run: nothing written)\n")
 
 
 def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_path):
@@ -257,7 +356,7 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
     experiment = load_experiment(text=GRID)
     parents = []
     for status in ("KILLED", "FINISHED"):
-        recorder = Recorder(uri, report.SweepSummary())
+        recorder = Recorder(uri, summary.SweepSummary())
         recorder.open(experiment, experiment.specs(), finished={})
         recorder.close(status)
         parents.append(recorder.parent_run_id)
@@ -271,7 +370,7 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
 # the report functions on hand-made runs
 
 
-def cell_run(optimizer: str, lr: float, seed: int, final: float, outcome: str = "converged",
+def cell_run(optimizer: str, lr: float, seed: int, final: float, outcome: str = "finished",
              initial: float = 0.1) -> CellRun:
     return CellRun(f"{optimizer}{lr}{seed}", "key", optimizer, lr, seed, outcome, initial, final,
                    (initial, final))
@@ -299,10 +398,10 @@ def test_markdown_of_hand_made_rows_is_exact():
     rows = report.summarize([cell_run("sgd", 0.01, 0, 0.25), cell_run("sgd", 0.01, 1, 0.0625)])
     assert report.render_compare(rows, "markdown", "title", "caption") == (
         "**title**\n\n"
-        "| rank | optimizer | lr | final loss mean ± std | geo. mean | log10 std | min | max | seeds "
-        "| diverged |\n"
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-        "| 1 | sgd | 0.01 | 0.156 ± 0.13 | 0.125 | 0.43 | 0.0625 | 0.25 | 2 | 0 |\n"
+        "| rank | optimizer | lr | steps to 0.001 | final loss median [95% CI] | IQM | p_better | p (Holm) "
+        "| vs baseline | seeds | diverged |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|\n"
+        "| 1 | sgd | 0.01 | not reached (2/2) | 0.12 [0.062, 0.25] | 0.12 | — | — | baseline | 2 | 0 |\n"
         "\ncaption\n"
     )
 
@@ -315,7 +414,7 @@ def test_the_one_step_table_puts_the_mean_at_the_bottom():
     text = report.render_before_after(rows, "table", report.before_after_title(sweep)).splitlines()
     assert text[0] == "one-step-adam: sweep abc, loss before -> after 1 step"
     assert [line.split() for line in text[4:6]] == [
-        ["adam", "0.001", "0", "0.1", "->", "0.07", "-30.0%", "converged"],
-        ["adam", "0.001", "1", "0.09", "->", "0.06", "-33.3%", "converged"],
+        ["adam", "0.001", "0", "0.1", "->", "0.07", "-30.0%", "finished"],
+        ["adam", "0.001", "1", "0.09", "->", "0.06", "-33.3%", "finished"],
     ]
     assert text[-1].split() == ["adam", "0.001", "mean", "0.095", "->", "0.065", "-31.6%"]

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tinytrain import report
+from tinytrain import summary
 from tinytrain.tracking import resolve_tracking_uri, server_command
 
-from .conftest import free_port, invoke
+from .conftest import free_port, group_alive, invoke, start_in_own_group, stop_group, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -34,53 +31,6 @@ optimizer = ["sgd", "adam"]
 lr = [0.01, 1000.0]   # 1000 diverges: no checkpoint
 seed = [0, 1]
 """
-START_TIMEOUT = 120  # seconds; about 10-20 s on two busy cores
-
-
-def wait_for_health(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the server did not answer /health within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
-
-
-def start_in_own_group(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w") as output:
-        return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the whole process group (the server and its workers), then SIGKILL if it lingers."""
-    group = process.pid  # start_new_session: the group id is the leader's pid
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and group_alive(group):
-            process.poll()
-            time.sleep(0.2)
-        if not group_alive(group):
-            break
-    process.wait(timeout=5)
-
-
-def group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def rest(url: str, path: str, body: dict | None = None) -> dict:
@@ -169,7 +119,7 @@ def test_a_sweep_over_http_reads_back_through_the_rest_api(swept):
         history = rest(url, f"metrics/get-history?run_id={run_id}&metric_key=loss")["metrics"]
         steps = sorted(metric["step"] for metric in history)
         metrics = metrics_of(run)
-        if tags_of(run)["tinytrain.outcome"] == "converged":
+        if tags_of(run)["tinytrain.outcome"] == "finished":
             assert steps == [0, 1, 2, 3]
             final = next(metric["value"] for metric in history if metric["step"] == 3)
             assert final == metrics["final_loss"]
@@ -181,11 +131,12 @@ def test_the_checkpoint_loads_over_http_and_gives_final_loss_again(swept, http_t
 
     from tinytrain.train import configure_runtime, evaluate
 
-    converged = search(swept["url"], "tags.`tinytrain.outcome` = 'converged'")
+    converged = search(swept["url"], "tags.`tinytrain.outcome` = 'finished'")
     assert len(converged) == 4
     for run in converged[:2]:
         params = params_of(run)
-        net = mlflow.pytorch.load_model(f"runs:/{run['info']['run_id']}/model")
+        model = run["info"]["run_name"].replace(".", "_")  # the LoggedModel is named after its run
+        net = mlflow.pytorch.load_model(f"runs:/{run['info']['run_id']}/{model}")
         configure_runtime(int(params["threads"]), params["mkldnn"] == "True")  # as the run trained
         loss = evaluate(net.state_dict(), int(params["data_seed"]), int(params["target_index"]))
         assert loss == metrics_of(run)["final_loss"]
@@ -195,7 +146,7 @@ def test_the_checkpoint_is_a_logged_model_of_the_runs_own_experiment(swept):
     body = {"experiment_ids": [experiment_id(swept["url"])], "max_results": 100}
     models = rest(swept["url"], "logged-models/search", body).get("models", [])
     sources = {model["info"]["source_run_id"] for model in models}
-    converged = search(swept["url"], "tags.`tinytrain.outcome` = 'converged'")
+    converged = search(swept["url"], "tags.`tinytrain.outcome` = 'finished'")
     assert sources == {run["info"]["run_id"] for run in converged}
 
 
@@ -222,7 +173,7 @@ def test_plot_and_the_sweep_summary_over_http(swept, tmp_path):
     assert result.output == f"Wrote {out}: 2 panel(s), 2 line(s), sweep {swept['http']} of {NAME}\n"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     listed = rest(swept["url"], f"artifacts/list?run_id={swept['http']}")["files"]
-    assert {item["path"] for item in listed} == {"experiment.toml", *report.SUMMARY_FILES}
+    assert {item["path"] for item in listed} == {"experiment.toml", *summary.SUMMARY_FILES}
 
 
 def test_the_servers_store_reads_the_same_without_the_server(swept):
@@ -248,7 +199,7 @@ def test_tinytrain_ui_starts_answers_and_stops_cleanly(swept, tmp_path):
             assert response.status == 200
             assert b"<html" in response.read().lower()
         runs = search(url, "")
-        assert len(runs) == 8 + 1  # the cells and the sweep's parent run
+        assert len(runs) == 8 + 1 + 4  # the cells, the sweep's parent run and its 4 cell summaries
         banner = log.read_text().splitlines()[0]  # what `tinytrain ui` prints before it becomes the server
         assert banner.startswith(f"MLflow UI on {swept['sqlite_uri']}") and f"http://127.0.0.1:{port}" in banner
     finally:

@@ -73,7 +73,8 @@ BAD_INPUTS = [
      "unknown hyperparameter 'momentun' for optimizer 'm' (type sgd): known ones are dampening, maximize, "
      "momentum, nesterov, weight_decay"),
     ({"stepz": 3}, "unknown key 'stepz' in <experiment>: known keys are batch_size, checkpoint_every, data_seed, "
-                   "engine, eval_every, grid, loss, mkldnn, name, optimizers, problem, steps, target_index, threads"),
+                   "diverge_above, engine, eval_every, extra_seeds, grid, loss, mkldnn, name, optimizers, problem, "
+                   "steps, target_index, threads"),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
     ({"grid": {"lr": [float("inf")]}}, "lr must be a finite number > 0, got inf in grid.lr"),
@@ -146,7 +147,7 @@ def test_each_bad_input_has_its_own_message(raw, message):
     ("steps=1,2", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
     ("colour=red", "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
                    "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
-                   "eval_every) or optimizers.NAME.HYPERPARAMETER"),
+                   "eval_every, diverge_above) or optimizers.NAME.HYPERPARAMETER"),
 ])
 def test_bad_overrides(text, message):
     with pytest.raises(ConfigError) as error:
@@ -212,6 +213,7 @@ def test_run_key_is_stable_across_processes_and_changes_with_every_field():
         {"threads": 2, "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
         {"mkldnn": True, "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
         {"engine": "vmap", "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
+        {"diverge_above": 1e6, "grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}},
         {"optimizers": {"a2": {"type": "adam", "eps": 1e-6}}, "grid": {"optimizer": ["a2"], "lr": [1e-3]}},
     ]
     keys = {validate(raw).specs()[0].key for raw in variations}
@@ -258,6 +260,29 @@ def test_optimizer_table_matches_the_signatures_of_torch_and_pytorch_optimizer()
 
 
 def test_spec_module_imports_neither_torch_nor_mlflow():
-    code = "import sys, tinytrain.cli, tinytrain.spec; print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    code = ("import sys, tinytrain.cli, tinytrain.spec; "
+            "print('torch' in sys.modules, 'mlflow' in sys.modules, 'scipy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd())
-    assert out.stdout.strip() == "False False"
+    assert out.stdout.strip() == "False False False"  # nor scipy, which compare's statistics import
+
+
+def test_a_run_recorded_before_diverge_above_keeps_its_key_and_gets_no_bound():
+    """be6c6834c7cac03a is the key tinytrain gave adam lr 1e-3 seed 0 before the bound existed; a recorded
+    experiment file without diverge_above (written then) loads with no bound, and so gives that key."""
+    from dataclasses import replace
+
+    spec = validate({"grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}}).specs()[0]
+    assert spec.diverge_above == 1e3 and spec.params()["diverge_above"] == "1000.0"
+    legacy = replace(spec, diverge_above=None)
+    assert legacy.key == "be6c6834c7cac03a" != spec.key
+    params = {name: value for name, value in spec.params().items() if name != "diverge_above"}
+    assert RunSpec.from_params(params) == legacy
+    old_file = "\n".join(line for line in validate({}).to_toml().splitlines() if "diverge_above" not in line)
+    assert load_experiment(text=old_file, recorded=True).specs()[0].diverge_above is None
+    assert load_experiment(text=old_file).specs()[0].diverge_above == 1e3  # a file a user wrote: the default
+
+
+@pytest.mark.parametrize("value", [1, 0.5, "big", float("nan")])
+def test_diverge_above_must_be_a_number_above_one(value):
+    with pytest.raises(ConfigError, match="diverge_above must be a number > 1"):
+        validate({"diverge_above": value})

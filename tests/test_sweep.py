@@ -45,7 +45,8 @@ def test_a_finished_sweep_leaves_its_writes_in_the_database_file_itself(swept, s
     assert not log.exists() or log.stat().st_size == 0
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        assert connection.execute("SELECT COUNT(*) FROM runs WHERE status = 'FINISHED'").fetchone()[0] == 9
+        # 8 cells, the parent and its 4 cell summaries
+        assert connection.execute("SELECT COUNT(*) FROM runs WHERE status = 'FINISHED'").fetchone()[0] == 8 + 1 + 4
     finally:
         connection.close()
 
@@ -69,7 +70,7 @@ def test_a_sweep_logs_one_parent_and_a_nested_run_per_cell(swept, store_uri):
         assert tags.get(name), name
     experiment_file_text = client(store_uri).download_artifacts(parents[0].info.run_id, "experiment.toml")
     assert 'name = "e2e"' in Path(experiment_file_text).read_text()
-    assert "8 runs: 8 trained (4 converged, 4 diverged, 0 failed), 0 already done" in swept.output
+    assert "8 runs: 8 trained (4 finished, 4 diverged, 0 failed), 0 already done" in swept.output
 
 
 def test_losses_and_the_checkpoint_follow_the_contract(swept, store_uri):
@@ -77,7 +78,7 @@ def test_losses_and_the_checkpoint_follow_the_contract(swept, store_uri):
 
     from tinytrain.train import evaluate
 
-    converged = [r for r in children(store_uri) if r.data.tags["tinytrain.outcome"] == "converged"]
+    converged = [r for r in children(store_uri) if r.data.tags["tinytrain.outcome"] == "finished"]
     assert len(converged) == 4
     for run in converged:
         history = sorted(client(store_uri).get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
@@ -89,6 +90,7 @@ def test_losses_and_the_checkpoint_follow_the_contract(swept, store_uri):
     assert len(outputs) == 1 and outputs[0].step == 4
     logged = client(store_uri).get_logged_model(outputs[0].model_id)
     assert str(logged.status) == "READY" and logged.source_run_id == run.info.run_id
+    assert logged.name == run.info.run_name.replace(".", "_")  # adam-lr0_01-seed0: MLflow forbids '.' there
     assert {m.key: m.value for m in logged.metrics if m.step == 4}["final_loss"] == run.data.metrics["final_loss"]
     model = mlflow.pytorch.load_model(f"models:/{outputs[0].model_id}")
     assert evaluate(model.state_dict(), 0, 3) == run.data.metrics["final_loss"]
@@ -101,15 +103,18 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(swept, store_uri):
     for run in diverged:
         assert run.info.status == "FINISHED"
         assert not run.outputs.model_outputs  # no checkpoint of a diverged run
-        history = client(store_uri).get_metric_history(run.info.run_id, "loss")
-        last = max(history, key=lambda m: m.step).value
-        assert math.isnan(last) or last == sys.float_info.max  # MLflow stores inf as the largest float
+        history = sorted(client(store_uri).get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        first, last = history[0].value, history[-1].value
+        assert run.data.params["diverge_above"] == "1000.0"
+        # it ends at the first loss that is non-finite (MLflow stores inf as the largest float) or too large
+        assert math.isnan(last) or last == sys.float_info.max or last > 1e3 * first
+        assert all(math.isfinite(m.value) and m.value <= 1e3 * first for m in history[:-1])
 
 
 def test_a_second_sweep_skips_every_finished_cell(swept, cli_runner, store_uri):
     again = cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet"])
     assert again.exit_code == 0, again.output
-    assert "8 runs: 0 trained (0 converged, 0 diverged, 0 failed), 8 already done" in again.output
+    assert "8 runs: 0 trained (0 finished, 0 diverged, 0 failed), 8 already done" in again.output
     assert len(children(store_uri)) == 8
 
 
@@ -160,7 +165,7 @@ def test_run_logs_one_unnested_run_and_replaces_its_earlier_one(cli_runner, stor
     args = ["run", "--optimizer", "adam", "--lr", "1e-3", "--seed", "0", "--steps", "1"]
     first = cli_runner.invoke(cli, args)
     assert first.exit_code == 0, first.output
-    assert first.output.startswith("adam-lr0.001-seed0: loss 0.0894599 -> 0.0697813 after 1 step(s), converged; run ")
+    assert first.output.startswith("adam-lr0.001-seed0: loss 0.0894599 -> 0.0697813 after 1 step(s), finished; run ")
     second = cli_runner.invoke(cli, args)
     assert second.exit_code == 0
     cells = children(store_uri, "optimizer-grid")

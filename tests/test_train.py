@@ -6,12 +6,13 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import torch
 
 from tinytrain.model import PARAMETER_COUNT, LeNet
 from tinytrain.problem import loss_fn, make_input, make_target
-from tinytrain.results import CONVERGED, DIVERGED, FAILED
+from tinytrain.results import DIVERGED, FAILED, FINISHED
 from tinytrain.spec import validate
 from tinytrain.train import evaluate, train, train_safely
 
@@ -42,7 +43,7 @@ def test_losses_follow_the_recording_contract():
     """loss[i] before step i's update; loss[steps] after the last; replayed by hand with torch.optim."""
     spec = one_spec(optimizer="sgd", lr=0.05, seed=4, steps=5)
     result = train(spec)
-    assert result.outcome == CONVERGED and len(result.losses) == spec.steps + 1
+    assert result.outcome == FINISHED and len(result.losses) == spec.steps + 1
     torch.manual_seed(4)
     net = LeNet()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
@@ -82,7 +83,7 @@ def test_seeds_differ():
 
 
 def test_a_non_finite_loss_ends_the_run_as_diverged_without_weights():
-    result = train(one_spec(optimizer="sgd", lr=1e3, steps=20))
+    result = train(one_spec(optimizer="sgd", lr=1e3, steps=20, diverge_above=math.inf))  # the bound off
     assert result.outcome == DIVERGED and result.final_weights is None
     assert not math.isfinite(result.losses[-1]) and all(math.isfinite(v) for v in result.losses[:-1])
     assert len(result.losses) < 21
@@ -105,3 +106,18 @@ def test_runtime_settings_are_applied_and_recorded():
     result = train(one_spec(steps=1))
     assert result.runtime == {"engine": "sequential", "torch_threads": "1", "mkldnn_enabled": "False",
                               "deterministic_algorithms": "True"}
+
+
+def test_a_loss_past_diverge_above_times_the_initial_ends_the_run_as_diverged():
+    """rmsprop at lr 0.1 (seed 0) grows past 1e3 x its initial loss and stays finite: diverged at that step.
+    With the bound off (inf, or None for a run recorded before it existed) it runs its 100 steps."""
+    raw = {"steps": 100, "grid": {"optimizer": ["rmsprop"], "lr": [0.1], "seed": [0]}}
+    bounded = train(validate(raw).specs()[0])
+    unbounded = train(validate({**raw, "diverge_above": math.inf}).specs()[0])
+    assert unbounded.outcome == FINISHED and len(unbounded.losses) == 101
+    assert max(unbounded.losses) > 1e3 * unbounded.losses[0] and all(map(math.isfinite, unbounded.losses))
+    first = next(step for step, loss in enumerate(unbounded.losses) if loss > 1e3 * unbounded.losses[0])
+    assert bounded.outcome == DIVERGED and bounded.final_weights is None
+    assert bounded.losses == unbounded.losses[:first + 1]
+    legacy = replace(validate(raw).specs()[0], diverge_above=None)
+    assert train(legacy).losses == unbounded.losses

@@ -19,7 +19,7 @@ from tinytrain.batching import MIN_BATCH_CELLS, SUB_BATCH_CELLS, plan_batches, s
 from tinytrain.executors import InProcess, ProcessPool
 from tinytrain.model import LeNet
 from tinytrain.optimizers import build_optimizer
-from tinytrain.results import CONVERGED, DIVERGED, FAILED, RunResult
+from tinytrain.results import DIVERGED, FAILED, FINISHED, RunResult
 from tinytrain.spec import RunSpec, load_experiment, validate
 from tinytrain.train import initial_net, train
 from tinytrain.vmap import (
@@ -75,7 +75,10 @@ def cell(optimizer: str = "adam", lr: float = 1e-3, seed: int = 0, variant: dict
          **settings) -> RunSpec:
     """One spec; `variant` gives the optimizer non-default hyperparameters."""
     name = optimizer if variant is None else "variant"
-    raw: dict = {"engine": "vmap", **settings, "grid": {"optimizer": [name], "lr": [lr], "seed": [seed]}}
+    # The bound off unless a test sets it: these tests are about the batch, and some of their cells spike past
+    # 1e3 x their initial loss early (both engines apply the same bound: test_the_bound_is_the_same_in_a_batch).
+    raw: dict = {"engine": "vmap", "diverge_above": math.inf, **settings,
+                 "grid": {"optimizer": [name], "lr": [lr], "seed": [seed]}}
     if variant is not None:
         raw["optimizers"] = {"variant": {"type": optimizer, **variant}}
     return validate(raw).specs()[0]
@@ -212,7 +215,7 @@ def test_a_cell_diverging_mid_batch_is_handed_over_at_once_and_leaves_the_others
     rest = list(batch)
     assert [result.spec for result in rest] == others
     for result in rest:
-        assert result.outcome == CONVERGED and len(result.losses) == 11
+        assert result.outcome == FINISHED and len(result.losses) == 11
         assert_same_bits(result, sequential(result.spec))
 
 
@@ -322,7 +325,7 @@ def test_an_error_fails_only_the_cells_of_its_batch_not_yet_handed_over(monkeypa
     wild, tame = cell("sgd", 1e3, 0, steps=8, target_index=7), cell("adam", 1e-3, 1, steps=8, target_index=7)
     other = cell("adam", 1e-3, 1, steps=3)
     results = in_order([wild, tame, other])
-    assert [result.outcome for result in results] == [DIVERGED, FAILED, CONVERGED]
+    assert [result.outcome for result in results] == [DIVERGED, FAILED, FINISHED]
     assert results[1].error == "RuntimeError: out of memory" and results[1].losses == []
 
 
@@ -354,3 +357,15 @@ def test_a_pool_trains_vmap_sub_batches_on_its_workers_with_the_same_bits():
     assert len(batch_keys) == 2 and {by_spec[spec].runtime["batch_cells"] for spec in specs} == {"9"}
     for spec in specs:
         assert_same_bits(by_spec[spec], sequential(spec))
+
+
+def test_the_bound_is_the_same_in_a_batch():
+    """diverge_above ends a cell in a batch where it ends the sequential run: rmsprop at lr 0.1 spikes past
+    1e3 x its initial loss and stays finite; both engines stop it at that step, with the same losses."""
+    spiking = cell("rmsprop", 0.1, 0, steps=100, diverge_above=1e3)
+    calm = cell("adam", 1e-3, 1, steps=100, diverge_above=1e3)
+    expected = {spec: sequential(spec) for spec in (spiking, calm)}
+    assert expected[spiking].outcome == DIVERGED and len(expected[spiking].losses) < 101
+    assert all(map(math.isfinite, expected[spiking].losses)) and expected[calm].outcome == FINISHED
+    for got in train_batch([spiking, calm]):
+        assert_same_bits(got, expected[got.spec])

@@ -1,18 +1,19 @@
 """The tinytrain command line: a thin click layer over spec, sweep, tracking and report.
 
-The library raises its own errors; only this module turns them into one-line messages and exit codes
-(2 for bad input, 1 for a store or cluster that cannot be used or runs that failed, 130 for Ctrl-C).
-Neither torch nor MLflow is imported at module level, so `tinytrain --help` is instant.
+The library raises its own errors; cli_shared turns them into one-line messages and exit codes. The
+commands that read sweeps back (compare, plot) live in cli_reports, reproduce, gradcheck and optimizers in
+cli_trust. Neither torch nor MLflow (nor scipy)
+is imported at module level, so `tinytrain --help` is instant.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import NoReturn
 
 import click
 
+from tinytrain.cli_reports import compare, plot
 from tinytrain.cli_shared import (
     EXIT_INTERRUPTED,
     EXIT_RUNS_FAILED,
@@ -24,7 +25,6 @@ from tinytrain.cli_shared import (
 from tinytrain.cli_trust import gradcheck, optimizers, reproduce
 from tinytrain.executors.base import EXECUTORS
 from tinytrain.problem_catalogue import PROBLEMS
-from tinytrain.report import COLUMNS, FORMATS, METRICS
 from tinytrain.shutdown import exit_now
 from tinytrain.spec import ENGINES, load_experiment
 from tinytrain.tracking.location import is_http
@@ -59,9 +59,14 @@ def cli() -> None:
               help="sequential: one run at a time; vmap: the cells in one batched net (one per --jobs worker).")
 @click.option("--from-run", "from_run", metavar="PARENT_RUN_ID", default=None,
               help="Re-run the sweep whose resolved experiment file a parent run keeps.")
+@click.option("--until-separated", is_flag=True,
+              help="Then add seeds to the cells tied with the best and sweep them, until none is tied.")
+@click.option("--max-seeds", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --until-separated: stop when the tied cells have N seeds [default: 10].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @translate_errors
-def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, scheduler, engine, from_run, quiet):
+def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, scheduler, engine, from_run, until_separated,
+          max_seeds, quiet):
     """Train every cell of an experiment's grid (default: experiments/optimizer-grid.toml) and log it.
 
     Cells already finished in the store are skipped, so an interrupted sweep resumes where it stopped.
@@ -70,7 +75,12 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
     Example:
         tinytrain sweep experiments/one-step-adam.toml
         tinytrain sweep --set steps=10 --set lr=0.1,0.01 --set optimizer=adam --dry-run
+        tinytrain sweep --until-separated --max-seeds 12
     """
+    if max_seeds is not None and not until_separated:
+        raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")
+    if until_separated and (dry_run or force):
+        raise BadInput("--until-separated picks its seeds from the results: drop --dry-run and --force")
     overrides = list(overrides) + ([f"engine={engine}"] if engine else [])
     uri = resolved_uri(tracking_uri)
     if from_run:
@@ -78,7 +88,8 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
             raise BadInput("give either FILE or --from-run, not both")
         from tinytrain.tracking import read_sweep_experiment
 
-        experiment = load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run))
+        experiment = load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run),
+                                     recorded=True)
     else:
         experiment = load_experiment(file, overrides)
     if dry_run:
@@ -87,22 +98,43 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
     if scheduler and executor not in (None, "dask"):
         raise BadInput(f"--scheduler names a Dask scheduler: use it with --executor dask, not {executor}")
     executor = executor or ("dask" if scheduler else None)  # --scheduler alone means the Dask executor
-    from tinytrain.sweep import run_sweep
+    from tinytrain.sweep import run_sweep, sweep_until_separated
 
+    options = {"executor": executor or "inprocess", "jobs": jobs, "scheduler": scheduler, "progress": not quiet}
     try:
-        outcome = run_sweep(experiment, uri, force=force, executor=executor or "inprocess", jobs=jobs,
-                            scheduler=scheduler, progress=not quiet)
+        if until_separated:
+            separation = sweep_until_separated(experiment, uri, max_seeds or 10, **options)
+            outcome = separation.rounds[-1]
+        else:
+            outcome = run_sweep(experiment, uri, force=force, **options)
     except KeyboardInterrupt:  # before the first run: nothing to mark
         click.echo("Interrupted before any run started.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if outcome.interrupted:
         counts = outcome.counts
-        click.echo(f"Interrupted: {counts.converged + counts.diverged} run(s) finished, {counts.killed} marked "
+        click.echo(f"Interrupted: {counts.finished + counts.diverged} run(s) done, {counts.killed} marked "
                    "KILLED; run the same command again to resume.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     show_summary(outcome)
+    if until_separated:
+        show_separation(separation, max_seeds or 10)
     if outcome.counts.failed:
         sys.exit(EXIT_RUNS_FAILED)
+
+
+def show_separation(separation, max_seeds: int) -> None:
+    """What --until-separated did, after the summary of its last round."""
+    rounds = len(separation.rounds)
+    spent = (f"{rounds - 1} more round(s), {separation.added_runs} runs added, {separation.seconds:.1f} s in all"
+             if rounds > 1 else f"no seeds added, {separation.seconds:.1f} s")
+    if separation.separated:
+        click.echo(f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
+                   f"p < 0.05 with up to {separation.seeds} seeds ({spent}).")
+    else:
+        tied = ", ".join(separation.tied)
+        click.echo(f"Not separated: {len(separation.tied)} cell(s) still cannot be told apart from the best "
+                   f"({separation.best}) with up to {separation.seeds} seeds (--max-seeds {max_seeds}; {spent}): "
+                   f"{tied}")
 
 
 def show_plan(experiment, uri: str, force: bool) -> None:
@@ -123,15 +155,17 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
 
 def browse_line(outcome) -> str:
-    """Where to see the runs: the runs page (MLflow 3 opens experiments on a GenAI page otherwise)."""
+    """Where to see the runs in the UI: a sweep's cells (charts), and every run of it, one row each."""
     opening = "open" if is_http(outcome.uri) else "`make ui`, then open"
-    return f"Browse: {opening} {outcome.runs_url}"
+    if outcome.cells_url is None:
+        return f"Browse: {opening} {outcome.runs_url}"
+    return f"Browse: {opening} {outcome.cells_url}\n  every run of this sweep: {outcome.runs_url}"
 
 
 def show_summary(outcome) -> None:
     counts = outcome.counts
-    ran = counts.converged + counts.diverged + counts.failed
-    click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.converged} converged, "
+    ran = counts.finished + counts.diverged + counts.failed
+    click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.finished} finished, "
                f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
                f"in {outcome.seconds:.1f} s")
     if outcome.engine_line():
@@ -184,7 +218,7 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
 
     with Store(outcome.uri) as store:
         losses, accuracy = store.losses(run_id), store.get_run(run_id).data.metrics.get("final_test_accuracy")
-    verdict = "diverged" if outcome.counts.diverged else ("failed" if outcome.counts.failed else "converged")
+    verdict = "diverged" if outcome.counts.diverged else ("failed" if outcome.counts.failed else "finished")
     tested = f", test accuracy {accuracy:.4g}" if accuracy is not None else ""
     click.echo(f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s){tested}, "
                f"{verdict}; run {run_id}")
@@ -256,106 +290,8 @@ def cluster(port, workers, stop):
     click.echo("Stop it: tinytrain cluster --stop   (or make cluster-stop)")
 
 
-experiment_option = click.option(
-    "--experiment", "experiment_name", metavar="NAME", default=None,
-    help="The MLflow experiment [default: optimizer-grid, or the experiment of --sweep].",
-)
-sweep_option = click.option(
-    "--sweep", "sweep_id", metavar="PARENT_RUN_ID", default=None,
-    help="A sweep's parent run id [default: the experiment's latest sweep].",
-)
-
-
-def warn_missing_cells(sweep) -> None:
-    """Cells of the sweep that no finished run answers for: say so, on stderr, below the data."""
-    if sweep.missing:
-        names = ", ".join(sweep.missing[:5]) + (", ..." if len(sweep.missing) > 5 else "")
-        click.echo(f"note: {len(sweep.missing)} of {sweep.cells} cells have no finished run (failed, killed "
-                   f"or not run yet: {names}); run the sweep again to fill them", err=True)
-
-
-@cli.command()
-@experiment_option
-@sweep_option
-@click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="table for a terminal; markdown, csv and json for documents and scripts.")
-@click.option("--sort", type=click.Choice(COLUMNS), default=None,
-              help="Order the rows by this column, ascending [default: rank, by the geometric mean].")
-@click.option("--metric", type=click.Choice(list(METRICS)), default="final_loss", show_default=True,
-              help="What the table compares: final_loss (training), or the test set's test_loss or "
-                   "test_accuracy (digits; higher is better for accuracy).")
-@click.option("--before-after", is_flag=True,
-              help="Instead: initial_loss -> final_loss of each seed, and their mean (the one-step "
-                   "measurement).")
-@tracking_uri_option
-@translate_errors
-def compare(experiment_name, sweep_id, output_format, sort, metric, before_after, tracking_uri):
-    """Compare the cells of a sweep over their seeds: one row per (optimizer, lr).
-
-    Final losses span many decades, so besides mean ± std each row has the geometric mean and the spread
-    (std) of log10(final_loss), and rows rank by the geometric mean. Diverged seeds are counted and left
-    out of the statistics. Every cell of the sweep counts, also those it skipped because an earlier sweep
-    had finished them.
-
-    \b
-    Example:
-        tinytrain compare
-        tinytrain compare --experiment one-step-adam --before-after
-        tinytrain compare --sweep 3f2a9c... --format markdown --sort lr
-        tinytrain compare --experiment digits-grid --metric test_accuracy
-    """
-    from tinytrain import report
-    from tinytrain.tracking import read_sweep
-
-    if before_after and sort:
-        raise BadInput("--sort orders the compare table; --before-after lists the runs in grid order")
-    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id)
-    if before_after:
-        runs = report.before_after(sweep.runs)
-        text = report.render_before_after(runs, output_format, report.before_after_title(sweep))
-    else:
-        untested = [run for run in sweep.runs if metric != "final_loss" and not run.diverged
-                    and math.isnan(report.metric_value(run, metric))]
-        if untested:
-            raise BadInput(f"sweep {sweep.parent_run_id} has no {metric} for {len(untested)} of its runs (the "
-                           "one-sample problem has no test set): compare --metric final_loss")
-        rows = report.sort_rows(report.summarize(sweep.runs, metric), sort or "rank")
-        text = report.render_compare(rows, output_format, report.compare_title(sweep, metric),
-                                     report.compare_caption(metric), metric)
-    click.echo(text, nl=False)
-    warn_missing_cells(sweep)
-
-
-@cli.command()
-@experiment_option
-@sweep_option
-@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default="loss-curves.png",
-              show_default=True, help="The PNG file to write.")
-@tracking_uri_option
-@translate_errors
-def plot(experiment_name, sweep_id, out, tracking_uri):
-    """Plot a sweep's loss curves to a PNG: a panel per optimizer, a line per lr (log scale).
-
-    Each line is the median over seeds, with a band from the lowest to the highest seed; diverged seeds
-    are left out and named in the legend.
-
-    \b
-    Example:
-        tinytrain plot --out docs/loss-curves.png
-        tinytrain plot --experiment one-step-adam --sweep 3f2a9c... --out one-step.png
-    """
-    from tinytrain import report
-    from tinytrain.tracking import read_sweep
-
-    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=True)
-    if not sweep.runs:
-        raise click.ClickException(f"sweep {sweep.parent_run_id} has no finished run to plot yet")
-    figure = report.plot_loss_curves(sweep)
-    path = report.save_figure(figure, out)
-    lines = sum(len(ax.lines) for ax in figure.axes)
-    click.echo(f"Wrote {path}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.parent_run_id} of "
-               f"{sweep.experiment}")
-    warn_missing_cells(sweep)
+for command in (compare, plot):  # defined in cli_reports.py
+    cli.add_command(command)
 
 
 for command in (reproduce, gradcheck, optimizers):  # defined in cli_trust.py

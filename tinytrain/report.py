@@ -1,15 +1,14 @@
-"""Reports of a sweep: the cells compared over seeds, the one-step before/after table, the loss curves.
+"""Reports of a sweep: the cells compared over seeds, and the one-step before/after table.
 
-Input is a tracking.SweepRecord (plain values read from the store); output is text or a matplotlib Figure.
-No MLflow and no click here: the CLI prints what this returns and the sweep's Recorder logs it to the
-parent run. Final losses span many decades (1e-17 to 1e2 in the default sweep), so besides mean ± std
-each cell gets the geometric mean and the spread of log10(final_loss), and cells rank by the geometric
-mean: the arithmetic mean of such numbers is the largest seed's value and says little about the others.
+Input is a tracking SweepRecord (plain values read from the store); output is text. No MLflow and no click
+here: the CLI prints what this returns and the sweep's summary (summary.py) logs it to the parent run. Each
+row has compare's statistics (stats.py: median, IQM and bootstrap interval of log10(final_loss), time to
+target, paired by seed against a baseline with Holm's correction) besides mean ± std, the geometric mean and
+the spread of log10(final_loss); rows rank by time to target, or (by="final_loss") by the geometric mean.
 
 Only the standard library is imported at module level, so that `tinytrain --help` stays instant;
-rich, numpy and matplotlib are imported where they are used.
+rich and scipy are imported where they are used.
 """
-
 from __future__ import annotations
 
 import csv
@@ -19,36 +18,37 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from tinytrain import stats
 
+if TYPE_CHECKING:
     from tinytrain.tracking.read import CellRun, SweepRecord
 
 FORMATS = ("table", "csv", "json", "markdown")
-# The columns of the compare table, in order; any of them sorts it (--sort).
-COLUMNS = ("rank", "optimizer", "lr", "mean", "std", "geomean", "log10_std", "min", "max", "seeds",
-           "diverged")
-LOSS_FLOOR = 1e-45  # a final loss of exactly 0 counts as float32's smallest positive value in log10
-SHARED_LEGEND_ABOVE = 6  # learning rates: with more, the loss curves get one legend, not one a panel
-SUMMARY_FILES = ("compare.md", "compare.csv", "loss-curves.png")  # what a sweep logs to its parent run
-# What compare can rank by: metric -> (the run's metric, its name in tables, higher is better). Losses span
-# decades and get geometric statistics; an accuracy lies in [0, 1] and gets plain ones.
-METRICS: dict[str, tuple[str, str, bool]] = {
-    "final_loss": ("final_loss", "final loss", False),
-    "test_loss": ("final_test_loss", "test loss", False),
-    "test_accuracy": ("final_test_accuracy", "test accuracy", True),
+RANKINGS = ("target", "final_loss")  # --by: the median time to target, or the geometric mean of final_loss
+# The columns of the compare table, in order (csv, json); any of them sorts it (--sort).
+COLUMNS = ("rank", "optimizer", "lr", "steps_to_target", "not_reached", "median", "ci_low", "ci_high", "iqm",
+           "p_better", "p_value", "tied_with_best", "baseline", "mean", "std", "geomean", "log10_std", "min",
+           "max", "seeds", "diverged")
+LOSS_FLOOR = stats.LOSS_FLOOR
+# What compare can compare: metric -> (the run's metric, its label in tables). The statistics work on a value
+# where lower is better and that spans decades: a loss as it is, an accuracy as its error (1 - accuracy).
+METRICS: dict[str, tuple[str, str]] = {
+    "final_loss": ("final_loss", "final loss"),
+    "test_loss": ("final_test_loss", "test loss"),
+    "test_accuracy": ("final_test_accuracy", "test error (1 - test accuracy)"),
 }
 
 
 @dataclass(frozen=True)
 class CellSummary:
     """One (optimizer, lr) cell over its seeds. Loss statistics leave diverged seeds out (None when no seed
-    converged); std and log10_std are sample standard deviations (n - 1), None with fewer than two seeds."""
+    finished); std and log10_std are sample standard deviations (n - 1), None with fewer than two seeds.
+    median, iqm and the interval are those of log10(final_loss), given back as losses (see stats.py); the
+    paired numbers compare the cell with the baseline (the best-ranked cell, or --vs) seed by seed."""
 
-    rank: int | None  # 1 = the lowest geometric mean; None when every seed diverged
+    rank: int | None  # 1 = the best by the ranking; None when every seed diverged
     optimizer: str
     lr: float
     mean: float | None
@@ -57,8 +57,22 @@ class CellSummary:
     log10_std: float | None
     min: float | None
     max: float | None
-    seeds: int  # finished runs of the cell (converged and diverged)
+    seeds: int  # finished runs of the cell (finished and diverged)
     diverged: int
+    median: float | None = None
+    iqm: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    steps_to_target: float | None = None  # median over seeds; None: the median seed never reached it
+    not_reached: int = 0
+    p_better: float | None = None  # None for the baseline itself, and without shared seeds
+    p_value: float | None = None  # Holm-corrected over the table's cells
+    tied_with_best: bool | None = None  # corrected p >= 0.05 against the baseline; None for the baseline
+    baseline: bool = False
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.optimizer, self.lr)
 
 
 def metric_value(run: CellRun, metric: str = "final_loss") -> float:
@@ -67,18 +81,77 @@ def metric_value(run: CellRun, metric: str = "final_loss") -> float:
     return run.final_loss if name == "final_loss" else run.metrics.get(name, math.nan)
 
 
-def summarize(runs: Iterable[CellRun], metric: str = "final_loss") -> list[CellSummary]:
-    """Aggregate the runs of a sweep per (optimizer, lr), ranked by the geometric mean of a loss (lowest
-    first), or by the mean of an accuracy (highest first)."""
-    higher_is_better = METRICS[metric][2]
-    unranked = [_summarize_cell(optimizer, lr, cell, metric) for (optimizer, lr), cell in _by_cell(runs).items()]
-    if higher_is_better:
-        ranked = sorted((row for row in unranked if row.mean is not None), key=lambda row: -row.mean)
-    else:
-        ranked = sorted((row for row in unranked if row.geomean is not None),
-                        key=lambda row: (row.geomean, row.mean))
+def as_metric(runs: Iterable[CellRun], metric: str) -> list[CellRun]:
+    """The runs with the metric in place of final_loss (an accuracy as its error), so that every statistic of
+    the table (median, IQM, interval, the paired test) is of that metric. Time to target stays the training
+    loss's."""
+    if metric == "final_loss":
+        return list(runs)
+    value = (lambda run: 1.0 - metric_value(run, metric)) if metric == "test_accuracy" else \
+        (lambda run: metric_value(run, metric))
+    return [replace(run, final_loss=value(run)) for run in runs]
+
+
+def cell_name(optimizer: str, lr: float) -> str:
+    """How --vs names a cell: OPTIMIZER@LR."""
+    return f"{optimizer}@{lr:g}"
+
+
+def parse_cell(text: str) -> tuple[str, float]:
+    """'adam@0.001' -> ('adam', 0.001); ValueError with the fix otherwise."""
+    optimizer, at, lr = text.partition("@")
+    try:
+        value = float(lr)
+    except ValueError:
+        value = math.nan
+    if not at or not optimizer or not math.isfinite(value):
+        raise ValueError(f"--vs {text!r} must name a cell as OPTIMIZER@LR, for example adam@0.001")
+    return optimizer, value
+
+
+def summarize(runs: Iterable[CellRun], target: float = stats.TARGET, by: str = "target",
+              vs: tuple[str, float] | None = None) -> list[CellSummary]:
+    """Aggregate the runs of a sweep per (optimizer, lr), ranked, and compared with a baseline.
+
+    by "target" ranks by the median steps to target (then fewer seeds not reaching it, then the median
+    final loss); by "final_loss" by the geometric mean of final_loss. The baseline is `vs`, else rank 1.
+    """
+    if by not in RANKINGS:
+        raise ValueError(f"unknown ranking {by!r}: use one of {', '.join(RANKINGS)}")
+    cells = _by_cell(runs)
+    unranked = [_summarize_cell(optimizer, lr, cell, target) for (optimizer, lr), cell in cells.items()]
+    ranked = sorted((row for row in unranked if row.geomean is not None), key=_rank_key(by))
     ranks = {id(row): rank for rank, row in enumerate(ranked, start=1)}
-    return [replace(row, rank=ranks.get(id(row))) for row in unranked]
+    rows = [replace(row, rank=ranks.get(id(row))) for row in unranked]
+    if vs is not None and vs not in cells:
+        names = ", ".join(cell_name(*cell) for cell in cells)
+        raise ValueError(f"--vs {cell_name(*vs)} is not a cell of this sweep: use one of {names}")
+    baseline = vs or ((ranked[0].optimizer, ranked[0].lr) if ranked else None)
+    return rows if baseline is None else _against(rows, cells, baseline)
+
+
+def _rank_key(by: str):
+    if by == "final_loss":
+        return lambda row: (row.geomean, row.mean)
+    return lambda row: (row.steps_to_target is None, row.steps_to_target or 0, row.not_reached, row.median)
+
+
+def _against(rows: list[CellSummary], cells: dict[tuple[str, float], list[CellRun]],
+             baseline: tuple[str, float]) -> list[CellSummary]:
+    """Each row's paired numbers against the baseline cell, p-values Holm-corrected over the table."""
+    others = [row for row in rows if (row.optimizer, row.lr) != baseline]
+    comparisons = [stats.paired(cells[(row.optimizer, row.lr)], cells[baseline]) for row in others]
+    corrected = dict(zip(map(id, others), stats.holm([c.p_value for c in comparisons]), strict=True))
+    better = {id(row): c.p_better for row, c in zip(others, comparisons, strict=True)}
+    result = []
+    for row in rows:
+        if (row.optimizer, row.lr) == baseline:
+            result.append(replace(row, baseline=True))
+            continue
+        p_value = corrected[id(row)]
+        result.append(replace(row, p_better=better[id(row)], p_value=p_value,
+                              tied_with_best=None if p_value is None else p_value >= stats.ALPHA))
+    return result
 
 
 def _by_cell(runs: Iterable[CellRun]) -> dict[tuple[str, float], list[CellRun]]:
@@ -89,9 +162,10 @@ def _by_cell(runs: Iterable[CellRun]) -> dict[tuple[str, float], list[CellRun]]:
     return cells
 
 
-def _summarize_cell(optimizer: str, lr: float, runs: list[CellRun], metric: str = "final_loss") -> CellSummary:
-    losses = [metric_value(run, metric) for run in runs if not run.diverged]
-    logs = [] if METRICS[metric][2] else [math.log10(max(loss, LOSS_FLOOR)) for loss in losses]
+def _summarize_cell(optimizer: str, lr: float, runs: list[CellRun], target: float) -> CellSummary:
+    losses = [run.final_loss for run in runs if not run.diverged]
+    logs = [stats.log10_loss(loss) for loss in losses]
+    numbers = stats.cell_stats(runs, target)
     return CellSummary(
         rank=None, optimizer=optimizer, lr=lr,
         mean=statistics.fmean(losses) if losses else None,
@@ -100,7 +174,28 @@ def _summarize_cell(optimizer: str, lr: float, runs: list[CellRun], metric: str 
         log10_std=statistics.stdev(logs) if len(logs) > 1 else None,
         min=min(losses, default=None), max=max(losses, default=None),
         seeds=len(runs), diverged=sum(run.diverged for run in runs),
+        **asdict(numbers),
     )
+
+
+def ties_sentence(rows: Sequence[CellSummary]) -> str:
+    """What the paired comparison says, in a sentence: how many cells the seeds cannot tell apart."""
+    baseline = next((row for row in rows if row.baseline), None)
+    if baseline is None:
+        return ""
+    who = f"the best ({baseline.name})" if baseline.rank == 1 else baseline.name
+    tested = [row for row in rows if row.p_value is not None]
+    tied = sum(bool(row.tied_with_best) for row in tested)
+    counts = sorted({row.seeds for row in rows})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    if not tested:
+        return f"No cell shares a seed with {who}: nothing to compare."
+    if tied == 0:
+        return (f"Every other cell differs from {who} at Holm-corrected p < {stats.ALPHA:g} "
+                f"with {seeds} seeds.")
+    cells = "1 cell cannot" if tied == 1 else f"{tied} cells cannot"
+    return (f"{cells} be told apart from {who} with {seeds} seeds "
+            f"(Holm-corrected p >= {stats.ALPHA:g}).")
 
 
 def sort_rows(rows: Sequence[CellSummary], column: str = "rank") -> list[CellSummary]:
@@ -124,36 +219,60 @@ def _number(value: float | None, spec: str = ".3g") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _mean_std(row: CellSummary) -> str:
-    if row.mean is None:
+def _steps(row: CellSummary) -> str:
+    """Median steps to target, and how many seeds never got there."""
+    total = row.seeds
+    if row.steps_to_target is None:
+        return f"not reached ({row.not_reached}/{total})" if total else "—"
+    steps = f"{row.steps_to_target:g}"
+    return steps + (f" ({row.not_reached}/{total} not)" if row.not_reached else "")
+
+
+def _median_ci(row: CellSummary) -> str:
+    if row.median is None:
         return "—"
-    return _number(row.mean) if row.std is None else f"{_number(row.mean)} ± {_number(row.std, '.2g')}"
+    if row.ci_low is None:
+        return _number(row.median, ".2g")
+    return f"{_number(row.median, '.2g')} [{_number(row.ci_low, '.2g')}, {_number(row.ci_high, '.2g')}]"
 
 
-_HEADERS = ("rank", "optimizer", "lr", "final loss mean ± std", "geo. mean", "log10 std", "min", "max",
-            "seeds", "diverged")
+def verdict(row: CellSummary) -> str:
+    """How a row stands against the baseline: baseline, tied, better, worse (— without shared seeds)."""
+    if row.baseline:
+        return "baseline"
+    if row.tied_with_best is None:
+        return "—"
+    if row.tied_with_best:
+        return "tied"
+    return "better" if (row.p_better or 0) > 0.5 else "worse"
+
+
+def _headers(target: float) -> tuple[str, ...]:
+    return ("rank", "optimizer", "lr", f"steps to {target:g}", "final loss median [95% CI]", "IQM",
+            "p_better", "p (Holm)", "vs baseline", "seeds", "diverged")
 
 
 def _cells(row: CellSummary) -> tuple[str, ...]:
-    return (_number(row.rank, "d"), row.optimizer, f"{row.lr:g}", _mean_std(row), _number(row.geomean),
-            _number(row.log10_std, ".2f"), _number(row.min), _number(row.max), str(row.seeds),
-            str(row.diverged))
+    return (_number(row.rank, "d"), row.optimizer, f"{row.lr:g}", _steps(row), _median_ci(row),
+            _number(row.iqm, ".2g"), _number(row.p_better, ".2f"), _number(row.p_value, ".2g"), verdict(row),
+            str(row.seeds), str(row.diverged))
 
 
 def render_compare(rows: Sequence[CellSummary], output_format: str = "table", title: str = "",
-                   caption: str = "", metric: str = "final_loss") -> str:
+                   caption: str = "", target: float = stats.TARGET) -> str:
     """The compare table as text: a rich table, markdown, csv (raw numbers) or json (raw numbers)."""
     if output_format == "csv":
         return _csv(COLUMNS, [[_raw(getattr(row, column)) for column in COLUMNS] for row in rows])
     if output_format == "json":
-        return json.dumps({"title": title, "rows": [asdict(row) for row in rows]}, indent=2) + "\n"
+        document = {"title": title, "target": target, "caption": caption,
+                    "rows": [{column: getattr(row, column) for column in COLUMNS} for row in rows]}
+        return json.dumps(document, indent=2) + "\n"
     table = [_cells(row) for row in rows]
-    right = {0, 2, 3, 4, 5, 6, 7, 8, 9}
-    headers = (*_HEADERS[:3], f"{METRICS[metric][1]} mean ± std", *_HEADERS[4:])
+    right = {0, 2, 3, 4, 5, 6, 7, 9, 10}
     if output_format == "markdown":
-        return _markdown(headers, table, right, title, caption)
+        return _markdown(_headers(target), table, right, title, caption)
     if output_format == "table":
-        return _rich_table(headers, table, right, title, caption)
+        return _rich_table(_headers(target), table, right, title, caption)
     raise ValueError(f"unknown format {output_format!r}: use one of {', '.join(FORMATS)}")
 
 
@@ -212,19 +331,15 @@ def compare_title(sweep: SweepRecord, metric: str = "final_loss") -> str:
             f"over {seeds} seed{'s' if seeds != 1 else ''}")
 
 
-def compare_caption(metric: str = "final_loss") -> str:
-    """What the compare table's rank and columns mean for a metric."""
-    if metric == "final_loss":
-        return COMPARE_CAPTION
-    name, _label, higher_is_better = METRICS[metric]
-    if higher_is_better:
-        return (f"Ranked by the mean of {name} over seeds, highest first; diverged seeds are left out of the "
-                "statistics.")
-    return COMPARE_CAPTION.replace("final_loss", name)
-
-
-COMPARE_CAPTION = ("Ranked by the geometric mean of final_loss; log10 std is the spread of log10(final_loss) "
-                   "over seeds; diverged seeds are left out of the statistics.")
+def compare_caption(rows: Sequence[CellSummary], by: str = "target", target: float = stats.TARGET) -> str:
+    """How the table is ranked and read, and what the paired comparison says."""
+    ranking = (f"Ranked by the median steps to a loss <= {target:g} over seeds (a seed that never gets there, "
+               "or diverges, counts as not reached)" if by == "target"
+               else "Ranked by the geometric mean of final_loss")
+    return (f"{ranking}. Median, 95% bootstrap CI and IQM (interquartile mean) are those of log10(final_loss) "
+            "over the finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; "
+            "p: two-sided Wilcoxon signed-rank on paired log10 final losses, Holm-corrected. "
+            + ties_sentence(rows))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -233,7 +348,7 @@ COMPARE_CAPTION = ("Ranked by the geometric mean of final_loss; log10 std is the
 
 @dataclass(frozen=True)
 class BeforeAfter:
-    """initial_loss -> final_loss of one run, or (seed None) the means over a cell's converged seeds,
+    """initial_loss -> final_loss of one run, or (seed None) the means over a cell's finished seeds,
     whose change is then that of the mean losses."""
 
     optimizer: str
@@ -254,15 +369,15 @@ class BeforeAfter:
 
 
 def before_after(runs: Iterable[CellRun]) -> list[BeforeAfter]:
-    """Per run initial -> final loss, each (optimizer, lr) cell followed by its mean over converged seeds."""
+    """Per run initial -> final loss, each (optimizer, lr) cell followed by its mean over finished seeds."""
     rows: list[BeforeAfter] = []
     for (optimizer, lr), cell in _by_cell(runs).items():
         rows += [BeforeAfter(optimizer, lr, run.seed, run.initial_loss, run.final_loss, run.outcome)
                  for run in cell]
-        converged = [run for run in cell if not run.diverged]
-        if converged:
-            before = statistics.fmean(run.initial_loss for run in converged)
-            after = statistics.fmean(run.final_loss for run in converged)
+        finished = [run for run in cell if not run.diverged]
+        if finished:
+            before = statistics.fmean(run.initial_loss for run in finished)
+            after = statistics.fmean(run.final_loss for run in finished)
             rows.append(BeforeAfter(optimizer, lr, None, before, after, "mean"))
     return rows
 
@@ -302,153 +417,3 @@ def render_before_after(rows: Sequence[BeforeAfter], output_format: str = "table
 def before_after_title(sweep: SweepRecord) -> str:
     steps = f"{sweep.steps} step{'s' if sweep.steps != 1 else ''}"
     return f"{sweep.experiment}: sweep {sweep.parent_run_id}, loss before -> after {steps}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loss curves
-
-
-def plot_loss_curves(sweep: SweepRecord) -> Figure:
-    """Loss against step on a log axis: a panel per optimizer, a line per lr (the median over converged
-    seeds, with a min–max band). Cells whose every seed diverged get no line; the panel names them. Where
-    the runs measured test accuracy (digits), each loss panel has the accuracy's panel below it.
-
-    Returns the Figure (drawn with the Agg canvas: no display, no pyplot state) for the caller to save.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    optimizers = list(dict.fromkeys(run.optimizer for run in sweep.runs))
-    lrs = sorted({run.lr for run in sweep.runs})
-    colours = _lr_colours(lrs)
-    accuracy = any(run.curves.get(ACCURACY_CURVE) for run in sweep.runs)
-    columns = min(len(optimizers), 3) or 1
-    rows = math.ceil(len(optimizers) / columns) or 1
-    per_optimizer = 2 if accuracy else 1
-    figure = Figure(figsize=(4.6 * columns, 3.6 * rows * per_optimizer + 0.6), layout="constrained")
-    FigureCanvasAgg(figure)
-    grid = figure.subplots(rows * per_optimizer, columns, squeeze=False)
-    # a shared y axis makes panels comparable; x stays per panel so that each one keeps its step labels
-    loss_axes = [grid[row * per_optimizer][column] for row in range(rows) for column in range(columns)]
-    accuracy_axes = ([grid[row * per_optimizer + 1][column] for row in range(rows) for column in range(columns)]
-                     if accuracy else [])
-    for axes in (loss_axes, accuracy_axes):
-        for ax in axes[len(optimizers):]:
-            figure.delaxes(ax)
-        for ax in axes[1:len(optimizers)]:
-            ax.sharey(axes[0])
-    seeds = len({run.seed for run in sweep.runs})
-    # Many learning rates: one legend for the figure (the colours are the same in every panel), not one a panel,
-    # which would cover the curves and cost most of the drawing (0.4 of 0.7 s at 1,000 runs and 20 lrs).
-    shared_legend = len(lrs) > SHARED_LEGEND_ABOVE
-    for index, optimizer in enumerate(optimizers):
-        cells = {lr: [run for run in sweep.runs if run.optimizer == optimizer and run.lr == lr] for lr in lrs}
-        ax = loss_axes[index]
-        diverged_everywhere = _draw_lines(ax, cells, colours, lambda run: (range(len(run.losses)), run.losses))
-        ax.set_yscale("log")
-        ax.set_title(optimizer)
-        if index % columns == 0:
-            ax.set_ylabel("training loss (log scale)")
-        notes = [f"diverged at every seed: lr {', '.join(diverged_everywhere)}"] if diverged_everywhere else []
-        if shared_legend:  # the lines' labels say how many seeds diverged; with one legend a note does
-            partly = [line.get_label().replace(" (", " ", 1).rstrip(")") for line in ax.lines
-                      if "diverged" in line.get_label()]
-            notes += [f"lr {', '.join(partly)}"] if partly else []
-        if notes:
-            ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize="small", color="firebrick")
-        if accuracy:
-            ax = accuracy_axes[index]
-            _draw_lines(ax, cells, colours, _accuracy_curve)
-            ax.set_title(f"{optimizer}: test accuracy")
-            if index % columns == 0:
-                ax.set_ylabel("test accuracy")
-        for ax in [loss_axes[index]] + ([accuracy_axes[index]] if accuracy else []):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
-            ax.grid(True, which="major", alpha=0.3)
-            ax.set_xlabel("step")
-            if ax.lines and not shared_legend:
-                ax.legend(title="lr", fontsize="small", title_fontsize="small", loc="best")
-    if shared_legend:
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], color=colours[lr], linewidth=1.6) for lr in lrs]
-        figure.legend(handles, [f"{lr:g}" for lr in lrs], title="lr", fontsize="small", title_fontsize="small",
-                      loc="outside right upper")
-    figure.suptitle(f"{sweep.experiment}: {'loss and test accuracy' if accuracy else 'loss'} per step, median over "
-                    f"{seeds} seed{'s' if seeds != 1 else ''} (band: min–max)")
-    return figure
-
-
-ACCURACY_CURVE = "test_accuracy"
-
-
-def _accuracy_curve(run: CellRun) -> tuple[list[int], list[float]]:
-    points = run.curves.get(ACCURACY_CURVE, ())
-    return [step for step, _value in points], [value for _step, value in points]
-
-
-def _draw_lines(ax, cells: dict[float, list[CellRun]], colours: dict[float, Any], curve_of) -> list[str]:
-    """A line per lr (median over converged seeds, min-max band); returns the lrs where every seed diverged."""
-    import numpy as np
-
-    diverged_everywhere = []
-    for lr, cell in cells.items():
-        if not cell:
-            continue
-        converged = [curve_of(run) for run in cell if not run.diverged]
-        converged = [(list(steps), list(values)) for steps, values in converged if len(values)]
-        if not converged:
-            diverged_everywhere.append(f"{lr:g}")
-            continue
-        length = min(len(values) for _steps, values in converged)
-        curves = np.array([values[:length] for _steps, values in converged])
-        steps = np.array(converged[0][0][:length])
-        diverged = len(cell) - len(converged)
-        label = f"{lr:g}" + (f" ({diverged}/{len(cell)} diverged)" if diverged else "")
-        ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=colours[lr], alpha=0.2, linewidth=0)
-        ax.plot(steps, np.median(curves, axis=0), color=colours[lr], linewidth=1.6, label=label)
-    return diverged_everywhere
-
-
-def _lr_colours(lrs: Sequence[float]) -> dict[float, Any]:
-    """One colour per lr, the same in every panel, from small (light) to large (dark)."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    if len(lrs) == 1:
-        return {lrs[0]: cmap(0.4)}
-    return {lr: cmap(0.85 - 0.75 * index / (len(lrs) - 1)) for index, lr in enumerate(lrs)}
-
-
-def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write a figure as a PNG (creating its folder) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, format="png")
-    return path
-
-
-def write_sweep_summary(sweep: SweepRecord, folder: Path) -> list[Path]:
-    """The files a sweep logs to its parent run for the UI: the compare table (markdown, csv), the curves."""
-    tested = bool(sweep.runs) and all(not math.isnan(metric_value(run, "test_accuracy")) for run in sweep.runs)
-    metric = "test_accuracy" if tested else "final_loss"  # a problem with a test set is compared on it
-    rows = sort_rows(summarize(sweep.runs, metric))
-    markdown, table_csv, curves = (folder / name for name in SUMMARY_FILES)
-    markdown.write_text(render_compare(rows, "markdown", compare_title(sweep, metric), compare_caption(metric),
-                                       metric))
-    table_csv.write_text(render_compare(rows, "csv"))
-    save_figure(plot_loss_curves(sweep), curves)
-    return [markdown, table_csv, curves]
-
-
-class SweepSummary:
-    """tracking's SweepSummary: what a sweep logs to its parent run at its end, as the sweep hands it in."""
-
-    def warm_up(self) -> None:
-        """Import the plotting stack ahead of the sweep's end, where it would add to the sweep's wall time."""
-        import matplotlib.backends.backend_agg  # noqa: F401
-        import matplotlib.figure  # noqa: F401
-
-    def write(self, sweep: SweepRecord, folder: Path) -> None:
-        write_sweep_summary(sweep, folder)

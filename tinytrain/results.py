@@ -12,8 +12,8 @@ from typing import Any
 
 from tinytrain.spec import RunSpec
 
-CONVERGED, DIVERGED, FAILED = "converged", "diverged", "failed"
-OUTCOMES = (CONVERGED, DIVERGED, FAILED)
+FINISHED, DIVERGED, FAILED = "finished", "diverged", "failed"
+OUTCOMES = (FINISHED, DIVERGED, FAILED)
 
 StateDict = dict[str, Any]  # parameter name -> tensor (torch.Tensor where training made it)
 
@@ -24,7 +24,7 @@ class RunResult:
 
     spec: RunSpec
     losses: list[float]  # losses[i] is the loss before step i's update; losses[steps] after the last
-    outcome: str  # converged, diverged (a non-finite loss ended it) or failed (it raised)
+    outcome: str  # finished, diverged (a non-finite or too large loss ended it) or failed (it raised)
     final_weights: StateDict | None = None  # None for a diverged or failed run: nothing to checkpoint
     checkpoints: dict[int, StateDict] = field(default_factory=dict)  # step -> weights, every checkpoint_every
     train_seconds: float = 0.0
@@ -41,6 +41,11 @@ class RunResult:
     @property
     def final_loss(self) -> float:
         return self.losses[-1] if self.losses else math.nan
+
+
+def diverges(loss: float, initial_loss: float, diverge_above: float | None) -> bool:
+    """A loss that is non-finite, or above diverge_above times the run's initial loss (None: no bound)."""
+    return not math.isfinite(loss) or (diverge_above is not None and loss > diverge_above * initial_loss)
 
 
 def failed_result(spec: RunSpec, error: BaseException | str) -> RunResult:

@@ -13,40 +13,29 @@ import itertools
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 from tinytrain import draws, hyperparameters
 from tinytrain.errors import ConfigError
-from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS, VMAP_KINDS
-from tinytrain.problem_catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
+from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
+from tinytrain.settings import (
+    BATCH_SETTINGS,
+    DEFAULTS,
+    ENGINES,
+    GRID_AXES,
+    GRID_DEFAULTS,
+    LATER_SETTINGS,
+    check_engine,
+    check_settings,
+    is_int,
+    is_number,
+)
 from tinytrain.variants import Variants, check_variants
 
-# Every top-level setting and its default: the one place defaults live.
-DEFAULTS: dict[str, Any] = {
-    "name": "optimizer-grid",  # the MLflow experiment
-    "steps": 100,  # optimizer steps per run; the loss is recorded at steps 0..steps
-    "data_seed": 0,  # seeds the input, independently of the run's seed
-    "target_index": 3,  # where the one-hot target has its 1
-    "checkpoint_every": 0,  # also checkpoint every N steps (0: the final weights only)
-    "threads": 1,  # torch's intra-op threads: part of what makes a run bit-for-bit reproducible
-    "mkldnn": False,  # oneDNN off: faster at this size, and recorded because it changes the bits
-    "engine": "sequential",  # sequential (one run at a time) or vmap (cells in batched nets)
-    "problem": "one-sample",  # what a run learns: one-sample (the blog's) or digits (tinytrain/problems/)
-    "loss": "mse",  # mse against the one-hot label (the blog's) or cross_entropy
-    "batch_size": 64,  # digits: training images per step
-    "eval_every": 50,  # digits: test metrics every N steps (0: at the end only), and always at the end
-}
-# Settings added after run keys were first written: they enter a run's key only when they differ from
-# their default, so that every run key written before them (a one-sample run at the defaults) stays valid.
-LATER_SETTINGS = ("problem", "loss", "batch_size", "eval_every")
-BATCH_SETTINGS = ("batch_size", "eval_every")  # used only by problems with a data set (not one-sample)
-GRID_AXES = ("optimizer", "lr", "seed")
-GRID_DEFAULTS: dict[str, list[Any]] = {"optimizer": ["adam"], "seed": [0]}  # lr: each optimizer's default
-ENGINES = ("sequential", "vmap")
-MAX_TARGET_INDEX = 9
+__all__ = ["DEFAULTS", "ENGINES", "ConfigError", "Experiment", "RunSpec", "load_experiment", "validate"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = "experiments/optimizer-grid.toml"
@@ -71,6 +60,8 @@ class RunSpec:
     loss: str = DEFAULTS["loss"]
     batch_size: int = DEFAULTS["batch_size"]
     eval_every: int = DEFAULTS["eval_every"]
+    # None: a run recorded before the bound existed, where only a non-finite loss was divergence
+    diverge_above: float | None = DEFAULTS["diverge_above"]
     checkpoint_every: int = field(default=DEFAULTS["checkpoint_every"], compare=False)
 
     @property
@@ -99,6 +90,8 @@ class RunSpec:
         if self.kind == "muon":  # which parameters each of its two optimizers trains
             params["muon_parameters"] = ",".join(MUON_PARAMETERS)
             params["adamw_parameters"] = ",".join(ADAMW_WITH_MUON)
+        if self.diverge_above is not None:
+            params["diverge_above"] = repr(self.diverge_above)
         for name, value in self.hyperparameters:
             params[name] = hyperparameters.as_param(value)
         return params
@@ -108,10 +101,13 @@ class RunSpec:
         """A stable key of everything that decides the run's numbers: the same cell, the same key.
 
         Made once per spec, from the fields as they are (dataclasses.asdict, which deep-copies them, gives
-        the same JSON at 30 times the cost: most of a 10,000-run --dry-run).
+        the same JSON at 30 times the cost: most of a 10,000-run --dry-run). A run recorded before
+        diverge_above existed (None) keeps the key it was written with: old sweeps find it.
         """
         fields = {item.name: getattr(self, item.name) for item in dataclass_fields(self)}
         del fields["checkpoint_every"]  # decides what is saved, not what is computed
+        if self.diverge_above is None:
+            del fields["diverge_above"]
         fields["hyperparameters"] = dict(self.hyperparameters)
         for name in LATER_SETTINGS:
             if fields[name] == DEFAULTS[name]:
@@ -141,6 +137,7 @@ class RunSpec:
             threads=int(params["threads"]),
             mkldnn=params["mkldnn"] == "True",
             engine=params["engine"],
+            diverge_above=float(params["diverge_above"]) if "diverge_above" in params else None,
             checkpoint_every=int(params.get("checkpoint_every", "0")),
             problem=params.get("problem", DEFAULTS["problem"]),  # runs logged before problems were a setting
             loss=params.get("loss", DEFAULTS["loss"]),
@@ -158,36 +155,28 @@ class Experiment:
     variants: dict[str, dict[str, Any]]
     source: str  # where it came from, for messages
     drawn: tuple[str, ...] = ()  # how drawn values were drawn, one line each (kept in to_toml as comments)
+    extra_seeds: dict[tuple[str, float], tuple[int, ...]] = field(default_factory=dict)  # (optimizer, lr) -> seeds
 
     @property
     def name(self) -> str:
         return self.settings["name"]
 
     def specs(self) -> list[RunSpec]:
-        """The grid's cells, in a stable order: optimizer, then lr, then seed."""
-        specs = []
-        for optimizer, lr, seed in itertools.product(
-            self.grid["optimizer"], self.grid.get("lr", [None]), self.grid["seed"]
-        ):
-            kind, default_lr, hyperparameters = self.resolve_optimizer(optimizer)
-            specs.append(
-                RunSpec(
-                    optimizer=optimizer,
-                    kind=kind,
-                    lr=default_lr if lr is None else lr,
-                    seed=seed,
-                    steps=self.settings["steps"],
-                    data_seed=self.settings["data_seed"],
-                    target_index=self.settings["target_index"],
-                    hyperparameters=tuple(sorted(hyperparameters.items())),
-                    threads=self.settings["threads"],
-                    mkldnn=self.settings["mkldnn"],
-                    engine=self.settings["engine"],
-                    checkpoint_every=self.settings["checkpoint_every"],
-                    **{name: self.settings[name] for name in LATER_SETTINGS},
-                )
-            )
-        return specs
+        """The grid's cells, in a stable order (optimizer, then lr, then seed), then the extra seeds of cells."""
+        grid = itertools.product(self.grid["optimizer"], self.grid.get("lr", [None]), self.grid["seed"])
+        extra = [(optimizer, lr, seed) for (optimizer, lr), seeds in self.extra_seeds.items() for seed in seeds]
+        return [self._spec(optimizer, lr, seed) for optimizer, lr, seed in [*grid, *extra]]
+
+    def _spec(self, optimizer: str, lr: float | None, seed: int) -> RunSpec:
+        kind, default_lr, hyperparameters = self.resolve_optimizer(optimizer)
+        settings, bound = self.settings, self.settings["diverge_above"]
+        return RunSpec(
+            optimizer=optimizer, kind=kind, lr=default_lr if lr is None else lr, seed=seed,
+            steps=settings["steps"], data_seed=settings["data_seed"], target_index=settings["target_index"],
+            hyperparameters=tuple(sorted(hyperparameters.items())), threads=settings["threads"],
+            mkldnn=settings["mkldnn"], engine=settings["engine"], diverge_above=None if bound is None else float(bound),
+            checkpoint_every=settings["checkpoint_every"], **{name: settings[name] for name in LATER_SETTINGS},
+        )
 
     def resolve_optimizer(self, name: str) -> tuple[str, float, dict[str, Any]]:
         """(torch kind, default lr, every hyperparameter) of a built-in name or a variant."""
@@ -202,12 +191,15 @@ class Experiment:
         """The resolved experiment as a TOML file that loads back to the same sweep."""
         lines = [f"# tinytrain sweep --from-run <this run>   (resolved from {self.source})"]
         lines += [f"# drawn: {line}" for line in self.drawn]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in self.settings.items()]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in self.settings.items() if value is not None]
         lines += ["", "[grid]"]
         lines += [f"{axis} = {_toml_value(values)}" for axis, values in self.grid.items()]
         for name, variant in self.variants.items():
             lines += ["", f'[optimizers."{name}"]']
             lines += [f"{key} = {_toml_value(value)}" for key, value in variant.items()]
+        if self.extra_seeds:  # written by --until-separated
+            lines += ["", "[extra_seeds]"] + [f'"{o}@{lr!r}" = {_toml_value(seeds)}' for (o, lr), seeds in
+                                               self.extra_seeds.items()]
         return "\n".join(lines) + "\n"
 
 
@@ -246,9 +238,11 @@ def read_experiment_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_experiment(
-    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (), text: str | None = None
+    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (), text: str | None = None,
+    recorded: bool = False,
 ) -> Experiment:
-    """Read an experiment file (or its text), apply `--set` overrides, validate everything."""
+    """Read an experiment file (or its text), apply `--set` overrides, validate everything. recorded: the text
+    is a sweep's to_toml, which lists every setting; one without diverge_above predates the bound."""
     if text is not None:
         source = str(path or "<text>")
         try:
@@ -261,7 +255,10 @@ def load_experiment(
         raw = read_experiment_file(path)
     for override in overrides:
         apply_override(raw, override)
-    return validate(raw, source)
+    experiment = validate(raw, source)
+    if recorded and "diverge_above" not in raw:
+        experiment.settings["diverge_above"] = None
+    return experiment
 
 
 def parse_override(text: str) -> tuple[str, list[Any]]:
@@ -322,12 +319,12 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
 
 
 def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
-    known = set(DEFAULTS) | {"grid", "optimizers"}
+    known = set(DEFAULTS) | {"grid", "optimizers", "extra_seeds"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"unknown key '{key}' in {source}: known keys are {', '.join(sorted(known))}")
     settings = {key: raw.get(key, default) for key, default in DEFAULTS.items()}
-    _check_settings(settings)
+    check_settings(settings)
 
     variants = check_variants(raw.get("optimizers", {}))
     grid_raw = raw.get("grid", {})
@@ -357,69 +354,22 @@ def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
         if axis == "optimizer":
             grid[axis] = [expanded for name in grid[axis] for expanded in variants.names(name)]
     used = {name: variants.tables[name] for name in grid["optimizer"] if name in variants.tables}
-    _check_engine(settings, {name: used.get(name, {"type": name})["type"] for name in grid["optimizer"]})
-    return Experiment(settings=settings, grid=grid, variants=variants.tables, source=source, drawn=tuple(drawn))
+    check_engine(settings, {name: used.get(name, {"type": name})["type"] for name in grid["optimizer"]})
+    experiment = Experiment(settings=settings, grid=grid, variants=variants.tables, source=source, drawn=tuple(drawn))
+    return replace(experiment, extra_seeds=_check_extra_seeds(raw.get("extra_seeds", {}), experiment))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_settings(settings: dict[str, Any]) -> None:
-    name = settings["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"name must be a non-empty string (the MLflow experiment), got {name!r}")
-    lower_bounds = {"steps": 1, "data_seed": 0, "checkpoint_every": 0, "threads": 1, "batch_size": 1,
-                    "eval_every": 0}
-    for key, low in lower_bounds.items():
-        value = settings[key]
-        if not _is_int(value) or value < low:
-            raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
-    target = settings["target_index"]
-    if not _is_int(target) or not 0 <= target <= MAX_TARGET_INDEX:
-        raise ConfigError(f"target_index must be an integer from 0 to {MAX_TARGET_INDEX}, got {target!r}")
-    if not isinstance(settings["mkldnn"], bool):
-        raise ConfigError(f"mkldnn must be true or false, got {settings['mkldnn']!r}")
-    if settings["engine"] not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
-    for key, allowed in (("problem", tuple(PROBLEMS)), ("loss", LOSSES)):
-        if settings[key] not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {settings[key]!r}")
-    if settings["problem"] == "one-sample":
-        for key in BATCH_SETTINGS:
-            if settings[key] != DEFAULTS[key]:
-                raise ConfigError(f"{key} applies to problem digits; one-sample trains on its one input and has "
-                                  f"no test set: drop {key} or set problem = \"digits\"")
-    else:
-        if target != DEFAULTS["target_index"]:
-            raise ConfigError(f"target_index is the one-sample problem's label; problem {settings['problem']} "
-                              "has its own labels: drop target_index")
-        if settings["batch_size"] > DIGITS_TRAINING_IMAGES:
-            raise ConfigError(f"batch_size must be at most the {DIGITS_TRAINING_IMAGES} training images of "
-                              f"digits, got {settings['batch_size']}")
-    if settings["engine"] == "vmap" and (settings["threads"] != 1 or settings["mkldnn"]):
-        # Only there is a cell's result independent of the batch it ran in, and equal to the sequential
-        # engine's bit for bit, so that `reproduce` can retrain any vmap run on its own (see vmap.py).
-        raise ConfigError("engine vmap runs with threads = 1 and mkldnn = false, where its results equal the "
-                          "sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential")
-
-
-def _check_engine(settings: dict[str, Any], kinds: dict[str, str]) -> None:
-    """The vmap engine batches the one-sample problem with MSE, for the optimizers it has a stacked update of."""
-    if settings["engine"] != "vmap":
-        return
-    if settings["problem"] != "one-sample" or settings["loss"] != "mse":
-        raise ConfigError(f"engine vmap trains problem one-sample with loss mse only, not problem "
-                          f"{settings['problem']} with loss {settings['loss']}: use engine sequential "
-                          "(--jobs N runs cells in parallel)")
-    for name, kind in kinds.items():
-        if kind not in VMAP_KINDS:
-            raise ConfigError(f"engine vmap has no stacked update for {kind} (optimizer {name}): use engine "
-                              f"sequential, or one of {', '.join(VMAP_KINDS)}")
+def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[tuple[str, float], tuple[int, ...]]:
+    # [extra_seeds] "OPTIMIZER@LR" = [seeds]: more seeds for cells of the grid (written by --until-separated)
+    cells = {(spec.optimizer, spec.lr) for spec in experiment.specs()}
+    extra = {}
+    for name, seeds in (raw.items() if isinstance(raw, dict) else [(raw, None)]):
+        optimizer, _, lr = str(name).rpartition("@")
+        cell = (optimizer, parse_value(lr))
+        if cell not in cells or not isinstance(seeds, list) or not all(is_int(s) and s >= 0 for s in seeds):
+            raise ConfigError(f"extra_seeds.{name} must name a cell of the grid as \"OPTIMIZER@LR\" = [seeds >= 0]")
+        extra[cell] = tuple(sorted(set(seeds) - set(experiment.grid["seed"])))
+    return extra
 
 
 def _check_axis_value(axis: str, value: Any, variants: Variants) -> Any:
@@ -430,9 +380,9 @@ def _check_axis_value(axis: str, value: Any, variants: Variants) -> Any:
                               f"or define it as [optimizers.{value}] with a type")
         return value
     if axis == "lr":
-        if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        if not is_number(value) or not math.isfinite(value) or value <= 0:
             raise ConfigError(f"lr must be a finite number > 0, got {value!r} in grid.lr")
         return float(value)
-    if not _is_int(value) or value < 0:  # seed
+    if not is_int(value) or value < 0:  # seed
         raise ConfigError(f"seed must be an integer >= 0, got {value!r} in grid.seed")
     return value

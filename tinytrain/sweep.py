@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
-from tinytrain.report import SweepSummary
 from tinytrain.spec import ConfigError, Experiment, RunSpec
+from tinytrain.summary import SweepSummary
 from tinytrain.tracking import (
     Recorder,
     SweepCounts,
@@ -20,6 +20,7 @@ from tinytrain.tracking import (
     check_store,
     finished_keys_readonly,
     runs_page_url,
+    sweep_search,
 )
 
 
@@ -46,7 +47,18 @@ class SweepOutcome:
 
     @property
     def runs_url(self) -> str:
-        return runs_page_url(self.uri, self.counts.experiment_id)
+        """The UI's page of this sweep's runs (one row each), or of the experiment for a run without a sweep."""
+        parent = self.counts.parent_run_id
+        return runs_page_url(self.uri, self.counts.experiment_id, search=parent and sweep_search(parent))
+
+    @property
+    def cells_url(self) -> str | None:
+        """The UI's charts of this sweep's cell summaries: median loss per cell, and the statistics."""
+        parent = self.counts.parent_run_id
+        if parent is None:
+            return None
+        return runs_page_url(self.uri, self.counts.experiment_id, search=sweep_search(parent, cells_only=True),
+                             charts=True, order_by="metrics.`rank`")
 
 
 @dataclass
@@ -165,3 +177,69 @@ class _progress:
         if self.bar is not None:
             self.bar.stop()
         return False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --until-separated: more seeds for the cells that cannot be told apart from the best
+
+
+@dataclass
+class Separation:
+    """What --until-separated did: each round's sweep, and whether the best cell stood apart at the end."""
+
+    rounds: list[SweepOutcome]
+    separated: bool
+    best: str  # the best-ranked cell at the end (OPTIMIZER@LR)
+    tied: list[str]  # the cells still tied with it
+    seeds: int  # the most seeds any cell has now
+    seconds: float
+
+    @property
+    def added_runs(self) -> int:
+        return sum(outcome.counts.total - outcome.counts.skipped for outcome in self.rounds[1:])
+
+
+def next_seeds(experiment: Experiment, rows: list, max_seeds: int) -> dict[tuple[str, float], tuple[int, ...]]:
+    """One more seed for the best cell and every cell tied with it that has fewer than max_seeds: the
+    smallest integer none of them has run yet, so that the new runs pair by seed."""
+    cells = [(row.optimizer, row.lr) for row in rows if row.baseline or row.tied_with_best]
+    seeds: dict[tuple[str, float], set[int]] = {cell: set() for cell in cells}
+    for spec in experiment.specs():
+        if (spec.optimizer, spec.lr) in seeds:
+            seeds[(spec.optimizer, spec.lr)].add(spec.seed)
+    growing = [cell for cell in cells if len(seeds[cell]) < max_seeds]
+    used = set().union(*(seeds[cell] for cell in cells)) if cells else set()
+    seed = next(value for value in range(len(used) + 1) if value not in used)
+    extra = dict(experiment.extra_seeds)
+    for cell in growing:
+        extra[cell] = (*extra.get(cell, ()), seed)
+    return extra if growing else {}
+
+
+def sweep_until_separated(experiment: Experiment, uri: str, max_seeds: int, **options) -> Separation:
+    """Sweep the grid, then add seeds to the cells tied with the best and sweep again (resume skips what is
+    done), until the best is separated from every other cell or the tied cells have max_seeds seeds.
+
+    The comparison is compare's default (time to target, paired Wilcoxon, Holm); it reads the store back
+    in this process, so MLflow is imported here. Each round is a sweep of its own, whose parent run keeps
+    the experiment with its extra seeds: the last one's compare table covers every seed.
+    """
+    from dataclasses import replace
+
+    from tinytrain.report import summarize
+    from tinytrain.tracking import read_sweep
+
+    started = time.perf_counter()
+    rounds = [run_sweep(experiment, uri, **options)]
+    while True:
+        outcome = rounds[-1]
+        sweep = read_sweep(uri, parent_run_id=outcome.counts.parent_run_id, with_losses=True)
+        rows = summarize(sweep.runs)
+        best = next(row for row in rows if row.baseline)
+        tied = [row.name for row in rows if row.tied_with_best]
+        seeds = max(row.seeds for row in rows)
+        extra = next_seeds(experiment, rows, max_seeds) if tied else {}
+        if not extra or outcome.interrupted or outcome.counts.failed:
+            return Separation(rounds, not tied, best.name, tied, seeds, time.perf_counter() - started)
+        experiment = replace(experiment, extra_seeds=extra)
+        rounds.append(run_sweep(experiment, uri, **options))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ from tinytrain.optimizers import build_optimizer
 from tinytrain.problem import loss_fn, make_input, make_target
 from tinytrain.problems import loss_function as problem_loss
 from tinytrain.problems import make_problem
-from tinytrain.results import CONVERGED, DIVERGED, RunResult, failed_result
+from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
 from tinytrain.spec import RunSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -98,7 +97,7 @@ def train(spec: RunSpec) -> RunResult:
         optimizer.zero_grad()
         loss = loss_of(net(x), labels)
         losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
+        if diverges(losses[-1], losses[0], spec.diverge_above):
             return ended(DIVERGED)
         loss.backward()
         optimizer.step()
@@ -111,9 +110,9 @@ def train(spec: RunSpec) -> RunResult:
         weights = snapshot(net)
     if problem.has_test_set:
         measure(spec.steps)
-    if not math.isfinite(losses[-1]):
+    if diverges(losses[-1], losses[0], spec.diverge_above):
         return ended(DIVERGED)
-    return ended(CONVERGED, weights)
+    return ended(FINISHED, weights)
 
 
 def train_safely(spec: RunSpec) -> RunResult:

@@ -13,8 +13,9 @@ its batch and `reproduce` retrains any vmap run alone. With mkldnn on or two thr
 their sums otherwise and a cell's bits would depend on its batch, which is why spec.py refuses them.
 
 The recording contract is train.train's: losses[i] before step i's update, losses[steps] after the last; a
-non-finite loss ends its cell as diverged without stopping the batch. Each cell's result is handed over as
-soon as the cell ends (a diverged cell at once), so the sweep's writer can log it while the batch trains.
+diverging loss (results.diverges) ends its cell as diverged without stopping the batch. Each cell's result
+is handed over as soon as the cell ends (a diverged cell at once), so the sweep's writer can log it while
+the batch trains.
 An ended cell keeps its row, zeroed after every update, so the batch keeps its shape and nothing
 non-finite reaches the batched kernels again.
 """
@@ -22,14 +23,13 @@ non-finite reaches the batched kernels again.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from tinytrain.batching import BatchSetting, batch_setting
-from tinytrain.results import CONVERGED, DIVERGED, RunResult, failed_result
+from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
 from tinytrain.spec import RunSpec
 from tinytrain.train import StateDict, configure_runtime, runtime_settings
 from tinytrain.vmap_net import (  # noqa: F401 - the row layout, re-exported for the engine's users
@@ -106,15 +106,15 @@ class _Batch:
         """Append each training cell's loss; hand over the cells that end at this step (in the specs' order)."""
         for row in sorted(self.training, key=self.order.__getitem__):
             self.losses[row].append(values[row])
-            finite = math.isfinite(values[row])
-            if finite and step < self.cells[row].steps:
+            diverged = diverges(values[row], self.losses[row][0], self.cells[row].diverge_above)
+            if not diverged and step < self.cells[row].steps:
                 continue
             self.training.discard(row)
             self.ended.append(row)
-            yield self.order[row], self.result(row, CONVERGED if finite else DIVERGED)
+            yield self.order[row], self.result(row, DIVERGED if diverged else FINISHED)
 
     def result(self, row: int, outcome: str) -> RunResult:
-        converged = outcome == CONVERGED
+        converged = outcome == FINISHED
         seconds = (time.perf_counter() - self.started) / len(self.cells)
         return RunResult(self.cells[row], self.losses[row], outcome,
                          cell_state_dict(self.weights[row]) if converged else None,

@@ -25,6 +25,7 @@ from tinytrain.tracking.location import (
     runs_page_url,
     server_command,
     sqlite_path,
+    sweep_search,
 )
 from tinytrain.tracking.read import (
     CellRun,
@@ -37,13 +38,14 @@ from tinytrain.tracking.read import (
     read_sweep_experiment,
     sweep_record,
 )
-from tinytrain.tracking.recorder import Recorder, SweepCounts, SweepRecorder, SweepSummary
+from tinytrain.tracking.recorder import CellSummaryRun, Recorder, SweepCounts, SweepRecorder, SweepSummary
 from tinytrain.tracking.sqlite import create_store_from_template, experiments_readonly, template_cache
 from tinytrain.tracking.store import Store
 
 __all__ = [
-    "CellRun", "LoggedRun", "Recorder", "Store", "SweepCounts", "SweepRecord", "SweepRecorder", "SweepSummary",
-    "TrackingError", "artifact_root", "check_store", "create_store_from_template", "experiments_readonly",
-    "finished_keys_readonly", "is_http", "read_logged_run", "read_losses", "read_sweep", "read_sweep_experiment",
-    "resolve_tracking_uri", "runs_page_url", "server_command", "sqlite_path", "sweep_record", "template_cache",
+    "CellRun", "CellSummaryRun", "LoggedRun", "Recorder", "Store", "SweepCounts", "SweepRecord", "SweepRecorder",
+    "SweepSummary", "TrackingError", "artifact_root", "check_store", "create_store_from_template",
+    "experiments_readonly", "finished_keys_readonly", "is_http", "read_logged_run", "read_losses", "read_sweep",
+    "read_sweep_experiment", "resolve_tracking_uri", "runs_page_url", "server_command", "sqlite_path",
+    "sweep_record", "sweep_search", "template_cache",
 ]

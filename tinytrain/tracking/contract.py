@@ -12,12 +12,14 @@ from pathlib import Path
 # Tag names
 RUN_KEY = "tinytrain.run_key"
 OUTCOME = "tinytrain.outcome"
-KIND = "tinytrain.kind"  # "sweep" on parent runs, "run" on the runs of grid cells
+KIND = "tinytrain.kind"  # "sweep" on parent runs, "run" on the runs of grid cells, CELL_SUMMARY below
+CELL_SUMMARY = "cell"  # KIND of a sweep's summary of one (optimizer, lr) cell over its seeds (no run key)
 OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, to find runs left RUNNING
 ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"
 
-FINISHED_OUTCOMES = ("converged", "diverged")  # the outcomes of a cell that needs no new run
+# the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
+FINISHED_OUTCOMES = ("finished", "diverged", "converged")
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
 # A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (weights_pickle.py).
 MLMODEL = "MLmodel"

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tinytrain.tracking.contract import TrackingError
+from tinytrain.tracking.contract import CELL_SUMMARY, KIND, PARENT, TrackingError
 
 DEFAULT_STORE = Path("mlruns") / "mlflow.db"
 # MLflow 3 sends usage telemetry from every process that imports it; a research tool should not phone home.
@@ -74,10 +74,33 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
         raise TrackingError(f"the store folder {folder} is not writable: fix its permissions or use --tracking-uri")
 
 
-def runs_page_url(uri: str, experiment_id: str, ui_address: str = "http://127.0.0.1:5000") -> str:
-    """The runs table of an experiment (the UI opens experiments on a GenAI page otherwise)."""
+RUN_NAME_ORDER = "tags.`mlflow.runName`"  # how the UI names its run-name sort
+
+
+def runs_page_url(uri: str, experiment_id: str, ui_address: str = "http://127.0.0.1:5000",
+                  search: str | None = None, charts: bool = False, order_by: str = RUN_NAME_ORDER) -> str:
+    """The runs page of an experiment in the UI's Model training view (it opens on a GenAI page otherwise).
+
+    With `search` (an MLflow filter) the page shows the matching runs, ordered by `order_by` (run name): the
+    3.17 UI nests child runs under their parent only when the runs are unfiltered or ordered by start time,
+    so these come as one row each, not as one collapsed parent. `charts` opens its chart view (which draws
+    the first ten rows) instead of the table.
+    """
+    from urllib.parse import quote, urlencode
+
     base = uri if is_http(uri) else ui_address
-    return f"{base}/#/experiments/{experiment_id}/runs"
+    query = {"workflowType": "machine_learning"}
+    if charts:
+        query["compareRunsMode"] = "CHART"
+    if search:
+        query |= {"searchFilter": search, "orderByKey": order_by, "orderByAsc": "true"}
+    return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+def sweep_search(parent_run_id: str, cells_only: bool = False) -> str:
+    """The MLflow filter of a sweep's runs (its cells' runs and summaries), or of its cell summaries only."""
+    search = f"tags.`{PARENT}` = '{parent_run_id}'"
+    return search + f" and tags.`{KIND}` = '{CELL_SUMMARY}'" if cells_only else search
 
 
 def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict[str, str]]:

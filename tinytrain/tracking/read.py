@@ -58,7 +58,7 @@ def finished_keys_readonly(uri: str, experiment_name: str) -> dict[str, str]:
         JOIN tags AS key_tag ON key_tag.run_uuid = runs.run_uuid AND key_tag.key = ?
         JOIN tags AS outcome_tag ON outcome_tag.run_uuid = runs.run_uuid AND outcome_tag.key = ?
         WHERE experiments.name = ? AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
-          AND outcome_tag.value IN (?, ?)
+          AND outcome_tag.value IN (?, ?, ?)
         ORDER BY runs.start_time"""
     return dict(query_sqlite(uri, query, (RUN_KEY, OUTCOME, experiment_name, *FINISHED_OUTCOMES)))
 
@@ -185,7 +185,7 @@ class CellRun:
     optimizer: str
     lr: float
     seed: int
-    outcome: str  # converged or diverged
+    outcome: str  # finished or diverged (converged: finished, in a store written before diverge_above)
     initial_loss: float
     final_loss: float
     losses: tuple[float, ...] = ()  # `loss` at steps 0..steps (shorter if it diverged); read on request
@@ -273,7 +273,7 @@ def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None
         raise _not_a_sweep(parent_run_id)
     if experiment is None:
         text = store.read_text(parent_run_id, EXPERIMENT_FILE)
-        experiment = load_experiment(f"run {parent_run_id}", text=text)
+        experiment = load_experiment(f"run {parent_run_id}", text=text, recorded=True)
     experiment_id = parent.info.experiment_id
     finished = store.finished_runs_by_key(experiment_id)
     runs, missing = [], []
@@ -317,9 +317,9 @@ def sweep_record_sqlite(uri: str, parent_run_id: str, experiment: Experiment | N
     if experiment is None:
         local = local_artifact_file(uri, artifact_uri, EXPERIMENT_FILE)  # None: artifacts elsewhere
         text = local.read_text() if local is not None and local.is_file() else read_sweep_experiment(uri, parent_run_id)
-        experiment = load_experiment(f"run {parent_run_id}", text=text)
-    names = {"key_tag": RUN_KEY, "outcome_tag": OUTCOME, "converged": FINISHED_OUTCOMES[0],
-             "diverged": FINISHED_OUTCOMES[1]}
+        experiment = load_experiment(f"run {parent_run_id}", text=text, recorded=True)
+    names = {"key_tag": RUN_KEY, "outcome_tag": OUTCOME,
+             **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True))}
     finished = finished_runs_readonly(uri, experiment_id, names)
     specs = experiment.specs()
     losses: dict[str, list[tuple[int, float]]] = {}

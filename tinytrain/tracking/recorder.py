@@ -31,7 +31,7 @@ class SweepCounts:
 
     total: int = 0
     skipped: int = 0
-    converged: int = 0
+    finished: int = 0
     diverged: int = 0
     failed: int = 0
     killed: int = 0
@@ -43,8 +43,23 @@ class SweepCounts:
 
     def figures(self) -> dict[str, int]:
         """The counts a sweep's parent run keeps as metrics (runs_total, runs_skipped, ...)."""
-        names = ("total", "skipped", "converged", "diverged", "failed", "killed", "replaced")
+        names = ("total", "skipped", "finished", "diverged", "failed", "killed", "replaced")
         return {f"runs_{name}": getattr(self, name) for name in names}
+
+
+@dataclass(frozen=True)
+class CellSummaryRun:
+    """A run that summarises one (optimizer, lr) cell of a sweep over its seeds, for the UI's table and charts.
+
+    Logged nested under the sweep's parent with KIND = CELL_SUMMARY and no run key, so that resume, compare,
+    --dry-run and reproduce never take it for a cell's run.
+    """
+
+    name: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]  # one value each (step 0)
+    curves: dict[str, list[float]]  # metric -> value at steps 0, 1, ...
 
 
 class SweepSummary(Protocol):
@@ -55,6 +70,9 @@ class SweepSummary(Protocol):
 
     def write(self, sweep: SweepRecord, folder: Path) -> None:
         """Write the summary's files of a sweep into folder."""
+
+    def cell_runs(self, sweep: SweepRecord) -> list[CellSummaryRun]:
+        """One summary run per cell of the sweep."""
 
 
 class SweepRecorder(Protocol):
@@ -144,7 +162,7 @@ class Recorder:
         if self.parent_run_id:
             if reason:
                 self.store.client.set_tag(self.parent_run_id, ERROR, reason)
-            finished_cells = self.counts.skipped + self.counts.converged + self.counts.diverged
+            finished_cells = self.counts.skipped + self.counts.finished + self.counts.diverged
             if status == "FINISHED" and finished_cells and self.summary is not None:
                 self._log_sweep_summary(self.summary)
             self.store.end_sweep(self.parent_run_id, self.counts.figures(), status)
@@ -154,7 +172,8 @@ class Recorder:
         return self.counts
 
     def _log_sweep_summary(self, summary: SweepSummary) -> None:
-        """The compare table (markdown, csv) and the loss curves as artifacts of the parent run, for the UI.
+        """The compare table (markdown, csv) and the loss curves as artifacts of the parent run, and a summary
+        run per cell nested under it, for the UI.
 
         A summary that cannot be made is reported and tagged on the parent; it never fails the sweep.
         """
@@ -167,6 +186,7 @@ class Recorder:
             with tempfile.TemporaryDirectory() as folder:
                 summary.write(sweep, Path(folder))
                 self.store.client.log_artifacts(self.parent_run_id, folder)
+            self.store.log_cell_summaries(self.experiment_id, self.parent_run_id, summary.cell_runs(sweep))
         except Exception as error:  # noqa: BLE001 - the runs are logged; a missing picture must not undo that
             message = f"{type(error).__name__}: {error}"
             logging.getLogger("tinytrain").warning("no summary logged for sweep %s: %s",

@@ -209,7 +209,7 @@ _FINISHED_RUNS = """
     JOIN tags AS key_tag ON key_tag.run_uuid = runs.run_uuid AND key_tag.key = :key_tag
     JOIN tags AS outcome_tag ON outcome_tag.run_uuid = runs.run_uuid AND outcome_tag.key = :outcome_tag
     WHERE runs.experiment_id = :experiment_id AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
-      AND outcome_tag.value IN (:converged, :diverged)"""
+      AND outcome_tag.value IN (:finished, :diverged, :converged)"""
 
 
 def run_readonly(uri: str, run_id: str) -> tuple[str, str, dict[str, str]] | None:
@@ -242,7 +242,8 @@ def finished_runs_readonly(uri: str, experiment_id: str,
                            names: dict[str, str]) -> dict[str, tuple[str, str, dict[str, float]]]:
     """run key -> (run id, outcome, latest value of every metric) of the latest finished run of each cell.
 
-    names: the tag names (key_tag, outcome_tag) and the finished outcomes (converged, diverged).
+    names: the tag names (key_tag, outcome_tag) and the finished outcomes (finished, diverged, and converged
+    of runs recorded before finished existed).
     """
     parameters = {"experiment_id": experiment_id, **names}
     runs = query_sqlite(uri, f"SELECT runs.run_uuid, key_tag.value, outcome_tag.value {_FINISHED_RUNS} "

@@ -16,6 +16,7 @@ from tinytrain.results import FAILED, RunResult
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.artifacts import ArtifactFolder, ServerArtifactsOnSqlite
 from tinytrain.tracking.contract import (
+    CELL_SUMMARY,
     ERROR,
     EXPERIMENT_FILE,
     FINISHED_OUTCOMES,
@@ -32,6 +33,13 @@ from tinytrain.tracking.contract import (
 from tinytrain.tracking.location import NO_TELEMETRY, artifact_root, is_http
 from tinytrain.tracking.provenance import owner_is_gone, process_owner
 from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
+
+
+def model_name(spec: RunSpec, step: int | None = None) -> str:
+    """A checkpoint's LoggedModel is named after its run, and its step if not the last: adam-lr0_001-seed0
+    for run adam-lr0.001-seed0 (MLflow forbids '.', '/', ':', '%' and quotes in a model's name)."""
+    name = spec.run_name.replace(".", "_")
+    return name if step is None else f"{name}-step{step}"
 
 
 class Store:
@@ -207,7 +215,7 @@ class Store:
         try:
             for step, weights in sorted({**result.checkpoints, final_step: result.final_weights}.items()):
                 model = self.client.create_logged_model(
-                    experiment_id, name="model" if step == final_step else f"model-step-{step}",
+                    experiment_id, name=model_name(result.spec, None if step == final_step else step),
                     source_run_id=run_id, params=params)
                 models[step] = model.model_id
                 self._save_model(model, run_id, weights)
@@ -259,6 +267,20 @@ class Store:
 
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
+
+    def log_cell_summaries(self, experiment_id: str, parent_run_id: str, cells: list[Any]) -> None:
+        """A finished run per cell summary (recorder.CellSummaryRun), nested under the sweep's parent."""
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        for cell in cells:
+            run_id = self.client.create_run(experiment_id, run_name=cell.name,
+                                            tags={**cell.tags, KIND: CELL_SUMMARY, PARENT: parent_run_id}).info.run_id
+            metrics = [Metric(key, value, now, 0) for key, value in cell.metrics.items()]
+            metrics += [Metric(key, value, now, step) for key, values in cell.curves.items()
+                        for step, value in enumerate(values)]
+            self.client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in cell.params.items()])
+            self.client.set_terminated(run_id, "FINISHED")
 
     def end_sweep(self, parent_run_id: str, figures: dict[str, int], status: str) -> None:
         """Close a sweep's parent run with its counts of runs (runs_total, runs_skipped, ...) as metrics."""
