@@ -83,15 +83,7 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
         raise BadInput("--until-separated picks its seeds from the results: drop --dry-run and --force")
     overrides = list(overrides) + ([f"engine={engine}"] if engine else [])
     uri = resolved_uri(tracking_uri)
-    if from_run:
-        if file:
-            raise BadInput("give either FILE or --from-run, not both")
-        from tinytrain.tracking import read_sweep_experiment
-
-        experiment = load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run),
-                                     recorded=True)
-    else:
-        experiment = load_experiment(file, overrides)
+    experiment = experiment_of(file, from_run, overrides, uri)
     if dry_run:
         show_plan(experiment, uri, force)
         return
@@ -120,6 +112,17 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
         show_separation(separation, max_seeds or 10)
     if outcome.counts.failed:
         sys.exit(EXIT_RUNS_FAILED)
+
+
+def experiment_of(file: str | None, from_run: str | None, overrides: list[str], uri: str):
+    """The experiment of a FILE (or the default one), or the one a sweep's parent run keeps (--from-run)."""
+    if not from_run:
+        return load_experiment(file, overrides)
+    if file:
+        raise BadInput("give either FILE or --from-run, not both")
+    from tinytrain.tracking import read_sweep_experiment
+
+    return load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run), recorded=True)
 
 
 def show_separation(separation, max_seeds: int) -> None:

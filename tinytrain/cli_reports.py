@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from tinytrain.cli_shared import BadInput, resolved_uri, tracking_uri_option, translate_errors
@@ -66,18 +68,13 @@ def compare(experiment_name, sweep_id, output_format, sort, target, by, metric, 
         tinytrain compare --sweep 3f2a9c... --by final_loss --sort lr
         tinytrain compare --experiment digits-grid --metric test_accuracy
     """
-    import math
-
     from tinytrain import report
 
     if before_after and (sort or vs):
         raise BadInput("--sort and --vs are for the compare table; --before-after lists the runs in grid order")
     if not (math.isfinite(target) and target > 0):
         raise BadInput(f"--target must be a finite loss > 0, got {target!r}")
-    try:
-        baseline = report.parse_cell(vs) if vs else None
-    except ValueError as error:
-        raise BadInput(str(error)) from None
+    baseline = _baseline(vs)
     from tinytrain.tracking import read_sweep
 
     sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=not before_after)
@@ -88,7 +85,7 @@ def compare(experiment_name, sweep_id, output_format, sort, target, by, metric, 
         untested = [run for run in sweep.runs if not run.diverged and math.isnan(report.metric_value(run, metric))]
         if untested:
             raise BadInput(f"sweep {sweep.parent_run_id} has no {metric} for {len(untested)} of its runs (the "
-                           "one-sample problem has no test set): use --metric final_loss")
+                           "one-sample problem has no test set): compare --metric final_loss")
         by = by or ("target" if metric == "final_loss" else "final_loss")
         try:
             rows = report.summarize(report.as_metric(sweep.runs, metric), target, by, baseline)
@@ -99,6 +96,15 @@ def compare(experiment_name, sweep_id, output_format, sort, target, by, metric, 
                                      report.compare_caption(rows, by, target), target)
     click.echo(text, nl=False)
     warn_missing_cells(sweep)
+
+
+def _baseline(vs: str | None) -> tuple[str, float] | None:
+    from tinytrain import report
+
+    try:
+        return report.parse_cell(vs) if vs else None
+    except ValueError as error:
+        raise BadInput(str(error)) from None
 
 
 @click.command()

@@ -22,12 +22,8 @@ SHARED_LEGEND_ABOVE = 6  # learning rates: with more, the loss curves get one le
 def plot_loss_curves(sweep: SweepRecord) -> Figure:
     """Loss against step on a log axis: a panel per optimizer, a line per lr (the median over converged
     seeds, with a min–max band). Cells whose every seed diverged get no line; the panel names them. Where
-    the runs measured test accuracy (digits), each loss panel has the accuracy's panel below it.
-
-    Returns the Figure (drawn with the Agg canvas: no display, no pyplot state) for the caller to save.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    the runs measured test accuracy (digits), each loss panel has the accuracy's panel below it. Returns the
+    Figure (drawn with the Agg canvas: no display, no pyplot state) for the caller to save."""
     from matplotlib.ticker import MaxNLocator
 
     optimizers = list(dict.fromkeys(run.optimizer for run in sweep.runs))
@@ -35,20 +31,7 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
     colours = _lr_colours(lrs)
     accuracy = any(run.curves.get(ACCURACY_CURVE) for run in sweep.runs)
     columns = min(len(optimizers), 3) or 1
-    rows = math.ceil(len(optimizers) / columns) or 1
-    per_optimizer = 2 if accuracy else 1
-    figure = Figure(figsize=(4.6 * columns, 3.6 * rows * per_optimizer + 0.6), layout="constrained")
-    FigureCanvasAgg(figure)
-    grid = figure.subplots(rows * per_optimizer, columns, squeeze=False)
-    # a shared y axis makes panels comparable; x stays per panel so that each one keeps its step labels
-    loss_axes = [grid[row * per_optimizer][column] for row in range(rows) for column in range(columns)]
-    accuracy_axes = ([grid[row * per_optimizer + 1][column] for row in range(rows) for column in range(columns)]
-                     if accuracy else [])
-    for axes in (loss_axes, accuracy_axes):
-        for ax in axes[len(optimizers):]:
-            figure.delaxes(ax)
-        for ax in axes[1:len(optimizers)]:
-            ax.sharey(axes[0])
+    figure, loss_axes, accuracy_axes = _panels(len(optimizers), columns, accuracy)
     seeds = len({run.seed for run in sweep.runs})
     # Many learning rates: one legend for the figure (the colours are the same in every panel), not one a panel,
     # which would cover the curves and cost most of the drawing (0.4 of 0.7 s at 1,000 runs and 20 lrs).
@@ -81,14 +64,41 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
             if ax.lines and not shared_legend:
                 ax.legend(title="lr", fontsize="small", title_fontsize="small", loc="best")
     if shared_legend:
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], color=colours[lr], linewidth=1.6) for lr in lrs]
-        figure.legend(handles, [f"{lr:g}" for lr in lrs], title="lr", fontsize="small", title_fontsize="small",
-                      loc="outside right upper")
+        _shared_legend(figure, lrs, colours)
     figure.suptitle(f"{sweep.experiment}: {'loss and test accuracy' if accuracy else 'loss'} per step, median over "
                     f"{seeds} seed{'s' if seeds != 1 else ''} (band: min–max)")
     return figure
+
+
+def _shared_legend(figure: Figure, lrs: Sequence[float], colours: dict[float, Any]) -> None:
+    """One legend of the learning rates for the whole figure, right of the panels."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[lr], linewidth=1.6) for lr in lrs]
+    figure.legend(handles, [f"{lr:g}" for lr in lrs], title="lr", fontsize="small", title_fontsize="small",
+                  loc="outside right upper")
+
+
+def _panels(count: int, columns: int, accuracy: bool) -> tuple[Figure, list[Any], list[Any]]:
+    """The figure and its panels: one loss panel per optimizer (and its accuracy panel below it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = math.ceil(count / columns) or 1
+    per_optimizer = 2 if accuracy else 1
+    figure = Figure(figsize=(4.6 * columns, 3.6 * rows * per_optimizer + 0.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(rows * per_optimizer, columns, squeeze=False)
+    # a shared y axis makes panels comparable; x stays per panel so that each one keeps its step labels
+    loss_axes = [grid[row * per_optimizer][column] for row in range(rows) for column in range(columns)]
+    accuracy_axes = ([grid[row * per_optimizer + 1][column] for row in range(rows) for column in range(columns)]
+                     if accuracy else [])
+    for axes in (loss_axes, accuracy_axes):
+        for ax in axes[count:]:
+            figure.delaxes(ax)
+        for ax in axes[1:count]:
+            ax.sharey(axes[0])
+    return figure, loss_axes, accuracy_axes
 
 
 ACCURACY_CURVE = "test_accuracy"
