@@ -93,64 +93,6 @@ def test_sigint_marks_the_current_run_killed_and_exits_130(experiment_file, stor
     assert [run.info.status for run in parent] == ["KILLED"]
 
 
-@pytest.fixture
-def one_run(cli_runner, store_uri):
-    result = cli_runner.invoke(cli, ["run", "--optimizer", "adam", "--lr", "0.01", "--steps", "6"])
-    assert result.exit_code == 0, result.output
-    (run,) = children(store_uri, "optimizer-grid")
-    return run
-
-
-def test_reproduce_says_identical_on_a_fresh_record(one_run, cli_runner):
-    result = cli_runner.invoke(cli, ["reproduce", one_run.info.run_id])
-    assert result.exit_code == 0, result.output
-    assert result.output == (f"identical: run {one_run.info.run_id} retrained from its record gives all 7 logged "
-                             "losses and 10 checkpoint tensors bit for bit\n")
-
-
-def test_reproduce_reports_the_first_step_that_differs(one_run, cli_runner, store_uri):
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-
-    client = mlflow.MlflowClient(store_uri)
-    source = client.get_run(one_run.info.run_id)
-    history = sorted(client.get_metric_history(one_run.info.run_id, "loss"), key=lambda m: m.step)
-    tampered = client.create_run(source.info.experiment_id, tags=source.data.tags)
-    values = [m.value for m in history]
-    values[4] = values[4] * (1 + 1e-6)
-    client.log_batch(tampered.info.run_id,
-                     params=[Param(k, v) for k, v in source.data.params.items()],
-                     metrics=[Metric("loss", v, 0, step) for step, v in enumerate(values)],
-                     tags=[RunTag("note", "logged by the test with one altered loss")])
-    client.set_terminated(tampered.info.run_id)
-    result = cli_runner.invoke(cli, ["reproduce", tampered.info.run_id])
-    assert result.exit_code == 1
-    difference = values[4] - history[4].value
-    assert result.output == (f"differs at step 4: logged {values[4]!r}, retrained {history[4].value!r} "
-                             f"(difference {abs(difference):.3g}); 5 values compared\n")
-
-
-def test_reproduce_compares_the_checkpoint_weights(one_run, store_uri, tmp_path):
-    from tinytrain.spec import RunSpec
-    from tinytrain.tracking import read_logged_run
-    from tinytrain.verify import reproduce
-
-    record = read_logged_run(store_uri, one_run.info.run_id)
-    assert sorted(record.checkpoints) == [6]
-    weights = {name: tensor.clone() for name, tensor in record.checkpoints[6].items()}
-    weights["fc2.bias"][7] += 1e-3
-    verdict = reproduce(one_run.info.run_id, RunSpec.from_params(one_run.data.params), record.losses,
-                        {6: weights}, record.tags)
-    assert verdict.difference.where == "checkpoint step 6, tensor fc2.bias[7]"
-    assert abs(verdict.difference.size - 1e-3) < 1e-6
-
-
-def test_reproduce_of_an_unknown_run_is_one_line(cli_runner, one_run):
-    result = cli_runner.invoke(cli, ["reproduce", "0123456789abcdef"])
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert result.output.startswith("Error: no run '0123456789abcdef' in sqlite:///")
-
-
 def test_sweep_from_run_reruns_the_resolved_experiment(cli_runner, experiment_file, store_uri):
     first = cli_runner.invoke(cli, ["sweep", experiment_file(GRID), "--set", "steps=2", "--quiet"])
     assert first.exit_code == 0, first.output
@@ -185,8 +127,8 @@ class LeakyBackwardReLU(torch.autograd.Function):
 def test_gradcheck_fails_on_a_wrong_backward():
     import torch.nn.functional as F
 
+    from tinytrain.gradcheck import gradient_check
     from tinytrain.model import LeNet
-    from tinytrain.verify import gradient_check
 
     class WrongNet(LeNet):
         def forward(self, x):
@@ -220,15 +162,3 @@ def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experimen
     assert again.exit_code == 0, again.output
     keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
     assert len(keys) == len(set(keys)) == 8
-
-
-def test_reproduce_retrains_a_vmap_run_bit_for_bit(cli_runner, experiment_file, store_uri):
-    """A vmap cell's result does not depend on its batch (threads 1, oneDNN off): reproduce retrains it alone."""
-    path = experiment_file(GRID.replace("steps = 150", "steps = 8"))
-    result = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])
-    assert result.exit_code == 0, result.output
-    runs = children(store_uri, "trust")
-    assert len(runs) == 8 and {run.data.params["engine"] for run in runs} == {"vmap"}
-    for run in runs[:2]:
-        verdict = cli_runner.invoke(cli, ["reproduce", run.info.run_id])
-        assert verdict.exit_code == 0 and verdict.output.startswith("identical: "), verdict.output

@@ -17,6 +17,10 @@ OUTCOMES = (CONVERGED, DIVERGED, FAILED)
 
 StateDict = dict[str, Any]  # parameter name -> tensor (torch.Tensor where training made it)
 
+# Metrics that measure the machine, not the training: wall time is never the same twice, so `reproduce`
+# compares every logged metric but these.
+TIMING_METRICS = ("train_seconds",)
+
 
 @dataclass
 class RunResult:
@@ -42,8 +46,25 @@ class RunResult:
     def final_loss(self) -> float:
         return self.losses[-1] if self.losses else math.nan
 
+    @property
+    def final_step(self) -> int:
+        return len(self.losses) - 1
 
-def failed_result(spec: RunSpec, error: BaseException | str) -> RunResult:
-    """The result of a run that could not complete: it raised, its worker died, its cluster gave up on it."""
-    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    return RunResult(spec, [], FAILED, error=message)
+    def logged_metrics(self) -> dict[str, list[tuple[int, float]]]:
+        """Every metric a run logs, name -> [(step, value)]: what the store writes and `reproduce` checks.
+
+        The loss, its first and last value, the wall time, and whatever else the problem measured (metrics)
+        with its last value as final_<name>. A metric added here is logged and, unless it is in
+        TIMING_METRICS, checked bit for bit.
+        """
+        logged: dict[str, list[tuple[int, float]]] = {"loss": list(enumerate(self.losses))}
+        if self.losses:
+            logged["initial_loss"] = [(0, self.initial_loss)]
+            logged["final_loss"] = [(self.final_step, self.final_loss)]
+        logged["train_seconds"] = [(0, self.train_seconds)]
+        for name, series in self.metrics.items():
+            logged[name] = sorted(series.items())
+            if series:
+                last = max(series)
+                logged[f"final_{name}"] = [(last, series[last])]
+        return logged
