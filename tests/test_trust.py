@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -26,13 +28,35 @@ seed = [0, 1]
 """
 
 
-def start_sweep(path, uri):
-    """A sweep in its own process group (it has a writer process beside it)."""
-    return subprocess.Popen([sys.executable, "-m", "tinytrain", "sweep", path, "--quiet"],
-                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            # a shell's background jobs inherit SIGINT ignored (CI may run us so): restore it
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+def start_sweep(process_groups, path, uri, *options):
+    """A sweep in its own process group (it has a writer process beside it), killed after the test."""
+    return process_groups([sys.executable, "-m", "tinytrain", "sweep", path, "--quiet", *options],
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          # a shell's background jobs inherit SIGINT ignored (CI may run us so): restore it
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def writer_of(process) -> psutil.Process:
+    """The sweep's writer process: the child that multiprocessing spawned to run tracking.background._serve."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in psutil.Process(process.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "spawn_main" in " ".join(child.cmdline()):
+                    return child
+        time.sleep(0.05)
+    raise AssertionError("the sweep started no writer process")
+
+
+def wait_for_open_cell(uri, process, timeout=60):
+    """Until a cell's run is RUNNING: between one run's end and the next one's start no cell is open."""
+    deadline = time.monotonic() + timeout
+    while "RUNNING" not in statuses(uri):
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {process.returncode}) first: {process.stderr.read()}")
+        assert time.monotonic() < deadline, "no cell was ever seen running"
+        time.sleep(0.02)
 
 
 def wait_for_finished_runs(uri, count, process, timeout=120):
@@ -48,20 +72,30 @@ def wait_for_finished_runs(uri, count, process, timeout=120):
     raise AssertionError("no runs finished in time")
 
 
-def statuses(uri):
-    return sorted(run.info.status for run in children(uri, "trust"))
+def statuses(uri, experiment="trust"):
+    """The statuses of the cells' runs, read with plain SQL: polling through MLflow's client while the sweep
+    creates the store would create it a second time, beside the sweep's writer."""
+    from tinytrain.tracking.sqlite import query_sqlite
+
+    try:
+        rows = query_sqlite(uri, """
+            SELECT runs.status FROM runs
+            JOIN experiments ON experiments.experiment_id = runs.experiment_id
+            JOIN tags ON tags.run_uuid = runs.run_uuid AND tags.key = 'tinytrain.kind' AND tags.value = 'run'
+            WHERE experiments.name = ? AND runs.lifecycle_stage = 'active'""", (experiment,))
+    except Exception:  # noqa: BLE001 - the store is being created: no tables yet
+        return []
+    return sorted(status for (status,) in rows)
 
 
 @pytest.mark.slow
-def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner):
+def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner,
+                                                                          process_groups):
     """A lost machine: the sweep and its writer die at once and leave their runs RUNNING."""
     path = experiment_file(GRID.replace("steps = 150", "steps = 600"))  # runs long enough to be caught running
-    process = start_sweep(path, store_uri)
+    process = start_sweep(process_groups, path, store_uri)
     wait_for_finished_runs(store_uri, 2, process)
-    # between one run's end and the next one's start the writer has no run open: kill while one is
-    deadline = time.monotonic() + 60
-    while "RUNNING" not in statuses(store_uri) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_open_cell(store_uri, process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(0.5)
@@ -78,19 +112,88 @@ def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experi
     assert all(run.info.status != "RUNNING" for run in runs_of(store_uri, "trust"))
 
 
+def parents(uri):
+    return [run for run in runs_of(uri, "trust") if run.data.tags.get("tinytrain.kind") == "sweep"]
+
+
+def artifacts_of(uri, run_id):
+    from .conftest import client
+
+    return sorted(item.path for item in client(uri).list_artifacts(run_id))
+
+
 @pytest.mark.slow
-def test_sigint_marks_the_current_run_killed_and_exits_130(experiment_file, store_uri):
-    process = start_sweep(experiment_file(GRID.replace("steps = 150", "steps = 1500")), store_uri)
-    wait_for_finished_runs(store_uri, 1, process)
-    process.send_signal(signal.SIGINT)
-    _out, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+@pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
+def test_ctrl_c_to_the_process_group_kills_the_open_runs_and_exits_130(experiment_file, store_uri, process_groups,
+                                                                       options):
+    """What a terminal sends: SIGINT to every process of the group (the sweep, its writer, its workers)."""
+    steps = "steps = 4000" if "vmap" in options else "steps = 1500"
+    process = start_sweep(process_groups, experiment_file(GRID.replace("steps = 150", steps)), store_uri, *options)
+    wait_for_open_cell(store_uri, process, timeout=120)
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("Interrupted: ")
     assert "Traceback" not in err
     cells = statuses(store_uri)
-    assert cells.count("KILLED") == 1 and "RUNNING" not in cells
-    parent = [run for run in runs_of(store_uri, "trust") if run.data.tags.get("tinytrain.kind") == "sweep"]
-    assert [run.info.status for run in parent] == ["KILLED"]
+    assert "KILLED" in cells and "RUNNING" not in cells
+    (parent,) = parents(store_uri)
+    assert parent.info.status == "KILLED"
+    assert artifacts_of(store_uri, parent.info.run_id) == ["experiment.toml"]  # no summary of a cut sweep
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_run_is_one_line_and_130(experiment_file, store_uri, process_groups):
+    process = start_sweep(process_groups, experiment_file(GRID), store_uri)
+    writer_of(process)  # the writer has just been started: it is still importing MLflow, no run is logged yet
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "RUNNING" not in [run.info.status for run in runs_of(store_uri, "trust")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_tinytrain_run_marks_it_killed(store_uri, process_groups):
+    process = process_groups([sys.executable, "-m", "tinytrain", "run", "--steps", "20000"],
+                             env={**os.environ, "MLFLOW_TRACKING_URI": store_uri}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while "RUNNING" not in statuses(store_uri, "optimizer-grid"):
+        assert time.monotonic() < deadline and process.poll() is None, "the run never started"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert [run.info.status for run in children(store_uri, "optimizer-grid")] == ["KILLED"]
+
+
+@pytest.mark.slow
+def test_the_writer_dying_stops_the_sweep_at_once_and_a_rerun_trains_what_is_missing(
+        experiment_file, store_uri, process_groups, cli_runner):
+    path = experiment_file(GRID.replace("steps = 150", "steps = 1500").replace("lr = [0.01, 0.001]", "lr = [0.01]"))
+    process = start_sweep(process_groups, path, store_uri)
+    writer = writer_of(process)
+    wait_for_open_cell(store_uri, process, timeout=120)
+    writer.kill()
+    killed_at = time.monotonic()
+    _out, err = process.communicate(timeout=60)
+    stopped_after = time.monotonic() - killed_at
+    assert process.returncode == 1, err
+    assert err == (f"Error: the tracking writer process (pid {writer.pid}) died (killed by SIGKILL): the sweep "
+                   "stopped; run the same command again, it marks the runs left open FAILED and trains what is "
+                   "missing\n")
+    assert stopped_after < 3, f"the sweep took {stopped_after:.1f} s to notice"  # the sweep trains for longer
+    finished = statuses(store_uri).count("FINISHED")
+    assert statuses(store_uri).count("RUNNING") == 1 and finished < 4
+    again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert f"4 runs: {4 - finished} trained" in again.output
+    assert "Marked FAILED 2 run(s) left RUNNING by a killed sweep" in again.output  # the cell and the parent
+    keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 4
 
 
 def test_sweep_from_run_reruns_the_resolved_experiment(cli_runner, experiment_file, store_uri):
@@ -143,21 +246,23 @@ def test_gradcheck_fails_on_a_wrong_backward():
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experiment_file, store_uri, cli_runner):
-    """SIGKILL of the sweep alone: its writer process sees it gone and marks what it left open FAILED."""
-    path = experiment_file(GRID)
-    process = start_sweep(path, store_uri)
+def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experiment_file, store_uri, cli_runner,
+                                                                       process_groups):
+    """SIGKILL of the sweep alone: its writer process sees it gone, marks what it left open FAILED, and exits."""
+    path = experiment_file(GRID.replace("steps = 150", "steps = 600"))
+    process = start_sweep(process_groups, path, store_uri)
+    writer = writer_of(process)
     wait_for_finished_runs(store_uri, 1, process)
+    wait_for_open_cell(store_uri, process)
     process.kill()
     process.wait()
-    deadline = time.monotonic() + 60
-    while "RUNNING" in [run.info.status for run in runs_of(store_uri, "trust")] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    writer.wait(timeout=60)  # the writer exits by itself once it has closed what was left open
     runs = runs_of(store_uri, "trust")
     assert "RUNNING" not in [run.info.status for run in runs]
-    failed = [run for run in runs if run.info.status == "FAILED"]
-    assert failed and all(run.data.tags["tinytrain.error"] == "the sweep's process ended while it ran"
-                          for run in failed if run.data.tags.get("tinytrain.kind") == "run")
+    failed_cells = [run for run in runs if run.info.status == "FAILED" and run.data.tags.get("tinytrain.kind") == "run"]
+    assert len(failed_cells) == 1
+    assert failed_cells[0].data.tags["tinytrain.error"] == "the sweep's process ended while it ran"
+    assert [run.info.status for run in parents(store_uri)] == ["FAILED"]
     again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
     assert again.exit_code == 0, again.output
     keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]

@@ -17,6 +17,7 @@ from tinytrain.tracking import (
     Recorder,
     SweepCounts,
     SweepRecorder,
+    TrackingError,
     check_store,
     finished_keys_readonly,
     runs_page_url,
@@ -80,7 +81,7 @@ def run_sweep(
     runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
     recorder = _recorder(uri, background)
     failures: list[str] = []
-    status, interrupted = "FINISHED", False
+    status, interrupted, abandon = "FINISHED", False, False
     try:
         recorder.open(experiment, specs, finished, force, with_parent)
         with _progress(len(specs), len(specs) - len(todo), enabled=progress) as advance:
@@ -91,14 +92,14 @@ def run_sweep(
                 advance()
     except KeyboardInterrupt:
         status, interrupted = "KILLED", True
-    except BaseException:
-        status = "FAILED"
+    except BaseException as error:
+        status, abandon = "FAILED", isinstance(error, TrackingError)  # nothing more can be written
         raise
     finally:
         try:
             counts = recorder.close(status)
         finally:
-            runner.close()
+            runner.close(abandon=abandon)
     return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures)
 
 
