@@ -143,5 +143,15 @@ def cli_runner():
     return CliRunner()
 
 
+STORE_FIXTURES = {"store", "store_uri", "logged", "server", "swept", "dask_cluster", "one_run"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the tests that use a store (or a server, a cluster): make mutation runs the others only."""
+    for item in items:
+        if STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.store)
+
+
 def pytest_configure(config):
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
