@@ -114,9 +114,10 @@ def test_reproduce_checks_the_test_metrics_bit_for_bit(store):
     run = next(run for run in cell_runs(store["uri"]) if run.data.params["optimizer"] == "schedulefree-adamw")
     result = invoke(["reproduce", run.info.run_id, "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"identical: run {run.info.run_id} retrained from its record gives all 11 "
-                                    "logged losses, ")  # and the test metrics, their final values, the weights
-    assert result.output.endswith(" 1 checkpoint(s) and 1 LoggedModel(s) (20 tensors) bit for bit\n")
+    # 5 losses; test_loss and test_accuracy at steps 0, 2, 4 and their final values: 10 other values
+    assert result.output == (f"identical: run {run.info.run_id} retrained from its record gives all 5 logged "
+                             "losses, 10 other metric value(s), 1 checkpoint(s) and 1 LoggedModel(s) (20 tensors) "
+                             "bit for bit\n")
 
 
 def test_reproduce_finds_a_test_metric_that_the_record_changed(tmp_path):

@@ -46,7 +46,7 @@ def record_of(result, **changes) -> LoggedRun:
         tags={"tinytrain.run_key": result.spec.key, "tinytrain.outcome": result.outcome,
               "tinytrain.torch": torch.__version__},
         metrics={name: [(step, verify.as_stored(value)) for step, value in history]
-                 for name, history in result.metrics().items()},
+                 for name, history in result.logged_metrics().items()},
         checkpoints=copy.deepcopy(weights), models=copy.deepcopy(weights))
     for name, value in changes.items():
         setattr(record, name, value)

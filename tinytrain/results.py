@@ -68,3 +68,9 @@ class RunResult:
                 last = max(series)
                 logged[f"final_{name}"] = [(last, series[last])]
         return logged
+
+
+def failed_result(spec: RunSpec, error: BaseException | str) -> RunResult:
+    """The result of a run that could not complete: it raised, its worker died, its cluster gave up on it."""
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return RunResult(spec, [], FAILED, error=message)
