@@ -56,25 +56,31 @@ def gradient_check(
     sampler = torch.Generator().manual_seed(seed)
     checks = []
     for name, parameter in net.named_parameters():
-        flat, analytic = parameter.data.view(-1), parameter.grad.view(-1)
-        count = flat.numel()
+        count = parameter.numel()
         if entries_per_tensor is None or count <= entries_per_tensor:
             indices = torch.arange(count)
         else:
             indices = torch.randperm(count, generator=sampler)[:entries_per_tensor]
-        worst_relative = worst_absolute = 0.0
-        with torch.no_grad():
-            for index in indices.tolist():
-                original = flat[index].item()
-                flat[index] = original + eps
-                plus = objective().item()
-                flat[index] = original - eps
-                minus = objective().item()
-                flat[index] = original
-                numeric = (plus - minus) / (2 * eps)
-                exact = analytic[index].item()
-                absolute = abs(numeric - exact)
-                worst_absolute = max(worst_absolute, absolute)
-                worst_relative = max(worst_relative, absolute / max(abs(numeric), abs(exact), 1e-10))
-        checks.append(TensorCheck(name, len(indices), worst_relative, worst_absolute))
+        checks.append(_check_tensor(name, parameter, indices.tolist(), objective, eps))
     return checks
+
+
+def _check_tensor(name: str, parameter: torch.nn.Parameter, indices: list[int],
+                  objective: Callable[[], torch.Tensor], eps: float) -> TensorCheck:
+    """The worst errors over the given entries of one parameter tensor (its .grad holds autograd's gradient)."""
+    flat, analytic = parameter.data.view(-1), parameter.grad.view(-1)
+    worst_relative = worst_absolute = 0.0
+    with torch.no_grad():
+        for index in indices:
+            original = flat[index].item()
+            flat[index] = original + eps
+            plus = objective().item()
+            flat[index] = original - eps
+            minus = objective().item()
+            flat[index] = original
+            numeric = (plus - minus) / (2 * eps)
+            exact = analytic[index].item()
+            absolute = abs(numeric - exact)
+            worst_absolute = max(worst_absolute, absolute)
+            worst_relative = max(worst_relative, absolute / max(abs(numeric), abs(exact), 1e-10))
+    return TensorCheck(name, len(indices), worst_relative, worst_absolute)
