@@ -89,26 +89,30 @@ def statuses(uri, experiment="trust"):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
 def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner,
-                                                                          process_groups):
-    """A lost machine: the sweep and its writer die at once and leave their runs RUNNING."""
-    path = experiment_file(GRID.replace("steps = 150", "steps = 600"))  # runs long enough to be caught running
-    process = start_sweep(process_groups, path, store_uri)
-    wait_for_finished_runs(store_uri, 2, process)
-    wait_for_open_cell(store_uri, process)
+                                                                          process_groups, options):
+    """A lost machine: the sweep, its writer (and its workers) die at once and leave their runs RUNNING."""
+    steps = "steps = 3000" if "vmap" in options else "steps = 600"  # long enough to be caught running
+    path = experiment_file(GRID.replace("steps = 150", steps))
+    process = start_sweep(process_groups, path, store_uri, *options)
+    if "vmap" not in options:  # a vmap batch finishes its cells together
+        wait_for_finished_runs(store_uri, 2, process, timeout=180)
+    wait_for_open_cell(store_uri, process, timeout=180)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(0.5)
     before = statuses(store_uri)
-    assert "RUNNING" in before and before.count("FINISHED") >= 2
-    again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
+    left_running = [run.info.status for run in runs_of(store_uri, "trust")].count("RUNNING")  # cells and parent
+    assert "RUNNING" in before and left_running == before.count("RUNNING") + 1
+    again = cli_runner.invoke(cli, ["sweep", path, "--quiet", *options])
     assert again.exit_code == 0, again.output
     finished = before.count("FINISHED")
     assert f"8 runs: {8 - finished} trained" in again.output and f"{finished} already done" in again.output
-    assert "Marked FAILED 2 run(s) left RUNNING by a killed sweep" in again.output  # the cell and its parent
+    assert f"Marked FAILED {left_running} run(s) left RUNNING by a killed sweep" in again.output
     runs = children(store_uri, "trust")
     keys = [run.data.tags["tinytrain.run_key"] for run in runs if run.info.status == "FINISHED"]
-    assert len(keys) == len(set(keys)) == 8
+    assert len(keys) == len(set(keys)) == 8  # exactly once each
     assert all(run.info.status != "RUNNING" for run in runs_of(store_uri, "trust"))
 
 
