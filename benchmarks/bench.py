@@ -9,13 +9,15 @@ in the same run, because this machine is shared and noisy:
   (c) naive MLflow script      log_metric per step, log_model with defaults (benchmarks/naive_mlflow.py)
   (d) vmap training            the same grid trained at once by the vmap engine, no tracking
   (e) tinytrain sweep --engine vmap, full tracking
-  (f) vmap training, 2 workers  the grid as two batches on two worker processes (--jobs 2), no tracking
+  (f) vmap training, 2 workers  the grid as sub-batches on two worker processes (--jobs 2), no tracking
   (g) tinytrain sweep, digits  experiments/digits-grid.toml (real images), full tracking and checkpoints
   (h) plain training, digits   the same digits cells trained by plain_training.py, no tracking
 
-Usage: python benchmarks/bench.py [--repeat 3] [--experiment FILE] [--skip-naive]
+Usage: python benchmarks/bench.py [--repeat 3] [--experiment FILE] [--skip-naive] [--variants abcdefgh]
        [--digits FILE] [--digits-set KEY=V ...] [--skip-digits | --digits-only]
 
+The vmap engine's figures alone, (d) and (e) against (a) and (b), without the minutes of (c), (g), (h):
+  python benchmarks/bench.py --variants abde
 A quick check of the digits variants on a tiny grid (seconds, not minutes):
   python benchmarks/bench.py --repeat 1 --digits-only --digits-set steps=5 --digits-set optimizer=adam,sgd
 """
@@ -95,102 +97,99 @@ FUSED_FLOATS_PER_PARAMETER = 3 + (3 + 5 + 7 + 7 + 5) / 5
 PARAMETERS = 61_706
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--experiment", default=str(ROOT / "experiments" / "optimizer-grid.toml"))
-    parser.add_argument("--skip-naive", action="store_true", help="skip (c), which takes minutes")
-    parser.add_argument("--digits", default=str(ROOT / "experiments" / "digits-grid.toml"))
-    parser.add_argument("--digits-set", action="append", default=[], metavar="KEY=V1,V2",
-                        help="override the digits experiment (as `tinytrain sweep --set`), e.g. steps=5")
-    parser.add_argument("--skip-digits", action="store_true", help="skip (g) and (h), which take minutes")
-    parser.add_argument("--digits-only", action="store_true", help="only (g) and (h)")
-    args = parser.parse_args()
-    digits = str(Path(args.digits).resolve())
-    digits_set = [part for override in args.digits_set for part in ("--set", override)]
-    experiment = str(Path(args.experiment).resolve())
+NAMES = {"a": "tinytrain sweep (full tracking)", "b": "plain training, no tracking",
+         "c": "naive MLflow script", "d": "vmap training, no tracking",
+         "e": "tinytrain sweep --engine vmap (full tracking)", "f": "vmap training, 2 worker processes",
+         "g": "tinytrain sweep, digits (full tracking)", "h": "plain training, digits, no tracking"}
+TRAINING = "bdfh"  # the variants that report their training time and model-steps
+
+
+def commands(keys: str, experiment: str, store: Path, with_naive: bool, digits: list[str]) -> dict[str, list[str]]:
+    """The command of each chosen variant for one round, its stores under `store`; `digits` is the digits
+    experiment and its --set options."""
     python, tinytrain = str(BIN / "python"), str(BIN / "tinytrain")
     plain = str(ROOT / "benchmarks" / "plain_training.py")
-    naive = str(ROOT / "benchmarks" / "naive_mlflow.py")
+    every = {
+        "a": [tinytrain, "sweep", experiment, "--quiet", "--tracking-uri", str(store / "a" / "mlflow.db")],
+        "b": [python, plain, experiment],
+        "c": [python, str(ROOT / "benchmarks" / "naive_mlflow.py"), f"sqlite:///{store / 'c' / 'mlflow.db'}",
+              experiment],
+        "d": [python, plain, experiment, "--engine", "vmap"],
+        "e": [tinytrain, "sweep", experiment, "--quiet", "--engine", "vmap",
+              "--tracking-uri", str(store / "e" / "mlflow.db")],
+        "f": [python, plain, experiment, "--engine", "vmap", "--jobs", "2"],
+        "g": [tinytrain, "sweep", *digits, "--quiet", "--tracking-uri", str(store / "g" / "mlflow.db")],
+        "h": [python, plain, *digits],
+    }
+    if "c" in keys and with_naive:
+        (store / "c").mkdir(parents=True)
+    return {key: every[key] for key in keys if key != "c" or with_naive}
 
-    load_before = os.getloadavg()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; load average before: {load_before[0]:.2f}")
-    peak_gflops = matmul_gflops()
-    bandwidth = copy_bandwidth()
-    print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s; copy of 64 MiB: {bandwidth:.1f} GB/s")
 
-    walls: dict[str, list[float]] = {key: [] for key in "abcdefgh"}
+def measure(keys: str, experiment: str, repeat: int, skip_naive: bool, digits: list[str]) -> tuple[dict, dict, dict]:
+    """Every chosen variant, `repeat` rounds in alternating order (the naive script in the first only)."""
+    walls: dict[str, list[float]] = {key: [] for key in keys}
     peaks: dict[str, float] = {}
-    training: dict[str, list[tuple[float, float]]] = {"b": [], "d": [], "f": [], "h": []}
+    training: dict[str, list[tuple[float, float, float]]] = {key: [] for key in keys if key in TRAINING}
     with tempfile.TemporaryDirectory(prefix="tinytrain-bench-") as scratch:
         scratch_path = Path(scratch)
         # Every round measures what every store but a machine's first costs: a copy of the cached template.
         from tinytrain.tracking import create_store_from_template, resolve_tracking_uri
 
         create_store_from_template(resolve_tracking_uri(str(scratch_path / "warm-up" / "mlflow.db")))
-        for round_number in range(args.repeat):
-            store = scratch_path / f"round{round_number}"
-            variants = {
-                "a": [tinytrain, "sweep", experiment, "--quiet", "--tracking-uri", str(store / "a" / "mlflow.db")],
-                "b": [python, plain, experiment],
-                "d": [python, plain, experiment, "--engine", "vmap"],
-                "e": [tinytrain, "sweep", experiment, "--quiet", "--engine", "vmap",
-                      "--tracking-uri", str(store / "e" / "mlflow.db")],
-                "f": [python, plain, experiment, "--engine", "vmap", "--jobs", "2"],
-                "g": [tinytrain, "sweep", digits, *digits_set, "--quiet", "--tracking-uri",
-                      str(store / "g" / "mlflow.db")],
-                "h": [python, plain, digits, *digits_set],
-            }
-            if args.digits_only:
-                variants = {key: variants[key] for key in "gh"}
-            elif args.skip_digits:
-                variants = {key: command for key, command in variants.items() if key not in "gh"}
-            if round_number == 0 and not (args.skip_naive or args.digits_only):
-                variants["c"] = [python, naive, f"sqlite:///{store / 'c' / 'mlflow.db'}", experiment]
-                (store / "c").mkdir(parents=True)
+        for round_number in range(repeat):
+            variants = commands(keys, experiment, scratch_path / f"round{round_number}",
+                                round_number == 0 and not skip_naive, digits)
             order = list(variants) if round_number % 2 == 0 else list(reversed(variants))
             for key in order:
                 wall, peak, stdout = run(variants[key], scratch_path)
                 walls[key].append(wall)
                 peaks[key] = max(peaks.get(key, 0.0), peak)
                 if key in training:
-                    training[key].append((field(stdout, "training_seconds"), field(stdout, "model_steps")))
+                    training[key].append((field(stdout, "training_seconds"), field(stdout, "model_steps"),
+                                          field(stdout, "training_cpu_seconds")))
                 print(f"  round {round_number + 1} ({key}) {wall:6.2f} s", flush=True)
+    return walls, peaks, training
 
+
+def print_ratios(walls: dict, training: dict) -> None:
+    """The ratios of the variants measured; (d) and (e) against (a) and (b) are the vmap engine's figures."""
     median = {key: statistics.median(values) for key, values in walls.items() if values}
-    names = {"a": "tinytrain sweep (full tracking)", "b": "plain training, no tracking",
-             "c": "naive MLflow script", "d": "vmap training, no tracking",
-             "e": "tinytrain sweep --engine vmap (full tracking)", "f": "vmap training, 2 worker processes",
-             "g": "tinytrain sweep, digits (full tracking)", "h": "plain training, digits, no tracking"}
-    print("\n| variant | median wall (s) | runs | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
-    for key, name in names.items():
-        if key in median:
-            print(f"| ({key}) {name} | {median[key]:.2f} | {len(walls[key])} | {peaks[key]:.0f} |")
 
-    def steps_per_second(key: str) -> float:
-        return statistics.median(steps / seconds for seconds, steps in training[key])
+    def rounds(top: str, bottom: str) -> str:
+        return ", ".join(f"{x / y:.2f}" for x, y in zip(walls[top], walls[bottom], strict=True))
 
-    if "g" in median:
-        rounds = ", ".join(f"{g / h:.2f}" for g, h in zip(walls["g"], walls["h"], strict=True))
-        print(f"\n| g/h | {median['g'] / median['h']:.2f} | tracking's cost on digits: whole sweep over plain "
-              f"training (goal <= 1.3); round by round {rounds}; {steps_per_second('h'):.0f} model-steps/s |")
-    if "a" not in median:
-        return
+    def rate(key: str, cpu: bool = False) -> float:  # model-steps per second of training (or of its CPU)
+        return statistics.median(steps / (cpu_seconds if cpu else seconds)
+                                 for seconds, steps, cpu_seconds in training[key])
 
-    sequential, batched, two_workers = steps_per_second("b"), steps_per_second("d"), steps_per_second("f")
     print("\n| ratio | value | meaning |\n| --- | ---: | --- |")
-    rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(walls["a"], walls["b"], strict=True))
-    print(f"| a/b | {median['a'] / median['b']:.2f} | tracking's cost: whole sweep over plain training (goal <= 1.3); "
-          f"round by round {rounds} |")
-    if "c" in median:
-        print(f"| c/a | {median['c'] / median['a']:.1f} | how far ahead of the naive MLflow script |")
-    print(f"| b/d | {median['b'] / median['d']:.2f} | vmap engine, whole process, no tracking |")
-    print(f"| b/d training only | {batched / sequential:.2f} | model-steps/s: {sequential:.0f} sequential, "
-          f"{batched:.0f} vmap (target >= 8) |")
-    print(f"| b/f | {median['b'] / median['f']:.2f} | vmap engine on 2 workers, whole process (training only "
-          f"{two_workers / sequential:.2f}: {two_workers:.0f} model-steps/s, worker start-up included) |")
-    print(f"| a/e | {median['a'] / median['e']:.2f} | full sweep, sequential over vmap engine |")
+    lines = [
+        ("a", "b", "tracking's cost: whole sweep over plain training (goal <= 1.3)"),
+        ("c", "a", "how far ahead of the naive MLflow script"),
+        ("b", "d", "vmap engine, whole process, no tracking"),
+        ("a", "e", "whole sweep, sequential over vmap engine (target >= 1.8)"),
+        ("b", "e", "plain sequential training over the whole vmap sweep"),
+        ("e", "d", "the vmap sweep's tracking cost: whole sweep over vmap training"),
+        ("b", "f", "vmap engine on 2 workers, whole process"),
+        ("g", "h", "tracking's cost on digits: whole sweep over plain training (goal <= 1.3)"),
+    ]
+    for top, bottom, meaning in lines:
+        if top in median and bottom in median:
+            by_round = f"; round by round {rounds(top, bottom)}" if len(walls[top]) == len(walls[bottom]) else ""
+            print(f"| {top}/{bottom} | {median[top] / median[bottom]:.2f} | {meaning}{by_round} |")
+    if "b" in training and "d" in training:
+        sequential, batched = rate("b"), rate("d")
+        print(f"| b/d training only | {batched / sequential:.2f} | model-steps/s: {sequential:.0f} sequential, "
+              f"{batched:.0f} vmap (target >= 2.5); by CPU time {rate('d', True) / rate('b', True):.2f} |")
+
+
+def print_floors(training: dict, peak_gflops: float, bandwidth: float) -> None:
+    """The memory floor of a perfectly fused engine and the FLOP rates reached, against one core's."""
+    if "b" not in training or "d" not in training:
+        return
+    sequential, batched = (statistics.median(steps / seconds for seconds, steps, _ in training[key])
+                           for key in "bd")
     fused_floor = FUSED_FLOATS_PER_PARAMETER * PARAMETERS * 4 / (bandwidth * 1e9)
     print(f"\nmemory floor of a perfectly fused batched engine: {fused_floor * 1e6:.0f} us a model-step "
           f"({FUSED_FLOATS_PER_PARAMETER:.1f} floats a parameter at {bandwidth:.1f} GB/s), i.e. at most "
@@ -200,6 +199,35 @@ def main() -> None:
         fraction = rate * FLOP_PER_MODEL_STEP / (peak_gflops * 1e9)
         print(f"FLOP rate, {key}: {rate * FLOP_PER_MODEL_STEP / 1e9:.2f} GFLOP/s = {fraction:.1%} of one core's "
               "matmul peak")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--experiment", default=str(ROOT / "experiments" / "optimizer-grid.toml"))
+    parser.add_argument("--skip-naive", action="store_true", help="skip (c), which takes minutes")
+    parser.add_argument("--variants", default="abcdefgh", help="the variants to run, e.g. abde (default: all)")
+    parser.add_argument("--digits", default=str(ROOT / "experiments" / "digits-grid.toml"))
+    parser.add_argument("--digits-set", action="append", default=[], metavar="KEY=V1,V2",
+                        help="override the digits experiment (as `tinytrain sweep --set`), e.g. steps=5")
+    parser.add_argument("--skip-digits", action="store_true", help="skip (g) and (h), which take minutes")
+    parser.add_argument("--digits-only", action="store_true", help="only (g) and (h)")
+    args = parser.parse_args()
+    chosen = "gh" if args.digits_only else args.variants
+    keys = "".join(key for key in NAMES if key in chosen and not (args.skip_digits and key in "gh"))
+    digits = [str(Path(args.digits).resolve()), *(part for value in args.digits_set for part in ("--set", value))]
+    load_before = os.getloadavg()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}; load average before: {load_before[0]:.2f}")
+    peak_gflops, bandwidth = matmul_gflops(), copy_bandwidth()
+    print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s; copy of 64 MiB: {bandwidth:.1f} GB/s")
+    walls, peaks, training = measure(keys, str(Path(args.experiment).resolve()), args.repeat, args.skip_naive, digits)
+    print("\n| variant | median wall (s) | runs | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
+    for key, values in walls.items():
+        if values:
+            print(f"| ({key}) {NAMES[key]} | {statistics.median(values):.2f} | {len(values)} | {peaks[key]:.0f} |")
+    print_ratios(walls, training)
+    print_floors(training, peak_gflops, bandwidth)
     print(f"load average after: {os.getloadavg()[0]:.2f} (before: {load_before[0]:.2f}); figures taken while "
           "other work ran are noisier, their ratios less so")
 

@@ -37,7 +37,7 @@ def main() -> None:
         import dataclasses
 
         specs = [dataclasses.replace(spec, **runtime) for spec in specs]
-    training_started = time.perf_counter()
+    training_started, cpu_started = time.perf_counter(), time.process_time()
     if engine == "vmap" and jobs > 1:
         from tinytrain.executors import ProcessPool
 
@@ -45,16 +45,17 @@ def main() -> None:
         results = list(pool.run(specs, lambda spec: None))
         pool.close()
     elif engine == "vmap":
-        from tinytrain.vmap import train_batch
+        from tinytrain.executors import InProcess
 
-        results = train_batch(specs)
+        results = list(InProcess().run(specs, lambda spec: None))  # the sweep's sub-batches and fallback
     else:
         from tinytrain.train import train
 
         results = [train(spec) for spec in specs]
-    training = time.perf_counter() - training_started
+    training, cpu = time.perf_counter() - training_started, time.process_time() - cpu_started
     model_steps = sum(len(result.losses) - 1 for result in results)
-    print(f"training_seconds={training:.4f} model_steps={model_steps} wall_seconds={time.perf_counter() - started:.4f}")
+    print(f"training_seconds={training:.4f} training_cpu_seconds={cpu:.4f} model_steps={model_steps} "
+          f"wall_seconds={time.perf_counter() - started:.4f}")
 
 
 if __name__ == "__main__":

@@ -71,33 +71,85 @@ def test_a_fresh_record_is_identical_in_every_value(logged):
     result = reproduce(logged)
     assert result.exit_code == 0, result.output
     assert result.output == (f"identical: run {logged} retrained from its record gives all 7 logged losses, "
-                             "2 other metric value(s), 2 checkpoint(s) and 2 LoggedModel(s) (40 tensors) bit for "
-                             "bit\n")
+                             "2 other metric value(s), 2 LoggedModel(s) (20 tensors) bit for bit\n")
+
+
+def model_folder(uri: str, run_id: str, step: int) -> tuple[str, Path]:
+    """The id and local artifact folder of the run's LoggedModel at a step: where its checkpoint is stored."""
+    mlflow_client = client(uri)
+    (output,) = [o for o in mlflow_client.get_run(run_id).outputs.model_outputs if o.step == step]
+    location = mlflow_client.get_logged_model(output.model_id).artifact_location
+    return output.model_id, Path(location.removeprefix("file://"))
 
 
 def test_a_deleted_final_checkpoint_is_missing_not_diverged(logged, store_uri):
-    (run_folder(store_uri, logged) / "checkpoints" / "final.pt").unlink()
+    model_id, folder = model_folder(store_uri, logged, 6)
+    (folder / "data" / "model.pth").unlink()  # the checkpoint's only copy of the weights
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output == ("differs at checkpoint at step 6: missing (not in the run's artifacts); the record "
-                             "says the run converged, so it keeps these weights\n")
+    assert result.output == (f"differs at LoggedModel at step 6: missing (LoggedModel {model_id}: it has no "
+                             "data/model.pth); the record says the run converged, so it keeps these weights\n")
 
 
 def test_a_deleted_intermediate_checkpoint_is_named(logged, store_uri):
-    (run_folder(store_uri, logged) / "checkpoints" / "step-000004.pt").unlink()
+    model_id, _folder = model_folder(store_uri, logged, 4)
+    client(store_uri).delete_logged_model(model_id)
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output.startswith("differs at checkpoint at step 4: missing (not in the run's artifacts)")
+    assert result.output.startswith(f"differs at LoggedModel at step 4: missing (LoggedModel {model_id}: ")
 
 
 def test_a_rewritten_checkpoint_names_the_tensor_and_entry(logged, store_uri):
-    path = run_folder(store_uri, logged) / "checkpoints" / "final.pt"
+    _model_id, folder = model_folder(store_uri, logged, 6)
+    path = folder / "data" / "model.pth"
     weights = torch.load(path, weights_only=True)
     weights["fc2.bias"][7] += 1e-3
     torch.save(weights, path)
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output.startswith("differs at checkpoint at step 6, tensor fc2.bias[7]: logged ")
+    assert result.output.startswith("differs at LoggedModel at step 6, tensor fc2.bias[7]: logged ")
+
+
+def test_a_logged_model_of_another_kind_is_refused(logged, store_uri):
+    model_id, folder = model_folder(store_uri, logged, 6)
+    torch.save({"weights": [1, 2, 3]}, folder / "data" / "model.pth")
+    result = reproduce(logged)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"differs at LoggedModel at step 6: missing (LoggedModel {model_id}: "
+                                    "data/model.pth holds a dict, not the LeNet's state dict)")
+
+
+def as_old_store(uri: str, run_id: str, folder: Path) -> None:
+    """The run as stores written before checkpoints were kept once: each LoggedModel's data/model.pth a
+    pickled LeNet, and the same weights as state dicts in the run's checkpoints/ (final.pt, step-NNNNNN.pt)."""
+    from tinytrain.model import LeNet
+
+    files = folder / "checkpoints"
+    files.mkdir()
+    for step in (4, 6):
+        _model_id, model = model_folder(uri, run_id, step)
+        weights = torch.load(model / "data" / "model.pth", weights_only=True)
+        net = LeNet()
+        net.load_state_dict(weights)
+        torch.save(net, model / "data" / "model.pth")
+        torch.save(weights, files / ("final.pt" if step == 6 else f"step-{step:06d}.pt"))
+    client(uri).log_artifacts(run_id, str(files), "checkpoints")
+
+
+def test_an_old_store_reproduces_from_its_checkpoint_files_and_pickled_nets(logged, store_uri, tmp_path):
+    as_old_store(store_uri, logged, tmp_path)
+    result = reproduce(logged)
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("2 checkpoint(s) and 2 LoggedModel(s) (40 tensors) bit for bit\n")
+
+
+def test_an_old_stores_deleted_final_checkpoint_file_is_missing_not_diverged(logged, store_uri, tmp_path):
+    as_old_store(store_uri, logged, tmp_path)
+    (run_folder(store_uri, logged) / "checkpoints" / "final.pt").unlink()
+    result = reproduce(logged)
+    assert result.exit_code == 1
+    assert result.output == ("differs at checkpoint at step 6: missing (not in the run's artifacts); the record "
+                             "says the run converged, so it keeps these weights\n")
 
 
 @pytest.mark.parametrize("metric", ["final_loss", "initial_loss"])

@@ -103,4 +103,5 @@ def test_a_run_that_raises_becomes_a_failed_result():
 
 def test_runtime_settings_are_applied_and_recorded():
     result = train(one_spec(steps=1))
-    assert result.runtime == {"torch_threads": "1", "mkldnn_enabled": "False", "deterministic_algorithms": "True"}
+    assert result.runtime == {"engine": "sequential", "torch_threads": "1", "mkldnn_enabled": "False",
+                              "deterministic_algorithms": "True"}

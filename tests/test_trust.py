@@ -271,3 +271,30 @@ def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experimen
     assert again.exit_code == 0, again.output
     keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
     assert len(keys) == len(set(keys)) == 8
+
+
+def test_a_vmap_sweep_too_small_to_batch_trains_sequentially_keeps_its_keys_and_reproduces(
+        cli_runner, experiment_file, store_uri, monkeypatch):
+    """Two cells asked for as vmap, fewer than the engine batches (3 here; 1 on this machine, where one cell
+    already gains): the sequential engine trains them and the summary and tags say so; the engine param and
+    the run key stay those of the vmap cells (a rerun skips them), and reproduce holds."""
+    import tinytrain.batching as batching
+    from tinytrain.spec import load_experiment
+
+    monkeypatch.setattr(batching, "MIN_BATCH_CELLS", 3)
+    path = experiment_file(GRID.replace("steps = 150", "steps = 8").replace('["sgd", "adam"]', '["adam"]')
+                           .replace("[0, 1]", "[0]"))
+    result = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])
+    assert result.exit_code == 0, result.output
+    reason = "2 cell(s) to batch, fewer than the 3 at which the vmap engine gains"
+    assert f"Engine: sequential for 2 run(s) ({reason})" in result.output.splitlines()
+    runs = children(store_uri, "trust")
+    assert {run.data.params["engine"] for run in runs} == {"vmap"}
+    assert {(run.data.tags["tinytrain.engine"], run.data.tags["tinytrain.engine_reason"]) for run in runs} == \
+        {("sequential", reason)}
+    keys = {spec.key for spec in load_experiment(path, ["engine=vmap"]).specs()}
+    assert {run.data.tags["tinytrain.run_key"] for run in runs} == keys
+    again = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])
+    assert "2 runs: 0 trained" in again.output, again.output
+    verdict = cli_runner.invoke(cli, ["reproduce", runs[0].info.run_id])
+    assert verdict.exit_code == 0 and verdict.output.startswith("identical: "), verdict.output

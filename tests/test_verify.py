@@ -113,8 +113,26 @@ def test_an_outcome_other_than_the_retrained_one(trained):
 
 
 def test_a_diverged_record_said_converged_misses_its_weights(trained):
+    """A store keeps each checkpoint as a LoggedModel: their absence is named, step by step."""
     result = trained["diverged"]
     record = record_of(result)
+    record.tags["tinytrain.outcome"] = "converged"
+    lines = [difference.line() for difference in check(record, result).differences]
+    assert lines == [
+        "differs at outcome: logged converged, retrained diverged",
+        "differs at LoggedModel at step 2: missing (the run has no LoggedModel at this step); the record says the "
+        "run converged, so it keeps these weights",
+        "differs at LoggedModel at step 4: missing (the run has no LoggedModel at this step); the record says the "
+        "run converged, so it keeps these weights",
+        "differs at LoggedModel at step 6: missing (the run has no LoggedModel at this step); the record says the "
+        "run converged, so it keeps these weights",
+    ]
+
+
+def test_an_old_stores_record_said_converged_misses_its_checkpoint_files_too(trained):
+    """Older stores also kept checkpoints/*.pt (legacy): each missing file is named as well."""
+    result = trained["diverged"]
+    record = record_of(result, legacy=True)
     record.tags["tinytrain.outcome"] = "converged"
     lines = [difference.line() for difference in check(record, result).differences]
     assert lines == [

@@ -110,13 +110,13 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
     cells = plan(experiment, uri)
     done = sum(cell.done_run_id is not None for cell in cells)
-    for line in experiment.drawn:
-        click.echo(f"drawn {line}")
+    lines = [f"drawn {line}\n" for line in experiment.drawn]
     for cell in cells:
         status = "done" if cell.done_run_id and not force else "run"
         spec = cell.spec
-        click.echo(f"{status:4}  {spec.optimizer:<14} lr={spec.lr:<8g} seed={spec.seed:<3} steps={spec.steps:<5} "
-                   f"key={spec.key}")
+        lines.append(f"{status:4}  {spec.optimizer:<14} lr={spec.lr:<8g} seed={spec.seed:<3} steps={spec.steps:<5} "
+                     f"key={spec.key}\n")
+    click.echo("".join(lines), nl=False)  # one write: 10,000 cells take one call, not 10,000
     to_run = len(cells) if force else len(cells) - done
     click.echo(f"{experiment.name}: {len(cells)} runs, {to_run} to run, {len(cells) - to_run} already done "
                "(dry run: nothing written)")
@@ -134,6 +134,8 @@ def show_summary(outcome) -> None:
     click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.converged} converged, "
                f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
                f"in {outcome.seconds:.1f} s")
+    if outcome.engine_line():
+        click.echo(outcome.engine_line())
     if counts.recovered:
         click.echo(f"Marked FAILED {counts.recovered} run(s) left RUNNING by a killed sweep; their cells ran again.")
     if counts.replaced:

@@ -34,6 +34,16 @@ class SweepOutcome:
     seconds: float
     interrupted: bool = False
     failures: list[str] = field(default_factory=list)
+    engines: dict[str, int] = field(default_factory=dict)  # engine that trained them -> runs
+    engine_notes: list[str] = field(default_factory=list)  # why a vmap cell trained sequentially, once each
+
+    def engine_line(self) -> str | None:
+        """Which engine trained the runs, when the experiment asked for vmap (it may decide otherwise)."""
+        if self.experiment.settings["engine"] != "vmap" or not self.engines:
+            return None
+        used = ", ".join(f"{engine} for {runs} run(s)" for engine, runs in sorted(self.engines.items()))
+        notes = "".join(f" ({note})" for note in self.engine_notes)
+        return f"Engine: {used}{notes}"
 
     @property
     def runs_url(self) -> str:
@@ -81,6 +91,8 @@ def run_sweep(
     runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
     recorder = _recorder(uri, background)
     failures: list[str] = []
+    notes: list[str] = []
+    engines: dict[str, int] = {}
     status, interrupted, abandon = "FINISHED", False, False
     try:
         recorder.open(experiment, specs, finished, force, with_parent)
@@ -89,6 +101,7 @@ def run_sweep(
                 recorder.run_finished(result)
                 if result.error:
                     failures.append(f"{result.spec.run_name}: {result.error}")
+                _count_engine(result.runtime, engines, notes)
                 advance()
     except KeyboardInterrupt:
         status, interrupted = "KILLED", True
@@ -100,7 +113,17 @@ def run_sweep(
             counts = recorder.close(status)
         finally:
             runner.close(abandon=abandon)
-    return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures)
+    return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures,
+                        engines, notes)
+
+
+def _count_engine(runtime: dict[str, str], engines: dict[str, int], notes: list[str]) -> None:
+    """Count the engine that trained a run (a failed run has none) and keep each distinct fallback reason."""
+    if "engine" in runtime:
+        engines[runtime["engine"]] = engines.get(runtime["engine"], 0) + 1
+    note = runtime.get("engine_reason")
+    if note and note not in notes:
+        notes.append(note)
 
 
 def _recorder(uri: str, background: bool) -> SweepRecorder:

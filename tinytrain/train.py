@@ -25,12 +25,16 @@ def configure_runtime(threads: int, mkldnn: bool) -> None:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     torch.backends.mkldnn.enabled = mkldnn
-    torch.use_deterministic_algorithms(True)
+    if not torch.are_deterministic_algorithms_enabled():
+        # The switch eager kernels read. torch.use_deterministic_algorithms also sets inductor's flag, for
+        # torch.compile, which tinytrain never uses, and importing inductor costs a second of CPU per process.
+        torch._C._set_deterministic_algorithms(True)
 
 
 def runtime_settings() -> dict[str, str]:
-    """What configure_runtime set, as it stands in this process (recorded with every run)."""
+    """What configure_runtime set, as it stands in this process, and the engine (recorded with every run)."""
     return {
+        "engine": "sequential",
         "torch_threads": str(torch.get_num_threads()),
         "mkldnn_enabled": str(torch.backends.mkldnn.enabled),
         "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),

@@ -2,8 +2,9 @@
 
 What a user reads of a run is checked, each value bit for bit: every metric it logged (but the wall-time
 ones, results.TIMING_METRICS), its outcome, every checkpoint its settings imply (a missing one is a
-difference, not a diverged run: only the record's outcome says a run diverged), the weights of each of its
-LoggedModels, and that its params still give its run key. Pure torch and plain data: the record comes in
+difference, not a diverged run: only the record's outcome says a run diverged), each kept as a LoggedModel
+(and, in older stores, as a checkpoints/*.pt state dict too: both are checked there), and that its params still
+give its run key. Pure torch and plain data: the record comes in
 through tracking.read_logged_run (a LoggedRun), read without unpickling any code.
 """
 
@@ -38,6 +39,7 @@ class Record(Protocol):
     checkpoints: dict[int, StateDict]
     models: dict[int, StateDict]
     unreadable: dict[tuple[str, int], str]
+    legacy: bool  # an older store: checkpoints/*.pt beside the LoggedModels, each checked
 
     @property
     def outcome(self) -> str | None: ...
@@ -76,8 +78,8 @@ class Verdict:
             more = len(self.differences) - 1
             return self.differences[0].line() + (f" (and {more} more difference(s))" if more else "")
         checkpoints, models = self.weights["checkpoint"], self.weights["model"]
-        weights = (f", {checkpoints} checkpoint(s) and {models} LoggedModel(s) ({self.tensors} tensors)"
-                   if checkpoints or models else "")
+        kept = [f"{checkpoints} checkpoint(s)"] * bool(checkpoints) + [f"{models} LoggedModel(s)"] * bool(models)
+        weights = f", {' and '.join(kept)} ({self.tensors} tensors)" if kept else ""
         tail = "" if weights else f"; no checkpoint: its record says it {self.outcome}"
         return (f"identical: run {self.run_id} retrained from its record gives all {self.losses} logged losses, "
                 f"{self.values} other metric value(s){weights} bit for bit{tail}")
@@ -109,7 +111,10 @@ def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -
     if record.outcome != result.outcome:
         verdict.differences.append(Difference("outcome", f"logged {record.outcome}, retrained {result.outcome}"))
     compare_metrics(record.metrics, result.logged_metrics(), verdict)
-    for kind, logged in (("checkpoint", record.checkpoints), ("model", record.models)):
+    kinds = [("model", record.models)]
+    if record.legacy or record.checkpoints:  # older stores: the state dict files too
+        kinds.insert(0, ("checkpoint", record.checkpoints))
+    for kind, logged in kinds:
         compare_weights(kind, logged, expected_weights(record, result), record.unreadable, verdict)
     return verdict
 

@@ -1,26 +1,22 @@
-"""The vectorised engine (`--engine vmap`): every cell of a batch trained at once, in one batched net.
+"""The vectorised engine (`--engine vmap`): the cells of a batch trained at once, in one batched net.
 
 The net and the data are the same for every cell of a sweep; cells differ only by their initial weights (the
 seed), their optimizer, lr and hyperparameters. So the weights of K cells are stacked into one [K, R] buffer
-(a row per cell) and one `vmap(grad_and_value(...))` over a `functional_call` of the LeNet gives every
-cell's loss and the gradient of its own loss in one batched forward and backward: the per-op overhead that
-bounds the sequential loop at this size is paid once per step for the whole batch.
+(a row per cell), and one hand-batched forward and backward (vmap_net.py, torch's own kernels) gives every
+cell's loss and the gradient of its own loss: the per-op overhead that bounds the sequential loop at this
+size is paid once per step for the whole batch. The updates are torch.optim's single-tensor steps rewritten
+for stacked rows (vmap_optim.py), one update per update rule over all of its cells.
 
-The updates are torch.optim's single-tensor steps rewritten operation by operation for stacked rows
-(vmap_optim.py), one update per update rule over all of its cells.
-
-Each parameter of a row starts 64 bytes aligned, as a tensor of its own does: MKL's matrix products give
-results that depend on the operands' alignment, and aligned they give the sequential engine's bits. Measured
-on the default grid (torch 2.13, this project's 2-core machine): at the default runtime (one thread, mkldnn
-off) every loss is bit-identical to train.train's, whatever the batch (alone, any composition or order).
-With mkldnn on or two threads, batched kernels split their sums otherwise: results agree with train.train
-within the tolerance except in chaotic cells, and a cell's bits depend on the batch's size (a batch of one
-differs); the same batch run again always gives the same bits.
+At the runtime the engine accepts (one thread, oneDNN off) every loss and weight is bit-identical to
+train.train's, whatever the batch (alone, any composition or order), so a cell's result does not depend on
+its batch and `reproduce` retrains any vmap run alone. With mkldnn on or two threads batched kernels split
+their sums otherwise and a cell's bits would depend on its batch, which is why spec.py refuses them.
 
 The recording contract is train.train's: losses[i] before step i's update, losses[steps] after the last; a
-non-finite loss ends its cell as diverged without stopping the batch. An ended cell (diverged, or its steps
-done) keeps its row, zeroed after every update, so the batch keeps its shape and nothing non-finite reaches
-the batched kernels again.
+non-finite loss ends its cell as diverged without stopping the batch. Each cell's result is handed over as
+soon as the cell ends (a diverged cell at once), so the sweep's writer can log it while the batch trains.
+An ended cell keeps its row, zeroed after every update, so the batch keeps its shape and nothing
+non-finite reaches the batched kernels again.
 """
 
 from __future__ import annotations
@@ -28,127 +24,116 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from tinytrain.model import LeNet
-from tinytrain.problem import loss_fn, make_input, make_target
+from tinytrain.batching import BatchSetting, batch_setting
 from tinytrain.results import CONVERGED, DIVERGED, RunResult, failed_result
 from tinytrain.spec import RunSpec
-from tinytrain.train import StateDict, configure_runtime, initial_net, runtime_settings
+from tinytrain.train import StateDict, configure_runtime, runtime_settings
+from tinytrain.vmap_net import (  # noqa: F401 - the row layout, re-exported for the engine's users
+    ROW_LENGTH,
+    BatchedNet,
+    cell_parameters,
+    cell_state_dict,
+    initial_weights,
+)
 from tinytrain.vmap_optim import UPDATE_RULE_OF_KIND, UPDATE_RULES
 
-# The LeNet's parameters in state-dict order, and where each lies in a cell's row of the stacked weights.
-with torch.device("meta"):  # functional_call only needs the module's structure (and no RNG is drawn)
-    _SKELETON = LeNet()
-PARAMETER_NAMES: tuple[str, ...] = tuple(name for name, _ in _SKELETON.named_parameters())
-PARAMETER_SHAPES: tuple[torch.Size, ...] = tuple(p.shape for p in _SKELETON.parameters())
-PARAMETER_SIZES: tuple[int, ...] = tuple(p.numel() for p in _SKELETON.parameters())
-ALIGNMENT = 16  # float32 elements: 64 bytes, c10's alignment of every CPU tensor
 
+def train_batch(specs: list[RunSpec]) -> Iterator[RunResult]:
+    """Train specs in batched nets; yield each spec's result as soon as its cell ends.
 
-def _aligned(size: int) -> int:
-    return -(-size // ALIGNMENT) * ALIGNMENT
-
-
-# A row is [parameter, padding, parameter, padding, ...]; the padding stays zero (its gradient is zero).
-ROW_PIECES: tuple[int, ...] = tuple(piece for size in PARAMETER_SIZES
-                                    for piece in (size, _aligned(size) - size))
-ROW_LENGTH = sum(ROW_PIECES)  # 61,760 floats for the 61,706 parameters
-
-# What cells of one batch must share: the runtime that decides the bits, and the problem itself.
-BatchSetting = tuple[int, bool, int, int]  # threads, mkldnn, data_seed, target_index
-
-
-def batch_setting(spec: RunSpec) -> BatchSetting:
-    return spec.threads, spec.mkldnn, spec.data_seed, spec.target_index
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The batch
-
-
-def train_batch(specs: list[RunSpec]) -> list[RunResult]:
-    """Train specs in batched nets: one result per spec, in the same order.
-
-    Specs are split into sub-batches by what cells of one batch must share (threads, mkldnn, data_seed,
-    target_index); within a sub-batch cells may differ in optimizer, lr, seed, hyperparameters and steps.
-    Like train.train_safely, an error fails only its sub-batch, as failed results, so that a sweep goes on.
+    Specs are split by what cells of one batch must share (threads, mkldnn, data_seed, target_index); within
+    a batch cells may differ in optimizer, lr, seed, hyperparameters and steps. Like train.train_safely, an
+    error fails only its batch's cells not yet handed over, as failed results, so that a sweep goes on.
     """
-    sub_batches: dict[BatchSetting, list[int]] = {}
-    for index, spec in enumerate(specs):
-        sub_batches.setdefault(batch_setting(spec), []).append(index)
-    results: list[RunResult | None] = [None] * len(specs)
-    for indices in sub_batches.values():
-        members = [specs[index] for index in indices]
+    groups: dict[BatchSetting, list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault(batch_setting(spec), []).append(spec)
+    for members in groups.values():
+        handed_over: set[int] = set()
         try:
-            trained = train_cells(members)
-        except Exception as error:  # noqa: BLE001 - an error of one sub-batch must not end the sweep
-            trained = [failed_result(spec, error) for spec in members]
-        for index, result in zip(indices, trained, strict=True):
-            results[index] = result
-    return results  # type: ignore[return-value]
+            for index, result in train_cells(members):
+                handed_over.add(index)
+                yield result
+        except Exception as error:  # noqa: BLE001 - an error of one batch must not end the sweep
+            yield from (failed_result(spec, error) for index, spec in enumerate(members)
+                        if index not in handed_over)
 
 
-def train_cells(specs: Sequence[RunSpec]) -> list[RunResult]:
-    """Train cells that share threads, mkldnn, data_seed and target_index as one batch; results in order.
+def train_cells(specs: Sequence[RunSpec]) -> Iterator[tuple[int, RunResult]]:
+    """Train cells that share threads, mkldnn, data_seed and target_index as one batch.
 
-    Each step: one batched forward and backward over every row (ended cells ride along zeroed), one
-    `.tolist()` of the K losses, then one update per update rule over the rows of its cells.
+    Yields (index in specs, result) as each cell ends. Each step: one batched forward and backward over
+    every row (ended cells ride along zeroed), one `.tolist()` of the K losses, then one update per update
+    rule over the rows of its cells.
     """
     if not specs:
-        return []
+        return
     threads, mkldnn, data_seed, target_index = _shared_setting(specs)
     configure_runtime(threads, mkldnn)
-    started = time.perf_counter()
+    batch = _Batch(specs, BatchedNet(data_seed, target_index))
+    for step in range(max(cell.steps for cell in batch.cells) + 1):
+        last = all(batch.cells[row].steps == step for row in batch.training)  # all end here: no backward
+        gradients, losses = ((None, batch.net.losses(batch.weights)) if last
+                             else batch.net.losses_and_gradients(batch.weights))
+        yield from batch.record(step, losses.tolist())
+        if not batch.training or gradients is None:
+            return
+        batch.update(gradients)
+        batch.checkpoint(step + 1)
 
-    order = rows_by_update_rule(specs)  # row -> index in specs
-    cells = [specs[index] for index in order]
-    count = len(cells)
-    weights = initial_weights(cells)
-    updates = [(rows, UPDATE_RULES[rule](cells[rows])) for rule, rows in rule_slices(cells)]
-    net = BatchedNet(data_seed, target_index)
 
-    losses: list[list[float]] = [[] for _ in cells]
-    outcomes: list[str] = [DIVERGED] * count
-    final_weights: list[StateDict | None] = [None] * count
-    checkpoints: list[dict[int, StateDict]] = [{} for _ in cells]
-    training, ended = set(range(count)), []
-    for step in range(max(cell.steps for cell in cells) + 1):
-        last = all(cells[row].steps == step for row in training)  # every remaining cell ends: no backward
-        gradients, step_losses = (None, net.losses(weights)) if last else net.losses_and_gradients(weights)
-        values = step_losses.tolist()
-        for row in sorted(training):
-            losses[row].append(values[row])
-            if math.isfinite(values[row]) and step < cells[row].steps:
+class _Batch:
+    """The state of one batch in training: weights, updates, and what each cell has recorded so far."""
+
+    def __init__(self, specs: Sequence[RunSpec], net: BatchedNet):
+        self.started = time.perf_counter()
+        self.order = rows_by_update_rule(specs)  # row -> index in specs
+        self.cells = [specs[index] for index in self.order]
+        self.net = net
+        self.weights = initial_weights(self.cells)
+        self.updates = [(rows, UPDATE_RULES[rule](self.cells[rows])) for rule, rows in rule_slices(self.cells)]
+        self.losses: list[list[float]] = [[] for _ in self.cells]
+        self.checkpoints: list[dict[int, StateDict]] = [{} for _ in self.cells]
+        self.training, self.ended = set(range(len(self.cells))), []
+        self.runtime = runtime_settings() | {"engine": "vmap", "batch_cells": str(len(self.cells)),
+                                             "batch_key": batch_key(self.cells)}
+
+    def record(self, step: int, values: list[float]) -> Iterator[tuple[int, RunResult]]:
+        """Append each training cell's loss; hand over the cells that end at this step (in the specs' order)."""
+        for row in sorted(self.training, key=self.order.__getitem__):
+            self.losses[row].append(values[row])
+            finite = math.isfinite(values[row])
+            if finite and step < self.cells[row].steps:
                 continue
-            if math.isfinite(values[row]):
-                outcomes[row] = CONVERGED
-                final_weights[row] = cell_state_dict(weights[row])
-            training.discard(row)
-            ended.append(row)
-        if not training or gradients is None:
-            break
-        with torch.no_grad():
-            for rows, update in updates:
-                if any(row in training for row in range(rows.start, rows.stop)):
-                    update.step(weights[rows], gradients[rows])
-            if ended:
-                weights.index_fill_(0, torch.tensor(ended), 0.0)
-        for row in training:
-            every, done = cells[row].checkpoint_every, step + 1
-            if every and done % every == 0 and done < cells[row].steps:
-                checkpoints[row][done] = cell_state_dict(weights[row])
+            self.training.discard(row)
+            self.ended.append(row)
+            yield self.order[row], self.result(row, CONVERGED if finite else DIVERGED)
 
-    seconds = time.perf_counter() - started
-    runtime = runtime_settings() | {"engine": "vmap", "batch_cells": str(count),
-                                    "batch_key": batch_key(cells)}
-    results = [RunResult(cells[row], losses[row], outcomes[row], final_weights[row],
-                         checkpoints[row] if outcomes[row] == CONVERGED else {}, seconds / count, runtime=runtime)
-               for row in range(count)]
-    return [results[row] for row in sorted(range(count), key=order.__getitem__)]  # back in the specs' order
+    def result(self, row: int, outcome: str) -> RunResult:
+        converged = outcome == CONVERGED
+        seconds = (time.perf_counter() - self.started) / len(self.cells)
+        return RunResult(self.cells[row], self.losses[row], outcome,
+                         cell_state_dict(self.weights[row]) if converged else None,
+                         self.checkpoints[row] if converged else {}, seconds, runtime=dict(self.runtime))
+
+    def update(self, gradients: torch.Tensor) -> None:
+        with torch.no_grad():
+            for rows, update in self.updates:
+                if any(row in self.training for row in range(rows.start, rows.stop)):
+                    update.step(self.weights[rows], gradients[rows])
+            if self.ended:
+                self.weights.index_fill_(0, torch.tensor(self.ended), 0.0)
+
+    def checkpoint(self, done: int) -> None:
+        """Checkpoints of the cells due one after `done` steps (not at their last: that is the final one)."""
+        for row in self.training:
+            every = self.cells[row].checkpoint_every
+            if every and done % every == 0 and done < self.cells[row].steps:
+                self.checkpoints[row][done] = cell_state_dict(self.weights[row])
 
 
 def _shared_setting(specs: Sequence[RunSpec]) -> BatchSetting:
@@ -180,63 +165,3 @@ def rule_slices(cells: Sequence[RunSpec]) -> list[tuple[str, slice]]:
         else:
             slices.append((rule, slice(row, row + 1)))
     return slices
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The batched net
-
-
-def initial_weights(cells: Sequence[RunSpec]) -> torch.Tensor:
-    """[cells, ROW_LENGTH]: each row a cell's LeNet as train.initial_net builds it (seeded right before)."""
-    stacked, _buffers = stack_module_state([initial_net(cell) for cell in cells])
-    weights = torch.zeros(len(cells), ROW_LENGTH)
-    for name, piece in cell_parameters(weights).items():
-        piece.copy_(stacked[name].detach())
-    return weights
-
-
-def cell_parameters(weight_rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Weight rows ([..., ROW_LENGTH]) as the LeNet's named parameters ([..., *shape]): views, no copies."""
-    pieces = weight_rows.split(ROW_PIECES, dim=-1)[::2]  # every other piece is padding
-    return {name: piece.view(*weight_rows.shape[:-1], *shape)
-            for name, piece, shape in zip(PARAMETER_NAMES, pieces, PARAMETER_SHAPES, strict=True)}
-
-
-def cell_state_dict(weight_row: torch.Tensor) -> StateDict:
-    """A copy of one cell's weights as a LeNet state dict (what train.snapshot gives)."""
-    return {name: tensor.clone() for name, tensor in cell_parameters(weight_row.detach()).items()}
-
-
-class BatchedNet:
-    """The experiment's problem (input, target, MSE) for stacked weights: every cell's loss and gradient.
-
-    grad_and_value under vmap, so each row's gradient is of that cell's own loss. The gradients land in a
-    [K, ROW_LENGTH] buffer reused from step to step (one cat into it rather than a fresh 11 MB tensor per
-    step): use them before the next call.
-    """
-
-    def __init__(self, data_seed: int, target_index: int):
-        self.input, self.target = make_input(data_seed), make_target(target_index)
-        self._losses_and_gradients = vmap(grad_and_value(self.cell_loss))
-        self._losses = vmap(self.cell_loss)
-        self._gradients: torch.Tensor | None = None
-        self._paddings: list[torch.Tensor] = []
-
-    def cell_loss(self, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
-        return loss_fn(functional_call(_SKELETON, parameters, (self.input,)), self.target)
-
-    def losses(self, weights: torch.Tensor) -> torch.Tensor:
-        """[K] losses of the stacked weights [K, ROW_LENGTH] (a forward only)."""
-        return self._losses(cell_parameters(weights))
-
-    def losses_and_gradients(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([K, ROW_LENGTH] gradients, [K] losses) of the stacked weights: one forward and one backward."""
-        cells = len(weights)
-        if self._gradients is None or len(self._gradients) != cells:
-            self._gradients = torch.zeros(cells, ROW_LENGTH)
-            self._paddings = [torch.zeros(cells, size) for size in ROW_PIECES[1::2]]
-        by_parameter, losses = self._losses_and_gradients(cell_parameters(weights))
-        pieces = [piece for name, padding in zip(PARAMETER_NAMES, self._paddings, strict=True)
-                  for piece in (by_parameter[name].reshape(cells, -1), padding)]
-        torch.cat(pieces, dim=1, out=self._gradients)
-        return self._gradients, losses

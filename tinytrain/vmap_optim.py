@@ -5,6 +5,11 @@ per-cell scalar (lr, betas, bias corrections, ...) is computed in Python floats 
 applied as a [cells, 1] float32 column (torch turns its Python-float scalars into float32 the same way), so
 every element sees the same float operations as in torch.optim. One update runs per update rule over all of
 its cells (AdamW is Adam with decoupled weight decay: one rule).
+
+The temporaries of a step live in scratch buffers kept from step to step: a fresh temporary of a few MB
+would come from (and go back to) the kernel on every step, and its page faults cost more than the
+arithmetic (README, Performance). The gradient rows are the batched net's buffer, overwritten by its next
+backward, so the sign and the weight decay are applied to them in place.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ class StackedUpdate:
         maximize = self.values("maximize")
         self.sign = column([-1.0 if flag else 1.0 for flag in maximize]) if any(maximize) else None
         self.weight_decay = self.column_unless_zero("weight_decay")
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def scratch(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A buffer shaped like `like`, the same one at every step (its contents are the caller's)."""
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.shape != like.shape:
+            buffer = self.buffers[name] = torch.empty_like(like)
+        return buffer
 
     def values(self, name: str) -> list[Any]:
         return [hyperparameters[name] for hyperparameters in self.hyperparameters]
@@ -53,11 +66,13 @@ class StackedUpdate:
         return None
 
     def gradient(self, weights: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        """torch.optim's `grad if not maximize else -grad`, then `grad.add(param, alpha=weight_decay)`."""
-        grad = gradients if self.sign is None else gradients * self.sign  # a product by -1 is exact
+        """torch.optim's `grad if not maximize else -grad`, then `grad.add(param, alpha=weight_decay)`, in place
+        on the gradient rows (the net's buffer, which its next backward overwrites)."""
+        if self.sign is not None:
+            gradients.mul_(self.sign)  # a product by -1 is exact
         if self.weight_decay is not None:
-            grad = grad.addcmul(weights, self.weight_decay)
-        return grad
+            gradients.addcmul_(weights, self.weight_decay)
+        return gradients
 
     def step(self, weights: torch.Tensor, gradients: torch.Tensor) -> None:
         """Update the cells' weight rows in place from their gradient rows."""
@@ -134,7 +149,8 @@ class StackedAdam(StackedUpdate):
         grad = self.gradient(weights, gradients)  # coupled decay only: decoupled cells have 0 here
         self.exp_avg.lerp_(grad, self.one_minus_beta1)
         # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): value * grad first, as torch's kernel
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad * self.one_minus_beta2, grad)
+        scaled = torch.mul(grad, self.one_minus_beta2, out=self.scratch("scaled", grad))
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(scaled, grad)
         bias_correction2_sqrt = column([(1 - beta2**self.steps) ** 0.5 for beta2 in self.beta2s])
         neg_step_size = column([-(lr / (1 - beta1**self.steps)) for lr, beta1 in
                                 zip(self.lrs, self.beta1s, strict=True)])
@@ -142,9 +158,9 @@ class StackedAdam(StackedUpdate):
         if self.max_exp_avg_sq is not None:
             torch.maximum(self.max_exp_avg_sq, self.exp_avg_sq, out=self.max_exp_avg_sq)
             second_moment = select(self.amsgrad, self.max_exp_avg_sq, self.exp_avg_sq)
-        denom = second_moment.sqrt().div_(bias_correction2_sqrt).add_(self.eps)
+        denom = torch.sqrt(second_moment, out=self.scratch("denom", grad)).div_(bias_correction2_sqrt).add_(self.eps)
         # param.addcdiv_(exp_avg, denom, value=-step_size): value * exp_avg first, as torch's kernel
-        weights.addcdiv_(self.exp_avg * neg_step_size, denom)
+        weights.addcdiv_(torch.mul(self.exp_avg, neg_step_size, out=scaled), denom)
 
 
 class StackedRMSprop(StackedUpdate):
@@ -171,16 +187,18 @@ class StackedRMSprop(StackedUpdate):
             self.grad_avg = torch.zeros_like(weights) if self.any_centered else None
             self.momentum_buffer = torch.zeros_like(weights) if self.any_momentum else None
         grad = self.gradient(weights, gradients)
-        self.square_avg.mul_(self.alpha).addcmul_(grad * self.one_minus_alpha, grad)
+        scaled = torch.mul(grad, self.one_minus_alpha, out=self.scratch("scaled", grad))
+        self.square_avg.mul_(self.alpha).addcmul_(scaled, grad)
         if self.grad_avg is not None:
             self.grad_avg.lerp_(grad, self.one_minus_alpha)
             centered_avg = self.square_avg.addcmul(self.grad_avg, self.grad_avg, value=-1).sqrt_()
             avg = select(self.centered, centered_avg, self.square_avg.sqrt())
         else:
-            avg = self.square_avg.sqrt()
+            avg = torch.sqrt(self.square_avg, out=self.scratch("avg", grad))
         avg = avg.add_(self.eps)
         if self.momentum_buffer is None:
-            weights.addcdiv_(grad * self.neg_lr, avg)  # param.addcdiv_(grad, avg, value=-lr)
+            # param.addcdiv_(grad, avg, value=-lr): value * grad first, as torch's kernel
+            weights.addcdiv_(torch.mul(grad, self.neg_lr, out=scaled), avg)
             return
         self.momentum_buffer.mul_(self.momentum).addcdiv_(grad, avg)
         with_momentum = weights.addcmul(self.momentum_buffer, self.neg_lr)  # param.add_(buf, alpha=-lr)
@@ -207,13 +225,14 @@ class StackedAdagrad(StackedUpdate):
         neg_clr = column([-(lr / (1 + (self.steps - 1) * lr_decay))
                           for lr, lr_decay in zip(self.lrs, self.lr_decays, strict=True)])
         self.state_sum.addcmul_(grad, grad, value=1)
-        std = self.state_sum.sqrt().add_(self.eps)
-        weights.addcdiv_(grad * neg_clr, std)  # param.addcdiv_(grad, std, value=-clr)
+        std = torch.sqrt(self.state_sum, out=self.scratch("std", grad)).add_(self.eps)
+        # param.addcdiv_(grad, std, value=-clr): value * grad first, as torch's kernel
+        weights.addcdiv_(torch.mul(grad, neg_clr, out=self.scratch("scaled", grad)), std)
 
 
-# Update rule of each torch.optim kind; adam and adamw share one (AdamW is Adam with decoupled decay).
+# Each update rule; adam and adamw share one (AdamW is Adam with decoupled decay).
 UPDATE_RULES: dict[str, type[StackedUpdate]] = {
     "sgd": StackedSGD, "adam": StackedAdam, "rmsprop": StackedRMSprop, "adagrad": StackedAdagrad,
 }
 UPDATE_RULE_OF_KIND = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop",
-                       "adagrad": "adagrad"}
+                       "adagrad": "adagrad"}  # its keys are optimizers.VMAP_KINDS (a test checks)

@@ -4,30 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from tinytrain.batching import BatchPlan, plan_batches
 from tinytrain.executors.base import Started, bounded
 from tinytrain.results import RunResult
 from tinytrain.spec import RunSpec
 
 
+def with_engine_note(result: RunResult, plan: BatchPlan) -> RunResult:
+    """A result of a vmap cell the plan gave to the sequential engine, with the reason among its tags."""
+    reason = plan.fallback_reason.get(result.spec)
+    if reason is not None:
+        result.runtime["engine_reason"] = reason
+    return result
+
+
 class InProcess:
-    """Runs one after another in this process (the default; what every other executor must equal)."""
+    """Runs one after another in this process (the default; what every other executor must equal).
+
+    vmap cells train as the plan's sub-batches, one after another; each result is handed on as soon as its
+    cell ends, so the sweep's writer logs it while the rest trains.
+    """
 
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
         if not specs:  # every cell done already: no need for torch
             return
         from tinytrain.train import train_safely
 
-        sequential = [spec for spec in specs if spec.engine != "vmap"]
-        for spec in sequential:
+        plan = plan_batches(specs)
+        for spec in plan.sequential:
             started(spec)
-            yield train_safely(spec)
-        batch = [spec for spec in specs if spec.engine == "vmap"]
-        if batch:
+            yield with_engine_note(train_safely(spec), plan)
+        if plan.batches:
             from tinytrain.vmap import train_batch
 
-            for spec in batch:
-                started(spec)
-            yield from train_batch(batch)
+            for batch in plan.batches:
+                for spec in batch:
+                    started(spec)
+                yield from train_batch(batch)
 
     def close(self, abandon: bool = False) -> None:
         pass
@@ -53,17 +66,17 @@ class ProcessPool:
         )
 
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
-        """Sequential runs one per task; vmap cells as one batch per worker, dealt round robin so that each
-        batch mixes the update rules alike. At the vmap engine's runtime (one thread, oneDNN off) a cell's
-        result does not depend on its batch, so splitting changes no number. Once the workers run, two
-        batches on two cores train the default grid in 1.3 s against 2.2 s for one batch; starting the
-        workers costs more than that at this size, so it pays off for longer sweeps (README, Performance).
+        """Sequential runs one per task; vmap cells as the plan's sub-batches, one in flight per worker (as
+        many for each worker), each a task whose results come back when it ends. At the vmap engine's
+        runtime (one thread, oneDNN off) a cell's result does not depend on its batch, so splitting changes
+        no number. Starting the workers costs about as much as training the default grid on this machine
+        (README, Performance): it pays off for longer sweeps.
         """
-        runs = [[spec] for spec in specs if spec.engine != "vmap"]
-        yield from bounded(runs, started, lambda unit: self.pool.submit(_train_each, unit), 2 * self.jobs)
-        batched = [spec for spec in specs if spec.engine == "vmap"]
-        batches = [batched[start::self.jobs] for start in range(min(self.jobs, len(batched)))]
-        yield from bounded(batches, started, lambda batch: self.pool.submit(_train_batch, batch), self.jobs)
+        plan = plan_batches(specs, workers=self.jobs)
+        runs = [[spec] for spec in plan.sequential]
+        for result in bounded(runs, started, lambda unit: self.pool.submit(_train_each, unit), 2 * self.jobs):
+            yield with_engine_note(result, plan)
+        yield from bounded(plan.batches, started, lambda batch: self.pool.submit(_train_batch, batch), self.jobs)
 
     def close(self, abandon: bool = False) -> None:
         """Wait for the runs in progress, or with abandon (their results cannot be written) end them now."""
@@ -83,7 +96,7 @@ def _train_each(specs: list[RunSpec]) -> list[RunResult]:
 
 
 def _train_batch(specs: list[RunSpec]) -> list[RunResult]:
-    """A worker's task for a vmap batch."""
+    """A worker's task: a vmap sub-batch."""
     from tinytrain.vmap import train_batch
 
-    return train_batch(specs)
+    return list(train_batch(specs))

@@ -83,6 +83,20 @@ def local_artifact_path(artifact_uri: str) -> Path | None:
     return None
 
 
+def local_artifact_file(store_uri: str, artifact_uri: str, path: str) -> Path | None:
+    """The local file of an artifact, where its location is a folder of this machine; None elsewhere.
+
+    On a SQLite store that also holds the experiments of `make server`, mlflow-artifacts:/<path> names
+    artifacts/<path> beside the database (see ServerArtifactsOnSqlite).
+    """
+    folder = local_artifact_path(artifact_uri)
+    if folder is None and artifact_uri.startswith(f"{SERVER_ARTIFACTS_SCHEME}:") and store_uri.startswith("sqlite:///"):
+        parsed = urlparse(artifact_uri)
+        if not parsed.netloc:
+            folder = sqlite_path(store_uri).parent / "artifacts" / unquote(parsed.path).lstrip("/")
+    return None if folder is None else folder / path
+
+
 class ArtifactFolder:
     """A folder whose files are the artifacts of a run (or of a LoggedModel, with of_model) once the block ends.
 

@@ -89,7 +89,7 @@ class Request:
 
 
 def _serve(uri: str, summary: SweepSummary | None, requests: multiprocessing.Queue,
-           replies: multiprocessing.Queue) -> None:
+           replies: multiprocessing.Queue, in_flight: Any = None) -> None:
     """The writer process: apply each message to a Recorder; report the first error and stop writing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it sends Close(KILLED)
     recorder = Recorder(uri, summary)
@@ -116,11 +116,14 @@ def _serve(uri: str, summary: SweepSummary | None, requests: multiprocessing.Que
         state["waiting_since"] = None
         with lock:
             _apply(request, recorder, state, replies)
+        if in_flight is not None and isinstance(request.message, RunFinished):
+            in_flight.release()  # room for one more result
 
 
 def _apply(request: Request, recorder: Recorder, state: dict, replies: multiprocessing.Queue) -> None:
     message = request.message
     if isinstance(message, Stop):
+        _report_usage()
         exit_now(0)  # without the second it takes to tear down MLflow and torch
     if state["failed"] and not isinstance(message, Close):
         return
@@ -132,6 +135,25 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         return
     if request.wants_reply:
         replies.put(("ok", result))
+
+
+MAX_RESULTS_IN_FLIGHT = 32  # results sent to the writer and not yet written (about 250 KB of weights each)
+
+# Benchmarks set it to a file path: the writer appends its CPU seconds and peak RSS there before it exits
+# (the sweep does not wait for its writer's exit, so no rusage of the sweep's process tree counts it).
+USAGE_ENV = "TINYTRAIN_WRITER_USAGE"
+
+
+def _report_usage() -> None:
+    path = os.environ.get(USAGE_ENV)
+    if path:
+        import json
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        with open(path, "a") as file:
+            file.write(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime,
+                                   "max_rss_mib": usage.ru_maxrss / 1024}) + "\n")
 
 
 def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, idle_seconds: float = 2.0) -> None:
@@ -204,7 +226,12 @@ class BackgroundRecorder:
         context = multiprocessing.get_context("spawn")
         self.requests: multiprocessing.Queue = context.Queue()
         self.replies: multiprocessing.Queue = context.Queue()
-        self.process = context.Process(target=_serve, args=(uri, summary, self.requests, self.replies),
+        # Results the writer has not yet written wait in this process's queue buffer, weights and all; where
+        # training outpaces the writer (short runs) they would pile up: a 10,000-run sweep of 10-step runs
+        # grew past 1 GB. At most MAX_RESULTS_IN_FLIGHT are sent ahead; then the sweep waits for the writer.
+        self.in_flight = context.BoundedSemaphore(MAX_RESULTS_IN_FLIGHT)
+        self.process = context.Process(target=_serve, args=(uri, summary, self.requests, self.replies,
+                                                            self.in_flight),
                                        name="tinytrain-writer", daemon=True)
         with _sigint_ignored():  # from its first instruction: Ctrl-C to the group must not kill it mid-import
             self.process.start()
@@ -279,6 +306,10 @@ class BackgroundRecorder:
         self._send(RunStarted(spec))
 
     def run_finished(self, result: RunResult) -> None:
+        while not self.in_flight.acquire(timeout=1.0):  # the writer is behind: wait for it
+            self.raise_if_failed()
+            if not self.process.is_alive():
+                raise TrackingError("the tracking writer process ended unexpectedly")
         self._send(RunFinished(_without_shared_tensors(result)))
 
     def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts:

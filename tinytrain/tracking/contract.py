@@ -7,6 +7,8 @@ model at the final step (see the README, "Where the runs go").
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # Tag names
 RUN_KEY = "tinytrain.run_key"
 OUTCOME = "tinytrain.outcome"
@@ -17,14 +19,14 @@ PARENT = "mlflow.parentRunId"
 
 FINISHED_OUTCOMES = ("converged", "diverged")  # the outcomes of a cell that needs no new run
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
-CHECKPOINTS = "checkpoints"  # the run's artifact folder of weights-only state dicts
+# A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (weights_pickle.py).
+MLMODEL = "MLmodel"
+MODEL_DATA = Path("data") / "model.pth"
+# Stores written before that also kept each checkpoint's state dict in the run's checkpoints/ folder
+# (final.pt, step-NNNNNN.pt), beside a LoggedModel that pickled the whole net: reproduce reads those.
+CHECKPOINTS = "checkpoints"
 FINAL_CHECKPOINT = f"{CHECKPOINTS}/final.pt"
 LOSS = "loss"
-
-
-def step_checkpoint(step: int) -> str:
-    """The artifact path of the state dict checkpointed after `step` updates (checkpoint_every)."""
-    return f"{CHECKPOINTS}/step-{step:06d}.pt"
 
 
 class TrackingError(RuntimeError):

@@ -1,9 +1,12 @@
 """What `reproduce` reads of a logged run: its params, tags, every metric's history and every weight it keeps.
 
-Weights come back without unpickling any code from the store: the state dicts (checkpoints/*.pt) and the
-LoggedModels' pickled nets (data/model.pth) are read with torch.load(weights_only=True), which builds only
-tensors, plain containers and, for a model, the few classes of the net that the running tinytrain allows
-(its own LeNet and torch's layers), never a callable the file names.
+A checkpoint is a LoggedModel of the run at its step, whose data/model.pth is a plain state dict (its only
+copy of the weights). Stores written before that also kept each checkpoint as a state dict in the run's
+checkpoints/ folder (final.pt, step-NNNNNN.pt), beside a LoggedModel that pickled the whole net: both are read
+there (`legacy`). Weights come back without unpickling any code from the store: everything is read with
+torch.load(weights_only=True), which builds only tensors, plain containers and, for an old model, the few
+classes of the net that the running tinytrain allows (its own LeNet and torch's layers), never a callable the
+file names.
 """
 
 from __future__ import annotations
@@ -14,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from tinytrain.spec import RunSpec
-from tinytrain.tracking.artifacts import local_artifact_path
-from tinytrain.tracking.contract import CHECKPOINTS, FINAL_CHECKPOINT, KIND, LOSS, OUTCOME, RUN_KEY, TrackingError
+from tinytrain.tracking.artifacts import local_artifact_file
+from tinytrain.tracking.contract import (
+    CHECKPOINTS,
+    FINAL_CHECKPOINT,
+    KIND,
+    LOSS,
+    MODEL_DATA,
+    OUTCOME,
+    RUN_KEY,
+    TrackingError,
+)
 from tinytrain.tracking.store import Store
 
-MODEL_WEIGHTS = "data/model.pth"  # where mlflow.pytorch keeps the pickled net of a model
+MODEL_WEIGHTS = MODEL_DATA.as_posix()  # a LoggedModel's weights: a state dict (a pickled net in older stores)
 
 
 @dataclass
@@ -29,8 +41,10 @@ class LoggedRun:
     spec: RunSpec  # from the params alone
     tags: dict[str, str]
     metrics: dict[str, list[tuple[int, float]]]  # every logged metric: [(step, value)] in step order
-    checkpoints: dict[int, dict] = field(default_factory=dict)  # step -> state dict of checkpoints/*.pt
+    checkpoints: dict[int, dict] = field(default_factory=dict)  # step -> state dict of checkpoints/*.pt (legacy)
     models: dict[int, dict] = field(default_factory=dict)  # step -> weights of the run's LoggedModel there
+    # written before checkpoints were stored once: the run also keeps checkpoints/*.pt, each checked too
+    legacy: bool = False
     # ("checkpoint" or "model", step) -> why its weights could not be read (deleted, damaged, not a net)
     unreadable: dict[tuple[str, int], str] = field(default_factory=dict)
 
@@ -77,6 +91,7 @@ def _read_checkpoints(store: Store, record: LoggedRun) -> None:
     names = [Path(item.path).name for item in store.client.list_artifacts(record.run_id, CHECKPOINTS)]
     if not names:
         return
+    record.legacy = True
     with tempfile.TemporaryDirectory() as folder:
         local = Path(store.client.download_artifacts(record.run_id, CHECKPOINTS, folder))
         for name in names:
@@ -99,30 +114,32 @@ def _read_models(store: Store, run: Any, record: LoggedRun) -> None:
                 model = store.client.get_logged_model(output.model_id)
                 if getattr(model.status, "name", str(model.status)) != "READY":
                     raise TrackingError(f"its status is {model.status}")
-                path = _model_file(model.artifact_location, Path(folder) / output.model_id)
-                record.models[output.step] = load_model_weights(path)
+                path = _model_file(store.uri, model.artifact_location, Path(folder) / output.model_id)
+                record.models[output.step], pickled_net = load_model_weights(path)
+                record.legacy = record.legacy or pickled_net
             except Exception as error:  # noqa: BLE001 - deleted, unreadable, not a net: all are findings
                 record.unreadable["model", output.step] = f"LoggedModel {output.model_id}: {_reason(error)}"
 
 
-def _model_file(artifact_location: str, folder: Path) -> Path:
-    local = local_artifact_path(artifact_location)
+def _model_file(store_uri: str, artifact_location: str, folder: Path) -> Path:
+    local = local_artifact_file(store_uri, artifact_location, MODEL_WEIGHTS)
     if local is not None:
-        if not (local / MODEL_WEIGHTS).is_file():
+        if not local.is_file():
             raise TrackingError(f"it has no {MODEL_WEIGHTS}")
-        return local / MODEL_WEIGHTS
+        return local
     import mlflow
 
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{artifact_location}/{MODEL_WEIGHTS}",
                                                     dst_path=str(folder)))
 
 
-def load_model_weights(path: Path) -> dict:
-    """The state dict of a net pickled by mlflow.pytorch, loaded weights-only.
+def load_model_weights(path: Path) -> tuple[dict, bool]:
+    """A LoggedModel's weights, loaded weights-only, and whether they were a pickled net (an older store).
 
-    torch's weights-only unpickler builds nothing but tensors and containers, and instances of the
-    classes allowed here, whose state it sets with torch's own Module.__setstate__: no code of the file
-    runs. A model of another net (any other class) is refused.
+    tinytrain's models keep a plain state dict (weights_pickle.py). Older ones pickled the LeNet itself:
+    torch's weights-only unpickler builds nothing but tensors and containers, and instances of the classes
+    allowed here, whose state it sets with torch's own Module.__setstate__: no code of the file runs. Anything
+    else (another net, a dict of other things) is refused.
     """
     import torch
 
@@ -130,10 +147,13 @@ def load_model_weights(path: Path) -> dict:
 
     allowed = [LeNet, torch.nn.Conv2d, torch.nn.Linear]  # the classes a pickled LeNet names
     with torch.serialization.safe_globals(allowed):
-        net = torch.load(path, weights_only=True)
-    if not isinstance(net, LeNet):
-        raise TrackingError(f"{MODEL_WEIGHTS} holds a {type(net).__name__}, not the LeNet")
-    return {name: tensor.detach() for name, tensor in net.state_dict().items()}
+        loaded = torch.load(path, weights_only=True)
+    if isinstance(loaded, LeNet):
+        return {name: tensor.detach() for name, tensor in loaded.state_dict().items()}, True
+    if isinstance(loaded, dict) and all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                        for key, value in loaded.items()):
+        return dict(loaded), False
+    raise TrackingError(f"{MODEL_WEIGHTS} holds a {type(loaded).__name__}, not the LeNet's state dict")
 
 
 def _reason(error: BaseException) -> str:

@@ -13,16 +13,26 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from tinytrain.spec import DEFAULTS, Experiment, load_experiment
+from tinytrain.tracking.artifacts import local_artifact_file
 from tinytrain.tracking.contract import (
     EXPERIMENT_FILE,
     FINISHED_OUTCOMES,
     KIND,
+    LOSS,
     OUTCOME,
     RUN_KEY,
     TrackingError,
 )
 from tinytrain.tracking.location import check_store, is_http, sqlite_path
-from tinytrain.tracking.sqlite import query_sqlite
+from tinytrain.tracking.sqlite import (
+    experiment_id_readonly,
+    finished_runs_readonly,
+    histories_readonly,
+    latest_run_with_tag_readonly,
+    query_sqlite,
+    run_readonly,
+    store_is_new,
+)
 from tinytrain.tracking.store import Store
 
 
@@ -134,20 +144,37 @@ def read_sweep(uri: str, experiment: str | None = None, parent_run_id: str | Non
     """A sweep of the store: the given parent run, else the latest sweep of the experiment.
 
     The experiment defaults to the default experiment file's (optimizer-grid), or to the parent run's.
+    A SQLite store is read with plain SQL in a few queries (sqlite.py), without importing MLflow; a server
+    through MLflow's client.
     """
     if is_http(uri):
         check_store(uri)  # one line now, rather than MLflow's retries and a traceback
-    elif not sqlite_path(uri).exists():  # opening it would create an empty store
-        raise TrackingError(f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store "
-                            "with --tracking-uri")
-    with Store(uri) as store:
+        with Store(uri) as store:
+            if parent_run_id is None:
+                parent_run_id = _latest_sweep(store, experiment or DEFAULTS["name"])
+            record = sweep_record(store, parent_run_id, with_losses=with_losses)
+    else:
+        if store_is_new(uri):  # opening it would create an empty store
+            raise TrackingError(f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store "
+                                "with --tracking-uri")
         if parent_run_id is None:
-            parent_run_id = _latest_sweep(store, experiment or DEFAULTS["name"])
-        record = sweep_record(store, parent_run_id, with_losses=with_losses)
+            parent_run_id = _latest_sweep_sqlite(uri, experiment or DEFAULTS["name"])
+        record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses)
     if experiment is not None and record.experiment != experiment:
         raise TrackingError(f"run {parent_run_id} is a sweep of experiment '{record.experiment}', not "
                             f"'{experiment}': drop --experiment or give a sweep of '{experiment}'")
     return record
+
+
+def _latest_sweep_sqlite(uri: str, name: str) -> str:
+    experiment_id = experiment_id_readonly(uri, name)
+    if experiment_id is None:
+        raise TrackingError(f"no experiment '{name}' in {uri}: run `tinytrain sweep` first, or check "
+                            "--experiment and --tracking-uri")
+    latest = latest_run_with_tag_readonly(uri, experiment_id, KIND, "sweep")
+    if latest is None:
+        raise TrackingError(f"experiment '{name}' has no sweep yet: run `tinytrain sweep` first")
+    return latest
 
 
 def _latest_sweep(store: Store, name: str) -> str:
@@ -172,8 +199,7 @@ def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None
     known_losses = known_losses or {}
     parent = store.get_run(parent_run_id)
     if parent.data.tags.get(KIND) != "sweep":
-        raise TrackingError(f"run {parent_run_id} is not a sweep's parent run (tag {KIND}=sweep): give the "
-                            "id of a sweep, or leave --sweep out for the latest one")
+        raise _not_a_sweep(parent_run_id)
     if experiment is None:
         text = store.read_text(parent_run_id, EXPERIMENT_FILE)
         experiment = load_experiment(f"run {parent_run_id}", text=text)
@@ -194,6 +220,58 @@ def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None
             metrics=dict(metrics),
             curves={name: tuple(store.history(run.info.run_id, name)) for name in CURVES
                     if with_losses and name in metrics},
+        ))
+    return SweepRecord(experiment.name, experiment_id, parent_run_id, experiment.settings["steps"],
+                       len(runs) + len(missing), tuple(runs), tuple(missing))
+
+
+def _not_a_sweep(parent_run_id: str) -> TrackingError:
+    return TrackingError(f"run {parent_run_id} is not a sweep's parent run (tag {KIND}=sweep): give the "
+                         "id of a sweep, or leave --sweep out for the latest one")
+
+
+def sweep_record_sqlite(uri: str, parent_run_id: str, experiment: Experiment | None = None,
+                        with_losses: bool = False,
+                        known_losses: dict[str, tuple[float, ...]] | None = None) -> SweepRecord:
+    """sweep_record on a SQLite store, in plain SQL: the finished runs, their latest metrics and (with_losses)
+    every `loss` history in one query each, instead of MLflow's search and a get_metric_history per run."""
+    known_losses = known_losses or {}
+    parent = run_readonly(uri, parent_run_id)
+    if parent is None:
+        raise TrackingError(f"no run '{parent_run_id}' in {uri}: check the id (the UI or `tinytrain compare` "
+                            "shows them) and --tracking-uri")
+    experiment_id, artifact_uri, tags = parent
+    if tags.get(KIND) != "sweep":
+        raise _not_a_sweep(parent_run_id)
+    if experiment is None:
+        local = local_artifact_file(uri, artifact_uri, EXPERIMENT_FILE)  # None: artifacts elsewhere
+        text = local.read_text() if local is not None and local.is_file() else read_sweep_experiment(uri, parent_run_id)
+        experiment = load_experiment(f"run {parent_run_id}", text=text)
+    names = {"key_tag": RUN_KEY, "outcome_tag": OUTCOME, "converged": FINISHED_OUTCOMES[0],
+             "diverged": FINISHED_OUTCOMES[1]}
+    finished = finished_runs_readonly(uri, experiment_id, names)
+    specs = experiment.specs()
+    losses: dict[str, list[tuple[int, float]]] = {}
+    if with_losses and any(spec.key in finished and spec.key not in known_losses for spec in specs):
+        losses = histories_readonly(uri, experiment_id, names, LOSS)
+    curves = {}
+    if with_losses:
+        curves = {name: histories_readonly(uri, experiment_id, names, name) for name in CURVES
+                  if any(name in metrics for _run_id, _outcome, metrics in finished.values())}
+    runs, missing = [], []
+    for spec in specs:
+        found = finished.get(spec.key)
+        if found is None:
+            missing.append(spec.run_name)
+            continue
+        run_id, outcome, metrics = found
+        runs.append(CellRun(
+            run_id=run_id, key=spec.key, optimizer=spec.optimizer, lr=spec.lr, seed=spec.seed, outcome=outcome,
+            initial_loss=metrics.get("initial_loss", math.nan), final_loss=metrics.get("final_loss", math.nan),
+            losses=(known_losses.get(spec.key) or tuple(value for _step, value in losses.get(run_id, ())))
+            if with_losses else (),
+            metrics=dict(metrics),
+            curves={name: tuple(history.get(run_id, ())) for name, history in curves.items() if name in metrics},
         ))
     return SweepRecord(experiment.name, experiment_id, parent_run_id, experiment.settings["steps"],
                        len(runs) + len(missing), tuple(runs), tuple(missing))

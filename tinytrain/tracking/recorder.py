@@ -18,8 +18,9 @@ from typing import Protocol
 from tinytrain.results import FAILED, RunResult
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import ERROR
+from tinytrain.tracking.location import is_http
 from tinytrain.tracking.provenance import environment
-from tinytrain.tracking.read import SweepRecord, sweep_record
+from tinytrain.tracking.read import SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.sqlite import checkpoint_sqlite
 from tinytrain.tracking.store import Store
 
@@ -160,8 +161,9 @@ class Recorder:
         import logging
 
         try:
-            sweep = sweep_record(self.store, self.parent_run_id, self.experiment, with_losses=True,
-                                 known_losses=self.logged_losses)
+            read = sweep_record if is_http(self.uri) else sweep_record_sqlite  # plain SQL: a few queries
+            sweep = read(self.store if is_http(self.uri) else self.uri, self.parent_run_id, self.experiment,
+                         with_losses=True, known_losses=self.logged_losses)
             with tempfile.TemporaryDirectory() as folder:
                 summary.write(sweep, Path(folder))
                 self.store.client.log_artifacts(self.parent_run_id, folder)

@@ -1,5 +1,6 @@
 """The SQLite side of a store, beside MLflow: connection tuning, new stores from a template, the WAL
-checkpoint at a sweep's end, and plain read-only queries (for `--dry-run`, which never imports MLflow).
+checkpoint at a sweep's end, and plain read-only queries: for `--dry-run`, compare and plot, which never
+import MLflow on a SQLite store, and for a sweep's summary, which reads all its runs in a few queries.
 
 Only reads go around MLflow here; every write to MLflow's tables goes through its client (store.py).
 """
@@ -7,6 +8,7 @@ Only reads go around MLflow here; every write to MLflow's tables goes through it
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -175,12 +177,18 @@ def experiments_readonly(uri: str) -> list[tuple[str, str]]:
     return [(str(experiment_id), name) for experiment_id, name in query_sqlite(uri, query, ())]
 
 
-def query_sqlite(uri: str, query: str, parameters: tuple = (), timeout: float = 20) -> list[tuple]:
+def store_is_new(uri: str) -> bool:
+    """No store yet at a SQLite URI: no file, or an empty one (as `touch` leaves it), which MLflow initialises."""
+    path = sqlite_path(uri)
+    return not path.exists() or path.stat().st_size == 0
+
+
+def query_sqlite(uri: str, query: str, parameters: tuple | dict = (), timeout: float = 20) -> list[tuple]:
     """A SELECT (or PRAGMA) on a SQLite store, outside MLflow; nothing if the store does not exist yet."""
     import sqlite3
 
     path = sqlite_path(uri)
-    if not path.exists():
+    if store_is_new(uri):
         return []
     connection = sqlite3.connect(path, timeout=timeout)  # not mode=ro: it cannot always read a WAL database
     try:
@@ -189,3 +197,76 @@ def query_sqlite(uri: str, query: str, parameters: tuple = (), timeout: float = 
         raise TrackingError(f"cannot read the store {path}: {error}") from None
     finally:
         connection.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A sweep read in bulk: a few queries for all its runs, where MLflow's client would make one per run.
+# MLflow's schema, read only: runs, tags, latest_metrics, metrics (a NaN metric is stored as 0 with is_nan).
+# tests/test_read.py holds every reader here equal to what MLflow's own search and get_metric_history give.
+
+_FINISHED_RUNS = """
+    FROM runs
+    JOIN tags AS key_tag ON key_tag.run_uuid = runs.run_uuid AND key_tag.key = :key_tag
+    JOIN tags AS outcome_tag ON outcome_tag.run_uuid = runs.run_uuid AND outcome_tag.key = :outcome_tag
+    WHERE runs.experiment_id = :experiment_id AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
+      AND outcome_tag.value IN (:converged, :diverged)"""
+
+
+def run_readonly(uri: str, run_id: str) -> tuple[str, str, dict[str, str]] | None:
+    """(experiment id, artifact URI, tags) of an active run, or None."""
+    rows = query_sqlite(uri, "SELECT experiment_id, artifact_uri FROM runs WHERE run_uuid = ? "
+                             "AND lifecycle_stage = 'active'", (run_id,))
+    if not rows:
+        return None
+    tags = dict(query_sqlite(uri, "SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+    return str(rows[0][0]), rows[0][1], tags
+
+
+def experiment_id_readonly(uri: str, name: str) -> str | None:
+    rows = query_sqlite(uri, "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                        (name,))
+    return str(rows[0][0]) if rows else None
+
+
+def latest_run_with_tag_readonly(uri: str, experiment_id: str, tag: str, value: str) -> str | None:
+    """The active run of the experiment with this tag value that started last (as search_runs orders)."""
+    rows = query_sqlite(uri, """SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid
+                                WHERE runs.experiment_id = ? AND runs.lifecycle_stage = 'active'
+                                  AND tags.key = ? AND tags.value = ?
+                                ORDER BY runs.start_time DESC, runs.run_uuid ASC LIMIT 1""",
+                        (experiment_id, tag, value))
+    return rows[0][0] if rows else None
+
+
+def finished_runs_readonly(uri: str, experiment_id: str,
+                           names: dict[str, str]) -> dict[str, tuple[str, str, dict[str, float]]]:
+    """run key -> (run id, outcome, latest value of every metric) of the latest finished run of each cell.
+
+    names: the tag names (key_tag, outcome_tag) and the finished outcomes (converged, diverged).
+    """
+    parameters = {"experiment_id": experiment_id, **names}
+    runs = query_sqlite(uri, f"SELECT runs.run_uuid, key_tag.value, outcome_tag.value {_FINISHED_RUNS} "
+                             "ORDER BY runs.start_time", parameters)
+    metrics: dict[str, dict[str, float]] = {}
+    rows = query_sqlite(uri, f"""SELECT latest_metrics.run_uuid, latest_metrics.key, latest_metrics.value,
+                                        latest_metrics.is_nan
+                                 FROM latest_metrics
+                                 WHERE latest_metrics.run_uuid IN (SELECT runs.run_uuid {_FINISHED_RUNS})""",
+                        parameters)
+    for run_id, key, value, is_nan in rows:
+        metrics.setdefault(run_id, {})[key] = math.nan if is_nan else value
+    return {key: (run_id, outcome, metrics.get(run_id, {})) for run_id, key, outcome in runs}
+
+
+def histories_readonly(uri: str, experiment_id: str, names: dict[str, str],
+                       metric: str) -> dict[str, list[tuple[int, float]]]:
+    """run id -> (step, value) of the metric in step order, of every finished run of the experiment (one query)."""
+    rows = query_sqlite(uri, f"""SELECT metrics.run_uuid, metrics.step, metrics.value, metrics.is_nan FROM metrics
+                                 WHERE metrics.key = :metric
+                                   AND metrics.run_uuid IN (SELECT runs.run_uuid {_FINISHED_RUNS})
+                                 ORDER BY metrics.run_uuid, metrics.step, metrics.timestamp""",
+                        {"experiment_id": experiment_id, "metric": metric, **names})
+    histories: dict[str, list[tuple[int, float]]] = {}
+    for run_id, step, value, is_nan in rows:
+        histories.setdefault(run_id, []).append((step, math.nan if is_nan else value))
+    return histories

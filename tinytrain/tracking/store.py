@@ -16,19 +16,18 @@ from tinytrain.results import FAILED, RunResult
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.artifacts import ArtifactFolder, ServerArtifactsOnSqlite
 from tinytrain.tracking.contract import (
-    CHECKPOINTS,
     ERROR,
     EXPERIMENT_FILE,
-    FINAL_CHECKPOINT,
     FINISHED_OUTCOMES,
     KIND,
     LOSS,
+    MLMODEL,
+    MODEL_DATA,
     OUTCOME,
     OWNER,
     PARENT,
     RUN_KEY,
     TrackingError,
-    step_checkpoint,
 )
 from tinytrain.tracking.location import NO_TELEMETRY, artifact_root, is_http
 from tinytrain.tracking.provenance import owner_is_gone, process_owner
@@ -61,6 +60,7 @@ class Store:
         create_store_from_template(uri)  # before MLflow opens it: a new store costs a copy, not migrations
         self.client = mlflow.MlflowClient(uri)
         self.artifact_uris: dict[str, str] = {}  # run id -> artifact URI, of the runs started and not finished
+        self._model_files: ModelFiles | None = None
 
     def close(self) -> None:
         """Undo what opening the store changed in this process (see __init__)."""
@@ -137,37 +137,35 @@ class Store:
         return run_id
 
     def start_run(self, experiment_id: str, parent_run_id: str | None, spec: RunSpec, tags: dict[str, str]) -> str:
-        from mlflow.entities import Param
-
+        """Create a cell's run, RUNNING, with its tags; its params come with its results (finish_run)."""
         run_tags = {KIND: "run", RUN_KEY: spec.key, OWNER: process_owner(), **tags}
         if parent_run_id:
             run_tags[PARENT] = parent_run_id
         run = self.client.create_run(experiment_id, run_name=spec.run_name, tags=run_tags)
-        params = [Param(key, value) for key, value in spec.params().items()]
-        self.client.log_batch(run.info.run_id, params=params)
         self.artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
     def finish_run(self, run_id: str, result: RunResult, experiment_id: str) -> None:
-        """Log a run's losses, outcome and checkpoints, then close it (FINISHED, or FAILED if it raised).
+        """Log a run's params, losses, outcome and checkpoints, then close it (FINISHED, or FAILED if it raised).
 
         Each checkpoint is an MLflow LoggedModel linked to the run at its step, with the run's metrics at
         that step, as `mlflow.pytorch.log_model(step=...)` makes it; but built from the client calls that
-        log_model makes, so that the run's metrics go to the store once, in one batch, instead of being
-        read back for every model (see log_checkpoints).
+        log_model makes, so that the run's params, metrics and tags go to the store once, in one batch,
+        instead of being read back for every model (see log_checkpoints).
         """
-        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 
         models = self.log_checkpoints(run_id, result, experiment_id)
         try:
             now = int(time.time() * 1000)
             metrics = [Metric(name, value, now, step, model_id=models.get(step))
                        for name, history in result.logged_metrics().items() for step, value in history]
+            params = [Param(key, value) for key, value in result.spec.params().items()]
             tags = [RunTag(OUTCOME, result.outcome)]
             tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
             if result.error:
                 tags.append(RunTag(ERROR, result.error[:5000]))
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
             if models:
                 outputs = [LoggedModelOutput(model_id, step) for step, model_id in models.items()]
                 self.client.log_outputs(run_id, outputs)
@@ -180,34 +178,27 @@ class Store:
         self.client.set_terminated(run_id, "FAILED" if result.outcome == FAILED else "FINISHED")
 
     def log_checkpoints(self, run_id: str, result: RunResult, experiment_id: str) -> dict[int, str]:
-        """Every checkpoint as a LoggedModel (PENDING until finish_run), its state dict as a run artifact.
+        """Every checkpoint as a LoggedModel (PENDING until finish_run); returns step -> model id.
 
-        Returns step -> model id. The state dicts (checkpoints/final.pt, checkpoints/step-NNNNNN.pt) are
-        what `reproduce` reads: plain tensors, loaded with weights_only=True, no code unpickled.
+        The model's `data/model.pth` is the checkpoint's only copy of the weights: a plain state dict,
+        which `reproduce` loads with weights_only=True (no code unpickled) and `mlflow.pytorch.load_model`
+        turns into the LeNet (weights_pickle.py).
         """
-        artifact_uri = self.artifact_uris.pop(run_id, None)
+        self.artifact_uris.pop(run_id, None)
         if result.final_weights is None:
             return {}
-        import torch
         from mlflow.entities import LoggedModelStatus
 
         final_step = len(result.losses) - 1
-        weights_by_step = {step: {name: torch.as_tensor(tensor) for name, tensor in weights.items()}
-                           for step, weights in {**result.checkpoints, final_step: result.final_weights}.items()}
         params = result.spec.params()
         models: dict[int, str] = {}
-        artifact_uri = artifact_uri or self.client.get_run(run_id).info.artifact_uri
         try:
-            with ArtifactFolder(self.client, run_id, artifact_uri) as run_artifacts:
-                (run_artifacts / CHECKPOINTS).mkdir(exist_ok=True)
-                for step, weights in sorted(weights_by_step.items()):
-                    final = step == final_step
-                    model = self.client.create_logged_model(
-                        experiment_id, name="model" if final else f"model-step-{step}", source_run_id=run_id,
-                        params=params)
-                    models[step] = model.model_id
-                    self._save_model(model, run_id, weights)
-                    torch.save(weights, run_artifacts / (FINAL_CHECKPOINT if final else step_checkpoint(step)))
+            for step, weights in sorted({**result.checkpoints, final_step: result.final_weights}.items()):
+                model = self.client.create_logged_model(
+                    experiment_id, name="model" if step == final_step else f"model-step-{step}",
+                    source_run_id=run_id, params=params)
+                models[step] = model.model_id
+                self._save_model(model, run_id, weights)
         except BaseException:
             for model_id in models.values():
                 self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
@@ -215,22 +206,11 @@ class Store:
         return models
 
     def _save_model(self, model: Any, run_id: str, weights: dict[str, Any]) -> None:
-        """The LeNet with these weights in MLflow's pytorch format, as the LoggedModel's artifacts."""
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import Model
-
-        from tinytrain.model import LeNet
-
-        net = LeNet()
-        net.load_state_dict(weights)
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", "tinytrain"]
+        """The weights in MLflow's pytorch format, as the LoggedModel's artifacts (see ModelFiles)."""
+        if self._model_files is None:
+            self._model_files = ModelFiles()
         with ArtifactFolder(self.client, model.model_id, model.artifact_location, of_model=True) as folder:
-            # pickle: 0.06 s a model against 0.2 s for pt2; explicit requirements: inference costs seconds.
-            mlflow.pytorch.save_model(
-                net, str(folder), pip_requirements=requirements, serialization_format="pickle",
-                mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id,
-                                   run_id=run_id, model_id=model.model_id))
+            self._model_files.write(folder, weights, model, run_id)
 
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
@@ -275,3 +255,62 @@ class Store:
         now = int(time.time() * 1000)
         self.client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in figures.items()])
         self.client.set_terminated(parent_run_id, status)
+
+
+class ModelFiles:
+    """The files of an MLflow pytorch model of the LeNet whose data/model.pth is a state dict.
+
+    `mlflow.pytorch.save_model` costs 9-13 ms a model here, most of it checking the pip requirements
+    against the installed packages, the same for every model of a process. So it runs once, on a LeNet,
+    into a template; each model then gets the template's files as they are, its own MLmodel (the
+    template's, as MLflow's Model class wrote it, with this model's ids and time put in as YAML strings:
+    dumping the YAML again would cost 1.5 ms) and its weights as a plain state dict. The pickle module
+    the template names (weights_pickle) makes `mlflow.pytorch.load_model` give back the LeNet.
+    """
+
+    FIELDS = ("artifact_path", "model_uuid", "model_id", "run_id", "utc_time_created", "model_size_bytes")
+
+    def __init__(self) -> None:
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import Model
+
+        from tinytrain.model import LeNet
+        from tinytrain.tracking import weights_pickle
+
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", "tinytrain"]
+        with tempfile.TemporaryDirectory() as folder:
+            template = Path(folder) / "model"
+            # pickle: 0.06 s a model against 0.2 s for pt2; explicit requirements: inference costs seconds.
+            mlflow.pytorch.save_model(LeNet(), str(template), pip_requirements=requirements,
+                                      serialization_format="pickle", pickle_module=weights_pickle)
+            mlmodel = Model.load(str(template / MLMODEL))
+            for name in self.FIELDS:
+                setattr(mlmodel, name, f"tinytrain-field-{name}")
+            mlmodel.save(str(template / MLMODEL))
+            self.mlmodel = (template / MLMODEL).read_text()
+            if not all(self.mlmodel.count(f"tinytrain-field-{name}") == 1 for name in self.FIELDS):
+                raise TrackingError("the MLmodel template of this MLflow version lacks a field")
+            self.files = {path.relative_to(template): path.read_bytes() for path in sorted(template.rglob("*"))
+                          if path.is_file() and path.name not in (MLMODEL, MODEL_DATA.name)}
+
+    def write(self, folder: Path, weights: dict[str, Any], model: Any, run_id: str) -> None:
+        import datetime
+        import json
+
+        import torch
+
+        for relative, content in self.files.items():
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        torch.save({name: torch.as_tensor(tensor) for name, tensor in weights.items()}, folder / MODEL_DATA)
+        values = {"artifact_path": model.artifact_location, "model_uuid": model.model_id,
+                  "model_id": model.model_id, "run_id": run_id,
+                  "utc_time_created": str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))}
+        values["model_size_bytes"] = sum(len(content) for content in self.files.values()) + (
+            folder / MODEL_DATA).stat().st_size
+        text = self.mlmodel
+        for name, value in values.items():
+            text = text.replace(f"tinytrain-field-{name}", json.dumps(value))  # a JSON string is a YAML string
+        (folder / MLMODEL).write_text(text)
