@@ -5,6 +5,7 @@ The helpers the test modules share live here too (free_port, invoke, client, run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -103,10 +104,49 @@ def children(uri: str, name: str = "e2e") -> list:
     return [run for run in runs_of(uri, name) if run.data.tags.get("tinytrain.kind") == "run"]
 
 
-@pytest.fixture(scope="session")
+def _user_cache_state() -> list[tuple[str, int]]:
+    """What the user's own cache of tinytrain holds (names and modification times), to check it is untouched."""
+    folder = Path(os.path.expanduser("~/.cache/tinytrain"))
+    if not folder.exists():
+        return []
+    return sorted((str(path), path.stat().st_mtime_ns) for path in [folder, *folder.rglob("*")])
+
+
+@pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory) -> Path:
-    """The suite's own cache folder (store templates): nothing of the user's ~/.cache is read or written."""
-    return tmp_path_factory.mktemp("cache")
+    """The suite's own cache folder (store templates): nothing of the user's ~/.cache is read or written.
+
+    Set for the whole session, so that module-scoped fixtures (servers, clusters, sweeps they start)
+    use it too; at the end, the user's cache must be as it was.
+    """
+    folder = tmp_path_factory.mktemp("cache")
+    before, previous = _user_cache_state(), os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+    assert _user_cache_state() == before, "a test read or wrote the user's ~/.cache/tinytrain"
+
+
+@pytest.fixture
+def process_groups():
+    """Start commands each in a session (process group) of its own; the groups are killed after the test,
+    whether it passed or not, so that a failing test leaves no sweep, writer or worker behind."""
+    started: list[subprocess.Popen] = []
+
+    def start(command: list[str], **options) -> subprocess.Popen:
+        process = subprocess.Popen(command, start_new_session=True, **options)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=30)
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +193,16 @@ def cli_runner():
     from click.testing import CliRunner
 
     return CliRunner()
+
+
+STORE_FIXTURES = {"store", "store_uri", "logged", "server", "swept", "dask_cluster", "one_run"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the tests that use a store (or a server, a cluster): make mutation runs the others only."""
+    for item in items:
+        if STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.store)
 
 
 def pytest_configure(config):

@@ -192,7 +192,7 @@ def test_a_dask_cluster_started_for_the_sweep_equals_the_in_process_sweep(grid_f
 
 
 @pytest.mark.slow
-def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_cluster, tmp_path):
+def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_cluster, tmp_path, process_groups):
     """SIGKILL a worker while it trains a cell handed out after the first result came back: the scheduler
     runs that cell again elsewhere, and the store ends with one FINISHED run per cell, nothing RUNNING."""
     from distributed import Client
@@ -205,10 +205,10 @@ def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_clus
     specs = load_experiment(overrides=overrides).specs()
     first_window = 4  # two per worker thread: a later cell is handed out only once a result has come back
     later_keys = {task_key(spec) for spec in specs[first_window:]}
-    sweep = subprocess.Popen([sys.executable, "-m", "tinytrain", "sweep",
-                              *[part for override in overrides for part in ("--set", override)],
-                              "--executor", "dask", "--scheduler", address, "--tracking-uri", uri, "--quiet"],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = process_groups([sys.executable, "-m", "tinytrain", "sweep",
+                            *[part for override in overrides for part in ("--set", override)],
+                            "--executor", "dask", "--scheduler", address, "--tracking-uri", uri, "--quiet"],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = Client(address, timeout="10s", set_as_default=False)
     try:
         killed_key = None
@@ -243,15 +243,16 @@ def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_clus
 
 
 @pytest.mark.slow
-def test_losing_the_scheduler_mid_sweep_is_one_line_and_leaves_nothing_running(dask_cluster, tmp_path):
+def test_losing_the_scheduler_mid_sweep_is_one_line_and_leaves_nothing_running(dask_cluster, tmp_path,
+                                                                              process_groups):
     from distributed import Client
 
     address, home = dask_cluster
     uri = f"sqlite:///{tmp_path / 'lost-store' / 'mlflow.db'}"
-    sweep = subprocess.Popen([sys.executable, "-m", "tinytrain", "sweep", "--set", "steps=20000", "--set",
-                              "optimizer=adam", "--set", "seed=0,1,2,3", "--executor", "dask", "--scheduler", address,
-                              "--tracking-uri", uri, "--quiet"],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = process_groups([sys.executable, "-m", "tinytrain", "sweep", "--set", "steps=20000", "--set",
+                            "optimizer=adam", "--set", "seed=0,1,2,3", "--executor", "dask", "--scheduler", address,
+                            "--tracking-uri", uri, "--quiet"],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with Client(address, timeout="10s", set_as_default=False) as client:
             deadline = time.monotonic() + 120

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,25 @@ from tinytrain.spec import validate
 from tinytrain.train import train
 
 OLD_GRID = {"name": "legacy", "steps": 100, "grid": {"optimizer": ["adam", "rmsprop"], "lr": [0.1], "seed": [0, 1]}}
+
+
+def log_old_model(client, experiment_id: str, run_id: str, result) -> None:
+    """The final weights as that version's LoggedModel: a pickled LeNet in data/model.pth, linked to the run at
+    its final step."""
+    from urllib.parse import urlparse
+
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    from tinytrain.model import LeNet
+
+    model = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+    folder = Path(urlparse(model.artifact_location).path) / "data"
+    folder.mkdir(parents=True)
+    net = LeNet()
+    net.load_state_dict(result.final_weights)
+    torch.save(net, folder / "model.pth")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, len(result.losses) - 1)])
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
 @pytest.fixture
@@ -42,10 +62,11 @@ def legacy_store(store_uri, tmp_path):
         metrics += [Metric("initial_loss", result.initial_loss, 0, 0),
                     Metric("final_loss", result.final_loss, 0, len(result.losses) - 1)]
         client.log_batch(run, metrics=metrics, params=params)
-        if result.final_weights is not None:
+        if result.final_weights is not None:  # as that version kept them: a state dict and a pickled net
             path = tmp_path / "final.pt"
             torch.save(result.final_weights, path)
             client.log_artifact(run, str(path), "checkpoints")
+            log_old_model(client, experiment_id, run, result)
         client.set_terminated(run, "FINISHED")
         runs[spec.run_name] = (run, outcome, result)
     client.set_terminated(parent, "FINISHED")

@@ -194,7 +194,7 @@ def test_schedule_free_evaluates_and_checkpoints_its_averaged_weights():
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_gradcheck_passes_on_a_fixed_digits_minibatch(loss):
-    from tinytrain.verify import gradient_check
+    from tinytrain.gradcheck import gradient_check
 
     checks = gradient_check(problem="digits", loss=loss, batch_size=4, entries_per_tensor=8)
     assert len(checks) == 10 and all(check.passed(1e-4) for check in checks)

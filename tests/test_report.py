@@ -351,19 +351,28 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
     import mlflow
 
     from tinytrain.spec import load_experiment
+    from tinytrain.train import train
 
     uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
     experiment = load_experiment(text=GRID)
-    parents = []
-    for status in ("KILLED", "FINISHED"):
+    result = train(experiment.specs()[0])
+    parents = {}
+    # with a finished cell: only the status decides; without one: no summary even for a finished sweep
+    for case, status, results in (("interrupted", "KILLED", [result]), ("failed", "FAILED", [result]),
+                                  ("empty", "FINISHED", []), ("finished", "FINISHED", [result])):
         recorder = Recorder(uri, summary.SweepSummary())
-        recorder.open(experiment, experiment.specs(), finished={})
+        recorder.open(experiment, experiment.specs(), finished={}, force=True)
+        for each in results:
+            recorder.run_started(each.spec)
+            recorder.run_finished(each)
         recorder.close(status)
-        parents.append(recorder.parent_run_id)
+        parents[case] = recorder.parent_run_id
     client = mlflow.MlflowClient(uri)
-    for parent in parents:
-        assert [item.path for item in client.list_artifacts(parent)] == ["experiment.toml"]
-        assert "tinytrain.error" not in client.get_run(parent).data.tags
+    for case in ("interrupted", "failed", "empty"):
+        assert [item.path for item in client.list_artifacts(parents[case])] == ["experiment.toml"], case
+        assert "tinytrain.error" not in client.get_run(parents[case]).data.tags
+    assert [item.path for item in client.list_artifacts(parents["finished"])] == [
+        "compare.csv", "compare.md", "experiment.toml", "loss-curves.png"]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -286,3 +286,26 @@ def test_a_run_recorded_before_diverge_above_keeps_its_key_and_gets_no_bound():
 def test_diverge_above_must_be_a_number_above_one(value):
     with pytest.raises(ConfigError, match="diverge_above must be a number > 1"):
         validate({"diverge_above": value})
+
+
+def test_from_params_round_trips_every_setting_that_differs_from_its_default():
+    """Survivors of make mutation: with defaults only, a from_params that dropped threads, mkldnn or
+    checkpoint_every (which == leaves out) still passed."""
+    from dataclasses import asdict
+
+    spec = validate({"steps": 7, "threads": 2, "mkldnn": True, "checkpoint_every": 5, "data_seed": 3,
+                     "target_index": 1, "grid": {"optimizer": ["sgd"], "lr": [0.5], "seed": [4]}}).specs()[0]
+    back = RunSpec.from_params(spec.params())
+    assert asdict(back) == asdict(spec) and back.key == spec.key
+    assert (back.threads, back.mkldnn, back.checkpoint_every) == (2, True, 5)
+
+
+def test_the_default_experiment_file_of_the_current_folder_comes_first(tmp_path, monkeypatch):
+    from tinytrain.spec import default_experiment_path
+
+    monkeypatch.chdir(tmp_path)
+    assert default_experiment_path() == PROJECT_ROOT / "experiments" / "optimizer-grid.toml"
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "optimizer-grid.toml").write_text('name = "local-grid"\n')
+    assert default_experiment_path() == Path("experiments/optimizer-grid.toml")
+    assert load_experiment().name == "local-grid"

@@ -25,8 +25,14 @@ seed = [0, 1]
 
 
 def store_digest(uri: str) -> str | None:
+    """A hash of the store's database with its write-ahead log and shared memory: all that a write changes."""
     path = Path(uri.removeprefix("sqlite:///"))
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        digest.update(part.name.encode() + (part.read_bytes() if part.exists() else b"absent"))
+    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -152,6 +158,31 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_store_as_it_was(args, messa
     assert store_digest(store_uri) == before
 
 
+def test_bad_input_found_after_the_store_was_read_leaves_it_as_it_was(swept, cli_runner, store_uri):
+    """--from-run reads the sweep's experiment file from the store (through MLflow) before the override fails."""
+    (parent,) = [run for run in runs_of(store_uri) if run.data.tags.get("tinytrain.kind") == "sweep"]
+    before = store_digest(store_uri)
+    result = cli_runner.invoke(cli, ["sweep", "--from-run", parent.info.run_id, "--set", "lr=0"])
+    assert result.exit_code == 2
+    assert result.output == "Error: lr must be a finite number > 0, got 0 in grid.lr\n"
+    assert store_digest(store_uri) == before
+
+
+def test_the_digest_sees_a_write_that_is_still_in_the_log(swept, store_uri):
+    """The writes of an open connection in WAL mode sit in mlflow.db-wal: the digest must change with them."""
+    import sqlite3
+
+    before = store_digest(store_uri)
+    connection = sqlite3.connect(store_uri.removeprefix("sqlite:///"))
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("UPDATE experiments SET name = name")
+        connection.commit()
+        assert store_digest(store_uri) != before
+    finally:
+        connection.close()
+
+
 def test_bad_files_are_one_line_errors(cli_runner, experiment_file, store_uri):
     for path, message in [("missing.toml", "Error: experiment file 'missing.toml' does not exist"),
                           (experiment_file("steps = [\n", "broken.toml"), "broken.toml is not valid TOML"),
@@ -161,11 +192,35 @@ def test_bad_files_are_one_line_errors(cli_runner, experiment_file, store_uri):
     assert store_digest(store_uri) is None
 
 
+def blog_measurement() -> tuple[float, float]:
+    """The blog's one Adam step, recomputed from DESIGN.md's description with plain torch (not tinytrain's code)."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    x = torch.randn((1, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    target = torch.zeros(1, 10)
+    target[0, 3] = 1.0
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    optimizer.zero_grad()
+    loss = nn.MSELoss()(net(x), target)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        return loss.item(), nn.MSELoss()(net(x), target).item()
+
+
 def test_run_logs_one_unnested_run_and_replaces_its_earlier_one(cli_runner, store_uri):
     args = ["run", "--optimizer", "adam", "--lr", "1e-3", "--seed", "0", "--steps", "1"]
     first = cli_runner.invoke(cli, args)
     assert first.exit_code == 0, first.output
-    assert first.output.startswith("adam-lr0.001-seed0: loss 0.0894599 -> 0.0697813 after 1 step(s), finished; run ")
+    before, after = blog_measurement()
+    assert first.output.startswith(f"adam-lr0.001-seed0: loss {before:.6g} -> {after:.6g} after 1 step(s), "
+                                   "finished; run ")
     second = cli_runner.invoke(cli, args)
     assert second.exit_code == 0
     cells = children(store_uri, "optimizer-grid")
@@ -231,11 +286,49 @@ def test_the_store_read_without_mlflow_equals_mlflows_own_search(swept, cli_runn
     """--dry-run and skipping read finished cells with plain SQL; they must agree with MLflow's search."""
     from tinytrain.tracking import Store, finished_keys_readonly
 
-    cli_runner.invoke(cli, ["sweep", "grid.toml", "--force", "--set", "seed=0", "--quiet"])  # soft-deletes 4
-    store = Store(store_uri)
-    by_mlflow = {key: run.info.run_id for key, run in store.finished_runs_by_key(store.experiment_id("e2e")).items()}
-    assert len(by_mlflow) == 8
-    assert finished_keys_readonly(store_uri, "e2e") == by_mlflow
+    before = {run.data.tags["tinytrain.run_key"]: run.info.run_id for run in children(store_uri)}
+    forced = cli_runner.invoke(cli, ["sweep", "grid.toml", "--force", "--set", "seed=0", "--quiet"])
+    assert forced.exit_code == 0, forced.output
+    assert "Replaced 4 earlier finished run(s)" in forced.output
+    mlflow_client = client(store_uri)
+    deleted = [run_id for run_id in before.values() if mlflow_client.get_run(run_id).info.lifecycle_stage == "deleted"]
+    assert len(deleted) == 4  # the seed-0 cells' earlier runs, soft-deleted
+    add_runs_the_reader_must_skip(store_uri)
+    with Store(store_uri) as store:
+        for name in ("e2e", "other"):
+            by_mlflow = {key: run.info.run_id
+                         for key, run in store.finished_runs_by_key(store.experiment_id(name)).items()}
+            assert finished_keys_readonly(store_uri, name) == by_mlflow, name
+        e2e = {key: run.info.run_id for key, run in store.finished_runs_by_key(store.experiment_id("e2e")).items()}
+    assert len(e2e) == 9 and not set(deleted) & set(e2e.values())
+    assert finished_keys_readonly(store_uri, "no-such-experiment") == {}
+
+
+def add_runs_the_reader_must_skip(uri: str) -> None:
+    """Runs of every status and outcome, a deleted one and another experiment's, each with its own key."""
+    mlflow_client = client(uri)
+    e2e = mlflow_client.get_experiment_by_name("e2e").experiment_id
+    other = mlflow_client.create_experiment("other")
+
+    def run(experiment_id, key, status, outcome="converged", delete=False):
+        tags = {"tinytrain.kind": "run", "tinytrain.run_key": key}
+        if outcome:
+            tags["tinytrain.outcome"] = outcome
+        run_id = mlflow_client.create_run(experiment_id, tags=tags).info.run_id
+        if status != "RUNNING":
+            mlflow_client.set_terminated(run_id, status)
+        if delete:
+            mlflow_client.delete_run(run_id)
+
+    run(e2e, "running", "RUNNING")
+    run(e2e, "failed", "FAILED")
+    run(e2e, "killed", "KILLED")
+    run(e2e, "deleted", "FINISHED", delete=True)
+    run(e2e, "failed-outcome", "FINISHED", outcome="failed")
+    run(e2e, "no-outcome", "FINISHED", outcome=None)
+    run(e2e, "diverged", "FINISHED", outcome="diverged")  # finished: counted
+    run(other, "other-experiment", "FINISHED")
+    run(other, "other-killed", "KILLED")
 
 
 @pytest.mark.parametrize(("code", "returncode", "stderr"), [(3, 3, ""), (None, 0, ""), ("boom", 1, "boom\n")])

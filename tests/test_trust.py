@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -26,13 +28,35 @@ seed = [0, 1]
 """
 
 
-def start_sweep(path, uri):
-    """A sweep in its own process group (it has a writer process beside it)."""
-    return subprocess.Popen([sys.executable, "-m", "tinytrain", "sweep", path, "--quiet"],
-                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            # a shell's background jobs inherit SIGINT ignored (CI may run us so): restore it
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+def start_sweep(process_groups, path, uri, *options):
+    """A sweep in its own process group (it has a writer process beside it), killed after the test."""
+    return process_groups([sys.executable, "-m", "tinytrain", "sweep", path, "--quiet", *options],
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          # a shell's background jobs inherit SIGINT ignored (CI may run us so): restore it
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def writer_of(process) -> psutil.Process:
+    """The sweep's writer process: the child that multiprocessing spawned to run tracking.background._serve."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in psutil.Process(process.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "spawn_main" in " ".join(child.cmdline()):
+                    return child
+        time.sleep(0.05)
+    raise AssertionError("the sweep started no writer process")
+
+
+def wait_for_open_cell(uri, process, timeout=60):
+    """Until a cell's run is RUNNING: between one run's end and the next one's start no cell is open."""
+    deadline = time.monotonic() + timeout
+    while "RUNNING" not in statuses(uri):
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {process.returncode}) first: {process.stderr.read()}")
+        assert time.monotonic() < deadline, "no cell was ever seen running"
+        time.sleep(0.02)
 
 
 def wait_for_finished_runs(uri, count, process, timeout=120):
@@ -48,107 +72,132 @@ def wait_for_finished_runs(uri, count, process, timeout=120):
     raise AssertionError("no runs finished in time")
 
 
-def statuses(uri):
-    return sorted(run.info.status for run in children(uri, "trust"))
+def statuses(uri, experiment="trust"):
+    """The statuses of the cells' runs, read with plain SQL: polling through MLflow's client while the sweep
+    creates the store would create it a second time, beside the sweep's writer."""
+    from tinytrain.tracking.sqlite import query_sqlite
+
+    try:
+        rows = query_sqlite(uri, """
+            SELECT runs.status FROM runs
+            JOIN experiments ON experiments.experiment_id = runs.experiment_id
+            JOIN tags ON tags.run_uuid = runs.run_uuid AND tags.key = 'tinytrain.kind' AND tags.value = 'run'
+            WHERE experiments.name = ? AND runs.lifecycle_stage = 'active'""", (experiment,))
+    except Exception:  # noqa: BLE001 - the store is being created: no tables yet
+        return []
+    return sorted(status for (status,) in rows)
 
 
 @pytest.mark.slow
-def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner):
-    """A lost machine: the sweep and its writer die at once and leave their runs RUNNING."""
-    path = experiment_file(GRID.replace("steps = 150", "steps = 600"))  # runs long enough to be caught running
-    process = start_sweep(path, store_uri)
-    wait_for_finished_runs(store_uri, 2, process)
-    # between one run's end and the next one's start the writer has no run open: kill while one is
-    deadline = time.monotonic() + 60
-    while "RUNNING" not in statuses(store_uri) and time.monotonic() < deadline:
-        time.sleep(0.02)
+@pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
+def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner,
+                                                                          process_groups, options):
+    """A lost machine: the sweep, its writer (and its workers) die at once and leave their runs RUNNING."""
+    steps = "steps = 3000" if "vmap" in options else "steps = 600"  # long enough to be caught running
+    path = experiment_file(GRID.replace("steps = 150", steps))
+    process = start_sweep(process_groups, path, store_uri, *options)
+    if "vmap" not in options:  # a vmap batch finishes its cells together
+        wait_for_finished_runs(store_uri, 2, process, timeout=180)
+    wait_for_open_cell(store_uri, process, timeout=180)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(0.5)
     before = statuses(store_uri)
-    assert "RUNNING" in before and before.count("FINISHED") >= 2
-    again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
+    left_running = [run.info.status for run in runs_of(store_uri, "trust")].count("RUNNING")  # cells and parent
+    assert "RUNNING" in before and left_running == before.count("RUNNING") + 1
+    again = cli_runner.invoke(cli, ["sweep", path, "--quiet", *options])
     assert again.exit_code == 0, again.output
     finished = before.count("FINISHED")
     assert f"8 runs: {8 - finished} trained" in again.output and f"{finished} already done" in again.output
-    assert "Marked FAILED 2 run(s) left RUNNING by a killed sweep" in again.output  # the cell and its parent
+    assert f"Marked FAILED {left_running} run(s) left RUNNING by a killed sweep" in again.output
     runs = children(store_uri, "trust")
     keys = [run.data.tags["tinytrain.run_key"] for run in runs if run.info.status == "FINISHED"]
-    assert len(keys) == len(set(keys)) == 8
+    assert len(keys) == len(set(keys)) == 8  # exactly once each
     assert all(run.info.status != "RUNNING" for run in runs_of(store_uri, "trust"))
 
 
+def parents(uri):
+    return [run for run in runs_of(uri, "trust") if run.data.tags.get("tinytrain.kind") == "sweep"]
+
+
+def artifacts_of(uri, run_id):
+    from .conftest import client
+
+    return sorted(item.path for item in client(uri).list_artifacts(run_id))
+
+
 @pytest.mark.slow
-def test_sigint_marks_the_current_run_killed_and_exits_130(experiment_file, store_uri):
-    process = start_sweep(experiment_file(GRID.replace("steps = 150", "steps = 1500")), store_uri)
-    wait_for_finished_runs(store_uri, 1, process)
-    process.send_signal(signal.SIGINT)
-    _out, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+@pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
+def test_ctrl_c_to_the_process_group_kills_the_open_runs_and_exits_130(experiment_file, store_uri, process_groups,
+                                                                       options):
+    """What a terminal sends: SIGINT to every process of the group (the sweep, its writer, its workers)."""
+    steps = "steps = 4000" if "vmap" in options else "steps = 1500"
+    process = start_sweep(process_groups, experiment_file(GRID.replace("steps = 150", steps)), store_uri, *options)
+    wait_for_open_cell(store_uri, process, timeout=120)
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("Interrupted: ")
     assert "Traceback" not in err
     cells = statuses(store_uri)
-    assert cells.count("KILLED") == 1 and "RUNNING" not in cells
-    parent = [run for run in runs_of(store_uri, "trust") if run.data.tags.get("tinytrain.kind") == "sweep"]
-    assert [run.info.status for run in parent] == ["KILLED"]
+    assert "KILLED" in cells and "RUNNING" not in cells
+    (parent,) = parents(store_uri)
+    assert parent.info.status == "KILLED"
+    assert artifacts_of(store_uri, parent.info.run_id) == ["experiment.toml"]  # no summary of a cut sweep
 
 
-@pytest.fixture
-def one_run(cli_runner, store_uri):
-    result = cli_runner.invoke(cli, ["run", "--optimizer", "adam", "--lr", "0.01", "--steps", "6"])
-    assert result.exit_code == 0, result.output
-    (run,) = children(store_uri, "optimizer-grid")
-    return run
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_run_is_one_line_and_130(experiment_file, store_uri, process_groups):
+    process = start_sweep(process_groups, experiment_file(GRID), store_uri)
+    writer_of(process)  # the writer has just been started: it is still importing MLflow, no run is logged yet
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "RUNNING" not in [run.info.status for run in runs_of(store_uri, "trust")]
 
 
-def test_reproduce_says_identical_on_a_fresh_record(one_run, cli_runner):
-    result = cli_runner.invoke(cli, ["reproduce", one_run.info.run_id])
-    assert result.exit_code == 0, result.output
-    assert result.output == (f"identical: run {one_run.info.run_id} retrained from its record gives all 7 logged "
-                             "losses and 10 checkpoint tensors bit for bit\n")
+@pytest.mark.slow
+def test_ctrl_c_in_tinytrain_run_marks_it_killed(store_uri, process_groups):
+    process = process_groups([sys.executable, "-m", "tinytrain", "run", "--steps", "20000"],
+                             env={**os.environ, "MLFLOW_TRACKING_URI": store_uri}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while "RUNNING" not in statuses(store_uri, "optimizer-grid"):
+        assert time.monotonic() < deadline and process.poll() is None, "the run never started"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert [run.info.status for run in children(store_uri, "optimizer-grid")] == ["KILLED"]
 
 
-def test_reproduce_reports_the_first_step_that_differs(one_run, cli_runner, store_uri):
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-
-    client = mlflow.MlflowClient(store_uri)
-    source = client.get_run(one_run.info.run_id)
-    history = sorted(client.get_metric_history(one_run.info.run_id, "loss"), key=lambda m: m.step)
-    tampered = client.create_run(source.info.experiment_id, tags=source.data.tags)
-    values = [m.value for m in history]
-    values[4] = values[4] * (1 + 1e-6)
-    client.log_batch(tampered.info.run_id,
-                     params=[Param(k, v) for k, v in source.data.params.items()],
-                     metrics=[Metric("loss", v, 0, step) for step, v in enumerate(values)],
-                     tags=[RunTag("note", "logged by the test with one altered loss")])
-    client.set_terminated(tampered.info.run_id)
-    result = cli_runner.invoke(cli, ["reproduce", tampered.info.run_id])
-    assert result.exit_code == 1
-    difference = values[4] - history[4].value
-    assert result.output == (f"differs at step 4: logged {values[4]!r}, retrained {history[4].value!r} "
-                             f"(difference {abs(difference):.3g}); 5 values compared\n")
-
-
-def test_reproduce_compares_the_checkpoint_weights(one_run, store_uri, tmp_path):
-    from tinytrain.spec import RunSpec
-    from tinytrain.tracking import read_logged_run
-    from tinytrain.verify import reproduce
-
-    record = read_logged_run(store_uri, one_run.info.run_id)
-    assert sorted(record.checkpoints) == [6]
-    weights = {name: tensor.clone() for name, tensor in record.checkpoints[6].items()}
-    weights["fc2.bias"][7] += 1e-3
-    verdict = reproduce(one_run.info.run_id, RunSpec.from_params(one_run.data.params), record.losses,
-                        {6: weights}, record.tags)
-    assert verdict.difference.where == "checkpoint step 6, tensor fc2.bias[7]"
-    assert abs(verdict.difference.size - 1e-3) < 1e-6
-
-
-def test_reproduce_of_an_unknown_run_is_one_line(cli_runner, one_run):
-    result = cli_runner.invoke(cli, ["reproduce", "0123456789abcdef"])
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert result.output.startswith("Error: no run '0123456789abcdef' in sqlite:///")
+@pytest.mark.slow
+def test_the_writer_dying_stops_the_sweep_at_once_and_a_rerun_trains_what_is_missing(
+        experiment_file, store_uri, process_groups, cli_runner):
+    path = experiment_file(GRID.replace("steps = 150", "steps = 1500").replace("lr = [0.01, 0.001]", "lr = [0.01]"))
+    process = start_sweep(process_groups, path, store_uri)
+    writer = writer_of(process)
+    wait_for_open_cell(store_uri, process, timeout=120)
+    writer.kill()
+    killed_at = time.monotonic()
+    _out, err = process.communicate(timeout=60)
+    stopped_after = time.monotonic() - killed_at
+    assert process.returncode == 1, err
+    assert err == (f"Error: the tracking writer process (pid {writer.pid}) died (killed by SIGKILL): the sweep "
+                   "stopped; run the same command again, it marks the runs left open FAILED and trains what is "
+                   "missing\n")
+    assert stopped_after < 3, f"the sweep took {stopped_after:.1f} s to notice"  # the sweep trains for longer
+    finished = statuses(store_uri).count("FINISHED")
+    assert statuses(store_uri).count("RUNNING") == 1 and finished < 4
+    again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert f"4 runs: {4 - finished} trained" in again.output
+    assert "Marked FAILED 2 run(s) left RUNNING by a killed sweep" in again.output  # the cell and the parent
+    keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 4
 
 
 def test_sweep_from_run_reruns_the_resolved_experiment(cli_runner, experiment_file, store_uri):
@@ -185,8 +234,8 @@ class LeakyBackwardReLU(torch.autograd.Function):
 def test_gradcheck_fails_on_a_wrong_backward():
     import torch.nn.functional as F
 
+    from tinytrain.gradcheck import gradient_check
     from tinytrain.model import LeNet
-    from tinytrain.verify import gradient_check
 
     class WrongNet(LeNet):
         def forward(self, x):
@@ -201,39 +250,27 @@ def test_gradcheck_fails_on_a_wrong_backward():
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experiment_file, store_uri, cli_runner):
-    """SIGKILL of the sweep alone: its writer process sees it gone and marks what it left open FAILED."""
-    path = experiment_file(GRID)
-    process = start_sweep(path, store_uri)
+def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experiment_file, store_uri, cli_runner,
+                                                                       process_groups):
+    """SIGKILL of the sweep alone: its writer process sees it gone, marks what it left open FAILED, and exits."""
+    path = experiment_file(GRID.replace("steps = 150", "steps = 600"))
+    process = start_sweep(process_groups, path, store_uri)
+    writer = writer_of(process)
     wait_for_finished_runs(store_uri, 1, process)
+    wait_for_open_cell(store_uri, process)
     process.kill()
     process.wait()
-    deadline = time.monotonic() + 60
-    while "RUNNING" in [run.info.status for run in runs_of(store_uri, "trust")] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    writer.wait(timeout=60)  # the writer exits by itself once it has closed what was left open
     runs = runs_of(store_uri, "trust")
     assert "RUNNING" not in [run.info.status for run in runs]
-    failed = [run for run in runs if run.info.status == "FAILED"]
-    assert failed and all(run.data.tags["tinytrain.error"] == "the sweep's process ended while it ran"
-                          for run in failed if run.data.tags.get("tinytrain.kind") == "run")
+    failed_cells = [run for run in runs if run.info.status == "FAILED" and run.data.tags.get("tinytrain.kind") == "run"]
+    assert len(failed_cells) == 1
+    assert failed_cells[0].data.tags["tinytrain.error"] == "the sweep's process ended while it ran"
+    assert [run.info.status for run in parents(store_uri)] == ["FAILED"]
     again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
     assert again.exit_code == 0, again.output
     keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
     assert len(keys) == len(set(keys)) == 8
-
-
-def test_reproduce_retrains_a_vmap_run_bit_for_bit(cli_runner, experiment_file, store_uri):
-    """A vmap cell's result does not depend on its batch (threads 1, oneDNN off): reproduce retrains it alone."""
-    path = experiment_file(GRID.replace("steps = 150", "steps = 8"))
-    result = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert "Engine: vmap for 8 run(s)" in result.output.splitlines()
-    runs = children(store_uri, "trust")
-    assert len(runs) == 8 and {run.data.params["engine"] for run in runs} == {"vmap"}
-    assert {run.data.tags["tinytrain.engine"] for run in runs} == {"vmap"}
-    for run in runs[:2]:
-        verdict = cli_runner.invoke(cli, ["reproduce", run.info.run_id])
-        assert verdict.exit_code == 0 and verdict.output.startswith("identical: "), verdict.output
 
 
 def test_a_vmap_sweep_too_small_to_batch_trains_sequentially_keeps_its_keys_and_reproduces(

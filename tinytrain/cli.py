@@ -217,17 +217,18 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
         sys.exit(EXIT_INTERRUPTED)
     (run_id,) = outcome.counts.run_ids.values()
     spec = experiment.specs()[0]
+    if outcome.counts.failed:  # it raised: no loss to show, the error is the news (also in tinytrain.error)
+        click.echo(f"{spec.run_name}: failed: {outcome.failures[0].partition(': ')[2]}; run {run_id}", err=True)
+        sys.exit(EXIT_RUNS_FAILED)
     from tinytrain.tracking import Store
 
     with Store(outcome.uri) as store:
         losses, accuracy = store.losses(run_id), store.get_run(run_id).data.metrics.get("final_test_accuracy")
-    verdict = "diverged" if outcome.counts.diverged else ("failed" if outcome.counts.failed else "finished")
+    verdict = "diverged" if outcome.counts.diverged else "finished"
     tested = f", test accuracy {accuracy:.4g}" if accuracy is not None else ""
     click.echo(f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s){tested}, "
                f"{verdict}; run {run_id}")
     click.echo(browse_line(outcome))
-    if outcome.counts.failed:
-        sys.exit(EXIT_RUNS_FAILED)
 
 
 @cli.command()

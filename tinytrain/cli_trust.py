@@ -12,7 +12,6 @@ import click
 from tinytrain.cli_shared import BadInput, resolved_uri, tracking_uri_option, translate_errors
 from tinytrain.problem_catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
 from tinytrain.spec import DEFAULTS
-from tinytrain.tracking.contract import RUN_KEY
 
 
 @click.command()
@@ -20,9 +19,11 @@ from tinytrain.tracking.contract import RUN_KEY
 @tracking_uri_option
 @translate_errors
 def reproduce(run_id, tracking_uri):
-    """Retrain a logged run from its MLflow record alone; compare every loss and checkpoint bit for bit.
+    """Retrain a logged run from its MLflow record alone and check everything the record claims.
 
-    Exits 0 when identical, 1 at the first difference (its step, both values and the difference).
+    Every logged metric but the wall time (train_seconds), the outcome, every checkpoint and LoggedModel
+    the run's settings imply, bit for bit, and that its params still give its run key. Exits 0 when all
+    is identical, 1 with one line naming the first difference.
 
     \b
     Example:
@@ -31,12 +32,7 @@ def reproduce(run_id, tracking_uri):
     from tinytrain.tracking import read_logged_run
     from tinytrain.verify import reproduce as retrain_and_compare
 
-    record = read_logged_run(resolved_uri(tracking_uri), run_id)
-    if record.tags.get(RUN_KEY) != record.spec.key:
-        click.echo("note: the run's params no longer give its run key: the record was changed or written by "
-                   "another version", err=True)
-    verdict = retrain_and_compare(run_id, record.spec, record.losses, record.checkpoints, record.tags,
-                                  record.metrics)
+    verdict = retrain_and_compare(read_logged_run(resolved_uri(tracking_uri), run_id))
     for note in verdict.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(verdict.describe())
@@ -70,7 +66,7 @@ def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
     from rich.console import Console
     from rich.table import Table
 
-    from tinytrain.verify import gradient_check
+    from tinytrain.gradcheck import gradient_check
 
     checks = gradient_check(seed=seed, entries_per_tensor=None if entries == "all" else int(entries),
                             problem=problem, loss=loss, batch_size=batch_size)

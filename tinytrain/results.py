@@ -14,8 +14,18 @@ from tinytrain.spec import RunSpec
 
 FINISHED, DIVERGED, FAILED = "finished", "diverged", "failed"
 OUTCOMES = (FINISHED, DIVERGED, FAILED)
+LEGACY_FINISHED = "converged"  # what stores written before diverge_above call a finished run
+
+
+def current_outcome(outcome: str | None) -> str | None:
+    """A recorded outcome in today's names: converged (an older store's) is finished."""
+    return FINISHED if outcome == LEGACY_FINISHED else outcome
 
 StateDict = dict[str, Any]  # parameter name -> tensor (torch.Tensor where training made it)
+
+# Metrics that measure the machine, not the training: wall time is never the same twice, so `reproduce`
+# compares every logged metric but these.
+TIMING_METRICS = ("train_seconds",)
 
 
 @dataclass
@@ -41,6 +51,29 @@ class RunResult:
     @property
     def final_loss(self) -> float:
         return self.losses[-1] if self.losses else math.nan
+
+    @property
+    def final_step(self) -> int:
+        return len(self.losses) - 1
+
+    def logged_metrics(self) -> dict[str, list[tuple[int, float]]]:
+        """Every metric a run logs, name -> [(step, value)]: what the store writes and `reproduce` checks.
+
+        The loss, its first and last value, the wall time, and whatever else the problem measured (metrics)
+        with its last value as final_<name>. A metric added here is logged and, unless it is in
+        TIMING_METRICS, checked bit for bit.
+        """
+        logged: dict[str, list[tuple[int, float]]] = {"loss": list(enumerate(self.losses))}
+        if self.losses:
+            logged["initial_loss"] = [(0, self.initial_loss)]
+            logged["final_loss"] = [(self.final_step, self.final_loss)]
+        logged["train_seconds"] = [(0, self.train_seconds)]
+        for name, series in self.metrics.items():
+            logged[name] = sorted(series.items())
+            if series:
+                last = max(series)
+                logged[f"final_{name}"] = [(last, series[last])]
+        return logged
 
 
 def diverges(loss: float, initial_loss: float, diverge_above: float | None) -> bool:

@@ -116,6 +116,11 @@ class RunSpec:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
+    def checkpoint_steps(self) -> tuple[int, ...]:
+        """The steps checkpointed before the final one (every checkpoint_every steps)."""
+        return tuple(range(self.checkpoint_every, self.steps, self.checkpoint_every)) if self.checkpoint_every else ()
+
+    @property
     def run_name(self) -> str:
         return f"{self.optimizer}-lr{self.lr:g}-seed{self.seed}"
 

@@ -17,6 +17,7 @@ from tinytrain.tracking import (
     Recorder,
     SweepCounts,
     SweepRecorder,
+    TrackingError,
     check_store,
     finished_keys_readonly,
     runs_page_url,
@@ -101,8 +102,10 @@ def run_sweep(
     todo = [spec for spec in specs if force or spec.key not in finished]
     runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
     recorder = _recorder(uri, background)
-    failures, notes, engines = [], [], {}
-    status, interrupted = "FINISHED", False
+    failures: list[str] = []
+    notes: list[str] = []
+    engines: dict[str, int] = {}
+    status, interrupted, abandon = "FINISHED", False, False
     try:
         recorder.open(experiment, specs, finished, force, with_parent)
         with _progress(len(specs), len(specs) - len(todo), enabled=progress) as advance:
@@ -114,14 +117,14 @@ def run_sweep(
                 advance()
     except KeyboardInterrupt:
         status, interrupted = "KILLED", True
-    except BaseException:
-        status = "FAILED"
+    except BaseException as error:
+        status, abandon = "FAILED", isinstance(error, TrackingError)  # nothing more can be written
         raise
     finally:
         try:
             counts = recorder.close(status)
         finally:
-            runner.close()
+            runner.close(abandon=abandon)
     return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures,
                         engines, notes)
 

@@ -1,6 +1,11 @@
-"""Checks of trust: re-run a logged run from its record alone, and check autograd against finite differences.
+"""reproduce: train a logged run again from its record alone and check everything the record claims.
 
-Pure torch and plain data: what a run's record says comes in through tracking.read_logged_run.
+What a user reads of a run is checked, each value bit for bit: every metric it logged (but the wall-time
+ones, results.TIMING_METRICS), its outcome, every checkpoint its settings imply (a missing one is a
+difference, not a diverged run: only the record's outcome says a run diverged), each kept as a LoggedModel
+(and, in older stores, as a checkpoints/*.pt state dict too: both are checked there), and that its params still
+give its run key. Pure torch and plain data: the record comes in
+through tracking.read_logged_run (a LoggedRun), read without unpickling any code.
 """
 
 from __future__ import annotations
@@ -8,54 +13,80 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
+from tinytrain.results import FINISHED, TIMING_METRICS, RunResult, current_outcome
 from tinytrain.spec import RunSpec
-from tinytrain.train import StateDict, train
+from tinytrain.train import train
 
 # What MLflow keeps of a non-finite metric: NaN as NaN, +-inf as +-the largest float.
 STORED_INF = sys.float_info.max
 
+History = list[tuple[int, float]]  # [(step, value)] in step order
+StateDict = dict[str, Any]
 
-@dataclass
-class Difference:
-    where: str  # "step 17", "checkpoint step 100, tensor fc1.weight"
-    logged: float
-    retrained: float
+
+class Record(Protocol):
+    """What reproduce needs of a logged run (tracking.LoggedRun)."""
+
+    run_id: str
+    spec: RunSpec
+    tags: dict[str, str]
+    metrics: dict[str, History]
+    checkpoints: dict[int, StateDict]
+    models: dict[int, StateDict]
+    unreadable: dict[tuple[str, int], str]
+    legacy: bool  # an older store: checkpoints/*.pt beside the LoggedModels, each checked
 
     @property
-    def size(self) -> float:
-        return abs(self.logged - self.retrained)
+    def outcome(self) -> str | None: ...
+
+    @property
+    def logged_key(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Difference:
+    where: str  # "metric loss at step 4", "checkpoint at step 6, tensor fc2.bias[7]"
+    detail: str  # what the record says against what the retraining gives
+
+    def line(self) -> str:
+        return f"differs at {self.where}: {self.detail}"
 
 
 @dataclass
 class Verdict:
     run_id: str
-    steps_compared: int
-    tensors_compared: int
-    difference: Difference | None
-    notes: list[str]
-    what: str = "losses"  # what steps_compared counts
+    outcome: str | None
+    differences: list[Difference] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    losses: int = 0  # logged `loss` values compared
+    values: int = 0  # values of the other metrics compared
+    weights: dict[str, int] = field(default_factory=lambda: {"checkpoint": 0, "model": 0})  # compared, by kind
+    tensors: int = 0
 
     @property
     def identical(self) -> bool:
-        return self.difference is None
+        return not self.differences
 
     def describe(self) -> str:
-        if self.difference is None:
-            checkpoint = (f" and {self.tensors_compared} checkpoint tensors" if self.tensors_compared
-                          else " (no checkpoint: the run diverged)")
-            return (f"identical: run {self.run_id} retrained from its record gives all {self.steps_compared} "
-                    f"logged {self.what}{checkpoint} bit for bit")
-        d = self.difference
-        return (f"differs at {d.where}: logged {d.logged!r}, retrained {d.retrained!r} "
-                f"(difference {d.size:.3g}); {self.steps_compared} values compared")
+        """One line: identical, with what was compared, or the first difference (and how many more)."""
+        if self.differences:
+            more = len(self.differences) - 1
+            return self.differences[0].line() + (f" (and {more} more difference(s))" if more else "")
+        checkpoints, models = self.weights["checkpoint"], self.weights["model"]
+        kept = [f"{checkpoints} checkpoint(s)"] * bool(checkpoints) + [f"{models} LoggedModel(s)"] * bool(models)
+        weights = f", {' and '.join(kept)} ({self.tensors} tensors)" if kept else ""
+        tail = "" if weights else f"; no checkpoint: its record says it {self.outcome}"
+        return (f"identical: run {self.run_id} retrained from its record gives all {self.losses} logged losses, "
+                f"{self.values} other metric value(s){weights} bit for bit{tail}")
 
 
 def as_stored(value: float) -> float:
-    """A loss as MLflow stores it (inf clamped to the largest float)."""
+    """A value as MLflow stores it (inf clamped to the largest float)."""
     if math.isinf(value):
         return math.copysign(STORED_INF, value)
     return value
@@ -66,123 +97,125 @@ def same_bits(logged: float, retrained: float) -> bool:
     return logged == retrained or (math.isnan(logged) and math.isnan(retrained))
 
 
-def reproduce(run_id: str, spec: RunSpec, logged_losses: list[float], logged_checkpoints: dict[int, StateDict],
-              recorded_environment: dict[str, str],
-              logged_metrics: dict[str, list[tuple[int, float]]] | None = None) -> Verdict:
-    """Train the spec again and compare every logged loss, test metric and checkpoint tensor, bit for bit."""
-    notes = [f"recorded {name} {recorded_environment[key]}, running {current}"
-             for name, key, current in (("torch", "tinytrain.torch", torch.__version__),)
-             if recorded_environment.get(key) not in (None, current)]
-    result = train(spec)
-    for step, (logged, retrained) in enumerate(zip(logged_losses, result.losses, strict=False)):
-        if not same_bits(logged, retrained):
-            return Verdict(run_id, step + 1, 0, Difference(f"step {step}", logged, retrained), notes)
-    if len(logged_losses) != len(result.losses):
-        step = min(len(logged_losses), len(result.losses))
-        notes.append(f"the record has {len(logged_losses)} losses, the retrained run {len(result.losses)}")
-        return Verdict(run_id, step, 0, Difference(f"step {step} (one of the two ends there)", math.nan, math.nan),
-                       notes)
-    compared = len(logged_losses)
-    for name, series in sorted((logged_metrics or {}).items()):
-        retrained_series = result.metrics.get(name, {})
-        for step, logged in series:
-            compared += 1
-            if step not in retrained_series or not same_bits(logged, retrained_series[step]):
-                return Verdict(run_id, compared, 0, Difference(
-                    f"{name} at step {step}", logged, retrained_series.get(step, math.nan)), notes)
-        if len(series) != len(retrained_series):
-            notes.append(f"the record has {len(series)} values of {name}, the retrained run {len(retrained_series)}")
-            return Verdict(run_id, compared, 0, Difference(f"{name} (one of the two ends earlier)", math.nan,
-                                                           math.nan), notes)
-    retrained_checkpoints = dict(result.checkpoints)
-    if result.final_weights is not None:
-        retrained_checkpoints[len(result.losses) - 1] = result.final_weights
-    tensors = 0
-    for step, weights in sorted(logged_checkpoints.items()):
-        if step not in retrained_checkpoints:
-            notes.append(f"the retrained run has no checkpoint at step {step}")
-            return Verdict(run_id, compared, tensors,
-                           Difference(f"checkpoint step {step}", math.nan, math.nan), notes)
-        for name, logged in weights.items():
-            retrained = retrained_checkpoints[step][name]
-            tensors += 1
-            if not torch.equal(logged, retrained):
-                index = int((logged != retrained).flatten().nonzero()[0])
-                return Verdict(run_id, compared, tensors, Difference(
-                    f"checkpoint step {step}, tensor {name}[{index}]",
-                    float(logged.flatten()[index]), float(retrained.flatten()[index])), notes)
-    return Verdict(run_id, compared, tensors, None, notes, "losses and test metrics" if logged_metrics else "losses")
+def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -> Verdict:
+    """Train the record's spec again; compare key, outcome, every metric and all the weights it keeps."""
+    verdict = Verdict(record.run_id, current_outcome(record.outcome))
+    verdict.notes = [f"recorded {name} {record.tags[key]}, running {current}"
+                     for name, key, current in (("torch", "tinytrain.torch", torch.__version__),)
+                     if record.tags.get(key) not in (None, current)]
+    if record.logged_key != record.spec.key:
+        verdict.differences.append(Difference(
+            "params", f"they give run key {record.spec.key}, the run's tag says {record.logged_key}: the params "
+                      "or the key were changed, or another version of tinytrain wrote them"))
+    result = retrain(record.spec)
+    if current_outcome(record.outcome) != result.outcome:
+        verdict.differences.append(Difference("outcome", f"logged {record.outcome}, retrained {result.outcome}"))
+    compare_metrics(record.metrics, result.logged_metrics(), verdict)
+    kinds = [("model", record.models)]
+    if record.legacy or record.checkpoints:  # older stores: the state dict files too
+        kinds.insert(0, ("checkpoint", record.checkpoints))
+    for kind, logged in kinds:
+        compare_weights(kind, logged, expected_weights(record, result), record.unreadable, verdict)
+    return verdict
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Gradient check
+# Metrics
 
 
-@dataclass
-class TensorCheck:
-    name: str
-    entries: int  # how many entries were checked
-    max_relative_error: float
-    max_absolute_error: float
-
-    def passed(self, tolerance: float) -> bool:
-        return self.max_relative_error <= tolerance
-
-
-def gradient_check(
-    net_factory: Callable[[], torch.nn.Module] | None = None,
-    seed: int = 0,
-    data_seed: int = 0,
-    target_index: int = 3,
-    entries_per_tensor: int | None = 200,
-    eps: float = 1e-6,
-    problem: str = "one-sample",
-    loss: str = "mse",
-    batch_size: int = 16,
-) -> list[TensorCheck]:
-    """Autograd's gradient of the loss against central finite differences, in float64, per parameter tensor.
-
-    Each checked entry's relative error is |fd - ad| / max(|fd|, |ad|, 1e-10). With entries_per_tensor,
-    a fixed random sample of each larger tensor is checked (None: every entry; about a minute for LeNet).
-    The data is the problem's fixed batch: the one-sample input, or the first batch_size training images.
-    """
-    from tinytrain.model import LeNet
-    from tinytrain.problems import loss_function, make_problem
-
-    where = RunSpec(optimizer="sgd", kind="sgd", lr=1.0, seed=seed, data_seed=data_seed, target_index=target_index,
-                    problem=problem, loss=loss, batch_size=batch_size)
-    x, labels = make_problem(where).fixed_batch()
-    x, loss_of = x.double(), loss_function(loss)
-    torch.manual_seed(seed)
-    net = (net_factory or LeNet)().double()
-
-    def objective() -> torch.Tensor:
-        return loss_of(net(x), labels)
-
-    net.zero_grad()
-    objective().backward()
-    sampler = torch.Generator().manual_seed(seed)
-    checks = []
-    for name, parameter in net.named_parameters():
-        flat, analytic = parameter.data.view(-1), parameter.grad.view(-1)
-        count = flat.numel()
-        if entries_per_tensor is None or count <= entries_per_tensor:
-            indices = torch.arange(count)
+def compare_metrics(logged: dict[str, History], retrained: dict[str, History], verdict: Verdict) -> None:
+    """Every metric of either side but the timing ones; `loss` first, then by name."""
+    names = sorted((set(logged) | set(retrained)) - set(TIMING_METRICS), key=lambda name: (name != "loss", name))
+    for name in names:
+        if name not in logged:
+            verdict.differences.append(Difference(
+                f"metric {name}", f"missing from the record; training logs {len(retrained[name])} value(s)"))
+        elif name not in retrained:
+            verdict.differences.append(Difference(
+                f"metric {name}", f"logged ({len(logged[name])} value(s)), but training does not produce it"))
         else:
-            indices = torch.randperm(count, generator=sampler)[:entries_per_tensor]
-        worst_relative = worst_absolute = 0.0
-        with torch.no_grad():
-            for index in indices.tolist():
-                original = flat[index].item()
-                flat[index] = original + eps
-                plus = objective().item()
-                flat[index] = original - eps
-                minus = objective().item()
-                flat[index] = original
-                numeric = (plus - minus) / (2 * eps)
-                exact = analytic[index].item()
-                absolute = abs(numeric - exact)
-                worst_absolute = max(worst_absolute, absolute)
-                worst_relative = max(worst_relative, absolute / max(abs(numeric), abs(exact), 1e-10))
-        checks.append(TensorCheck(name, len(indices), worst_relative, worst_absolute))
-    return checks
+            difference = compare_history(name, logged[name], retrained[name])
+            if difference is not None:
+                verdict.differences.append(difference)
+            compared = min(len(logged[name]), len(retrained[name]))
+            if name == "loss":
+                verdict.losses += compared
+            else:
+                verdict.values += compared
+
+
+def compare_history(name: str, logged: History, retrained: History) -> Difference | None:
+    """The first place where a logged history and the retrained one part: a step, a value or an end."""
+    for (step, value), (retrained_step, retrained_value) in zip(logged, retrained, strict=False):
+        if step != retrained_step:
+            return Difference(f"metric {name}", f"logged {value!r} at step {step}, where training logs step "
+                                                f"{retrained_step} ({retrained_value!r})")
+        if not same_bits(value, retrained_value):
+            retrained_value = as_stored(retrained_value)
+            return Difference(f"metric {name} at step {step}", f"logged {value!r}, retrained {retrained_value!r} "
+                                                               f"(difference {abs(value - retrained_value):.3g})")
+    if len(logged) < len(retrained):
+        last = f"ends at step {logged[-1][0]}" if logged else "is empty"
+        return Difference(f"metric {name}", f"the record {last}, training goes on to step {retrained[-1][0]} "
+                                            f"({len(retrained) - len(logged)} value(s) missing: truncated)")
+    if len(logged) > len(retrained):
+        step, value = logged[len(retrained)]
+        return Difference(f"metric {name}", f"the record has {len(logged) - len(retrained)} value(s) more than "
+                                            f"training logs, from {value!r} at step {step}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def expected_weights(record: Record, result: RunResult) -> dict[int, StateDict | None]:
+    """step -> retrained weights of every checkpoint the record's settings and outcome imply.
+
+    Only a run whose record says it finished (converged, in an older store) keeps weights: its final ones
+    and every checkpoint_every step's (None where the retraining has none to compare, e.g. it diverged).
+    """
+    if current_outcome(record.outcome) != FINISHED:
+        return {}
+    retrained = {**result.checkpoints, result.final_step: result.final_weights}
+    return {step: retrained.get(step) for step in (*record.spec.checkpoint_steps, record.spec.steps)}
+
+
+def compare_weights(kind: str, logged: dict[int, StateDict], expected: dict[int, StateDict | None],
+                    unreadable: dict[tuple[str, int], str], verdict: Verdict) -> None:
+    """Each expected checkpoint (or LoggedModel) is in the record, tensor for tensor; none is extra."""
+    label = "checkpoint" if kind == "checkpoint" else "LoggedModel"
+    for step in sorted(set(expected) | set(logged)):
+        where = f"{label} at step {step}"
+        if step not in expected:
+            verdict.differences.append(Difference(
+                where, f"in the record, but a {verdict.outcome} run of these settings keeps none there"))
+        elif step not in logged:
+            reason = unreadable.get((kind, step), "not in the run's artifacts" if kind == "checkpoint"
+                                    else "the run has no LoggedModel at this step")
+            verdict.differences.append(Difference(where, f"missing ({reason}); the record says the run "
+                                                         f"{verdict.outcome}, so it keeps these weights"))
+        elif expected[step] is not None:
+            verdict.weights[kind] += 1
+            difference = compare_state_dicts(where, logged[step], expected[step], verdict)
+            if difference is not None:
+                verdict.differences.append(difference)
+
+
+def compare_state_dicts(where: str, logged: StateDict, retrained: StateDict, verdict: Verdict) -> Difference | None:
+    """The first tensor (and entry) that differs, or is missing on either side."""
+    for name in sorted(set(logged) | set(retrained)):
+        if name not in logged or name not in retrained:
+            side = "the record" if name not in logged else "the retrained net"
+            return Difference(f"{where}, tensor {name}", f"missing from {side}")
+        mine, theirs = torch.as_tensor(logged[name]), torch.as_tensor(retrained[name])
+        verdict.tensors += 1
+        if mine.shape != theirs.shape:
+            return Difference(f"{where}, tensor {name}", f"shape {tuple(mine.shape)} logged, "
+                                                         f"{tuple(theirs.shape)} retrained")
+        if not torch.equal(mine, theirs):
+            index = int((mine != theirs).flatten().nonzero()[0])
+            a, b = float(mine.flatten()[index]), float(theirs.flatten()[index])
+            return Difference(f"{where}, tensor {name}[{index}]",
+                              f"logged {a!r}, retrained {b!r} (difference {abs(a - b):.3g})")
+    return None

@@ -25,7 +25,8 @@ class ExecutorError(RuntimeError):
 class Executor(Protocol):
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]: ...
 
-    def close(self) -> None: ...
+    def close(self, abandon: bool = False) -> None:
+        """Release the workers; with abandon, without waiting for the runs in progress."""
 
 
 def bounded(units: list[list[RunSpec]], started: Started, submit: Callable[[list[RunSpec]], Future],

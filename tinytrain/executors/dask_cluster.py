@@ -276,8 +276,8 @@ class DaskExecutor:
         return ExecutorError(f"lost the Dask scheduler at {self.address} mid-sweep: restart it (make cluster), then "
                              "run the same command again to resume (finished cells are skipped)")
 
-    def close(self) -> None:
-        """Disconnect; a local cluster started for the sweep is shut down with it."""
+    def close(self, abandon: bool = False) -> None:
+        """Disconnect (the runs in progress are cancelled); a local cluster started for the sweep shuts down too."""
         client, self.client = getattr(self, "client", None), None
         with _quiet("distributed"):  # a client closed while it reconnects logs the cancelled attempt as an error
             if client is not None:

@@ -42,7 +42,7 @@ class InProcess:
                     started(spec)
                 yield from train_batch(batch)
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
         pass
 
 
@@ -78,7 +78,13 @@ class ProcessPool:
             yield with_engine_note(result, plan)
         yield from bounded(plan.batches, started, lambda batch: self.pool.submit(_train_batch, batch), self.jobs)
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """Wait for the runs in progress, or with abandon (their results cannot be written) end them now."""
+        if abandon:
+            # concurrent.futures has no public way to stop running tasks before Python 3.14
+            # (terminate_workers): end the workers, whose results nobody can log any more.
+            for process in list((self.pool._processes or {}).values()):
+                process.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -7,7 +7,8 @@
     artifacts.py   artifacts written in place on a local store; server artifacts on a SQLite store
     store.py       Store: every write, through MLflow's client
     weights_pickle.py  the pickle module through which MLflow loads a checkpoint's state dict as the LeNet
-    read.py        the read models (SweepRecord, CellRun, LoggedRun) and their readers
+    read.py        the read models of sweeps (SweepRecord, CellRun) and their readers
+    logged.py      LoggedRun: one run's whole record, weights included, read weights-only for reproduce
     recorder.py    Recorder: the single writing path of a sweep (SweepRecorder, SweepSummary)
     background.py  BackgroundRecorder: a Recorder in a writer process of its own
 
@@ -27,12 +28,11 @@ from tinytrain.tracking.location import (
     sqlite_path,
     sweep_search,
 )
+from tinytrain.tracking.logged import LoggedRun, read_logged_run
 from tinytrain.tracking.read import (
     CellRun,
-    LoggedRun,
     SweepRecord,
     finished_keys_readonly,
-    read_logged_run,
     read_losses,
     read_sweep,
     read_sweep_experiment,

@@ -11,6 +11,7 @@ Recorder method it stands for: BackgroundRecorder and Recorder are the same Swee
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -18,6 +19,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,9 +193,34 @@ def _without_shared_tensors(result: RunResult) -> RunResult:
 # ---------------------------------------------------------------------------------------------------------
 # The sweep's side
 
+WRITER_DIED_SIGNAL = signal.SIGUSR1  # how the watcher wakes the sweep's main thread, wherever it waits
+
+
+class WriterDied(TrackingError):
+    """The writer process ended before the sweep closed it: nothing more can be written."""
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a child is spawned: it inherits the disposition, and Python keeps it ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
 
 class BackgroundRecorder:
-    """A SweepRecorder whose calls are carried out by a Recorder in a writer process."""
+    """A SweepRecorder whose calls are carried out by a Recorder in a writer process.
+
+    A watcher thread waits for the writer's end: if it dies before the sweep closes it, the sweep's main
+    thread gets WriterDied at once (through a signal, which also wakes it from a wait on a pool or a
+    cluster), rather than training on for nothing. The runs the writer left open keep its owner tag, so
+    the next sweep marks them FAILED (Store.recover_abandoned) and trains their cells again.
+    """
 
     def __init__(self, uri: str, summary: SweepSummary | None = None):
         context = multiprocessing.get_context("spawn")
@@ -206,10 +233,43 @@ class BackgroundRecorder:
         self.process = context.Process(target=_serve, args=(uri, summary, self.requests, self.replies,
                                                             self.in_flight),
                                        name="tinytrain-writer", daemon=True)
-        self.process.start()
+        with _sigint_ignored():  # from its first instruction: Ctrl-C to the group must not kill it mid-import
+            self.process.start()
         self.counts: SweepCounts | None = None
+        self.died: WriterDied | None = None
+        self._closing = False
+        self._previous_handler = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(WRITER_DIED_SIGNAL, self._on_writer_died)
+        threading.Thread(target=self._watch, name="tinytrain-writer-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        from multiprocessing.connection import wait
+
+        wait([self.process.sentinel])
+        if self._closing:
+            return
+        self.process.join(1)
+        code = self.process.exitcode
+        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        self.died = WriterDied(
+            f"the tracking writer process (pid {self.process.pid}) died ({how}): the sweep stopped; run the same "
+            "command again, it marks the runs left open FAILED and trains what is missing")
+        if self._previous_handler is not None:
+            signal.pthread_kill(threading.main_thread().ident, WRITER_DIED_SIGNAL)
+
+    def _on_writer_died(self, signum, frame) -> None:
+        if self.died is not None and not self._closing:
+            raise self.died
+
+    def _restore_signal(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(WRITER_DIED_SIGNAL, self._previous_handler)
+            self._previous_handler = None
 
     def _send(self, message: Message) -> None:
+        if self.died is not None:
+            raise self.died
         self.raise_if_failed()
         self.requests.put(Request(message, wants_reply=False))
 
@@ -256,7 +316,12 @@ class BackgroundRecorder:
         """Wait until everything sent is written and the sweep is closed; then let the writer go.
 
         Once close has answered, every write is committed: the writer's own exit is not waited for.
+        A writer that died has nothing to close: its error is raised again.
         """
+        self._closing = True
+        self._restore_signal()
+        if self.died is not None:
+            raise self.died
         try:
             self.counts = self._call(Close(status, reason))
             return self.counts

@@ -8,24 +8,17 @@ with the cell's run key, whichever sweep made it.
 from __future__ import annotations
 
 import math
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from tinytrain.problem_catalogue import TEST_METRICS
-from tinytrain.spec import DEFAULTS, Experiment, RunSpec, load_experiment
-from tinytrain.tracking.artifacts import local_artifact_file, local_artifact_path
+from tinytrain.spec import DEFAULTS, Experiment, load_experiment
+from tinytrain.tracking.artifacts import local_artifact_file
 from tinytrain.tracking.contract import (
-    CHECKPOINTS,
     EXPERIMENT_FILE,
-    FINAL_CHECKPOINT,
     FINISHED_OUTCOMES,
     KIND,
     LOSS,
-    MODEL_DATA,
     OUTCOME,
     RUN_KEY,
     TrackingError,
@@ -107,70 +100,6 @@ def read_sweep_experiment(uri: str, parent_run_id: str) -> str:
     """The resolved experiment file that a sweep's parent run keeps."""
     with Store(uri) as store:
         return store.read_text(parent_run_id, EXPERIMENT_FILE)
-
-
-@dataclass
-class LoggedRun:
-    """What reproduce needs of a logged run: its spec (from its params alone), losses and checkpoints."""
-
-    run_id: str
-    spec: RunSpec
-    losses: list[float]
-    checkpoints: dict[int, dict]  # step -> state dict, loaded with weights_only=True (no code unpickled)
-    tags: dict[str, str]
-    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # test metrics: (step, value)
-
-
-def read_logged_run(uri: str, run_id: str) -> LoggedRun:
-    """Read a run's record back: params -> spec, the `loss` history, every checkpoint's state dict."""
-    with Store(uri) as store:
-        run = store.get_run(run_id)
-        tags = run.data.tags
-        if tags.get(KIND) != "run":
-            raise TrackingError(f"run {run_id} is not a tinytrain run of a grid cell (a sweep's parent?): give "
-                                "the id of one of its nested runs")
-        try:
-            spec = RunSpec.from_params(run.data.params)
-        except (KeyError, ValueError) as error:
-            raise TrackingError(f"run {run_id} lacks the params to rebuild it ({error}): was it logged by "
-                                "tinytrain?") from None
-        losses = store.losses(run_id)
-        checkpoints = _read_checkpoints(store, run, final_step=len(losses) - 1)
-        metrics = {name: store.history(run_id, name) for name in TEST_METRICS if name in run.data.metrics}
-    return LoggedRun(run_id, spec, losses, checkpoints, dict(tags), metrics)
-
-
-def _read_checkpoints(store: Store, run: Any, final_step: int) -> dict[int, dict]:
-    """step -> state dict of every checkpoint a run keeps, loaded with weights_only=True (no code unpickled).
-
-    A checkpoint's weights are its LoggedModel's data/model.pth, a plain state dict. Stores written before
-    that pickled the whole net there and kept the state dicts in the run's checkpoints/ folder: read those.
-    """
-    import mlflow.artifacts
-    import torch
-
-    run_id = run.info.run_id
-    with tempfile.TemporaryDirectory() as folder:
-        legacy = [item.path for item in store.client.list_artifacts(run_id, CHECKPOINTS)]
-        if legacy:
-            checkpoints: dict[int, dict] = {}
-            final_name = Path(FINAL_CHECKPOINT).name
-            local = Path(store.client.download_artifacts(run_id, CHECKPOINTS, folder))
-            for path in legacy:
-                name = Path(path).name
-                step = final_step if name == final_name else int(name.removeprefix("step-").removesuffix(".pt"))
-                checkpoints[step] = torch.load(local / name, weights_only=True)
-            return checkpoints
-        checkpoints = {}
-        for output in run.outputs.model_outputs if run.outputs else []:
-            location = store.client.get_logged_model(output.model_id).artifact_location
-            uri = f"{location.rstrip('/')}/{MODEL_DATA.as_posix()}"
-            local = local_artifact_path(uri)
-            if local is None:
-                local = Path(mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri, dst_path=str(Path(folder, output.model_id)), tracking_uri=store.uri))
-            checkpoints[output.step] = torch.load(local, weights_only=True)
-        return checkpoints
 
 
 CURVES = ("test_accuracy",)  # histories besides the loss that reports plot

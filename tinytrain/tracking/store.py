@@ -166,20 +166,8 @@ class Store:
         models = self.log_checkpoints(run_id, result, experiment_id)
         try:
             now = int(time.time() * 1000)
-            metrics = [Metric(LOSS, value, now, step, model_id=models.get(step))
-                       for step, value in enumerate(result.losses)]
-            if result.losses:
-                final_step = len(result.losses) - 1
-                metrics.append(Metric("initial_loss", result.initial_loss, now, 0, model_id=models.get(0)))
-                metrics.append(Metric("final_loss", result.final_loss, now, final_step,
-                                      model_id=models.get(final_step)))
-            metrics.append(Metric("train_seconds", result.train_seconds, now, 0, model_id=models.get(0)))
-            for name, series in result.metrics.items():  # whatever else the problem measured, and its last value
-                metrics += [Metric(name, value, now, step, model_id=models.get(step))
-                            for step, value in sorted(series.items())]
-                if series:
-                    last = max(series)
-                    metrics.append(Metric(f"final_{name}", series[last], now, last, model_id=models.get(last)))
+            metrics = [Metric(name, value, now, step, model_id=models.get(step))
+                       for name, history in result.logged_metrics().items() for step, value in history]
             params = [Param(key, value) for key, value in result.spec.params().items()]
             tags = [RunTag(OUTCOME, result.outcome)]
             tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
