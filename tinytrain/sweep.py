@@ -94,9 +94,7 @@ def run_sweep(
     """
     started_at = time.perf_counter()
     specs = experiment.specs()
-    if experiment.settings["engine"] == "vmap" and executor == "dask":
-        raise ConfigError("engine vmap trains its cells in batched nets on this machine (one per --jobs "
-                          "worker): drop --executor dask, or use engine sequential to spread runs over a cluster")
+    _check_engine_and_executor(experiment, executor)
     check_store(uri)
     finished = finished_keys_readonly(uri, experiment.name)
     todo = [spec for spec in specs if force or spec.key not in finished]
@@ -127,6 +125,12 @@ def run_sweep(
             runner.close(abandon=abandon)
     return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures,
                         engines, notes)
+
+
+def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:
+    if experiment.settings["engine"] == "vmap" and executor == "dask":
+        raise ConfigError("engine vmap trains its cells in batched nets on this machine (one per --jobs "
+                          "worker): drop --executor dask, or use engine sequential to spread runs over a cluster")
 
 
 def _count_engine(runtime: dict[str, str], engines: dict[str, int], notes: list[str]) -> None:
