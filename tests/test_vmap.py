@@ -137,10 +137,26 @@ def test_update_cases_cover_every_kind_and_hyperparameter():
         assert varied == offered, f"{rule}: no case varies {sorted(offered - varied)}"
 
 
-@pytest.mark.parametrize("rule", sorted(UPDATE_CASES))
-def test_stacked_update_follows_torch_optim_step_by_step(rule):
-    """The same gradients into torch.optim (one LeNet per cell) and the stacked update: same weights."""
-    cells = UPDATE_CASES[rule]
+# Cells whose sqrt must not take the floor (StackedUpdate.sqrt): an eps too small to absorb sqrt(TINY), and
+# an RMSprop alpha above 1, whose square average can turn negative.
+UNFLOORED_CASES = {
+    "adam": [cell("adam", 1e-3, variant={"eps": 1e-30}), cell("adamw", 1e-3, variant={"eps": 0.0})],
+    "rmsprop": [cell("rmsprop", 1e-3, variant={"alpha": 1.5}), cell("rmsprop", 1e-3, 1)],
+    "adagrad": [cell("adagrad", 1e-2, variant={"eps": 0.0}), cell("adagrad", 1e-2, 1)],
+}
+
+
+def update_cases() -> list[tuple[str, list[RunSpec]]]:
+    return [*((rule, UPDATE_CASES[rule]) for rule in sorted(UPDATE_CASES)),
+            *((f"{rule}-unfloored", UNFLOORED_CASES[rule]) for rule in sorted(UNFLOORED_CASES))]
+
+
+@pytest.mark.parametrize(("name", "cells"), update_cases(), ids=[name for name, _ in update_cases()])
+def test_stacked_update_follows_torch_optim_step_by_step(name, cells):
+    """The same gradients into torch.optim (one LeNet per cell) and the stacked update: same weights, also
+    after the first cell is dropped at step 3 (as the engine drops a cell that ended), and whether or not
+    its sqrt takes the floor. The gradients have exact zeros (a dead unit) so that the floor matters."""
+    rule = name.removesuffix("-unfloored")
     assert all(UPDATE_RULE_OF_KIND[spec.kind] == rule for spec in cells)
     weights = initial_weights(cells)
     update = UPDATE_RULES[rule](cells)
@@ -149,11 +165,15 @@ def test_stacked_update_follows_torch_optim_step_by_step(rule):
                   for spec, net in zip(cells, nets, strict=True)]
     generator = torch.Generator().manual_seed(0)
     for step in range(6):
+        if step == 3:
+            update.keep(range(1, len(cells)))
+            cells, weights, nets, optimizers = cells[1:], weights[1:].clone(), nets[1:], optimizers[1:]
         gradients = torch.zeros(len(cells), ROW_LENGTH)
         for row, net in enumerate(nets):
             pieces = cell_parameters(gradients[row]).values()
             for piece, parameter in zip(pieces, net.parameters(), strict=True):
                 parameter.grad = torch.randn(parameter.shape, generator=generator) * 10.0 ** -(step % 3)
+                parameter.grad[..., :2] = 0.0  # never a gradient: zeros in the optimizer's state
                 piece.copy_(parameter.grad)
         update.step(weights, gradients)
         for optimizer in optimizers:
@@ -161,7 +181,44 @@ def test_stacked_update_follows_torch_optim_step_by_step(rule):
         for row, net in enumerate(nets):
             for (name, expected), got in zip(net.named_parameters(), cell_parameters(weights[row]).values(),
                                              strict=True):
-                assert torch.equal(got, expected.detach()), f"cell {row} {name} step {step}"
+                # as bits (int32): a NaN equals a NaN, and -0.0 differs from 0.0
+                assert torch.equal(got.view(torch.int32), expected.detach().view(torch.int32)), \
+                    f"cell {row} {name} step {step}"
+
+
+def test_the_sqrt_floor_is_taken_only_where_it_keeps_every_bit():
+    """StackedUpdate.sqrt: on zeros, subnormals, NaN, inf and normal numbers, `sqrt(v) / d + eps` has the bits
+    of torch.sqrt's, with the floor where the check allows it (default eps) and without it where it does not."""
+    from tinytrain.vmap_optim import TINY, column
+
+    values = torch.tensor([0.0, -0.0, 1e-45, 1e-40, TINY / 2, TINY, 2 * TINY, 1e-30, 1e-12, 0.5, 3.0,
+                           float("inf"), float("nan")]).repeat(2, 1)
+    divisor = column([0.0316227766, 1.0])
+    cases = {"adam": (UPDATE_CASES["adam"][:2], True), "adam-unfloored": (UNFLOORED_CASES["adam"], False),
+             "adagrad": (UPDATE_CASES["adagrad"][:2], True)}
+    for name, (cells, floored) in cases.items():
+        update = UPDATE_RULES[name.removesuffix("-unfloored")](cells)
+        for d in (divisor, None):
+            got = update.sqrt(values, "denom", d)
+            got = (got if d is None else got.div(d)).add(update.eps)
+            expected = (torch.sqrt(values) if d is None else torch.sqrt(values).div(d)).add(update.eps)
+            assert torch.equal(got.nan_to_num(-1.0), expected.nan_to_num(-1.0)), (name, d)
+            assert (update.floor_exact is floored) if d is None else True
+    rmsprop = UPDATE_RULES["rmsprop"](UNFLOORED_CASES["rmsprop"])
+    assert rmsprop.never_negative is False
+    negative = torch.tensor([[-1.0, 0.0], [4.0, 0.0]])
+    assert torch.equal(rmsprop.sqrt(negative, "avg").isnan(), torch.tensor([[True, False], [False, False]]))
+
+
+def test_every_tensor_and_list_of_a_stacked_update_is_per_cell():
+    """keep() cuts every tensor and list attribute to the kept cells: each must have one row or item a cell."""
+    for rule, cells in UPDATE_CASES.items():
+        update = UPDATE_RULES[rule](cells)
+        update.step(initial_weights(cells), torch.ones(len(cells), ROW_LENGTH))
+        sized = {name: len(value) for name, value in vars(update).items() if isinstance(value, torch.Tensor | list)}
+        assert sized and set(sized.values()) == {len(cells)}, (rule, sized)
+        update.keep([0, 2])
+        assert {len(value) for value in vars(update).values() if isinstance(value, torch.Tensor | list)} == {2}
 
 
 # ---------------------------------------------------------------------------------------------------------

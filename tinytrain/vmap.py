@@ -15,9 +15,9 @@ their sums otherwise and a cell's bits would depend on its batch, which is why s
 The recording contract is train.train's: losses[i] before step i's update, losses[steps] after the last; a
 diverging loss (results.diverges) ends its cell as diverged without stopping the batch. Each cell's result
 is handed over as soon as the cell ends (a diverged cell at once), so the sweep's writer can log it while
-the batch trains.
-An ended cell keeps its row, zeroed after every update, so the batch keeps its shape and nothing
-non-finite reaches the batched kernels again.
+the batch trains. The batch then drops the ended cells' rows (weights, optimizer state, per-cell settings)
+and trains on with the rest only: a cell's arithmetic is its own row's, so no bit changes, and a batch of
+9 whose 6 cells diverge at their first step trains 3 rows from there, not 9.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def train_cells(specs: Sequence[RunSpec]) -> Iterator[tuple[int, RunResult]]:
     """Train cells that share threads, mkldnn, data_seed and target_index as one batch.
 
     Yields (index in specs, result) as each cell ends. Each step: one batched forward and backward over
-    every row (ended cells ride along zeroed), one `.tolist()` of the K losses, then one update per update
-    rule over the rows of its cells.
+    the rows of the cells still training, one `.tolist()` of their losses, one update per update rule over
+    the rows of its cells; then the rows of the cells that ended at this step are dropped.
     """
     if not specs:
         return
@@ -84,13 +84,14 @@ def train_cells(specs: Sequence[RunSpec]) -> Iterator[tuple[int, RunResult]]:
             return
         batch.update(gradients)
         batch.checkpoint(step + 1)
+        batch.drop_ended()
 
 
 class _Batch:
     """The state of one batch in training: weights, updates, and what each cell has recorded so far."""
 
     def __init__(self, specs: Sequence[RunSpec], net: BatchedNet):
-        self.started = time.perf_counter()
+        self.started, self.size = time.perf_counter(), len(specs)
         self.order = rows_by_update_rule(specs)  # row -> index in specs
         self.cells = [specs[index] for index in self.order]
         self.net = net
@@ -98,7 +99,7 @@ class _Batch:
         self.updates = [(rows, UPDATE_RULES[rule](self.cells[rows])) for rule, rows in rule_slices(self.cells)]
         self.losses: list[list[float]] = [[] for _ in self.cells]
         self.checkpoints: list[dict[int, StateDict]] = [{} for _ in self.cells]
-        self.training, self.ended = set(range(len(self.cells))), []
+        self.training = set(range(len(self.cells)))
         self.runtime = runtime_settings() | {"engine": "vmap", "batch_cells": str(len(self.cells)),
                                              "batch_key": batch_key(self.cells)}
 
@@ -110,23 +111,38 @@ class _Batch:
             if not diverged and step < self.cells[row].steps:
                 continue
             self.training.discard(row)
-            self.ended.append(row)
             yield self.order[row], self.result(row, DIVERGED if diverged else FINISHED)
 
     def result(self, row: int, outcome: str) -> RunResult:
         converged = outcome == FINISHED
-        seconds = (time.perf_counter() - self.started) / len(self.cells)
+        seconds = (time.perf_counter() - self.started) / self.size
         return RunResult(self.cells[row], self.losses[row], outcome,
                          cell_state_dict(self.weights[row]) if converged else None,
                          self.checkpoints[row] if converged else {}, seconds, runtime=dict(self.runtime))
 
     def update(self, gradients: torch.Tensor) -> None:
+        """One step of every row (a row whose cell ended at this step too: drop_ended removes it next)."""
         with torch.no_grad():
             for rows, update in self.updates:
-                if any(row in self.training for row in range(rows.start, rows.stop)):
-                    update.step(self.weights[rows], gradients[rows])
-            if self.ended:
-                self.weights.index_fill_(0, torch.tensor(self.ended), 0.0)
+                update.step(self.weights[rows], gradients[rows])
+
+    def drop_ended(self) -> None:
+        """Go on with the rows of the cells still training only, in their order (each rule's stay contiguous)."""
+        keep = sorted(self.training)
+        if len(keep) == len(self.cells):
+            return
+        self.weights = self.weights.index_select(0, torch.tensor(keep))
+        updates, start = [], 0
+        for rows, update in self.updates:
+            kept = [row - rows.start for row in keep if rows.start <= row < rows.stop]
+            if kept:
+                update.keep(kept)
+                updates.append((slice(start, start + len(kept)), update))
+                start += len(kept)
+        self.updates = updates
+        self.order, self.cells = [self.order[row] for row in keep], [self.cells[row] for row in keep]
+        self.losses, self.checkpoints = [self.losses[row] for row in keep], [self.checkpoints[row] for row in keep]
+        self.training = set(range(len(keep)))
 
     def checkpoint(self, done: int) -> None:
         """Checkpoints of the cells due one after `done` steps (not at their last: that is the final one)."""
