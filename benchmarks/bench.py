@@ -40,11 +40,12 @@ BIN = Path(sys.executable).parent
 FLOP_PER_MODEL_STEP = 2.26e6  # one forward + backward of the tutorial LeNet on one 1x32x32 input
 
 
-def run(command: list[str], cwd: Path) -> tuple[float, float, str]:
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MiB, the largest process of its tree) and stdout of one whole process."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, text=True)
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, text=True,
+                                   env=None if env is None else {**os.environ, **env})
         _pid, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -102,6 +103,7 @@ NAMES = {"a": "tinytrain sweep (full tracking)", "b": "plain training, no tracki
          "e": "tinytrain sweep --engine vmap (full tracking)", "f": "vmap training, 2 worker processes",
          "g": "tinytrain sweep, digits (full tracking)", "h": "plain training, digits, no tracking"}
 TRAINING = "bdfh"  # the variants that report their training time and model-steps
+SWEEPS = "aeg"  # the variants with a writer process, which reports its own CPU time
 
 
 def commands(keys: str, experiment: str, store: Path, with_naive: bool, digits: list[str]) -> dict[str, list[str]]:
@@ -126,11 +128,25 @@ def commands(keys: str, experiment: str, store: Path, with_naive: bool, digits: 
     return {key: every[key] for key in keys if key != "c" or with_naive}
 
 
-def measure(keys: str, experiment: str, repeat: int, skip_naive: bool, digits: list[str]) -> tuple[dict, dict, dict]:
+def writer_cpu(usage_file: Path) -> float:
+    """The CPU seconds (user + system) the sweep's writer process reported before it exited."""
+    import json
+
+    for _ in range(50):  # the sweep does not wait for its writer's exit: give it a moment to write the file
+        if usage_file.exists() and usage_file.read_text().strip():
+            usage = json.loads(usage_file.read_text().splitlines()[-1])
+            return usage["user"] + usage["system"]
+        time.sleep(0.1)
+    raise SystemExit(f"the writer reported no usage in {usage_file}")
+
+
+def measure(keys: str, experiment: str, repeat: int, skip_naive: bool,
+            digits: list[str]) -> tuple[dict, dict, dict, dict]:
     """Every chosen variant, `repeat` rounds in alternating order (the naive script in the first only)."""
     walls: dict[str, list[float]] = {key: [] for key in keys}
     peaks: dict[str, float] = {}
     training: dict[str, list[tuple[float, float, float]]] = {key: [] for key in keys if key in TRAINING}
+    writers: dict[str, list[float]] = {key: [] for key in keys if key in SWEEPS}
     with tempfile.TemporaryDirectory(prefix="tinytrain-bench-") as scratch:
         scratch_path = Path(scratch)
         # Every round measures what every store but a machine's first costs: a copy of the cached template.
@@ -142,14 +158,31 @@ def measure(keys: str, experiment: str, repeat: int, skip_naive: bool, digits: l
                                 round_number == 0 and not skip_naive, digits)
             order = list(variants) if round_number % 2 == 0 else list(reversed(variants))
             for key in order:
-                wall, peak, stdout = run(variants[key], scratch_path)
+                usage_file = scratch_path / f"writer-{round_number}-{key}.json"
+                env = {"TINYTRAIN_WRITER_USAGE": str(usage_file)} if key in writers else None
+                wall, peak, stdout = run(variants[key], scratch_path, env)
+                if key in writers:
+                    writers[key].append(writer_cpu(usage_file))
                 walls[key].append(wall)
                 peaks[key] = max(peaks.get(key, 0.0), peak)
                 if key in training:
                     training[key].append((field(stdout, "training_seconds"), field(stdout, "model_steps"),
                                           field(stdout, "training_cpu_seconds")))
                 print(f"  round {round_number + 1} ({key}) {wall:6.2f} s", flush=True)
-    return walls, peaks, training
+    return walls, peaks, training, writers
+
+
+def print_writers(walls: dict, writers: dict) -> None:
+    """The writer's own CPU time in each sweep: a sweep cannot end before its single writer has done its work
+    (start-up, every run, the summary), so it bounds the sweep's wall time from below."""
+    for key, values in writers.items():
+        if values:
+            cpu, wall = statistics.median(values), statistics.median(walls[key])
+            print(f"writer of ({key}): {cpu:.2f} s of CPU (median; {', '.join(f'{v:.2f}' for v in values)}), "
+                  f"{cpu / wall:.0%} of the sweep's wall time")
+    if writers.get("a") and writers.get("e"):
+        bound = statistics.median(walls["a"]) / statistics.median(writers["e"])
+        print(f"a/e can be at most {bound:.2f} with this writer: (a)'s wall time over the CPU time of (e)'s writer")
 
 
 def print_ratios(walls: dict, training: dict) -> None:
@@ -221,13 +254,15 @@ def main() -> None:
           f"Python {platform.python_version()}; load average before: {load_before[0]:.2f}")
     peak_gflops, bandwidth = matmul_gflops(), copy_bandwidth()
     print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s; copy of 64 MiB: {bandwidth:.1f} GB/s")
-    walls, peaks, training = measure(keys, str(Path(args.experiment).resolve()), args.repeat, args.skip_naive, digits)
+    walls, peaks, training, writers = measure(keys, str(Path(args.experiment).resolve()), args.repeat,
+                                              args.skip_naive, digits)
     print("\n| variant | median wall (s) | runs | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
     for key, values in walls.items():
         if values:
             print(f"| ({key}) {NAMES[key]} | {statistics.median(values):.2f} | {len(values)} | {peaks[key]:.0f} |")
     print_ratios(walls, training)
     print_floors(training, peak_gflops, bandwidth)
+    print_writers(walls, writers)
     print(f"load average after: {os.getloadavg()[0]:.2f} (before: {load_before[0]:.2f}); figures taken while "
           "other work ran are noisier, their ratios less so")
 
