@@ -85,3 +85,83 @@ def test_a_damaged_template_is_made_again(tmp_path, cache):
     assert Store(uri).experiment_id("works")
     assert [path.name for path in cache.glob("mlflow-*-empty.db")] == [template.name]
     assert template.stat().st_size > 12288  # the whole template again
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model template: made once per MLflow, torch and Python, then the writer never imports torch
+
+
+def model_template_files(folder) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_the_model_template_is_cached_whole_and_gives_the_same_files(cache):
+    from tinytrain.tracking.store import ModelFiles
+
+    made = ModelFiles()
+    folder = ModelFiles.cached_template_folder()
+    assert folder.parent == cache and folder.is_dir()
+    on_disk = model_template_files(folder)
+    assert "MLmodel" in on_disk and "data/pickle_module_info.txt" in on_disk and "data/model.pth" not in on_disk
+    loaded = ModelFiles()  # from the cache this time
+    assert loaded.mlmodel == made.mlmodel and loaded.files == made.files
+    assert b"tinytrain.tracking.weights_pickle" in on_disk["data/pickle_module_info.txt"]
+    assert not [path for path in cache.iterdir() if path.name.startswith(".")]  # nothing left staged
+
+
+def test_a_damaged_model_template_is_made_again(cache):
+    from tinytrain.tracking.store import ModelFiles
+
+    made = ModelFiles()
+    folder = ModelFiles.cached_template_folder()
+    (folder / "MLmodel").write_text("flavors: {}\n")  # its placeholders gone
+    again = ModelFiles()
+    assert again.mlmodel == made.mlmodel and again.files == made.files
+
+
+def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(tmp_path, cache):
+    """Two sweeps into two stores: the first writer makes the template (and imports torch for it), the second
+    imports neither torch nor mlflow.pytorch; the models it wrote load as the LeNet with the run's weights,
+    and reproduce checks them bit for bit."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    from tinytrain.train import evaluate
+
+    tinytrain = str(Path(sys.executable).parent / "tinytrain")
+    usage = tmp_path / "usage.jsonl"
+    env = {**os.environ, "TINYTRAIN_WRITER_USAGE": str(usage)}
+    grid = ["--set", "steps=3", "--set", "optimizer=adam", "--set", "lr=0.01", "--set", "seed=0,1"]
+    for name in ("first", "second"):
+        uri = resolve_tracking_uri(str(tmp_path / name / "mlflow.db"))
+        subprocess.run([tinytrain, "sweep", *grid, "--quiet", "--tracking-uri", uri], env=env, check=True,
+                       capture_output=True, timeout=300)
+    for _ in range(50):  # the sweep does not wait for its writer's exit
+        if len(usage.read_text().splitlines()) == 2:
+            break
+        import time
+
+        time.sleep(0.1)
+    first, second = (json.loads(line)["imported"] for line in usage.read_text().splitlines())
+    assert "torch" in first and "mlflow.pytorch" in first
+    assert "torch" not in second and "mlflow.pytorch" not in second
+    client = mlflow.MlflowClient(uri)
+    runs = [run for run in client.search_runs([client.get_experiment_by_name("optimizer-grid").experiment_id])
+            if run.data.tags.get("tinytrain.kind") == "run"]
+    assert len(runs) == 2
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # models:/ resolves through the fluent API's store
+    try:
+        nets = [mlflow.pytorch.load_model(f"models:/{run.outputs.model_outputs[0].model_id}") for run in runs]
+    finally:
+        mlflow.set_tracking_uri(previous)
+    for run, net in zip(runs, nets, strict=True):
+        assert evaluate(net.state_dict(), 0, 3) == run.data.metrics["final_loss"]  # the default data_seed, target
+        checked = subprocess.run([tinytrain, "reproduce", run.info.run_id, "--tracking-uri", uri], env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert checked.returncode == 0 and checked.stdout.startswith("identical:"), checked.stdout + checked.stderr

@@ -28,6 +28,7 @@ from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import TrackingError
 from tinytrain.tracking.recorder import Recorder, SweepCounts, SweepSummary
+from tinytrain.tracking.weights_file import save_weights
 
 # ---------------------------------------------------------------------------------------------------------
 # The messages
@@ -139,7 +140,8 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
 
 MAX_RESULTS_IN_FLIGHT = 32  # results sent to the writer and not yet written (about 250 KB of weights each)
 
-# Benchmarks set it to a file path: the writer appends its CPU seconds and peak RSS there before it exits
+# Benchmarks set it to a file path: the writer appends its CPU seconds, peak RSS and which of the heavy
+# packages it imported there before it exits
 # (the sweep does not wait for its writer's exit, so no rusage of the sweep's process tree counts it).
 USAGE_ENV = "TINYTRAIN_WRITER_USAGE"
 
@@ -149,11 +151,14 @@ def _report_usage() -> None:
     if path:
         import json
         import resource
+        import sys
 
         usage = resource.getrusage(resource.RUSAGE_SELF)
         with open(path, "a") as file:
             file.write(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime,
-                                   "max_rss_mib": usage.ru_maxrss / 1024}) + "\n")
+                                   "max_rss_mib": usage.ru_maxrss / 1024,
+                                   "imported": sorted(name for name in ("torch", "mlflow.pytorch", "matplotlib")
+                                                      if name in sys.modules)}) + "\n")
 
 
 def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, idle_seconds: float = 2.0) -> None:
@@ -176,18 +181,19 @@ def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, 
         os._exit(0)
 
 
-def _without_shared_tensors(result: RunResult) -> RunResult:
-    """A result whose weights are copied into the message itself.
+def _for_the_writer(result: RunResult) -> RunResult:
+    """A result whose weights travel as the bytes of their files (weights_file.SavedWeights).
 
-    torch makes tensors in a multiprocessing queue share memory through file descriptors that the
-    sending process serves: if it dies, the writer could not read the results it had already sent.
+    Saved here, where torch already is, so that the writer never imports it. Bytes also keep the message
+    whole by itself: torch makes tensors in a multiprocessing queue share memory through file descriptors
+    that the sending process serves, and if it died the writer could not read the results already sent.
     """
 
-    def copied(weights):
-        return None if weights is None else {name: tensor.clone().numpy() for name, tensor in weights.items()}
+    def saved(weights):
+        return None if weights is None else save_weights(weights)
 
-    return dataclasses.replace(result, final_weights=copied(result.final_weights),
-                               checkpoints={step: copied(w) for step, w in result.checkpoints.items()})
+    return dataclasses.replace(result, final_weights=saved(result.final_weights),
+                               checkpoints={step: saved(w) for step, w in result.checkpoints.items()})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,7 +316,7 @@ class BackgroundRecorder:
             self.raise_if_failed()
             if not self.process.is_alive():
                 raise TrackingError("the tracking writer process ended unexpectedly")
-        self._send(RunFinished(_without_shared_tensors(result)))
+        self._send(RunFinished(_for_the_writer(result)))
 
     def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts:
         """Wait until everything sent is written and the sweep is closed; then let the writer go.

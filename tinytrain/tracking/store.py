@@ -213,7 +213,7 @@ class Store:
             raise
         return models
 
-    def _save_model(self, model: Any, run_id: str, weights: dict[str, Any]) -> None:
+    def _save_model(self, model: Any, run_id: str, weights: Any) -> None:
         """The weights in MLflow's pytorch format, as the LoggedModel's artifacts (see ModelFiles)."""
         if self._model_files is None:
             self._model_files = ModelFiles()
@@ -283,16 +283,58 @@ class ModelFiles:
     """The files of an MLflow pytorch model of the LeNet whose data/model.pth is a state dict.
 
     `mlflow.pytorch.save_model` costs 9-13 ms a model here, most of it checking the pip requirements
-    against the installed packages, the same for every model of a process. So it runs once, on a LeNet,
-    into a template; each model then gets the template's files as they are, its own MLmodel (the
-    template's, as MLflow's Model class wrote it, with this model's ids and time put in as YAML strings:
-    dumping the YAML again would cost 1.5 ms) and its weights as a plain state dict. The pickle module
-    the template names (weights_pickle) makes `mlflow.pytorch.load_model` give back the LeNet.
+    against the installed packages, the same for every model. So it runs once, on a LeNet, into a template;
+    each model then gets the template's files as they are, its own MLmodel (the template's, as MLflow's
+    Model class wrote it, with this model's ids and time put in as YAML strings: dumping the YAML again
+    would cost 1.5 ms) and its weights as a plain state dict, saved by the sweep's process (weights_file).
+    The pickle module the template names (weights_pickle) makes `mlflow.pytorch.load_model` give back the
+    LeNet.
+
+    The template depends only on the versions of MLflow, torch and Python (which its MLmodel and
+    environment files name) and on how tinytrain makes it (TEMPLATE_RECIPE), so it is made once per
+    combination and kept in the user's cache beside the store template: a writer that finds it never
+    imports torch or mlflow.pytorch (1.4 s of CPU at its start). Without a cache folder it is made in memory.
     """
 
     FIELDS = ("artifact_path", "model_uuid", "model_id", "run_id", "utc_time_created", "model_size_bytes")
+    TEMPLATE_RECIPE = 1  # bump when the template is made otherwise: older cached templates are then not used
 
     def __init__(self) -> None:
+        folder = self.cached_template_folder()
+        if not self._load(folder):
+            self._make(folder)
+
+    @classmethod
+    def cached_template_folder(cls) -> Path:
+        """Where the template of the installed MLflow, torch and Python is kept (keyed by their versions)."""
+        import hashlib
+        import importlib.metadata
+        import platform
+
+        from tinytrain.tracking.sqlite import template_cache
+
+        versions = (f"mlflow {importlib.metadata.version('mlflow')} torch {importlib.metadata.version('torch')} "
+                    f"python {platform.python_version()} recipe {cls.TEMPLATE_RECIPE}")
+        return template_cache() / f"model-template-{hashlib.sha256(versions.encode()).hexdigest()[:16]}"
+
+    def _load(self, folder: Path) -> bool:
+        """The cached template's files, if it is there and whole (every placeholder once in its MLmodel)."""
+        try:
+            mlmodel = (folder / MLMODEL).read_text()
+            files = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*"))
+                     if path.is_file() and path.name != MLMODEL}
+        except OSError:
+            return False
+        if not files or not all(mlmodel.count(f"tinytrain-field-{name}") == 1 for name in self.FIELDS):
+            return False
+        self.mlmodel, self.files = mlmodel, files
+        return True
+
+    def _make(self, cache_folder: Path) -> None:
+        """Make the template with mlflow.pytorch.save_model, and keep it in the cache (moved into place whole:
+        a writer never reads one half made; of two made at once, the first to arrive stays)."""
+        import shutil
+
         import mlflow.pytorch
         import torch
         from mlflow.models import Model
@@ -310,28 +352,37 @@ class ModelFiles:
             for name in self.FIELDS:
                 setattr(mlmodel, name, f"tinytrain-field-{name}")
             mlmodel.save(str(template / MLMODEL))
-            self.mlmodel = (template / MLMODEL).read_text()
-            if not all(self.mlmodel.count(f"tinytrain-field-{name}") == 1 for name in self.FIELDS):
+            (template / MODEL_DATA).unlink()  # the pickled LeNet: each model has its own weights there
+            if not self._load(template):
                 raise TrackingError("the MLmodel template of this MLflow version lacks a field")
-            self.files = {path.relative_to(template): path.read_bytes() for path in sorted(template.rglob("*"))
-                          if path.is_file() and path.name not in (MLMODEL, MODEL_DATA.name)}
+            try:
+                cache_folder.parent.mkdir(parents=True, exist_ok=True)
+                staged = Path(tempfile.mkdtemp(prefix=f".{cache_folder.name}.", dir=cache_folder.parent))
+                shutil.copytree(template, staged, dirs_exist_ok=True)
+                try:
+                    staged.rename(cache_folder)
+                except OSError:  # another writer put one there first: it is the same
+                    shutil.rmtree(staged, ignore_errors=True)
+            except OSError:
+                pass  # no cache folder: the next writer makes the template again
 
-    def write(self, folder: Path, weights: dict[str, Any], model: Any, run_id: str) -> None:
+    def write(self, folder: Path, weights: Any, model: Any, run_id: str) -> None:
+        """A model's files into folder; weights are SavedWeights (the file's bytes) or a state dict."""
         import datetime
         import json
 
-        import torch
+        from tinytrain.tracking.weights_file import weights_file_bytes
 
         for relative, content in self.files.items():
             path = folder / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        torch.save({name: torch.as_tensor(tensor) for name, tensor in weights.items()}, folder / MODEL_DATA)
+        data = weights_file_bytes(weights)
+        (folder / MODEL_DATA).write_bytes(data)
         values = {"artifact_path": model.artifact_location, "model_uuid": model.model_id,
                   "model_id": model.model_id, "run_id": run_id,
                   "utc_time_created": str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))}
-        values["model_size_bytes"] = sum(len(content) for content in self.files.values()) + (
-            folder / MODEL_DATA).stat().st_size
+        values["model_size_bytes"] = sum(len(content) for content in self.files.values()) + len(data)
         text = self.mlmodel
         for name, value in values.items():
             text = text.replace(f"tinytrain-field-{name}", json.dumps(value))  # a JSON string is a YAML string
