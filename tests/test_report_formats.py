@@ -117,3 +117,40 @@ def test_markdown_escapes_pipes_and_leaves_out_an_empty_title():
     assert text.startswith("| rank | optimizer |") and text.endswith(" | 2 | 0 |\n")
     other = report.summarize([cell_run("a|b", 0.01, 0, 0.5, 0.25)])
     assert "| a\\|b |" in report.render_compare(other, "markdown")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The metrics compare can rank by, and how --vs names a cell
+
+
+def test_a_runs_value_of_each_metric_and_nan_where_it_was_not_measured():
+    measured = CellRun("r", "key", "adam", 0.01, 0, "finished", 2.0, 0.5, (2.0, 0.5),
+                       metrics={"final_test_loss": 0.75, "final_test_accuracy": 0.875, "final_loss": 99.0})
+    assert report.metric_value(measured) == 0.5  # final_loss by default, the run's own (not a metric's)
+    assert report.metric_value(measured, "final_loss") == 0.5
+    assert report.metric_value(measured, "test_loss") == 0.75
+    assert report.metric_value(measured, "test_accuracy") == 0.875
+    assert math.isnan(report.metric_value(RUNS[0], "test_accuracy"))
+
+
+def test_as_metric_puts_the_metric_in_place_of_the_final_loss_and_an_accuracy_as_its_error():
+    runs = [CellRun("r", "key", "adam", 0.01, seed, "finished", 2.0, 0.5, (2.0, 0.5),
+                    metrics={"final_test_loss": 0.25 * (seed + 1), "final_test_accuracy": 0.75 + seed / 8})
+            for seed in range(2)]
+    assert report.as_metric(runs, "final_loss") == runs
+    assert [run.final_loss for run in report.as_metric(runs, "test_loss")] == [0.25, 0.5]
+    assert [run.final_loss for run in report.as_metric(runs, "test_accuracy")] == [0.25, 0.125]
+    assert [run.losses for run in report.as_metric(runs, "test_accuracy")] == [run.losses for run in runs]
+
+
+@pytest.mark.parametrize("text, cell", [("adam@0.001", ("adam", 0.001)), ("sgd-momentum@1e-2", ("sgd-momentum", 0.01))])
+def test_parse_cell(text, cell):
+    assert report.parse_cell(text) == cell
+    assert report.parse_cell(report.cell_name(*cell)) == cell
+
+
+@pytest.mark.parametrize("text", ["adam", "@0.1", "adam@", "adam@fast", "adam@inf", "adam@nan", "a@b@0.1"])
+def test_parse_cell_refuses_what_is_not_optimizer_at_lr(text):
+    with pytest.raises(ValueError) as error:
+        report.parse_cell(text)
+    assert str(error.value) == f"--vs {text!r} must name a cell as OPTIMIZER@LR, for example adam@0.001"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,65 @@ def test_set_overrides_axes_settings_and_variant_hyperparameters(experiment_file
 ])
 def test_parse_override(text, expected):
     assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name=a=b", ("name", ["a=b"])),  # the first '=' splits
+    ("lr={ log_uniform = [1e-3, 1e-1], count = 5 }", ("lr", [{"log_uniform": [1e-3, 1e-1], "count": 5}])),
+])
+def test_parse_override_of_a_value_with_an_equals_sign_or_an_inline_table(text, expected):
+    assert parse_override(text) == expected
+
+
+# (raw experiment before, --set, raw experiment after): where each kind of key lands, on a raw experiment
+# without the table it goes into and on one that has it
+APPLIED = [
+    ({}, "grid.optimizer=adam,sgd", {"grid": {"optimizer": ["adam", "sgd"]}}),
+    ({"grid": {"seed": [0]}}, "lr=0.1", {"grid": {"seed": [0], "lr": [0.1]}}),  # one value: still a list
+    ({}, "lr={ log_uniform = [1e-3, 1e-1], count = 5 }", {"grid": {"lr": {"log_uniform": [1e-3, 1e-1], "count": 5}}}),
+    ({}, "optimizers.sgd-momentum.momentum=0.5", {"optimizers": {"sgd-momentum": {"momentum": 0.5}}}),
+    ({"optimizers": {"m": {"type": "sgd"}}}, "optimizers.m.momentum=0.5",
+     {"optimizers": {"m": {"type": "sgd", "momentum": 0.5}}}),
+    ({}, "optimizers.my.v2.momentum=0.5", {"optimizers": {"my.v2": {"momentum": 0.5}}}),  # the last '.' splits
+    ({}, "steps=10", {"steps": 10}),
+]
+
+
+@pytest.mark.parametrize("before, text, after", APPLIED)
+def test_apply_override_puts_each_key_where_it_belongs(before, text, after):
+    from tinytrain.spec import apply_override
+
+    apply_override(before, text)
+    assert before == after
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optimizers.momentum=0.5", "--set optimizers.momentum: write optimizers.NAME.HYPERPARAMETER=VALUE, e.g. "
+                                "optimizers.sgd-momentum.momentum=0.5"),
+    ("optimizers..momentum=0.5", "--set optimizers..momentum: write optimizers.NAME.HYPERPARAMETER=VALUE, e.g. "
+                                 "optimizers.sgd-momentum.momentum=0.5"),
+    ("optimizers.m.momentum=0.5,0.9", "--set optimizers.m.momentum takes one value, got 2"),
+    ("steps=10,20", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
+])
+def test_apply_override_says_what_is_wrong(text, message):
+    from tinytrain.spec import apply_override
+
+    with pytest.raises(ConfigError) as error:
+        apply_override({}, text)
+    assert str(error.value) == message
+
+
+def test_an_experiment_path_that_is_a_folder_or_not_text_is_one_clear_error(tmp_path):
+    from tinytrain.spec import read_experiment_file
+
+    with pytest.raises(ConfigError) as error:
+        read_experiment_file(tmp_path)
+    assert str(error.value) == f"'{tmp_path}' is a folder: give an experiment TOML file inside it"
+    binary = tmp_path / "weights.pt"
+    binary.write_bytes(b"\x80\x02\xff\xfe")
+    with pytest.raises(ConfigError) as error:
+        read_experiment_file(binary)
+    assert str(error.value) == f"{binary} is not a text file: give an experiment TOML file"
 
 
 CATALOGUE = ("adadelta, adafactor, adagrad, adam, adamax, adamw, ademamix, adopt, asgd, lion, muon, nadam, prodigy, "
@@ -298,6 +358,30 @@ def test_from_params_round_trips_every_setting_that_differs_from_its_default():
     back = RunSpec.from_params(spec.params())
     assert asdict(back) == asdict(spec) and back.key == spec.key
     assert (back.threads, back.mkldnn, back.checkpoint_every) == (2, True, 5)
+    # every other setting off its default: the engine, the bound, and the digits problem's own settings
+    others = [
+        {"engine": "vmap", "diverge_above": math.inf, "grid": {"optimizer": ["adamw"], "lr": [0.02], "seed": [1]}},
+        {"problem": "digits", "loss": "cross_entropy", "batch_size": 32, "eval_every": 10, "diverge_above": 50.0,
+         "grid": {"optimizer": ["rmsprop"], "lr": [0.003], "seed": [2]}},
+    ]
+    for raw in others:
+        spec = validate(raw).specs()[0]
+        back = RunSpec.from_params(spec.params())
+        assert asdict(back) == asdict(spec) and back.key == spec.key
+        settings = {key: value for key, value in raw.items() if key != "grid"}
+        assert {key: getattr(back, key) for key in settings} == settings
+
+
+def test_from_params_of_a_run_logged_before_the_later_settings_gives_their_defaults():
+    """A run logged before checkpoint_every, the bound, problems, losses and batches were settings: its params
+    lack them, and the spec rebuilt from them has each one's default (the bound: none)."""
+    spec = validate({"steps": 5, "grid": {"optimizer": ["adam"], "lr": [0.01], "seed": [0]}}).specs()[0]
+    params = {key: value for key, value in spec.params().items()
+              if key not in ("checkpoint_every", "diverge_above", "problem", "loss", "batch_size", "eval_every")}
+    back = RunSpec.from_params(params)
+    assert back.diverge_above is None and back.checkpoint_every == 0
+    assert (back.problem, back.loss, back.batch_size, back.eval_every) == ("one-sample", "mse", 64, 50)
+    assert (back.optimizer, back.lr, back.seed, back.steps) == ("adam", 0.01, 0, 5)
 
 
 def test_the_default_experiment_file_of_the_current_folder_comes_first(tmp_path, monkeypatch):

@@ -107,6 +107,13 @@ def test_ties_count_half_diverged_is_worst_and_all_zero_differences_give_one():
     assert stats.paired([run("sgd", 0.1, 5, [1.0, 0.1])], baseline) == stats.Paired(0, None, None)
 
 
+def test_a_diverged_run_is_the_worst_whatever_its_last_loss():
+    """A run stopped by the bound ends on a finite loss, here below the baseline's: it still counts as the worst."""
+    baseline = [run("adam", 0.001, s, [1.0, 10.0]) for s in range(2)]
+    bounded = [run("sgd", 0.1, 0, [1e-3, 5.0], "diverged"), run("sgd", 0.1, 1, [1.0, 20.0])]
+    assert stats.paired(bounded, baseline).p_better == 0.0
+
+
 def test_fewer_than_six_seeds_can_never_be_significant():
     for n in range(1, 6):
         baseline = [run("adam", 0.001, s, [1.0, 0.1]) for s in range(n)]
