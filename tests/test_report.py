@@ -347,6 +347,7 @@ def test_each_sweep_has_a_summary_run_per_cell_that_equals_compare_and_the_seeds
                   ).output.endswith("12 runs, 0 to run, 12 already done (dry run: nothing written)\n")
 
 
+@pytest.mark.store  # writes a store of its own (no fixture of conftest's marks it)
 def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_path):
     import mlflow
 
