@@ -376,6 +376,52 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
         "compare.csv", "compare.md", "experiment.toml", "loss-curves.png"]
 
 
+@pytest.mark.store
+def test_the_writer_logs_the_summary_the_sweeps_process_made_or_tags_why_it_could_not(tmp_path):
+    """Behind a BackgroundRecorder the summary is made in this process (from the record the writer read) and
+    logged by the writer: the same files as a Recorder in this process makes. A summary that raises while it
+    is made leaves the runs as they are, tags the parent with the reason, and the sweep's counts stand."""
+    import mlflow
+
+    from tinytrain.spec import load_experiment
+    from tinytrain.tracking.background import BackgroundRecorder
+    from tinytrain.train import train
+
+    class Broken(summary.SweepSummary):
+        def write(self, sweep, folder):
+            raise RuntimeError("no room for the picture")
+
+    experiment = load_experiment(text=GRID)
+    results = [train(spec) for spec in experiment.specs()[:2]]
+    uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
+    parents, counts = {}, {}
+    for case, made_by in (("in process", Recorder(uri, summary.SweepSummary())),
+                          ("background", BackgroundRecorder(uri, summary.SweepSummary())),
+                          ("broken", BackgroundRecorder(uri, Broken()))):
+        made_by.open(experiment, experiment.specs()[:2], finished={}, force=True)
+        for result in results:
+            made_by.run_started(result.spec)
+            made_by.run_finished(result)
+        counts[case] = made_by.close("FINISHED")
+        parents[case] = counts[case].parent_run_id
+    client = mlflow.MlflowClient(uri)
+
+    def files(case: str) -> dict[str, bytes]:
+        folder = client.download_artifacts(parents[case], "", str(tmp_path / case))
+        return {path.name: path.read_bytes().replace(parents[case].encode(), b"PARENT")  # the title names it
+                for path in Path(folder).iterdir() if path.suffix in (".md", ".csv")}
+
+    assert files("background") == files("in process") and set(files("background")) == {"compare.md", "compare.csv"}
+    cells = [run for run in client.search_runs([counts["background"].experiment_id])
+             if run.data.tags.get("mlflow.parentRunId") == parents["background"]
+             and run.data.tags.get("tinytrain.kind") == "cell"]
+    assert len(cells) == len({(result.spec.optimizer, result.spec.lr) for result in results}) == 1  # two seeds
+    broken = client.get_run(parents["broken"])
+    assert broken.data.tags["tinytrain.error"] == "summary: RuntimeError: no room for the picture"
+    assert broken.info.status == "FINISHED" and counts["broken"].finished + counts["broken"].diverged == 2
+    assert [item.path for item in client.list_artifacts(parents["broken"])] == ["experiment.toml"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the report functions on hand-made runs
 

@@ -121,8 +121,8 @@ def test_a_damaged_model_template_is_made_again(cache):
 
 def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(tmp_path, cache):
     """Two sweeps into two stores: the first writer makes the template (and imports torch for it), the second
-    imports neither torch nor mlflow.pytorch; the models it wrote load as the LeNet with the run's weights,
-    and reproduce checks them bit for bit."""
+    imports neither torch nor mlflow.pytorch (and no writer matplotlib); the models it wrote load as the LeNet
+    with the run's weights, and reproduce checks them bit for bit."""
     import json
     import os
     import subprocess
@@ -150,6 +150,7 @@ def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(t
     first, second = (json.loads(line)["imported"] for line in usage.read_text().splitlines())
     assert "torch" in first and "mlflow.pytorch" in first
     assert "torch" not in second and "mlflow.pytorch" not in second
+    assert "matplotlib" not in first and "matplotlib" not in second  # the sweep's process draws the summary
     client = mlflow.MlflowClient(uri)
     runs = [run for run in client.search_runs([client.get_experiment_by_name("optimizer-grid").experiment_id])
             if run.data.tags.get("tinytrain.kind") == "run"]

@@ -5,8 +5,11 @@ its core, while the writer process imports MLflow, opens the store and logs, on 
 the store's single writer. Calls are applied in the order they were made; `close` waits for all of them.
 If the sweep's process dies, the writer closes the sweep as FAILED by itself and exits.
 
-The calls travel as small typed messages (Open, RunStarted, RunFinished, Close), each of which knows the
-Recorder method it stands for: BackgroundRecorder and Recorder are the same SweepRecorder to the sweep.
+The calls travel as small typed messages (Open, RunStarted, RunFinished, ReadForSummary, Close), each of
+which knows the Recorder method it stands for: BackgroundRecorder and Recorder are the same SweepRecorder to
+the sweep. The sweep's summary (compare table, loss curves, cell runs) is made in the sweep's process, from
+the sweep as the writer reads it once every run is written, and logged by the writer: the writer's core is
+the one a sweep waits for at its end, while the sweep's own has finished training.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from tinytrain.results import RunResult
 from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import TrackingError
-from tinytrain.tracking.recorder import Recorder, SweepCounts, SweepSummary
+from tinytrain.tracking.read import SweepRecord
+from tinytrain.tracking.recorder import MadeSummary, Recorder, SweepCounts, SweepSummary, make_summary
 from tinytrain.tracking.weights_file import save_weights
 
 # ---------------------------------------------------------------------------------------------------------
@@ -63,12 +67,28 @@ class RunFinished:
 
 
 @dataclass(frozen=True)
+class ReadForSummary:
+    """Once every run before it is written: the sweep's record if closing with `status` gives a summary."""
+
+    status: str
+
+    def apply(self, recorder: Recorder) -> tuple[SweepRecord | None, str | None]:
+        if not recorder.wants_summary(self.status):
+            return None, None
+        try:
+            return recorder.summary_input(), None
+        except Exception as error:  # noqa: BLE001 - no summary, and the reason on the parent; the sweep goes on
+            return None, f"{type(error).__name__}: {error}"
+
+
+@dataclass(frozen=True)
 class Close:
     status: str
     reason: str | None
+    made: MadeSummary | None = None
 
     def apply(self, recorder: Recorder) -> SweepCounts:
-        return recorder.close(self.status, self.reason)
+        return recorder.close(self.status, self.reason, self.made)
 
 
 @dataclass(frozen=True)
@@ -76,7 +96,7 @@ class Stop:
     """The sweep has its reply to Close: everything is committed, the writer may go."""
 
 
-Message = Open | RunStarted | RunFinished | Close | Stop
+Message = Open | RunStarted | RunFinished | ReadForSummary | Close | Stop
 
 
 @dataclass(frozen=True)
@@ -89,24 +109,20 @@ class Request:
 # The writer process
 
 
-def _serve(uri: str, summary: SweepSummary | None, requests: multiprocessing.Queue,
-           replies: multiprocessing.Queue, in_flight: Any = None) -> None:
+def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Queue,
+           in_flight: Any = None) -> None:
     """The writer process: apply each message to a Recorder; report the first error and stop writing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it sends Close(KILLED)
-    recorder = Recorder(uri, summary)
+    recorder = Recorder(uri)  # no SweepSummary: the sweep's process makes the summary (ReadForSummary)
     state = {"failed": False, "waiting_since": None}
     lock = threading.Lock()  # held while a message is applied
     threading.Thread(target=_close_when_orphaned, args=(recorder, state, lock), daemon=True).start()
-    warmed_up = False
     while True:
         if state["waiting_since"] is None:
             state["waiting_since"] = time.monotonic()
         try:
             request: Request = requests.get(timeout=0.25)
         except queue.Empty:
-            if not warmed_up and summary is not None:  # idle while the sweep trains: load what it needs now
-                summary.warm_up()
-            warmed_up = True
             continue
         except Exception as error:  # noqa: BLE001 - a message cut short, or that cannot be read
             if not multiprocessing.parent_process().is_alive():
@@ -229,6 +245,7 @@ class BackgroundRecorder:
     """
 
     def __init__(self, uri: str, summary: SweepSummary | None = None):
+        self.summary = summary  # made here at the end (see close), logged by the writer
         context = multiprocessing.get_context("spawn")
         self.requests: multiprocessing.Queue = context.Queue()
         self.replies: multiprocessing.Queue = context.Queue()
@@ -236,8 +253,7 @@ class BackgroundRecorder:
         # training outpaces the writer (short runs) they would pile up: a 10,000-run sweep of 10-step runs
         # grew past 1 GB. At most MAX_RESULTS_IN_FLIGHT are sent ahead; then the sweep waits for the writer.
         self.in_flight = context.BoundedSemaphore(MAX_RESULTS_IN_FLIGHT)
-        self.process = context.Process(target=_serve, args=(uri, summary, self.requests, self.replies,
-                                                            self.in_flight),
+        self.process = context.Process(target=_serve, args=(uri, self.requests, self.replies, self.in_flight),
                                        name="tinytrain-writer", daemon=True)
         with _sigint_ignored():  # from its first instruction: Ctrl-C to the group must not kill it mid-import
             self.process.start()
@@ -282,6 +298,10 @@ class BackgroundRecorder:
     def _call(self, message: Message) -> Any:
         """Send a message and wait for its reply. Ctrl-C does not stop the wait: what was trained is written."""
         self.requests.put(Request(message, wants_reply=True))
+        return self._reply()
+
+    def _reply(self) -> Any:
+        """The reply to the message sent last that wants one."""
         while True:
             try:
                 status, value = self.replies.get(timeout=1.0)
@@ -329,7 +349,26 @@ class BackgroundRecorder:
         if self.died is not None:
             raise self.died
         try:
-            self.counts = self._call(Close(status, reason))
+            made = self._made_summary(status) if self.summary is not None else None
+            self.counts = self._call(Close(status, reason, made))
             return self.counts
         finally:
             self.requests.put(Request(Stop(), wants_reply=False))
+
+    def _made_summary(self, status: str) -> MadeSummary | None:
+        """The sweep's summary, made here from the record the writer reads once every run is written (None
+        when the sweep gets none); the plotting and statistics imports load while the writer finishes the
+        runs still queued. Ctrl-C now, with every run written, leaves the summary out and closes the sweep."""
+        self.requests.put(Request(ReadForSummary(status), wants_reply=True))
+        replied = False
+        try:
+            self.summary.warm_up()
+            record, error = self._reply()
+            replied = True
+            if error is not None:
+                return MadeSummary(error=error)
+            return None if record is None else make_summary(self.summary, record)
+        except KeyboardInterrupt:
+            if not replied:
+                self._reply()  # its reply must not be taken for Close's
+            return MadeSummary(error="KeyboardInterrupt: Ctrl-C while the summary was made")

@@ -3,7 +3,10 @@
 The sweep drives any SweepRecorder the same way: this Recorder in its own process, or the BackgroundRecorder
 (background.py) that runs one in a writer process. What the sweep logs to its parent run at its end (the
 compare table and the loss curves) is the sweep's to decide: it hands a SweepSummary in, and tracking never
-imports the reports.
+imports the reports. The summary is made from the sweep as the store holds it (summary_input) into a
+MadeSummary (make_summary), which close() logs: all three in this process, or, behind a BackgroundRecorder,
+the reading and the logging in the writer and the making in the sweep's process (the writer's core is the
+one every sweep waits for).
 """
 
 from __future__ import annotations
@@ -66,13 +69,34 @@ class SweepSummary(Protocol):
     """What a sweep logs to its parent run once it has run to its end (report.SweepSummary)."""
 
     def warm_up(self) -> None:
-        """Load what write() needs, ahead of time (a writer does it while it waits for the next run)."""
+        """Load what write() needs, ahead of time (the sweep does it while its writer logs the last runs)."""
 
     def write(self, sweep: SweepRecord, folder: Path) -> None:
         """Write the summary's files of a sweep into folder."""
 
     def cell_runs(self, sweep: SweepRecord) -> list[CellSummaryRun]:
         """One summary run per cell of the sweep."""
+
+
+@dataclass(frozen=True)
+class MadeSummary:
+    """A sweep's summary as made: the parent run's files (name -> content) and a run per cell; or, if it could
+    not be made, why (the sweep still succeeds: the parent run is tagged with the reason)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    cells: list[CellSummaryRun] = field(default_factory=list)
+    error: str | None = None
+
+
+def make_summary(summary: SweepSummary, sweep: SweepRecord) -> MadeSummary:
+    """The summary of a sweep (its files and its cell runs); an error becomes the reason, never an exception."""
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            summary.write(sweep, Path(folder))
+            files = {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
+        return MadeSummary(files, summary.cell_runs(sweep))
+    except Exception as error:  # noqa: BLE001 - the runs are logged; a missing picture must not undo that
+        return MadeSummary(error=f"{type(error).__name__}: {error}")
 
 
 class SweepRecorder(Protocol):
@@ -147,10 +171,25 @@ class Recorder:
             self.store.delete_run(self.replace.pop(key))  # soft delete: one finished run per cell
             self.counts.replaced += 1
 
-    def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts:
+    def wants_summary(self, status: str) -> bool:
+        """Whether the sweep gets a summary when it closes with this status: it ran to its end (FINISHED)
+        with any finished cell, and has a parent run to log it to."""
+        finished_cells = self.counts.skipped + self.counts.finished + self.counts.diverged
+        return bool(self.parent_run_id) and status == "FINISHED" and finished_cells > 0
+
+    def summary_input(self) -> SweepRecord:
+        """The sweep as the store holds it, with every loss history: what its summary is made from (plain SQL
+        on a SQLite store, a few queries; the losses this sweep logged are not read back)."""
+        read = sweep_record if is_http(self.uri) else sweep_record_sqlite
+        return read(self.store if is_http(self.uri) else self.uri, self.parent_run_id, self.experiment,
+                    with_losses=True, known_losses=self.logged_losses)
+
+    def close(self, status: str = "FINISHED", reason: str | None = None,
+              made: MadeSummary | None = None) -> SweepCounts:
         """End the runs still open (KILLED when interrupted) and the parent run; return the counts.
 
-        A sweep that ran to its end, with any finished cell, first gets its summary (table and loss curves).
+        A sweep that ran to its end, with any finished cell, first gets its summary (table and loss curves):
+        `made` if the sweep made it (from summary_input), else made here with this Recorder's SweepSummary.
         """
         for run_id in self.run_ids.values():
             if reason:
@@ -162,33 +201,35 @@ class Recorder:
         if self.parent_run_id:
             if reason:
                 self.store.client.set_tag(self.parent_run_id, ERROR, reason)
-            finished_cells = self.counts.skipped + self.counts.finished + self.counts.diverged
-            if status == "FINISHED" and finished_cells and self.summary is not None:
-                self._log_sweep_summary(self.summary)
+            if self.wants_summary(status) and (made is not None or self.summary is not None):
+                self._log_sweep_summary(made)
             self.store.end_sweep(self.parent_run_id, self.counts.figures(), status)
         if self.store is not None:
             self.store.close()
         checkpoint_sqlite(self.uri)  # everything written now survives an OS crash too
         return self.counts
 
-    def _log_sweep_summary(self, summary: SweepSummary) -> None:
+    def _log_sweep_summary(self, made: MadeSummary | None) -> None:
         """The compare table (markdown, csv) and the loss curves as artifacts of the parent run, and a summary
         run per cell nested under it, for the UI.
 
-        A summary that cannot be made is reported and tagged on the parent; it never fails the sweep.
+        A summary that cannot be made (or read, or logged) is reported and tagged on the parent; it never
+        fails the sweep.
         """
         import logging
 
         try:
-            read = sweep_record if is_http(self.uri) else sweep_record_sqlite  # plain SQL: a few queries
-            sweep = read(self.store if is_http(self.uri) else self.uri, self.parent_run_id, self.experiment,
-                         with_losses=True, known_losses=self.logged_losses)
-            with tempfile.TemporaryDirectory() as folder:
-                summary.write(sweep, Path(folder))
-                self.store.client.log_artifacts(self.parent_run_id, folder)
-            self.store.log_cell_summaries(self.experiment_id, self.parent_run_id, summary.cell_runs(sweep))
+            if made is None:
+                made = make_summary(self.summary, self.summary_input())
+            message = made.error
+            if message is None:
+                with tempfile.TemporaryDirectory() as folder:
+                    for name, content in made.files.items():
+                        (Path(folder) / name).write_bytes(content)
+                    self.store.client.log_artifacts(self.parent_run_id, folder)
+                self.store.log_cell_summaries(self.experiment_id, self.parent_run_id, made.cells)
+                return
         except Exception as error:  # noqa: BLE001 - the runs are logged; a missing picture must not undo that
             message = f"{type(error).__name__}: {error}"
-            logging.getLogger("tinytrain").warning("no summary logged for sweep %s: %s",
-                                                   self.parent_run_id, message)
-            self.store.client.set_tag(self.parent_run_id, ERROR, f"summary: {message}"[:5000])
+        logging.getLogger("tinytrain").warning("no summary logged for sweep %s: %s", self.parent_run_id, message)
+        self.store.client.set_tag(self.parent_run_id, ERROR, f"summary: {message}"[:5000])
