@@ -154,3 +154,130 @@ def test_parse_cell_refuses_what_is_not_optimizer_at_lr(text):
     with pytest.raises(ValueError) as error:
         report.parse_cell(text)
     assert str(error.value) == f"--vs {text!r} must name a cell as OPTIMIZER@LR, for example adam@0.001"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rows by hand: the verdict, the cells of a row, sorting, the title and the caption
+
+
+def row(optimizer: str = "adam", lr: float = 0.01, **fields) -> report.CellSummary:
+    values = {"rank": 1, "mean": 0.5, "std": None, "geomean": 0.5, "log10_std": None, "min": 0.5, "max": 0.5,
+              "seeds": 3, "diverged": 0, **fields}
+    return report.CellSummary(optimizer=optimizer, lr=lr, **values)
+
+
+@pytest.mark.parametrize("fields, verdict", [
+    ({"baseline": True}, "baseline"),
+    ({"tied_with_best": None, "p_better": 0.9}, "—"),  # no shared seeds
+    ({"tied_with_best": True, "p_better": 0.9}, "tied"),
+    ({"tied_with_best": False, "p_better": 0.75}, "better"),
+    ({"tied_with_best": False, "p_better": 0.5}, "worse"),  # half the seeds: not better
+    ({"tied_with_best": False, "p_better": None}, "worse"),
+])
+def test_verdict_against_the_baseline(fields, verdict):
+    assert report.verdict(row(**fields)) == verdict
+
+
+def test_the_cells_of_a_row_as_the_table_shows_them():
+    full = row(rank=2, median=0.0123, ci_low=0.00456, ci_high=0.0789, iqm=0.0111, steps_to_target=40.0,
+               not_reached=1, p_better=0.25, p_value=0.0312, tied_with_best=False, diverged=1)
+    assert report._cells(full) == ("2", "adam", "0.01", "40 (1/3 not)", "0.012 [0.0046, 0.079]", "0.011", "0.25",
+                                   "0.031", "worse", "3", "1")
+    bare = row(rank=None, median=None, steps_to_target=None, not_reached=3)
+    assert report._cells(bare)[0] == "—" and report._cells(bare)[3:5] == ("not reached (3/3)", "—")
+    assert report._cells(row(median=1.5e-07, steps_to_target=7.0))[3:5] == ("7", "1.5e-07")  # no interval: one seed
+    assert report._cells(row(seeds=0, steps_to_target=None))[3] == "—"
+
+
+def test_sort_rows_by_any_column_puts_empty_values_last_and_keeps_rank_order_in_ties():
+    first, second, third = row("a", rank=1, median=0.5), row("b", rank=2, median=None), row("c", rank=3, median=0.1)
+    unranked = row("d", rank=None, median=0.3)
+    rows = [unranked, third, second, first]
+    assert [r.optimizer for r in report.sort_rows(rows)] == ["a", "b", "c", "d"]
+    assert [r.optimizer for r in report.sort_rows(rows, "median")] == ["c", "d", "a", "b"]
+    tied = [row("x", rank=2, seeds=5), row("y", rank=1, seeds=5), row("z", rank=None, seeds=5)]
+    assert [r.optimizer for r in report.sort_rows(tied, "seeds")] == ["y", "x", "z"]
+    with pytest.raises(ValueError) as error:
+        report.sort_rows(rows, "speed")
+    assert str(error.value) == f"unknown column 'speed': use one of {', '.join(report.COLUMNS)}"
+
+
+def test_compare_title_names_the_sweep_its_metric_steps_and_seeds():
+    def sweep(seeds):
+        runs = tuple(cell_run("adam", 0.01, seed, 0.5, 0.25) for seed in seeds)
+        return SweepRecord("grid", "1", "abc123", 40, 1, runs, ())
+
+    assert report.compare_title(sweep([0, 1, 1])) == "grid: sweep abc123, final loss after 40 steps over 2 seeds"
+    assert report.compare_title(sweep([4]), "test_accuracy") == \
+        "grid: sweep abc123, test error (1 - test accuracy) after 40 steps over 1 seed"
+
+
+def test_compare_caption_says_how_the_table_is_ranked_and_read():
+    common = ("Median, 95% bootstrap CI and IQM (interquartile mean) are those of log10(final_loss) over the "
+              "finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; p: "
+              "two-sided Wilcoxon signed-rank on paired log10 final losses, Holm-corrected. ")
+    rows = [row("adam", baseline=True, seeds=6), row("sgd", rank=2, p_value=0.5, tied_with_best=True, seeds=6)]
+    assert report.compare_caption(rows) == (
+        "Ranked by the median steps to a loss <= 0.001 over seeds (a seed that never gets there, or diverges, "
+        "counts as not reached). " + common + "1 cell cannot be told apart from the best (adam@0.01) with 6 seeds "
+        "(Holm-corrected p >= 0.05).")
+    assert report.compare_caption(rows, by="final_loss", target=0.1) == (
+        "Ranked by the geometric mean of final_loss. " + common + "1 cell cannot be told apart from the best "
+        "(adam@0.01) with 6 seeds (Holm-corrected p >= 0.05).")
+    assert report.compare_caption([row("adam")]).endswith("Holm-corrected. ")  # no baseline: no sentence
+
+
+def test_the_terminal_table_aligns_numbers_right_and_names_left_without_padding_or_wrapping():
+    long_name = "a-variant-with-a-long-name-" * 2
+    rows = [row("sgd", 0.1, rank=2, seeds=12, median=0.25), row(long_name, 0.001, rank=10, seeds=3, median=0.5)]
+    text = report.render_compare(rows, "table").splitlines()
+    assert len(text) == 5 and text[0] == "" and set(text[2].strip()) == {"─"}  # rich's blank top, header, rule
+    header, body = text[1], text[3:]
+    assert header.startswith(" rank   optimizer")  # one space of edge, no padding beside it
+    assert [line[:len(" rank")] for line in body] == ["    2", "   10"]  # right-aligned under its header
+    start = header.index("optimizer")
+    assert [line[start:start + len(long_name)].rstrip() for line in body] == ["sgd", long_name]  # left-aligned
+    seeds_end = header.index("seeds") + len("seeds")
+    assert [line[:seeds_end].split()[-1] for line in body] == ["12", "3"]  # right-aligned: ends under it
+    assert all(line == line.rstrip() for line in text)
+    # wider than the 250 columns it is laid out in: each row stays on one line, cut short rather than wrapped
+    wide = report.render_compare([row("x" * 300, 0.1)], "table").splitlines()
+    assert len(wide) == 4 and "xxx…" in wide[3]
+
+
+def test_compare_json_has_its_target_and_caption_indented_by_two():
+    text = report.render_compare([row()], "json", "t", "the caption", target=0.25)
+    parsed = json.loads(text)
+    assert (parsed["title"], parsed["target"], parsed["caption"]) == ("t", 0.25, "the caption")
+    assert text.startswith('{\n  "title": "t",\n') and text.endswith("}\n")
+    assert report.render_compare([row()]) == report.render_compare([row()], "table")  # the default format
+
+
+def test_before_after_defaults_and_json_indented_by_two():
+    rows = report.before_after(RUNS)
+    assert report.render_before_after(rows) == report.render_before_after(rows, "table", "")
+    assert not report.render_before_after(rows).startswith("\n\n")  # no empty title line
+    assert report.render_before_after(rows, "json").startswith('{\n  "title": "",\n  "rows": [\n')
+    bounded = [cell_run("sgd", 0.1, 0, 0.5, 600.0, "diverged")]  # stopped by the bound on a finite loss
+    record = json.loads(report.render_before_after(report.before_after(bounded), "json"))["rows"][0]
+    assert (record["final_loss"], record["change"]) == (None, None)
+
+
+@pytest.mark.parametrize("rows, sentence", [
+    ([row("adam", baseline=True, seeds=3), row("sgd", rank=2, p_value=0.01, tied_with_best=False, seeds=5)],
+     "Every other cell differs from the best (adam@0.01) at Holm-corrected p < 0.05 with 3-5 seeds."),
+    ([row("adam", rank=2, baseline=True), row("sgd", rank=1, p_value=0.5, tied_with_best=True),
+      row("rmsprop", rank=3, p_value=0.2, tied_with_best=True)],
+     "2 cells cannot be told apart from adam@0.01 with 3 seeds (Holm-corrected p >= 0.05)."),
+    ([row("adam", baseline=True), row("sgd", rank=2)], "No cell shares a seed with the best (adam@0.01): nothing to "
+                                                       "compare."),
+    ([row("adam"), row("sgd", rank=2)], ""),
+])
+def test_ties_sentence(rows, sentence):
+    assert report.ties_sentence(rows) == sentence
+
+
+def test_summarize_refuses_an_unknown_ranking():
+    with pytest.raises(ValueError) as error:
+        report.summarize(RUNS, by="speed")
+    assert str(error.value) == f"unknown ranking 'speed': use one of {', '.join(report.RANKINGS)}"

@@ -393,3 +393,49 @@ def test_the_default_experiment_file_of_the_current_folder_comes_first(tmp_path,
     (tmp_path / "experiments" / "optimizer-grid.toml").write_text('name = "local-grid"\n')
     assert default_experiment_path() == Path("experiments/optimizer-grid.toml")
     assert load_experiment().name == "local-grid"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# [extra_seeds]: more seeds for cells of the grid (written by --until-separated)
+
+GRID_OF_TWO = {"grid": {"optimizer": ["adam", "sgd"], "lr": [0.01, 0.1], "seed": [0, 1]}}
+
+
+def test_extra_seeds_add_runs_to_their_cells_only_and_leave_out_the_grids_own_seeds():
+    experiment = validate({**GRID_OF_TWO, "extra_seeds": {"adam@0.01": [1, 5, 3], "sgd@0.1": [2]}})
+    assert experiment.extra_seeds == {("adam", 0.01): (3, 5), ("sgd", 0.1): (2,)}  # seed 1 is the grid's
+    specs = experiment.specs()
+    assert len(specs) == 8 + 3
+    assert [(spec.optimizer, spec.lr, spec.seed) for spec in specs[8:]] == [
+        ("adam", 0.01, 3), ("adam", 0.01, 5), ("sgd", 0.1, 2)]
+    assert validate(GRID_OF_TWO).extra_seeds == {}
+
+
+@pytest.mark.parametrize("extra", [
+    {"adam@0.5": [3]},  # no such cell
+    {"rmsprop@0.01": [3]},
+    {"adam": [3]},
+    {"adam@0.01": 3},  # not a list
+    {"adam@0.01": [-1]},
+    {"adam@0.01": [1.5]},
+    {"adam@0.01": [True]},
+    {"adam@0.01": [0, "two"]},
+])
+def test_extra_seeds_that_name_no_cell_of_the_grid_or_no_seeds_are_one_clear_error(extra):
+    (name,) = extra
+    with pytest.raises(ConfigError) as error:
+        validate({**GRID_OF_TWO, "extra_seeds": extra})
+    assert str(error.value) == f'extra_seeds.{name} must name a cell of the grid as "OPTIMIZER@LR" = [seeds >= 0]'
+
+
+def test_extra_seeds_that_are_not_a_table_are_one_clear_error():
+    with pytest.raises(ConfigError) as error:
+        validate({**GRID_OF_TWO, "extra_seeds": ["adam@0.01"]})
+    assert str(error.value) == "extra_seeds.['adam@0.01'] must name a cell of the grid as \"OPTIMIZER@LR\" = " \
+                               "[seeds >= 0]"
+
+
+def test_seed_zero_is_a_valid_extra_seed():
+    experiment = validate({"grid": {"optimizer": ["adam"], "lr": [0.01], "seed": [1]},
+                           "extra_seeds": {"adam@0.01": [0]}})
+    assert experiment.extra_seeds == {("adam", 0.01): (0,)}
