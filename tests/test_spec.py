@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -439,3 +440,56 @@ def test_seed_zero_is_a_valid_extra_seed():
     experiment = validate({"grid": {"optimizer": ["adam"], "lr": [0.01], "seed": [1]},
                            "extra_seeds": {"adam@0.01": [0]}})
     assert experiment.extra_seeds == {("adam", 0.01): (0,)}
+
+
+def test_a_muon_run_records_which_parameters_each_of_its_optimizers_trains():
+    from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS
+
+    muon = validate({"grid": {"optimizer": ["muon"], "lr": [0.02], "seed": [0]}}).specs()[0].params()
+    assert muon["muon_parameters"] == "fc1.weight,fc2.weight" == ",".join(MUON_PARAMETERS)
+    assert muon["adamw_parameters"].split(",") == list(ADAMW_WITH_MUON) and len(ADAMW_WITH_MUON) == 8
+    adam = validate({"grid": {"optimizer": ["adam"], "lr": [0.02], "seed": [0]}}).specs()[0].params()
+    assert "muon_parameters" not in adam and "adamw_parameters" not in adam
+    assert "batch_size" not in adam and "eval_every" not in adam  # one-sample has no batches
+    digits = validate({"problem": "digits", "grid": {"optimizer": ["adam"], "lr": [0.02], "seed": [0]}})
+    assert {key: digits.specs()[0].params()[key] for key in ("batch_size", "eval_every")} == \
+        {"batch_size": "64", "eval_every": "50"}
+
+
+def test_to_toml_keeps_the_draws_the_settings_and_the_extra_seeds():
+    experiment = load_experiment(text='steps = 4\nmkldnn = true\n[grid]\noptimizer = ["adam"]\n'
+                                      'lr = { log_uniform = [1e-3, 1e-1], count = 2 }\nseed = [0]\n')
+    experiment = validate({**tomllib.loads(experiment.to_toml()),
+                           "extra_seeds": {f"adam@{experiment.grid['lr'][0]!r}": [3]}}, experiment.source)
+    text = experiment.to_toml()
+    lines = text.splitlines()
+    assert lines[0].startswith("# tinytrain sweep --from-run <this run>   (resolved from ")
+    assert "mkldnn = true" in lines and "steps = 4" in lines
+    assert lines[-2:] == ["[extra_seeds]", f'"adam@{experiment.grid["lr"][0]!r}" = [3]'] and lines[-3] == ""
+    again = load_experiment(text=text)
+    assert again.specs() == experiment.specs() and len(again.specs()) == 3
+    drawn = load_experiment(text='[grid]\noptimizer = ["adam"]\nlr = { log_uniform = [1e-3, 1e-1], count = 2 }\n')
+    assert drawn.drawn and drawn.to_toml().splitlines()[1] == f"# drawn: {drawn.drawn[0]}"
+    assert drawn.drawn[0].startswith("grid.lr: ")
+
+
+def test_bad_toml_and_a_grid_that_is_not_a_table_are_one_exact_line(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_experiment(text="steps = [\n")
+    assert str(error.value).startswith("<text> is not valid TOML: ")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = [\n")
+    with pytest.raises(ConfigError) as error:
+        load_experiment(bad)
+    assert str(error.value).startswith(f"{bad} is not valid TOML: ")
+    with pytest.raises(ConfigError) as error:
+        load_experiment(text='grid = "adam"\n')
+    assert str(error.value) == "grid must be a table: write [grid] with optimizer, lr and seed lists"
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("stepz = 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_experiment(unknown)
+    assert str(error.value).startswith(f"unknown key 'stepz' in {unknown}: ")
+    with pytest.raises(ConfigError) as error:
+        load_experiment(text="[grid]\nseed = [1, 2, 1, 2]\n")
+    assert str(error.value) == "grid.seed lists 1, 2 more than once: list each value once"

@@ -182,3 +182,24 @@ def test_json_carries_the_new_keys_and_is_the_same_in_another_process():
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent)).stdout
     assert json.loads(other) == document
+
+
+def test_the_interval_is_scipys_percentile_bootstrap_with_its_fixed_generator():
+    """Forty distinct seeds, so that the method shows in the interval (with a few seeds the median's percentile
+    and BCa intervals fall on the same data points; the generator hardly ever shows: a median's bootstrap
+    distribution is discrete)."""
+    from scipy.stats import bootstrap
+
+    finals = 10.0 ** -np.random.default_rng(7).uniform(1, 9, 40)
+    runs = [run("adam", 0.01, seed, [0.1, final]) for seed, final in enumerate(finals)]
+    logs = np.log10(finals)
+    expected = bootstrap((logs,), np.median, method="percentile", rng=np.random.default_rng(stats.BOOTSTRAP_SEED),
+                         n_resamples=stats.BOOTSTRAP_RESAMPLES, confidence_level=stats.CONFIDENCE).confidence_interval
+    bca = bootstrap((logs,), np.median, rng=np.random.default_rng(stats.BOOTSTRAP_SEED)).confidence_interval
+    numbers = stats.cell_stats(runs)
+    assert (numbers.ci_low, numbers.ci_high) == (10 ** expected.low, 10 ** expected.high)
+    assert (bca.low, bca.high) != (expected.low, expected.high)  # scipy's default method (BCa) would show
+
+
+def test_holm_caps_a_corrected_p_value_at_one():
+    assert stats.holm([0.6, 0.7, 0.2]) == [1.0, 1.0, pytest.approx(0.6)]
