@@ -187,6 +187,9 @@ def test_the_cells_of_a_row_as_the_table_shows_them():
     assert report._cells(bare)[0] == "—" and report._cells(bare)[3:5] == ("not reached (3/3)", "—")
     assert report._cells(row(median=1.5e-07, steps_to_target=7.0))[3:5] == ("7", "1.5e-07")  # no interval: one seed
     assert report._cells(row(seeds=0, steps_to_target=None))[3] == "—"
+    tiny = row(rank=3, median=2.5e-11, ci_low=1.5e-12, ci_high=3.5e-10, iqm=4.5e-11, p_better=1.0, p_value=1.5e-06)
+    assert report._cells(tiny)[4:8] == ("2.5e-11 [1.5e-12, 3.5e-10]", "4.5e-11", "1.00", "1.5e-06")  # e, not E
+    assert report._cells(row(rank=3, median=2.5e-11))[0] == "3" and report._cells(row(median=2.5e-11))[4] == "2.5e-11"
 
 
 def test_sort_rows_by_any_column_puts_empty_values_last_and_keeps_rank_order_in_ties():

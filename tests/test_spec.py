@@ -493,3 +493,32 @@ def test_bad_toml_and_a_grid_that_is_not_a_table_are_one_exact_line(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_experiment(text="[grid]\nseed = [1, 2, 1, 2]\n")
     assert str(error.value) == "grid.seed lists 1, 2 more than once: list each value once"
+
+
+def test_a_drawn_variant_expands_in_the_optimizer_axis_and_its_names_join_the_unknown_optimizer_message():
+    raw = {"optimizers": {"m": {"type": "sgd", "momentum": {"uniform": [0.1, 0.9], "count": 2}}},
+           "grid": {"optimizer": ["m"], "lr": [0.01], "seed": 3}}  # a single seed needs no list
+    experiment = validate(raw)
+    names = experiment.grid["optimizer"]
+    assert len(names) == 2 and all(name.startswith("m") and name != "m" for name in names)
+    assert [spec.seed for spec in experiment.specs()] == [3, 3] and experiment.grid["lr"] == [0.01]
+    assert experiment.to_toml().splitlines()[0] == "# tinytrain sweep --from-run <this run>   (resolved from " \
+                                                   "<experiment>)"
+    with pytest.raises(ConfigError) as error:
+        validate({"optimizers": {"heavy": {"type": "sgd", "momentum": 0.9}, **raw["optimizers"]},
+                  "grid": {"optimizer": ["adamx"]}})
+    listed = ", ".join(["heavy", "m", *sorted(names)])  # the variants, and what the drawn one expands into
+    assert str(error.value).endswith(f", soap, {listed}, or define it as [optimizers.adamx] with a type")
+
+
+def test_engine_vmap_takes_a_variant_by_its_type():
+    experiment = validate({"engine": "vmap", "optimizers": {"heavy": {"type": "sgd", "momentum": 0.9}},
+                           "grid": {"optimizer": ["heavy"], "lr": [0.01]}})
+    assert experiment.specs()[0].kind == "sgd"
+
+
+def test_a_recorded_experiment_keeps_its_bound_and_one_without_it_has_none():
+    recorded = validate({"diverge_above": 50.0, "grid": {"optimizer": ["adam"]}}).to_toml()
+    assert load_experiment(text=recorded, recorded=True).specs()[0].diverge_above == 50.0
+    old = "\n".join(line for line in recorded.splitlines() if not line.startswith("diverge_above"))
+    assert load_experiment(text=old, recorded=True).specs()[0].diverge_above is None
