@@ -284,3 +284,50 @@ def test_summarize_refuses_an_unknown_ranking():
     with pytest.raises(ValueError) as error:
         report.summarize(RUNS, by="speed")
     assert str(error.value) == f"unknown ranking 'speed': use one of {', '.join(report.RANKINGS)}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# summarize on hand-made runs: the two rankings, a target of the caller's, no ranked cell, no shared seed
+
+
+def curve_run(optimizer: str, seed: int, losses: tuple[float, ...], outcome: str = "finished") -> CellRun:
+    return CellRun(f"{optimizer}{seed}", "key", optimizer, 0.01, seed, outcome, losses[0], losses[-1], losses)
+
+
+def test_summarize_ranks_by_time_to_target_or_by_final_loss():
+    # fast gets below 1e-3 at step 1 and ends at 5e-4; slow gets there at step 2 and ends far lower
+    runs = [curve_run("fast", seed, (1.0, 1e-4, 5e-4)) for seed in range(2)] + \
+           [curve_run("slow", seed, (1.0, 0.1, 1e-6)) for seed in range(2)]
+    assert {row.optimizer: row.rank for row in report.summarize(runs)} == {"fast": 1, "slow": 2}
+    assert {row.optimizer: row.rank for row in report.summarize(runs, by="final_loss")} == {"slow": 1, "fast": 2}
+    loose = {row.optimizer: row.steps_to_target for row in report.summarize(runs, target=0.2)}
+    assert loose == {"fast": 1.0, "slow": 1.0}  # the caller's target: both reach 0.2 at step 1
+    fast = report.summarize(runs)[0]
+    assert fast.std == pytest.approx(0.0) and report.summarize(runs[:1])[0].std is None  # two seeds: a std
+
+
+def test_summarize_without_a_ranked_cell_or_a_shared_seed():
+    diverged = [curve_run("wild", seed, (1.0, math.inf), "diverged") for seed in range(2)]
+    (row,) = report.summarize(diverged)
+    assert row.rank is None and not row.baseline and row.tied_with_best is None
+    apart = [curve_run("a", 0, (1.0, 1e-4)), curve_run("b", 5, (1.0, 1e-2))]  # no seed in common
+    rows = report.summarize(apart)
+    assert [r.baseline for r in rows] == [True, False] and rows[1].tied_with_best is None
+    assert rows[1].p_value is None and report.verdict(rows[1]) == "—"
+    with pytest.raises(ValueError) as error:
+        report.summarize(apart, vs=("c", 0.01))
+    assert str(error.value) == "--vs c@0.01 is not a cell of this sweep: use one of a@0.01, b@0.01"
+
+
+def test_the_smaller_corners_of_the_formats():
+    assert "\r" not in report.render_compare([row()], "csv")  # lines end in \n, not csv's default \r\n
+    assert report._cells(row(rank=1234))[0] == "1234"
+    assert report._cells(row(median=0.0123))[4] == "0.012"  # two digits, with or without an interval
+    text = report.render_compare([row("emoji:smile:")], "table")
+    assert "emoji:smile:" in text  # names are shown as written, never as emoji
+    with pytest.raises(ValueError) as error:
+        report.render_compare([row()], "xml")
+    assert str(error.value) == "unknown format 'xml': use one of table, csv, json, markdown"
+    three = [row("a", baseline=True, seeds=3), row("b", rank=2, p_value=0.01, tied_with_best=False, seeds=4),
+             row("c", rank=3, p_value=0.01, tied_with_best=False, seeds=5)]
+    assert report.ties_sentence(three).endswith("with 3-5 seeds.")
