@@ -473,26 +473,22 @@ def test_to_toml_keeps_the_draws_the_settings_and_the_extra_seeds():
     assert drawn.drawn[0].startswith("grid.lr: ")
 
 
+def load_error(source) -> str:
+    """The message of the ConfigError that loading an experiment (a path, or text) raises."""
+    with pytest.raises(ConfigError) as error:
+        load_experiment(source) if isinstance(source, Path) else load_experiment(text=source)
+    return str(error.value)
+
+
 def test_bad_toml_and_a_grid_that_is_not_a_table_are_one_exact_line(tmp_path):
-    with pytest.raises(ConfigError) as error:
-        load_experiment(text="steps = [\n")
-    assert str(error.value).startswith("<text> is not valid TOML: ")
-    bad = tmp_path / "bad.toml"
+    assert load_error("steps = [\n").startswith("<text> is not valid TOML: ")
+    bad, unknown = tmp_path / "bad.toml", tmp_path / "unknown.toml"
     bad.write_text("steps = [\n")
-    with pytest.raises(ConfigError) as error:
-        load_experiment(bad)
-    assert str(error.value).startswith(f"{bad} is not valid TOML: ")
-    with pytest.raises(ConfigError) as error:
-        load_experiment(text='grid = "adam"\n')
-    assert str(error.value) == "grid must be a table: write [grid] with optimizer, lr and seed lists"
-    unknown = tmp_path / "unknown.toml"
     unknown.write_text("stepz = 1\n")
-    with pytest.raises(ConfigError) as error:
-        load_experiment(unknown)
-    assert str(error.value).startswith(f"unknown key 'stepz' in {unknown}: ")
-    with pytest.raises(ConfigError) as error:
-        load_experiment(text="[grid]\nseed = [1, 2, 1, 2]\n")
-    assert str(error.value) == "grid.seed lists 1, 2 more than once: list each value once"
+    assert load_error(bad).startswith(f"{bad} is not valid TOML: ")
+    assert load_error(unknown).startswith(f"unknown key 'stepz' in {unknown}: ")
+    assert load_error('grid = "adam"\n') == "grid must be a table: write [grid] with optimizer, lr and seed lists"
+    assert load_error("[grid]\nseed = [1, 2, 1, 2]\n") == "grid.seed lists 1, 2 more than once: list each value once"
 
 
 def test_a_drawn_variant_expands_in_the_optimizer_axis_and_its_names_join_the_unknown_optimizer_message():
