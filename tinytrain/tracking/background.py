@@ -349,7 +349,7 @@ class BackgroundRecorder:
         if self.died is not None:
             raise self.died
         try:
-            made = self._made_summary(status) if self.summary is not None else None
+            made = self._made_summary(status) if self.summary is not None and status == "FINISHED" else None
             self.counts = self._call(Close(status, reason, made))
             return self.counts
         finally:
@@ -368,7 +368,9 @@ class BackgroundRecorder:
             if error is not None:
                 return MadeSummary(error=error)
             return None if record is None else make_summary(self.summary, record)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 - the runs are written: close the sweep
             if not replied:
                 self._reply()  # its reply must not be taken for Close's
-            return MadeSummary(error="KeyboardInterrupt: Ctrl-C while the summary was made")
+            if isinstance(error, KeyboardInterrupt):
+                return MadeSummary(error="KeyboardInterrupt: Ctrl-C while the summary was made")
+            return MadeSummary(error=f"{type(error).__name__}: {error}")
