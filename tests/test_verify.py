@@ -112,6 +112,12 @@ def test_an_outcome_other_than_the_retrained_one(trained):
     assert verdict.describe().endswith(f" (and {len(verdict.differences) - 1} more difference(s))")
 
 
+def missing_weights(what: str, why: str, steps: tuple[int, ...] = (2, 4, 6)) -> list[str]:
+    """The line of each weight that a record said finished lacks, step by step."""
+    return [f"differs at {what} at step {step}: missing ({why}); the record says the run finished, so it keeps "
+            "these weights" for step in steps]
+
+
 def test_a_diverged_record_said_converged_misses_its_weights(trained):
     """A store keeps each checkpoint as a LoggedModel: their absence is named, step by step."""
     result = trained["diverged"]
@@ -120,12 +126,7 @@ def test_a_diverged_record_said_converged_misses_its_weights(trained):
     lines = [difference.line() for difference in check(record, result).differences]
     assert lines == [
         "differs at outcome: logged converged, retrained diverged",
-        "differs at LoggedModel at step 2: missing (the run has no LoggedModel at this step); the record says the "
-        "run finished, so it keeps these weights",
-        "differs at LoggedModel at step 4: missing (the run has no LoggedModel at this step); the record says the "
-        "run finished, so it keeps these weights",
-        "differs at LoggedModel at step 6: missing (the run has no LoggedModel at this step); the record says the "
-        "run finished, so it keeps these weights",
+        *missing_weights("LoggedModel", "the run has no LoggedModel at this step"),
     ]
 
 
@@ -137,18 +138,8 @@ def test_an_old_stores_record_said_converged_misses_its_checkpoint_files_too(tra
     lines = [difference.line() for difference in check(record, result).differences]
     assert lines == [
         "differs at outcome: logged converged, retrained diverged",
-        "differs at checkpoint at step 2: missing (not in the run's artifacts); the record says the run finished, "
-        "so it keeps these weights",
-        "differs at checkpoint at step 4: missing (not in the run's artifacts); the record says the run finished, "
-        "so it keeps these weights",
-        "differs at checkpoint at step 6: missing (not in the run's artifacts); the record says the run finished, "
-        "so it keeps these weights",
-        "differs at LoggedModel at step 2: missing (the run has no LoggedModel at this step); the record says the "
-        "run finished, so it keeps these weights",
-        "differs at LoggedModel at step 4: missing (the run has no LoggedModel at this step); the record says the "
-        "run finished, so it keeps these weights",
-        "differs at LoggedModel at step 6: missing (the run has no LoggedModel at this step); the record says the "
-        "run finished, so it keeps these weights",
+        *missing_weights("checkpoint", "not in the run's artifacts"),
+        *missing_weights("LoggedModel", "the run has no LoggedModel at this step"),
     ]
 
 

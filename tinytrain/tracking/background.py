@@ -31,7 +31,14 @@ from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import TrackingError
 from tinytrain.tracking.read import SweepRecord
-from tinytrain.tracking.recorder import MadeSummary, Recorder, SweepCounts, SweepSummary, make_summary
+from tinytrain.tracking.recorder import (
+    MadeSummary,
+    Recorder,
+    SweepCounts,
+    SweepSummary,
+    error_reason,
+    make_summary,
+)
 from tinytrain.tracking.weights_file import save_weights
 
 # ---------------------------------------------------------------------------------------------------------
@@ -78,7 +85,7 @@ class ReadForSummary:
         try:
             return recorder.summary_input(), None
         except Exception as error:  # noqa: BLE001 - no summary, and the reason on the parent; the sweep goes on
-            return None, f"{type(error).__name__}: {error}"
+            return None, error_reason(error)
 
 
 @dataclass(frozen=True)
@@ -128,7 +135,7 @@ def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Q
             if not multiprocessing.parent_process().is_alive():
                 time.sleep(3600)  # the sweep died while sending: the watchdog closes and exits
             state["failed"] = True
-            replies.put(("error", f"cannot read a message from the sweep: {type(error).__name__}: {error}"))
+            replies.put(("error", f"cannot read a message from the sweep: {error_reason(error)}"))
             continue
         state["waiting_since"] = None
         with lock:
@@ -148,7 +155,7 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         result = message.apply(recorder)
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which turns it into a message
         state["failed"] = True
-        replies.put(("error", f"{type(error).__name__}: {error}"))
+        replies.put(("error", error_reason(error)))
         return
     if request.wants_reply:
         replies.put(("ok", result))
@@ -373,4 +380,4 @@ class BackgroundRecorder:
                 self._reply()  # its reply must not be taken for Close's
             if isinstance(error, KeyboardInterrupt):
                 return MadeSummary(error="KeyboardInterrupt: Ctrl-C while the summary was made")
-            return MadeSummary(error=f"{type(error).__name__}: {error}")
+            return MadeSummary(error=error_reason(error))

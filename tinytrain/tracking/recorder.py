@@ -78,6 +78,11 @@ class SweepSummary(Protocol):
         """One summary run per cell of the sweep."""
 
 
+def error_reason(error: BaseException) -> str:
+    """An error as the one line a sweep reports and tags: its type and its message."""
+    return f"{type(error).__name__}: {error}"
+
+
 @dataclass(frozen=True)
 class MadeSummary:
     """A sweep's summary as made: the parent run's files (name -> content) and a run per cell; or, if it could
@@ -96,7 +101,7 @@ def make_summary(summary: SweepSummary, sweep: SweepRecord) -> MadeSummary:
             files = {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
         return MadeSummary(files, summary.cell_runs(sweep))
     except Exception as error:  # noqa: BLE001 - the runs are logged; a missing picture must not undo that
-        return MadeSummary(error=f"{type(error).__name__}: {error}")
+        return MadeSummary(error=error_reason(error))
 
 
 class SweepRecorder(Protocol):
@@ -230,6 +235,6 @@ class Recorder:
                 self.store.log_cell_summaries(self.experiment_id, self.parent_run_id, made.cells)
                 return
         except Exception as error:  # noqa: BLE001 - the runs are logged; a missing picture must not undo that
-            message = f"{type(error).__name__}: {error}"
+            message = error_reason(error)
         logging.getLogger("tinytrain").warning("no summary logged for sweep %s: %s", self.parent_run_id, message)
         self.store.client.set_tag(self.parent_run_id, ERROR, f"summary: {message}"[:5000])
