@@ -40,7 +40,7 @@ digits: $(STAMP) ## The digits grid (real images, 54 runs x 300 steps, a few min
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)
 
-# mutmut over tinytrain/spec.py, report.py, stats.py and verify.py ([tool.mutmut] in pyproject.toml) with only the fast tests
+# mutmut over tinytrain/spec/experiment.py, report.py, stats.py and verify.py ([tool.mutmut] in pyproject.toml) with only the fast tests
 # that cover them, at low priority, two at a time; then the score per module (target 85 %, tests/mutation_score.py)
 # and every survivor. Results are kept in mutants/: a second run re-tests only what changed.
 mutation: $(STAMP) ## Mutation testing of spec, report, stats and verify with the fast tests (about 25 min; score per module)

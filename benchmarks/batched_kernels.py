@@ -1,6 +1,6 @@
 """The vmap engine's model-step, split into forward+backward and updates, against a sequential step.
 
-The engine's batched net (tinytrain/vmap_net.py) computes the LeNet's forward and backward for stacked cells
+The engine's batched net (tinytrain/engines/batched_net.py) computes the LeNet's forward and backward for stacked cells
 with torch's own kernels (conv as im2col + batched GEMM, backward as batched GEMMs + col2im, the linear
 layers' weight gradients as exact products). This script first checks that every loss and every gradient
 of the default grid's cells equals autograd's on one cell at a time, bit for bit, then times, alternately in
@@ -21,14 +21,14 @@ from collections.abc import Callable
 
 import torch
 
-from tinytrain.batching import sub_batches
+from tinytrain.engines.batched import rows_by_update_rule, rule_slices
+from tinytrain.engines.batched_net import BatchedNet, cell_parameters, initial_weights
+from tinytrain.engines.batched_updates import UPDATE_RULES
+from tinytrain.engines.planner import sub_batches
+from tinytrain.engines.sequential import configure_runtime, initial_net
 from tinytrain.optimizers import build_optimizer
-from tinytrain.problem import loss_fn, make_input, make_target
+from tinytrain.problems.one_sample import loss_fn, make_input, make_target
 from tinytrain.spec import RunSpec, default_experiment_path, load_experiment
-from tinytrain.train import configure_runtime, initial_net
-from tinytrain.vmap import rows_by_update_rule, rule_slices
-from tinytrain.vmap_net import BatchedNet, cell_parameters, initial_weights
-from tinytrain.vmap_optim import UPDATE_RULES
 
 
 def check_against_autograd(specs: list[RunSpec]) -> None:

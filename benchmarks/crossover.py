@@ -16,9 +16,9 @@ import statistics
 import time
 from dataclasses import replace
 
+from tinytrain.engines.batched import train_batch
+from tinytrain.engines.sequential import configure_runtime, train
 from tinytrain.spec import default_experiment_path, load_experiment
-from tinytrain.train import configure_runtime, train
-from tinytrain.vmap import train_batch
 
 
 def main() -> None:

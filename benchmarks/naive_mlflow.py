@@ -2,7 +2,7 @@
 
 One `mlflow.start_run` per cell, `mlflow.log_metric` at every step, and `mlflow.pytorch.log_model` with its
 defaults (the pt2 format, which needs an input example, and inferred requirements). Same training as
-tinytrain (tinytrain.train), same store kind (SQLite); only the tracking differs.
+tinytrain (tinytrain.engines.sequential), same store kind (SQLite); only the tracking differs.
 
 Usage: python benchmarks/naive_mlflow.py TRACKING_URI [EXPERIMENT.toml]
 """
@@ -16,11 +16,11 @@ import mlflow  # noqa: E402
 import mlflow.pytorch  # noqa: E402
 import torch  # noqa: E402
 
+from tinytrain.engines.sequential import configure_runtime  # noqa: E402
 from tinytrain.model import LeNet  # noqa: E402
 from tinytrain.optimizers import build_optimizer  # noqa: E402
-from tinytrain.problem import loss_fn, make_input, make_target  # noqa: E402
+from tinytrain.problems.one_sample import loss_fn, make_input, make_target  # noqa: E402
 from tinytrain.spec import default_experiment_path, load_experiment  # noqa: E402
-from tinytrain.train import configure_runtime  # noqa: E402
 
 
 def main() -> None:

@@ -40,8 +40,8 @@ def main() -> None:
         specs = [dataclasses.replace(spec, **runtime) for spec in specs]
     # torch and both engines imported first, the same for each: importing torch (about a second) is not
     # training, and would hide the engines' difference in the training time (it stays in the wall time)
-    import tinytrain.train  # noqa: F401
-    import tinytrain.vmap  # noqa: F401
+    import tinytrain.engines.batched  # noqa: F401
+    import tinytrain.engines.sequential  # noqa: F401
 
     training_started, cpu_started = time.perf_counter(), time.process_time()
     if engine == "vmap" and jobs > 1:
@@ -55,7 +55,7 @@ def main() -> None:
 
         results = list(InProcess().run(specs, lambda spec: None))  # the sweep's sub-batches and fallback
     else:
-        from tinytrain.train import train
+        from tinytrain.engines.sequential import train
 
         results = [train(spec) for spec in specs]
     training, cpu = time.perf_counter() - training_started, time.process_time() - cpu_started

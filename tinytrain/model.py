@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 INPUT_SHAPE = (1, 1, 32, 32)
+NUM_CLASSES = 10  # the outputs: one per class
 PARAMETER_COUNT = 61_706
 
 
@@ -17,7 +18,7 @@ class LeNet(nn.Module):
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
         self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
+        self.fc3 = nn.Linear(84, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)

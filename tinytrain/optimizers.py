@@ -79,7 +79,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data_format": ("channels_first", "channels_last"),
 }
 
-# The kinds the vmap engine has a stacked update for (tinytrain/vmap.py; a test keeps the two in step).
+# The kinds the vmap engine has a stacked update for (tinytrain/engines/batched.py; a test keeps the two in step).
 VMAP_KINDS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 

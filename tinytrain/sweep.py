@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
+from tinytrain.reports.summary import SweepSummary
 from tinytrain.spec import ConfigError, Experiment, RunSpec
-from tinytrain.summary import SweepSummary
 from tinytrain.tracking import (
     Recorder,
     SweepCounts,
@@ -233,7 +233,7 @@ def sweep_until_separated(experiment: Experiment, uri: str, max_seeds: int, **op
     """
     from dataclasses import replace
 
-    from tinytrain.report import summarize
+    from tinytrain.reports.compare import summarize
     from tinytrain.tracking import read_sweep
 
     started = time.perf_counter()

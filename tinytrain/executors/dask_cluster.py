@@ -69,7 +69,7 @@ def train_on_worker(spec: RunSpec) -> RunResult:
     torch's seed, thread count and switches are process-wide: two runs sharing a process (a worker started
     with --nthreads > 1) would change each other's numbers, so they take turns.
     """
-    from tinytrain.train import train_safely
+    from tinytrain.engines.sequential import train_safely
 
     with _ONE_RUN_AT_A_TIME:
         return train_safely(spec)

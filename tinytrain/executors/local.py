@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from tinytrain.batching import BatchPlan, plan_batches
+from tinytrain.engines.planner import BatchPlan, plan_batches
 from tinytrain.executors.base import Started, bounded
 from tinytrain.results import RunResult
 from tinytrain.spec import RunSpec
@@ -28,14 +28,14 @@ class InProcess:
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
         if not specs:  # every cell done already: no need for torch
             return
-        from tinytrain.train import train_safely
+        from tinytrain.engines.sequential import train_safely
 
         plan = plan_batches(specs)
         for spec in plan.sequential:
             started(spec)
             yield with_engine_note(train_safely(spec), plan)
         if plan.batches:
-            from tinytrain.vmap import train_batch
+            from tinytrain.engines.batched import train_batch
 
             for batch in plan.batches:
                 for spec in batch:
@@ -90,13 +90,13 @@ class ProcessPool:
 
 def _train_each(specs: list[RunSpec]) -> list[RunResult]:
     """A worker's task: sequential runs, one after another."""
-    from tinytrain.train import train_safely
+    from tinytrain.engines.sequential import train_safely
 
     return [train_safely(spec) for spec in specs]
 
 
 def _train_batch(specs: list[RunSpec]) -> list[RunResult]:
     """A worker's task: a vmap sub-batch."""
-    from tinytrain.vmap import train_batch
+    from tinytrain.engines.batched import train_batch
 
     return list(train_batch(specs))

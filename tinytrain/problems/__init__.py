@@ -3,7 +3,7 @@
 A problem is one module here with a `make(spec) -> Problem`; problem_catalogue.PROBLEMS names them (plain
 data, for spec validation). This file imports torch only where a problem is made or a loss is computed.
 
-    one-sample  the blog's: one random 1x32x32 input and one label (tinytrain/problem.py), no test set
+    one-sample  the blog's: one random 1x32x32 input and one label (one_sample.py), no test set
     digits      scikit-learn's 8x8 digits upsampled to 1x32x32, minibatches, a held-out test set
 """
 
@@ -13,14 +13,12 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from tinytrain.problem_catalogue import LOSSES, PROBLEMS
+from tinytrain.spec.catalogue import LOSSES, PROBLEMS
 
 if TYPE_CHECKING:
     import torch
 
     from tinytrain.spec import RunSpec
-
-NUM_CLASSES = 10
 
 Batch = tuple["torch.Tensor", "torch.Tensor"]  # inputs [N, 1, 32, 32], labels [N] (class indices)
 
@@ -48,6 +46,8 @@ def make_problem(spec: RunSpec) -> Problem:
 def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """outputs [N, 10], labels [N] -> the mean loss: MSE against one-hot labels, or cross-entropy."""
     import torch.nn.functional as F
+
+    from tinytrain.model import NUM_CLASSES
 
     if name == "mse":
         # F.one_hot of the label as float equals the one-sample target tensor, so the blog's losses keep their bits

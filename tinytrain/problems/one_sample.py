@@ -1,14 +1,30 @@
-"""The blog's problem: one fixed random input (tinytrain/problem.py) and its label target_index, no test set."""
+"""The blog's problem: one fixed random 1x32x32 input, its one-hot target at target_index, MSE; no held-out set."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
 import torch
+from torch import nn
 
-from tinytrain.problem import make_input
+from tinytrain.model import INPUT_SHAPE, NUM_CLASSES
 from tinytrain.problems import Batch
 from tinytrain.spec import RunSpec
+
+
+def make_input(data_seed: int) -> torch.Tensor:
+    """The input, from its own generator so that it does not depend on the run's seed."""
+    return torch.randn(INPUT_SHAPE, generator=torch.Generator().manual_seed(data_seed))
+
+
+def make_target(target_index: int) -> torch.Tensor:
+    """A one-hot [1, 10] target with a 1 at target_index."""
+    target = torch.zeros(1, NUM_CLASSES)
+    target[0, target_index] = 1.0
+    return target
+
+
+loss_fn = nn.MSELoss()
 
 
 class OneSample:

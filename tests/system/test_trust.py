@@ -1,0 +1,299 @@
+"""Trust the numbers: resume after any interruption, reproduce from the record, check the gradients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+from tests.conftest import children, runs_of
+from tinytrain.cli import cli
+from tinytrain.tracking import finished_keys_readonly
+
+GRID = """# tinytrain sweep grid.toml
+name = "trust"
+steps = 150
+[grid]
+optimizer = ["sgd", "adam"]
+lr = [0.01, 0.001]
+seed = [0, 1]
+"""
+
+
+def start_sweep(process_groups, path, uri, *options):
+    """A sweep in its own process group (it has a writer process beside it), killed after the test."""
+    return process_groups([sys.executable, "-m", "tinytrain", "sweep", path, "--quiet", *options],
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          # a shell's background jobs inherit SIGINT ignored (CI may run us so): restore it
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def writer_of(process) -> psutil.Process:
+    """The sweep's writer process: the child that multiprocessing spawned to run tracking.background._serve."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in psutil.Process(process.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "spawn_main" in " ".join(child.cmdline()):
+                    return child
+        time.sleep(0.05)
+    raise AssertionError("the sweep started no writer process")
+
+
+def wait_for_open_cell(uri, process, timeout=60):
+    """Until a cell's run is RUNNING: between one run's end and the next one's start no cell is open."""
+    deadline = time.monotonic() + timeout
+    while "RUNNING" not in statuses(uri):
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {process.returncode}) first: {process.stderr.read()}")
+        assert time.monotonic() < deadline, "no cell was ever seen running"
+        time.sleep(0.02)
+
+
+def wait_for_finished_runs(uri, count, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the sweep ended before it could be interrupted"
+        try:
+            if len(finished_keys_readonly(uri, "trust")) >= count:
+                return
+        except Exception:  # the store is being created
+            pass
+        time.sleep(0.05)
+    raise AssertionError("no runs finished in time")
+
+
+def statuses(uri, experiment="trust"):
+    """The statuses of the cells' runs, read with plain SQL: polling through MLflow's client while the sweep
+    creates the store would create it a second time, beside the sweep's writer."""
+    from tinytrain.tracking.sqlite import query_sqlite
+
+    try:
+        rows = query_sqlite(uri, """
+            SELECT runs.status FROM runs
+            JOIN experiments ON experiments.experiment_id = runs.experiment_id
+            JOIN tags ON tags.run_uuid = runs.run_uuid AND tags.key = 'tinytrain.kind' AND tags.value = 'run'
+            WHERE experiments.name = ? AND runs.lifecycle_stage = 'active'""", (experiment,))
+    except Exception:  # noqa: BLE001 - the store is being created: no tables yet
+        return []
+    return sorted(status for (status,) in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
+def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner,
+                                                                          process_groups, options):
+    """A lost machine: the sweep, its writer (and its workers) die at once and leave their runs RUNNING."""
+    steps = "steps = 3000" if "vmap" in options else "steps = 600"  # long enough to be caught running
+    path = experiment_file(GRID.replace("steps = 150", steps))
+    process = start_sweep(process_groups, path, store_uri, *options)
+    if "vmap" not in options:  # a vmap batch finishes its cells together
+        wait_for_finished_runs(store_uri, 2, process, timeout=180)
+    wait_for_open_cell(store_uri, process, timeout=180)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(0.5)
+    before = statuses(store_uri)
+    left_running = [run.info.status for run in runs_of(store_uri, "trust")].count("RUNNING")  # cells and parent
+    assert "RUNNING" in before and left_running == before.count("RUNNING") + 1
+    again = cli_runner.invoke(cli, ["sweep", path, "--quiet", *options])
+    assert again.exit_code == 0, again.output
+    finished = before.count("FINISHED")
+    assert f"8 runs: {8 - finished} trained" in again.output and f"{finished} already done" in again.output
+    assert f"Marked FAILED {left_running} run(s) left RUNNING by a killed sweep" in again.output
+    runs = children(store_uri, "trust")
+    keys = [run.data.tags["tinytrain.run_key"] for run in runs if run.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 8  # exactly once each
+    assert all(run.info.status != "RUNNING" for run in runs_of(store_uri, "trust"))
+
+
+def parents(uri):
+    return [run for run in runs_of(uri, "trust") if run.data.tags.get("tinytrain.kind") == "sweep"]
+
+
+def artifacts_of(uri, run_id):
+    from .conftest import client
+
+    return sorted(item.path for item in client(uri).list_artifacts(run_id))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
+def test_ctrl_c_to_the_process_group_kills_the_open_runs_and_exits_130(experiment_file, store_uri, process_groups,
+                                                                       options):
+    """What a terminal sends: SIGINT to every process of the group (the sweep, its writer, its workers)."""
+    steps = "steps = 4000" if "vmap" in options else "steps = 1500"
+    process = start_sweep(process_groups, experiment_file(GRID.replace("steps = 150", steps)), store_uri, *options)
+    wait_for_open_cell(store_uri, process, timeout=120)
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("Interrupted: ")
+    assert "Traceback" not in err
+    cells = statuses(store_uri)
+    assert "KILLED" in cells and "RUNNING" not in cells
+    (parent,) = parents(store_uri)
+    assert parent.info.status == "KILLED"
+    assert artifacts_of(store_uri, parent.info.run_id) == ["experiment.toml"]  # no summary of a cut sweep
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_run_is_one_line_and_130(experiment_file, store_uri, process_groups):
+    process = start_sweep(process_groups, experiment_file(GRID), store_uri)
+    writer_of(process)  # the writer has just been started: it is still importing MLflow, no run is logged yet
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "RUNNING" not in [run.info.status for run in runs_of(store_uri, "trust")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_tinytrain_run_marks_it_killed(store_uri, process_groups):
+    process = process_groups([sys.executable, "-m", "tinytrain", "run", "--steps", "20000"],
+                             env={**os.environ, "MLFLOW_TRACKING_URI": store_uri}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while "RUNNING" not in statuses(store_uri, "optimizer-grid"):
+        assert time.monotonic() < deadline and process.poll() is None, "the run never started"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert [run.info.status for run in children(store_uri, "optimizer-grid")] == ["KILLED"]
+
+
+@pytest.mark.slow
+def test_the_writer_dying_stops_the_sweep_at_once_and_a_rerun_trains_what_is_missing(
+        experiment_file, store_uri, process_groups, cli_runner):
+    path = experiment_file(GRID.replace("steps = 150", "steps = 1500").replace("lr = [0.01, 0.001]", "lr = [0.01]"))
+    process = start_sweep(process_groups, path, store_uri)
+    writer = writer_of(process)
+    wait_for_open_cell(store_uri, process, timeout=120)
+    writer.kill()
+    killed_at = time.monotonic()
+    _out, err = process.communicate(timeout=60)
+    stopped_after = time.monotonic() - killed_at
+    assert process.returncode == 1, err
+    assert err == (f"Error: the tracking writer process (pid {writer.pid}) died (killed by SIGKILL): the sweep "
+                   "stopped; run the same command again, it marks the runs left open FAILED and trains what is "
+                   "missing\n")
+    assert stopped_after < 3, f"the sweep took {stopped_after:.1f} s to notice"  # the sweep trains for longer
+    finished = statuses(store_uri).count("FINISHED")
+    assert statuses(store_uri).count("RUNNING") == 1 and finished < 4
+    again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert f"4 runs: {4 - finished} trained" in again.output
+    assert "Marked FAILED 2 run(s) left RUNNING by a killed sweep" in again.output  # the cell and the parent
+    keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 4
+
+
+def test_sweep_from_run_reruns_the_resolved_experiment(cli_runner, experiment_file, store_uri):
+    first = cli_runner.invoke(cli, ["sweep", experiment_file(GRID), "--set", "steps=2", "--quiet"])
+    assert first.exit_code == 0, first.output
+    (parent,) = [r for r in runs_of(store_uri, "trust") if r.data.tags.get("tinytrain.kind") == "sweep"]
+    again = cli_runner.invoke(cli, ["sweep", "--from-run", parent.info.run_id, "--dry-run"])
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[-1] == "trust: 8 runs, 0 to run, 8 already done (dry run: nothing written)"
+    assert "steps=2 " in again.output
+
+
+def test_gradcheck_passes_on_the_net(cli_runner):
+    result = cli_runner.invoke(cli, ["gradcheck", "--entries", "20"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "gradcheck passed: every tensor within 0.0001"
+    assert result.output.count(" ok ") == 10
+
+
+class LeakyBackwardReLU(torch.autograd.Function):
+    """A ReLU whose hand-written backward is wrong: it lets a tenth of the gradient through negative inputs."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.where(x > 0, 1.0, 0.1).to(grad.dtype)
+
+
+def test_gradcheck_fails_on_a_wrong_backward():
+    import torch.nn.functional as F
+
+    from tinytrain.gradcheck import gradient_check
+    from tinytrain.model import LeNet
+
+    class WrongNet(LeNet):
+        def forward(self, x):
+            x = F.max_pool2d(LeakyBackwardReLU.apply(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = torch.flatten(x, 1)
+            return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+    checks = {check.name: check for check in gradient_check(WrongNet, entries_per_tensor=20)}
+    assert not checks["conv1.weight"].passed(1e-4) and not checks["conv1.bias"].passed(1e-4)
+    assert checks["fc3.weight"].passed(1e-4)  # the layers after the wrong backward are still right
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experiment_file, store_uri, cli_runner,
+                                                                       process_groups):
+    """SIGKILL of the sweep alone: its writer process sees it gone, marks what it left open FAILED, and exits."""
+    path = experiment_file(GRID.replace("steps = 150", "steps = 600"))
+    process = start_sweep(process_groups, path, store_uri)
+    writer = writer_of(process)
+    wait_for_finished_runs(store_uri, 1, process)
+    wait_for_open_cell(store_uri, process)
+    process.kill()
+    process.wait()
+    writer.wait(timeout=60)  # the writer exits by itself once it has closed what was left open
+    runs = runs_of(store_uri, "trust")
+    assert "RUNNING" not in [run.info.status for run in runs]
+    failed_cells = [run for run in runs if run.info.status == "FAILED" and run.data.tags.get("tinytrain.kind") == "run"]
+    assert len(failed_cells) == 1
+    assert failed_cells[0].data.tags["tinytrain.error"] == "the sweep's process ended while it ran"
+    assert [run.info.status for run in parents(store_uri)] == ["FAILED"]
+    again = cli_runner.invoke(cli, ["sweep", path, "--quiet"])
+    assert again.exit_code == 0, again.output
+    keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 8
+
+
+def test_a_vmap_sweep_too_small_to_batch_trains_sequentially_keeps_its_keys_and_reproduces(
+        cli_runner, experiment_file, store_uri, monkeypatch):
+    """Two cells asked for as vmap, fewer than the engine batches (3 here; 1 on this machine, where one cell
+    already gains): the sequential engine trains them and the summary and tags say so; the engine param and
+    the run key stay those of the vmap cells (a rerun skips them), and reproduce holds."""
+    import tinytrain.engines.planner as batching
+    from tinytrain.spec import load_experiment
+
+    monkeypatch.setattr(batching, "MIN_BATCH_CELLS", 3)
+    path = experiment_file(GRID.replace("steps = 150", "steps = 8").replace('["sgd", "adam"]', '["adam"]')
+                           .replace("[0, 1]", "[0]"))
+    result = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])
+    assert result.exit_code == 0, result.output
+    reason = "2 cell(s) to batch, fewer than the 3 at which the vmap engine gains"
+    assert f"Engine: sequential for 2 run(s) ({reason})" in result.output.splitlines()
+    runs = children(store_uri, "trust")
+    assert {run.data.params["engine"] for run in runs} == {"vmap"}
+    assert {(run.data.tags["tinytrain.engine"], run.data.tags["tinytrain.engine_reason"]) for run in runs} == \
+        {("sequential", reason)}
+    keys = {spec.key for spec in load_experiment(path, ["engine=vmap"]).specs()}
+    assert {run.data.tags["tinytrain.run_key"] for run in runs} == keys
+    again = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])
+    assert "2 runs: 0 trained" in again.output, again.output
+    verdict = cli_runner.invoke(cli, ["reproduce", runs[0].info.run_id])
+    assert verdict.exit_code == 0 and verdict.output.startswith("identical: "), verdict.output

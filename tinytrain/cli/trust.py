@@ -1,0 +1,105 @@
+"""The commands of trust and of the catalogue: reproduce a logged run, check the gradients, list the optimizers.
+
+Like the rest of the CLI they import neither torch nor MLflow at module level.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tinytrain.cli.common import BadInput, resolved_uri, tracking_uri_option, translate_errors
+from tinytrain.spec import DEFAULTS
+from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
+
+
+@click.command()
+@click.argument("run_id")
+@tracking_uri_option
+@translate_errors
+def reproduce(run_id, tracking_uri):
+    """Retrain a logged run from its MLflow record alone and check everything the record claims.
+
+    Every logged metric but the wall time (train_seconds), the outcome, every checkpoint and LoggedModel
+    the run's settings imply, bit for bit, and that its params still give its run key. Exits 0 when all
+    is identical, 1 with one line naming the first difference.
+
+    \b
+    Example:
+        tinytrain reproduce 3f2a9c...   # a run id from the UI or `tinytrain compare`
+    """
+    from tinytrain.reproduce import reproduce as retrain_and_compare
+    from tinytrain.tracking import read_logged_run
+
+    verdict = retrain_and_compare(read_logged_run(resolved_uri(tracking_uri), run_id))
+    for note in verdict.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(verdict.describe())
+    sys.exit(0 if verdict.identical else 1)
+
+
+@click.command()
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the net's initial weights.")
+@click.option("--entries", default="200", show_default=True, metavar="N|all",
+              help="Entries checked per parameter tensor (a fixed random sample), or all (about a minute).")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Largest relative error that passes.")
+@click.option("--problem", type=click.Choice(list(PROBLEMS)), default=DEFAULTS["problem"], show_default=True,
+              help="Whose data: the one-sample input, or one fixed minibatch of digits (the first training images).")
+@click.option("--loss", type=click.Choice(LOSSES), default=DEFAULTS["loss"], show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, DIGITS_TRAINING_IMAGES), default=16, show_default=True,
+              help="Images in the digits minibatch.")
+@translate_errors
+def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
+    """Check autograd's gradients of the net and loss against central finite differences in float64.
+
+    Prints the largest relative error per parameter tensor; exits 0 when all pass, 1 otherwise.
+
+    \b
+    Example:
+        tinytrain gradcheck --entries all
+        tinytrain gradcheck --problem digits --loss cross_entropy --batch-size 8
+    """
+    if entries != "all" and not (entries.isdigit() and int(entries) > 0):
+        raise BadInput(f"--entries must be a positive number or all, got {entries!r}")
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinytrain.gradcheck import gradient_check
+
+    checks = gradient_check(seed=seed, entries_per_tensor=None if entries == "all" else int(entries),
+                            problem=problem, loss=loss, batch_size=batch_size)
+    data = f"{problem}, {loss}" + (f", a fixed batch of {batch_size} training images" if problem != "one-sample"
+                                   else "")
+    table = Table("tensor", "entries", "max relative error", "max absolute error", "verdict",
+                  title=f"autograd vs central differences (float64, seed {seed})", caption=f"data: {data}")
+    for check in checks:
+        table.add_row(check.name, str(check.entries), f"{check.max_relative_error:.2e}",
+                      f"{check.max_absolute_error:.2e}", "ok" if check.passed(tolerance) else "FAIL")
+    Console(width=100).print(table)
+    failed = [check.name for check in checks if not check.passed(tolerance)]
+    click.echo(f"gradcheck failed for {', '.join(failed)} (tolerance {tolerance:g})" if failed
+               else f"gradcheck passed: every tensor within {tolerance:g}")
+    sys.exit(1 if failed else 0)
+
+
+@click.command()
+def optimizers():
+    """List the optimizers an experiment can name, with their default lr and hyperparameters.
+
+    A variant fixes some of them: [optimizers.NAME] type = "sgd", momentum = 0.9 (see the README).
+
+    \b
+    Example:
+        tinytrain optimizers
+    """
+    from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
+
+    for name, (class_path, default_lr, defaults) in OPTIMIZERS.items():
+        source = class_path.replace("pytorch_optimizer.", "pytorch-optimizer ") if "." in class_path \
+            else f"torch.optim.{class_path}"
+        click.echo(f"{name:<19} {source:<37} lr={default_lr:g}")
+        click.echo("    " + ", ".join(f"{key}={value}" for key, value in defaults.items()))
+    click.echo(f"muon trains {', '.join(MUON_PARAMETERS)} and its AdamW (adamw_*) the other "
+               f"{len(ADAMW_WITH_MUON)} tensors.")

@@ -1,0 +1,132 @@
+"""train(spec) -> RunResult: one run of the experiment, in plain torch (no MLflow, no click)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import torch
+
+from tinytrain.model import LeNet
+from tinytrain.optimizers import build_optimizer
+from tinytrain.problems import loss_function as problem_loss
+from tinytrain.problems import make_problem
+from tinytrain.problems.one_sample import loss_fn, make_input, make_target
+from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
+from tinytrain.spec import RunSpec
+
+StateDict = dict[str, torch.Tensor]
+
+
+def configure_runtime(threads: int, mkldnn: bool) -> None:
+    """The settings that decide the bits of a result besides the spec itself; every run sets them."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = mkldnn
+    if not torch.are_deterministic_algorithms_enabled():
+        # The switch eager kernels read. torch.use_deterministic_algorithms also sets inductor's flag, for
+        # torch.compile, which tinytrain never uses, and importing inductor costs a second of CPU per process.
+        torch._C._set_deterministic_algorithms(True)
+
+
+def runtime_settings() -> dict[str, str]:
+    """What configure_runtime set, as it stands in this process, and the engine (recorded with every run)."""
+    return {
+        "engine": "sequential",
+        "torch_threads": str(torch.get_num_threads()),
+        "mkldnn_enabled": str(torch.backends.mkldnn.enabled),
+        "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
+    }
+
+
+def snapshot(net: torch.nn.Module) -> StateDict:
+    return {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
+
+
+def initial_net(spec: RunSpec) -> LeNet:
+    """The net of a run as it starts: seeded right before it is built."""
+    torch.manual_seed(spec.seed)
+    return LeNet()
+
+
+@contextlib.contextmanager
+def evaluation_mode(optimizer) -> Iterator[None]:
+    """The weights to evaluate: schedule-free optimizers train on one sequence of weights and are evaluated
+    (and checkpointed) on their average, which optimizer.eval() puts in the net and train() takes back."""
+    switches = hasattr(optimizer, "eval") and hasattr(optimizer, "train")
+    if switches:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        if switches:
+            optimizer.train()
+
+
+def train(spec: RunSpec) -> RunResult:
+    """Train one run: per step a minibatch, zero_grad, forward, loss, backward, step; then one more forward.
+
+    That last forward (no update) is on the last step's minibatch: losses[steps] (final_loss) is the loss
+    after the last update on the data the last step trained on, as in the blog's one-sample measurement.
+    """
+    configure_runtime(spec.threads, spec.mkldnn)
+    started = time.perf_counter()
+    problem = make_problem(spec)
+    loss_of = problem_loss(spec.loss)
+    batches = problem.batches(spec.seed)
+    net = initial_net(spec)
+    optimizer = build_optimizer(spec.kind, list(net.named_parameters()), spec.lr, spec.optimizer_kwargs)
+    losses: list[float] = []
+    checkpoints: dict[int, StateDict] = {}
+    metrics: dict[str, dict[int, float]] = {}
+
+    def measure(step: int) -> None:
+        with evaluation_mode(optimizer):
+            for name, value in problem.evaluate(net, loss_of).items():
+                metrics.setdefault(name, {})[step] = value
+
+    def ended(outcome: str, weights: StateDict | None = None) -> RunResult:
+        return RunResult(spec, losses, outcome, weights, checkpoints if weights else {},
+                         time.perf_counter() - started, runtime=runtime_settings(), metrics=metrics)
+
+    for step in range(spec.steps):
+        if problem.has_test_set and spec.eval_every and step % spec.eval_every == 0:
+            measure(step)
+        x, labels = next(batches)
+        optimizer.zero_grad()
+        loss = loss_of(net(x), labels)
+        losses.append(loss.item())
+        if diverges(losses[-1], losses[0], spec.diverge_above):
+            return ended(DIVERGED)
+        loss.backward()
+        optimizer.step()
+        done = step + 1
+        if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
+            with evaluation_mode(optimizer):
+                checkpoints[done] = snapshot(net)
+    with evaluation_mode(optimizer), torch.no_grad():
+        losses.append(loss_of(net(x), labels).item())
+        weights = snapshot(net)
+    if problem.has_test_set:
+        measure(spec.steps)
+    if diverges(losses[-1], losses[0], spec.diverge_above):
+        return ended(DIVERGED)
+    return ended(FINISHED, weights)
+
+
+def train_safely(spec: RunSpec) -> RunResult:
+    """train(), with an exception turned into a failed result so that a sweep goes on."""
+    try:
+        return train(spec)
+    except Exception as error:  # noqa: BLE001 - any error of one run must not end the sweep
+        return failed_result(spec, error)
+
+
+def evaluate(weights: StateDict, data_seed: int, target_index: int, threads: int = 1, mkldnn: bool = False) -> float:
+    """The loss of given weights on the experiment's input and target, under the runs' runtime settings."""
+    configure_runtime(threads, mkldnn)
+    net = LeNet()
+    net.load_state_dict(weights)
+    with torch.no_grad():
+        return loss_fn(net(make_input(data_seed)), make_target(target_index)).item()

@@ -1,0 +1,100 @@
+"""Every top-level setting of an experiment, its default, and the checks of their values (no torch import)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tinytrain.errors import ConfigError
+from tinytrain.optimizers import VMAP_KINDS
+from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
+
+# Every top-level setting and its default: the one place defaults live.
+DEFAULTS: dict[str, Any] = {
+    "name": "optimizer-grid",  # the MLflow experiment
+    "steps": 100,  # optimizer steps per run; the loss is recorded at steps 0..steps
+    "data_seed": 0,  # seeds the input, independently of the run's seed
+    "target_index": 3,  # where the one-hot target has its 1
+    "checkpoint_every": 0,  # also checkpoint every N steps (0: the final weights only)
+    "threads": 1,  # torch's intra-op threads: part of what makes a run bit-for-bit reproducible
+    "mkldnn": False,  # oneDNN off: faster at this size, and recorded because it changes the bits
+    "engine": "sequential",  # sequential (one run at a time) or vmap (cells in batched nets)
+    "problem": "one-sample",  # what a run learns: one-sample (the blog's) or digits (tinytrain/problems/)
+    "loss": "mse",  # mse against the one-hot label (the blog's) or cross_entropy
+    "batch_size": 64,  # digits: training images per step
+    "eval_every": 50,  # digits: test metrics every N steps (0: at the end only), and always at the end
+    "diverge_above": 1e3,  # a loss above this many times the run's initial loss (or non-finite) is divergence
+}
+# Settings added after run keys were first written: they enter a run's key only when they differ from
+# their default, so that every run key written before them (a one-sample run at the defaults) stays valid.
+LATER_SETTINGS = ("problem", "loss", "batch_size", "eval_every")
+BATCH_SETTINGS = ("batch_size", "eval_every")  # used only by problems with a data set (not one-sample)
+GRID_AXES = ("optimizer", "lr", "seed")
+GRID_DEFAULTS: dict[str, list[Any]] = {"optimizer": ["adam"], "seed": [0]}  # lr: each optimizer's default
+ENGINES = ("sequential", "vmap")
+MAX_TARGET_INDEX = 9
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    name = settings["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"name must be a non-empty string (the MLflow experiment), got {name!r}")
+    lower_bounds = {"steps": 1, "data_seed": 0, "checkpoint_every": 0, "threads": 1, "batch_size": 1,
+                    "eval_every": 0}
+    for key, low in lower_bounds.items():
+        value = settings[key]
+        if not is_int(value) or value < low:
+            raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+    target = settings["target_index"]
+    if not is_int(target) or not 0 <= target <= MAX_TARGET_INDEX:
+        raise ConfigError(f"target_index must be an integer from 0 to {MAX_TARGET_INDEX}, got {target!r}")
+    if not isinstance(settings["mkldnn"], bool):
+        raise ConfigError(f"mkldnn must be true or false, got {settings['mkldnn']!r}")
+    bound = settings["diverge_above"]
+    if not is_number(bound) or math.isnan(bound) or bound <= 1:
+        raise ConfigError(f"diverge_above must be a number > 1 (times the initial loss; inf: only a non-finite "
+                          f"loss diverges), got {bound!r}")
+    if settings["engine"] not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
+    for key, allowed in (("problem", tuple(PROBLEMS)), ("loss", LOSSES)):
+        if settings[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {settings[key]!r}")
+    if settings["problem"] == "one-sample":
+        for key in BATCH_SETTINGS:
+            if settings[key] != DEFAULTS[key]:
+                raise ConfigError(f"{key} applies to problem digits; one-sample trains on its one input and has "
+                                  f"no test set: drop {key} or set problem = \"digits\"")
+    else:
+        if target != DEFAULTS["target_index"]:
+            raise ConfigError(f"target_index is the one-sample problem's label; problem {settings['problem']} "
+                              "has its own labels: drop target_index")
+        if settings["batch_size"] > DIGITS_TRAINING_IMAGES:
+            raise ConfigError(f"batch_size must be at most the {DIGITS_TRAINING_IMAGES} training images of "
+                              f"digits, got {settings['batch_size']}")
+    if settings["engine"] == "vmap" and (settings["threads"] != 1 or settings["mkldnn"]):
+        # Only there is a cell's result independent of the batch it ran in, and equal to the sequential
+        # engine's bit for bit, so that `reproduce` can retrain any vmap run on its own (see vmap.py).
+        raise ConfigError("engine vmap runs with threads = 1 and mkldnn = false, where its results equal the "
+                          "sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential")
+
+
+def check_engine(settings: dict[str, Any], kinds: dict[str, str]) -> None:
+    """The vmap engine batches the one-sample problem with MSE, for the optimizers it has a stacked update of."""
+    if settings["engine"] != "vmap":
+        return
+    if settings["problem"] != "one-sample" or settings["loss"] != "mse":
+        raise ConfigError(f"engine vmap trains problem one-sample with loss mse only, not problem "
+                          f"{settings['problem']} with loss {settings['loss']}: use engine sequential "
+                          "(--jobs N runs cells in parallel)")
+    for name, kind in kinds.items():
+        if kind not in VMAP_KINDS:
+            raise ConfigError(f"engine vmap has no stacked update for {kind} (optimizer {name}): use engine "
+                              f"sequential, or one of {', '.join(VMAP_KINDS)}")
