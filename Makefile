@@ -64,8 +64,9 @@ bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow scrip
 	$(BIN)/python benchmarks/batched_kernels.py
 	$(if $(SCALE),$(BIN)/python benchmarks/scale.py --experiment experiments/scale-1k.toml --experiment experiments/scale-10k.toml $(SCALE_ARGS))
 
-lint: $(STAMP) ## ruff over the code, and the import contract (pyproject.toml: arrows one way, no cycles)
+lint: $(STAMP) ## ruff (check and format) over the code, and the import contract (pyproject.toml: arrows one way, no cycles)
 	$(BIN)/ruff check tinytrain tests benchmarks
+	$(BIN)/ruff format --check tinytrain tests benchmarks
 	$(BIN)/lint-imports
 
 # A fresh environment from pyproject.toml alone (torch first, as above), frozen: the versions `make test`

@@ -41,7 +41,8 @@ def check_against_autograd(specs: list[RunSpec]) -> None:
         loss.backward()
         same = loss.item() == losses[row].item() and all(
             torch.equal(parameter.grad, got)
-            for parameter, got in zip(single.parameters(), cell_parameters(gradients[row]).values(), strict=True))
+            for parameter, got in zip(single.parameters(), cell_parameters(gradients[row]).values(), strict=True)
+        )
         if not same:
             sys.exit(f"cell {row} ({spec.run_name}): the batched kernels do not give autograd's bits")
     print(f"{len(specs)} cells: every loss and gradient equals autograd's on one cell, bit for bit")
@@ -101,14 +102,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     configure_runtime(1, False)
-    specs = (load_experiment(default_experiment_path(), ["engine=vmap"]).specs() * 10)[:args.cells]
+    specs = (load_experiment(default_experiment_path(), ["engine=vmap"]).specs() * 10)[: args.cells]
     check_against_autograd(specs)
     whole, _ = engine_parts([specs])
     forward_backward, update = engine_parts(sub_batches(specs))
-    variants = {"sequential step (forward, backward, update), mean over the optimizers": (sequential_steps(specs), 5),
-                f"engine forward+backward, one batch of {len(specs)}": (whole, len(specs)),
-                "engine forward+backward, the sweep's sub-batches": (forward_backward, len(specs)),
-                "engine updates, the sweep's sub-batches": (update, len(specs))}
+    variants = {
+        "sequential step (forward, backward, update), mean over the optimizers": (sequential_steps(specs), 5),
+        f"engine forward+backward, one batch of {len(specs)}": (whole, len(specs)),
+        "engine forward+backward, the sweep's sub-batches": (forward_backward, len(specs)),
+        "engine updates, the sweep's sub-batches": (update, len(specs)),
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):  # alternated, on a shared machine
         for name, (step, cells) in variants.items():
@@ -123,8 +126,10 @@ def main() -> None:
     for name, value in medians.items():
         print(f"{name}: {value * 1e6:.0f} us a model-step (fastest round {min(times[name]) * 1e6:.0f})")
     sequential, *_, fb, up = medians.values()
-    print(f"engine model-step {(fb + up) * 1e6:.0f} us: {sequential / (fb + up):.1f}x the sequential step; "
-          f"forward+backward alone bounds it at {sequential / fb:.1f}x (medians of {args.rounds} alternated rounds)")
+    print(
+        f"engine model-step {(fb + up) * 1e6:.0f} us: {sequential / (fb + up):.1f}x the sequential step; "
+        f"forward+backward alone bounds it at {sequential / fb:.1f}x (medians of {args.rounds} alternated rounds)"
+    )
 
 
 if __name__ == "__main__":

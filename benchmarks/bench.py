@@ -44,8 +44,9 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tup
     """Wall seconds, peak RSS (MiB, the largest process of its tree) and stdout of one whole process."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, text=True,
-                                   env=None if env is None else {**os.environ, **env})
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=out, stderr=err, text=True, env=None if env is None else {**os.environ, **env}
+        )
         _pid, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -98,10 +99,16 @@ FUSED_FLOATS_PER_PARAMETER = 3 + (3 + 5 + 7 + 7 + 5) / 5
 PARAMETERS = 61_706
 
 
-NAMES = {"a": "tinytrain sweep (full tracking)", "b": "plain training, no tracking",
-         "c": "naive MLflow script", "d": "vmap training, no tracking",
-         "e": "tinytrain sweep --engine vmap (full tracking)", "f": "vmap training, 2 worker processes",
-         "g": "tinytrain sweep, digits (full tracking)", "h": "plain training, digits, no tracking"}
+NAMES = {
+    "a": "tinytrain sweep (full tracking)",
+    "b": "plain training, no tracking",
+    "c": "naive MLflow script",
+    "d": "vmap training, no tracking",
+    "e": "tinytrain sweep --engine vmap (full tracking)",
+    "f": "vmap training, 2 worker processes",
+    "g": "tinytrain sweep, digits (full tracking)",
+    "h": "plain training, digits, no tracking",
+}
 TRAINING = "bdfh"  # the variants that report their training time and model-steps
 SWEEPS = "aeg"  # the variants with a writer process, which reports its own CPU time
 
@@ -114,11 +121,23 @@ def commands(keys: str, experiment: str, store: Path, with_naive: bool, digits: 
     every = {
         "a": [tinytrain, "sweep", experiment, "--quiet", "--tracking-uri", str(store / "a" / "mlflow.db")],
         "b": [python, plain, experiment],
-        "c": [python, str(ROOT / "benchmarks" / "naive_mlflow.py"), f"sqlite:///{store / 'c' / 'mlflow.db'}",
-              experiment],
+        "c": [
+            python,
+            str(ROOT / "benchmarks" / "naive_mlflow.py"),
+            f"sqlite:///{store / 'c' / 'mlflow.db'}",
+            experiment,
+        ],
         "d": [python, plain, experiment, "--engine", "vmap"],
-        "e": [tinytrain, "sweep", experiment, "--quiet", "--engine", "vmap",
-              "--tracking-uri", str(store / "e" / "mlflow.db")],
+        "e": [
+            tinytrain,
+            "sweep",
+            experiment,
+            "--quiet",
+            "--engine",
+            "vmap",
+            "--tracking-uri",
+            str(store / "e" / "mlflow.db"),
+        ],
         "f": [python, plain, experiment, "--engine", "vmap", "--jobs", "2"],
         "g": [tinytrain, "sweep", *digits, "--quiet", "--tracking-uri", str(store / "g" / "mlflow.db")],
         "h": [python, plain, *digits],
@@ -140,8 +159,9 @@ def writer_cpu(usage_file: Path) -> float:
     raise SystemExit(f"the writer reported no usage in {usage_file}")
 
 
-def measure(keys: str, experiment: str, repeat: int, skip_naive: bool,
-            digits: list[str]) -> tuple[dict, dict, dict, dict]:
+def measure(
+    keys: str, experiment: str, repeat: int, skip_naive: bool, digits: list[str]
+) -> tuple[dict, dict, dict, dict]:
     """Every chosen variant, `repeat` rounds in alternating order (the naive script in the first only)."""
     walls: dict[str, list[float]] = {key: [] for key in keys}
     peaks: dict[str, float] = {}
@@ -154,8 +174,9 @@ def measure(keys: str, experiment: str, repeat: int, skip_naive: bool,
 
         create_store_from_template(resolve_tracking_uri(str(scratch_path / "warm-up" / "mlflow.db")))
         for round_number in range(repeat):
-            variants = commands(keys, experiment, scratch_path / f"round{round_number}",
-                                round_number == 0 and not skip_naive, digits)
+            variants = commands(
+                keys, experiment, scratch_path / f"round{round_number}", round_number == 0 and not skip_naive, digits
+            )
             order = list(variants) if round_number % 2 == 0 else list(reversed(variants))
             for key in order:
                 usage_file = scratch_path / f"writer-{round_number}-{key}.json"
@@ -166,8 +187,13 @@ def measure(keys: str, experiment: str, repeat: int, skip_naive: bool,
                 walls[key].append(wall)
                 peaks[key] = max(peaks.get(key, 0.0), peak)
                 if key in training:
-                    training[key].append((field(stdout, "training_seconds"), field(stdout, "model_steps"),
-                                          field(stdout, "training_cpu_seconds")))
+                    training[key].append(
+                        (
+                            field(stdout, "training_seconds"),
+                            field(stdout, "model_steps"),
+                            field(stdout, "training_cpu_seconds"),
+                        )
+                    )
                 print(f"  round {round_number + 1} ({key}) {wall:6.2f} s", flush=True)
     return walls, peaks, training, writers
 
@@ -178,8 +204,10 @@ def print_writers(walls: dict, writers: dict) -> None:
     for key, values in writers.items():
         if values:
             cpu, wall = statistics.median(values), statistics.median(walls[key])
-            print(f"writer of ({key}): {cpu:.2f} s of CPU (median; {', '.join(f'{v:.2f}' for v in values)}), "
-                  f"{cpu / wall:.0%} of the sweep's wall time")
+            print(
+                f"writer of ({key}): {cpu:.2f} s of CPU (median; {', '.join(f'{v:.2f}' for v in values)}), "
+                f"{cpu / wall:.0%} of the sweep's wall time"
+            )
     if writers.get("a") and writers.get("e"):
         bound = statistics.median(walls["a"]) / statistics.median(writers["e"])
         print(f"a/e can be at most {bound:.2f} with this writer: (a)'s wall time over the CPU time of (e)'s writer")
@@ -193,8 +221,9 @@ def print_ratios(walls: dict, training: dict) -> None:
         return ", ".join(f"{x / y:.2f}" for x, y in zip(walls[top], walls[bottom], strict=True))
 
     def rate(key: str, cpu: bool = False) -> float:  # model-steps per second of training (or of its CPU)
-        return statistics.median(steps / (cpu_seconds if cpu else seconds)
-                                 for seconds, steps, cpu_seconds in training[key])
+        return statistics.median(
+            steps / (cpu_seconds if cpu else seconds) for seconds, steps, cpu_seconds in training[key]
+        )
 
     print("\n| ratio | value | meaning |\n| --- | ---: | --- |")
     lines = [
@@ -213,25 +242,30 @@ def print_ratios(walls: dict, training: dict) -> None:
             print(f"| {top}/{bottom} | {median[top] / median[bottom]:.2f} | {meaning}{by_round} |")
     if "b" in training and "d" in training:
         sequential, batched = rate("b"), rate("d")
-        print(f"| b/d training only | {batched / sequential:.2f} | model-steps/s: {sequential:.0f} sequential, "
-              f"{batched:.0f} vmap (target >= 2.5); by CPU time {rate('d', True) / rate('b', True):.2f} |")
+        print(
+            f"| b/d training only | {batched / sequential:.2f} | model-steps/s: {sequential:.0f} sequential, "
+            f"{batched:.0f} vmap (target >= 2.5); by CPU time {rate('d', True) / rate('b', True):.2f} |"
+        )
 
 
 def print_floors(training: dict, peak_gflops: float, bandwidth: float) -> None:
     """The memory floor of a perfectly fused engine and the FLOP rates reached, against one core's."""
     if "b" not in training or "d" not in training:
         return
-    sequential, batched = (statistics.median(steps / seconds for seconds, steps, _ in training[key])
-                           for key in "bd")
+    sequential, batched = (statistics.median(steps / seconds for seconds, steps, _ in training[key]) for key in "bd")
     fused_floor = FUSED_FLOATS_PER_PARAMETER * PARAMETERS * 4 / (bandwidth * 1e9)
-    print(f"\nmemory floor of a perfectly fused batched engine: {fused_floor * 1e6:.0f} us a model-step "
-          f"({FUSED_FLOATS_PER_PARAMETER:.1f} floats a parameter at {bandwidth:.1f} GB/s), i.e. at most "
-          f"{1 / fused_floor / sequential:.1f}x the sequential loop; the vmap engine takes "
-          f"{1e6 / batched:.0f} us a model-step, the sequential loop {1e6 / sequential:.0f} us")
+    print(
+        f"\nmemory floor of a perfectly fused batched engine: {fused_floor * 1e6:.0f} us a model-step "
+        f"({FUSED_FLOATS_PER_PARAMETER:.1f} floats a parameter at {bandwidth:.1f} GB/s), i.e. at most "
+        f"{1 / fused_floor / sequential:.1f}x the sequential loop; the vmap engine takes "
+        f"{1e6 / batched:.0f} us a model-step, the sequential loop {1e6 / sequential:.0f} us"
+    )
     for key, rate in (("sequential", sequential), ("vmap", batched)):
         fraction = rate * FLOP_PER_MODEL_STEP / (peak_gflops * 1e9)
-        print(f"FLOP rate, {key}: {rate * FLOP_PER_MODEL_STEP / 1e9:.2f} GFLOP/s = {fraction:.1%} of one core's "
-              "matmul peak")
+        print(
+            f"FLOP rate, {key}: {rate * FLOP_PER_MODEL_STEP / 1e9:.2f} GFLOP/s = {fraction:.1%} of one core's "
+            "matmul peak"
+        )
 
 
 def main() -> None:
@@ -241,8 +275,13 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true", help="skip (c), which takes minutes")
     parser.add_argument("--variants", default="abcdefgh", help="the variants to run, e.g. abde (default: all)")
     parser.add_argument("--digits", default=str(ROOT / "experiments" / "digits-grid.toml"))
-    parser.add_argument("--digits-set", action="append", default=[], metavar="KEY=V1,V2",
-                        help="override the digits experiment (as `tinytrain sweep --set`), e.g. steps=5")
+    parser.add_argument(
+        "--digits-set",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="override the digits experiment (as `tinytrain sweep --set`), e.g. steps=5",
+    )
     parser.add_argument("--skip-digits", action="store_true", help="skip (g) and (h), which take minutes")
     parser.add_argument("--digits-only", action="store_true", help="only (g) and (h)")
     args = parser.parse_args()
@@ -250,12 +289,15 @@ def main() -> None:
     keys = "".join(key for key in NAMES if key in chosen and not (args.skip_digits and key in "gh"))
     digits = [str(Path(args.digits).resolve()), *(part for value in args.digits_set for part in ("--set", value))]
     load_before = os.getloadavg()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; load average before: {load_before[0]:.2f}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; load average before: {load_before[0]:.2f}"
+    )
     peak_gflops, bandwidth = matmul_gflops(), copy_bandwidth()
     print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s; copy of 64 MiB: {bandwidth:.1f} GB/s")
-    walls, peaks, training, writers = measure(keys, str(Path(args.experiment).resolve()), args.repeat,
-                                              args.skip_naive, digits)
+    walls, peaks, training, writers = measure(
+        keys, str(Path(args.experiment).resolve()), args.repeat, args.skip_naive, digits
+    )
     print("\n| variant | median wall (s) | runs | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
     for key, values in walls.items():
         if values:
@@ -263,8 +305,10 @@ def main() -> None:
     print_ratios(walls, training)
     print_floors(training, peak_gflops, bandwidth)
     print_writers(walls, writers)
-    print(f"load average after: {os.getloadavg()[0]:.2f} (before: {load_before[0]:.2f}); figures taken while "
-          "other work ran are noisier, their ratios less so")
+    print(
+        f"load average after: {os.getloadavg()[0]:.2f} (before: {load_before[0]:.2f}); figures taken while "
+        "other work ran are noisier, their ratios less so"
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,14 @@ def main() -> None:
     parser.add_argument("--engine", choices=["sequential", "vmap"], default="sequential")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--runtime", metavar="THREADS,MKLDNN", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=V1,V2",
-                        help="override the experiment as `tinytrain sweep --set` does")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="override the experiment as `tinytrain sweep --set` does",
+    )
     args = parser.parse_args()
     engine, jobs = args.engine, args.jobs
     runtime = None
@@ -60,8 +66,10 @@ def main() -> None:
         results = [train(spec) for spec in specs]
     training, cpu = time.perf_counter() - training_started, time.process_time() - cpu_started
     model_steps = sum(len(result.losses) - 1 for result in results)
-    print(f"training_seconds={training:.4f} training_cpu_seconds={cpu:.4f} model_steps={model_steps} "
-          f"wall_seconds={time.perf_counter() - started:.4f}")
+    print(
+        f"training_seconds={training:.4f} training_cpu_seconds={cpu:.4f} model_steps={model_steps} "
+        f"wall_seconds={time.perf_counter() - started:.4f}"
+    )
 
 
 if __name__ == "__main__":

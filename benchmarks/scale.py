@@ -51,8 +51,9 @@ def measure(experiment: str, repeat: int) -> dict:
                 store = scratch / f"a{index}" / "mlflow.db"
                 usage = scratch / f"a{index}.usage"
                 os.environ["TINYTRAIN_WRITER_USAGE"] = str(usage)
-                wall, rss, _ = run([str(BIN / "tinytrain"), "sweep", experiment, "--quiet", "--tracking-uri",
-                                    str(store)], ROOT)
+                wall, rss, _ = run(
+                    [str(BIN / "tinytrain"), "sweep", experiment, "--quiet", "--tracking-uri", str(store)], ROOT
+                )
                 del os.environ["TINYTRAIN_WRITER_USAGE"]
                 writer = json.loads(usage.read_text().splitlines()[-1])
                 times["a"] = wall
@@ -64,19 +65,32 @@ def measure(experiment: str, repeat: int) -> dict:
                 times["rss_b"] = rss_b
         times["load"] = load()
         rounds.append(times)
-        print(f"    a {times['a']:.1f} s, b {times['b']:.1f} s, a/b {times['a'] / times['b']:.3f}, writer "
-              f"{times['writer_cpu'] / runs * 1000:.1f} ms CPU a run, peak RSS a {times['rss']:.0f} MiB, "
-              f"load {times['load']}", flush=True)
+        print(
+            f"    a {times['a']:.1f} s, b {times['b']:.1f} s, a/b {times['a'] / times['b']:.3f}, writer "
+            f"{times['writer_cpu'] / runs * 1000:.1f} ms CPU a run, peak RSS a {times['rss']:.0f} MiB, "
+            f"load {times['load']}",
+            flush=True,
+        )
     reads = {}
-    for name, command in (("compare", ["compare", "--experiment", load_experiment(ROOT / experiment).name]),
-                          ("plot", ["plot", "--experiment", load_experiment(ROOT / experiment).name, "--out",
-                                    str(scratch / "curves.png")]),
-                          ("dry-run", ["sweep", experiment, "--dry-run"])):
+    for name, command in (
+        ("compare", ["compare", "--experiment", load_experiment(ROOT / experiment).name]),
+        (
+            "plot",
+            ["plot", "--experiment", load_experiment(ROOT / experiment).name, "--out", str(scratch / "curves.png")],
+        ),
+        ("dry-run", ["sweep", experiment, "--dry-run"]),
+    ):
         walls = [run([str(BIN / "tinytrain"), *command, "--tracking-uri", str(store)], ROOT)[0] for _ in range(3)]
         reads[name] = statistics.median(walls)
     artifacts = folder_bytes(store.parent / "artifacts") / runs
-    return {"experiment": experiment, "runs": runs, "rounds": rounds, "reads": reads,
-            "artifact_bytes_per_run": artifacts, "database_bytes": store.stat().st_size}
+    return {
+        "experiment": experiment,
+        "runs": runs,
+        "rounds": rounds,
+        "reads": reads,
+        "artifact_bytes_per_run": artifacts,
+        "database_bytes": store.stat().st_size,
+    }
 
 
 def main() -> None:
@@ -86,18 +100,22 @@ def main() -> None:
     args = parser.parse_args()
     results = [measure(experiment, args.repeat) for experiment in args.experiment or ["experiments/scale-1k.toml"]]
     print()
-    print("| experiment | runs | (a) sweep wall (s) | (b) plain loop (s) | a/b by round | writer CPU a run | "
-          "peak RSS (a) | compare | plot | dry-run | artifacts a run |")
+    print(
+        "| experiment | runs | (a) sweep wall (s) | (b) plain loop (s) | a/b by round | writer CPU a run | "
+        "peak RSS (a) | compare | plot | dry-run | artifacts a run |"
+    )
     print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for result in results:
         rounds, runs = result["rounds"], result["runs"]
         ratios = ", ".join(f"{r['a'] / r['b']:.3f}" for r in rounds)
         writer = statistics.median(r["writer_cpu"] for r in rounds) / runs * 1000
         reads = result["reads"]
-        print(f"| {result['experiment']} | {runs} | {statistics.median(r['a'] for r in rounds):.1f} | "
-              f"{statistics.median(r['b'] for r in rounds):.1f} | {ratios} | {writer:.1f} ms | "
-              f"{max(r['rss'] for r in rounds):.0f} MiB | {reads['compare']:.2f} s | {reads['plot']:.2f} s | "
-              f"{reads['dry-run']:.2f} s | {result['artifact_bytes_per_run'] / 1000:.0f} KB |")
+        print(
+            f"| {result['experiment']} | {runs} | {statistics.median(r['a'] for r in rounds):.1f} | "
+            f"{statistics.median(r['b'] for r in rounds):.1f} | {ratios} | {writer:.1f} ms | "
+            f"{max(r['rss'] for r in rounds):.0f} MiB | {reads['compare']:.2f} s | {reads['plot']:.2f} s | "
+            f"{reads['dry-run']:.2f} s | {result['artifact_bytes_per_run'] / 1000:.0f} KB |"
+        )
     print(f"\nload average at the end: {load()}")
 
 

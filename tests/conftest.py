@@ -47,8 +47,9 @@ def wait_for_health(url: str, process: subprocess.Popen, log: Path) -> None:
 
 def start_in_own_group(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("w") as output:
-        return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
 
 def stop_group(process: subprocess.Popen) -> None:

@@ -41,8 +41,17 @@ def gradient_check(
     from tinytrain.model import LeNet
     from tinytrain.problems import loss_function, make_problem
 
-    where = RunSpec(optimizer="sgd", kind="sgd", lr=1.0, seed=seed, data_seed=data_seed, target_index=target_index,
-                    problem=problem, loss=loss, batch_size=batch_size)
+    where = RunSpec(
+        optimizer="sgd",
+        kind="sgd",
+        lr=1.0,
+        seed=seed,
+        data_seed=data_seed,
+        target_index=target_index,
+        problem=problem,
+        loss=loss,
+        batch_size=batch_size,
+    )
     x, labels = make_problem(where).fixed_batch()
     x, loss_of = x.double(), loss_function(loss)
     torch.manual_seed(seed)
@@ -65,8 +74,9 @@ def gradient_check(
     return checks
 
 
-def _check_tensor(name: str, parameter: torch.nn.Parameter, indices: list[int],
-                  objective: Callable[[], torch.Tensor], eps: float) -> TensorCheck:
+def _check_tensor(
+    name: str, parameter: torch.nn.Parameter, indices: list[int], objective: Callable[[], torch.Tensor], eps: float
+) -> TensorCheck:
     """The worst errors over the given entries of one parameter tensor (its .grad holds autograd's gradient)."""
     flat, analytic = parameter.data.view(-1), parameter.grad.view(-1)
     worst_relative = worst_absolute = 0.0

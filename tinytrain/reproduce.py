@@ -81,8 +81,10 @@ class Verdict:
         kept = [f"{checkpoints} checkpoint(s)"] * bool(checkpoints) + [f"{models} LoggedModel(s)"] * bool(models)
         weights = f", {' and '.join(kept)} ({self.tensors} tensors)" if kept else ""
         tail = "" if weights else f"; no checkpoint: its record says it {self.outcome}"
-        return (f"identical: run {self.run_id} retrained from its record gives all {self.losses} logged losses, "
-                f"{self.values} other metric value(s){weights} bit for bit{tail}")
+        return (
+            f"identical: run {self.run_id} retrained from its record gives all {self.losses} logged losses, "
+            f"{self.values} other metric value(s){weights} bit for bit{tail}"
+        )
 
 
 def as_stored(value: float) -> float:
@@ -100,13 +102,19 @@ def same_bits(logged: float, retrained: float) -> bool:
 def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -> Verdict:
     """Train the record's spec again; compare key, outcome, every metric and all the weights it keeps."""
     verdict = Verdict(record.run_id, current_outcome(record.outcome))
-    verdict.notes = [f"recorded {name} {record.tags[key]}, running {current}"
-                     for name, key, current in (("torch", "tinytrain.torch", torch.__version__),)
-                     if record.tags.get(key) not in (None, current)]
+    verdict.notes = [
+        f"recorded {name} {record.tags[key]}, running {current}"
+        for name, key, current in (("torch", "tinytrain.torch", torch.__version__),)
+        if record.tags.get(key) not in (None, current)
+    ]
     if record.logged_key != record.spec.key:
-        verdict.differences.append(Difference(
-            "params", f"they give run key {record.spec.key}, the run's tag says {record.logged_key}: the params "
-                      "or the key were changed, or another version of tinytrain wrote them"))
+        verdict.differences.append(
+            Difference(
+                "params",
+                f"they give run key {record.spec.key}, the run's tag says {record.logged_key}: the params "
+                "or the key were changed, or another version of tinytrain wrote them",
+            )
+        )
     result = retrain(record.spec)
     if current_outcome(record.outcome) != result.outcome:
         verdict.differences.append(Difference("outcome", f"logged {record.outcome}, retrained {result.outcome}"))
@@ -128,11 +136,13 @@ def compare_metrics(logged: dict[str, History], retrained: dict[str, History], v
     names = sorted((set(logged) | set(retrained)) - set(TIMING_METRICS), key=lambda name: (name != "loss", name))
     for name in names:
         if name not in logged:
-            verdict.differences.append(Difference(
-                f"metric {name}", f"missing from the record; training logs {len(retrained[name])} value(s)"))
+            verdict.differences.append(
+                Difference(f"metric {name}", f"missing from the record; training logs {len(retrained[name])} value(s)")
+            )
         elif name not in retrained:
-            verdict.differences.append(Difference(
-                f"metric {name}", f"logged ({len(logged[name])} value(s)), but training does not produce it"))
+            verdict.differences.append(
+                Difference(f"metric {name}", f"logged ({len(logged[name])} value(s)), but training does not produce it")
+            )
         else:
             difference = compare_history(name, logged[name], retrained[name])
             if difference is not None:
@@ -148,20 +158,30 @@ def compare_history(name: str, logged: History, retrained: History) -> Differenc
     """The first place where a logged history and the retrained one part: a step, a value or an end."""
     for (step, value), (retrained_step, retrained_value) in zip(logged, retrained, strict=False):
         if step != retrained_step:
-            return Difference(f"metric {name}", f"logged {value!r} at step {step}, where training logs step "
-                                                f"{retrained_step} ({retrained_value!r})")
+            return Difference(
+                f"metric {name}",
+                f"logged {value!r} at step {step}, where training logs step {retrained_step} ({retrained_value!r})",
+            )
         if not same_bits(value, retrained_value):
             retrained_value = as_stored(retrained_value)
-            return Difference(f"metric {name} at step {step}", f"logged {value!r}, retrained {retrained_value!r} "
-                                                               f"(difference {abs(value - retrained_value):.3g})")
+            return Difference(
+                f"metric {name} at step {step}",
+                f"logged {value!r}, retrained {retrained_value!r} (difference {abs(value - retrained_value):.3g})",
+            )
     if len(logged) < len(retrained):
         last = f"ends at step {logged[-1][0]}" if logged else "is empty"
-        return Difference(f"metric {name}", f"the record {last}, training goes on to step {retrained[-1][0]} "
-                                            f"({len(retrained) - len(logged)} value(s) missing: truncated)")
+        return Difference(
+            f"metric {name}",
+            f"the record {last}, training goes on to step {retrained[-1][0]} "
+            f"({len(retrained) - len(logged)} value(s) missing: truncated)",
+        )
     if len(logged) > len(retrained):
         step, value = logged[len(retrained)]
-        return Difference(f"metric {name}", f"the record has {len(logged) - len(retrained)} value(s) more than "
-                                            f"training logs, from {value!r} at step {step}")
+        return Difference(
+            f"metric {name}",
+            f"the record has {len(logged) - len(retrained)} value(s) more than "
+            f"training logs, from {value!r} at step {step}",
+        )
     return None
 
 
@@ -181,20 +201,31 @@ def expected_weights(record: Record, result: RunResult) -> dict[int, StateDict |
     return {step: retrained.get(step) for step in (*record.spec.checkpoint_steps, record.spec.steps)}
 
 
-def compare_weights(kind: str, logged: dict[int, StateDict], expected: dict[int, StateDict | None],
-                    unreadable: dict[tuple[str, int], str], verdict: Verdict) -> None:
+def compare_weights(
+    kind: str,
+    logged: dict[int, StateDict],
+    expected: dict[int, StateDict | None],
+    unreadable: dict[tuple[str, int], str],
+    verdict: Verdict,
+) -> None:
     """Each expected checkpoint (or LoggedModel) is in the record, tensor for tensor; none is extra."""
     label = "checkpoint" if kind == "checkpoint" else "LoggedModel"
     for step in sorted(set(expected) | set(logged)):
         where = f"{label} at step {step}"
         if step not in expected:
-            verdict.differences.append(Difference(
-                where, f"in the record, but a {verdict.outcome} run of these settings keeps none there"))
+            verdict.differences.append(
+                Difference(where, f"in the record, but a {verdict.outcome} run of these settings keeps none there")
+            )
         elif step not in logged:
-            reason = unreadable.get((kind, step), "not in the run's artifacts" if kind == "checkpoint"
-                                    else "the run has no LoggedModel at this step")
-            verdict.differences.append(Difference(where, f"missing ({reason}); the record says the run "
-                                                         f"{verdict.outcome}, so it keeps these weights"))
+            reason = unreadable.get(
+                (kind, step),
+                "not in the run's artifacts" if kind == "checkpoint" else "the run has no LoggedModel at this step",
+            )
+            verdict.differences.append(
+                Difference(
+                    where, f"missing ({reason}); the record says the run {verdict.outcome}, so it keeps these weights"
+                )
+            )
         elif expected[step] is not None:
             verdict.weights[kind] += 1
             difference = compare_state_dicts(where, logged[step], expected[step], verdict)
@@ -211,11 +242,13 @@ def compare_state_dicts(where: str, logged: StateDict, retrained: StateDict, ver
         mine, theirs = torch.as_tensor(logged[name]), torch.as_tensor(retrained[name])
         verdict.tensors += 1
         if mine.shape != theirs.shape:
-            return Difference(f"{where}, tensor {name}", f"shape {tuple(mine.shape)} logged, "
-                                                         f"{tuple(theirs.shape)} retrained")
+            return Difference(
+                f"{where}, tensor {name}", f"shape {tuple(mine.shape)} logged, {tuple(theirs.shape)} retrained"
+            )
         if not torch.equal(mine, theirs):
             index = int((mine != theirs).flatten().nonzero()[0])
             a, b = float(mine.flatten()[index]), float(theirs.flatten()[index])
-            return Difference(f"{where}, tensor {name}[{index}]",
-                              f"logged {a!r}, retrained {b!r} (difference {abs(a - b):.3g})")
+            return Difference(
+                f"{where}, tensor {name}[{index}]", f"logged {a!r}, retrained {b!r} (difference {abs(a - b):.3g})"
+            )
     return None

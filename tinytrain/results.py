@@ -21,6 +21,7 @@ def current_outcome(outcome: str | None) -> str | None:
     """A recorded outcome in today's names: converged (an older store's) is finished."""
     return FINISHED if outcome == LEGACY_FINISHED else outcome
 
+
 StateDict = dict[str, Any]  # parameter name -> tensor (torch.Tensor where training made it)
 
 # Metrics that measure the machine, not the training: wall time is never the same twice, so `reproduce`

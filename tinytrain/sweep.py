@@ -58,8 +58,13 @@ class SweepOutcome:
         parent = self.counts.parent_run_id
         if parent is None:
             return None
-        return runs_page_url(self.uri, self.counts.experiment_id, search=sweep_search(parent, cells_only=True),
-                             charts=True, order_by="metrics.`rank`")
+        return runs_page_url(
+            self.uri,
+            self.counts.experiment_id,
+            search=sweep_search(parent, cells_only=True),
+            charts=True,
+            order_by="metrics.`rank`",
+        )
 
 
 @dataclass
@@ -123,14 +128,17 @@ def run_sweep(
             counts = recorder.close(status)
         finally:
             runner.close(abandon=abandon)
-    return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures,
-                        engines, notes)
+    return SweepOutcome(
+        experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures, engines, notes
+    )
 
 
 def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:
     if experiment.settings["engine"] == "vmap" and executor == "dask":
-        raise ConfigError("engine vmap trains its cells in batched nets on this machine (one per --jobs "
-                          "worker): drop --executor dask, or use engine sequential to spread runs over a cluster")
+        raise ConfigError(
+            "engine vmap trains its cells in batched nets on this machine (one per --jobs "
+            "worker): drop --executor dask, or use engine sequential to spread runs over a cluster"
+        )
 
 
 def _count_engine(runtime: dict[str, str], engines: dict[str, int], notes: list[str]) -> None:
@@ -173,8 +181,14 @@ class _progress:
         )
 
         self.bar = Progress(
-            TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            TextColumn("runs"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
         )
         self.bar.start()
         task = self.bar.add_task("runs", total=self.total, completed=self.already)

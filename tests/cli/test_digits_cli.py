@@ -51,7 +51,11 @@ def test_each_run_logs_test_metrics_and_the_new_settings(store):
     for run in cell_runs(store["uri"]):
         params, metrics = run.data.params, run.data.metrics
         assert {k: params[k] for k in ("problem", "loss", "batch_size", "eval_every")} == {
-            "problem": "digits", "loss": "mse", "batch_size": "8", "eval_every": "2"}
+            "problem": "digits",
+            "loss": "mse",
+            "batch_size": "8",
+            "eval_every": "2",
+        }
         history = client(store["uri"]).get_metric_history(run.info.run_id, "test_accuracy")
         assert sorted(metric.step for metric in history) == [0, 2, 4]
         assert metrics["final_test_accuracy"] == max(history, key=lambda m: m.step).value
@@ -66,8 +70,19 @@ def test_a_second_sweep_resumes_every_cell(store):
 
 
 def test_compare_on_test_accuracy_ranks_the_highest_mean_first(store):
-    result = invoke(["compare", "--experiment", NAME, "--metric", "test_accuracy", "--format", "json",
-                     "--tracking-uri", store["uri"]])
+    result = invoke(
+        [
+            "compare",
+            "--experiment",
+            NAME,
+            "--metric",
+            "test_accuracy",
+            "--format",
+            "json",
+            "--tracking-uri",
+            store["uri"],
+        ]
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)["rows"]
     expected: dict[tuple[str, float], list[float]] = {}
@@ -76,7 +91,8 @@ def test_compare_on_test_accuracy_ranks_the_highest_mean_first(store):
         expected.setdefault(cell, []).append(run.data.metrics["final_test_accuracy"])
     # an accuracy is compared as its error, 1 - accuracy: lower is better, and it spans decades near 1
     assert {(row["optimizer"], row["lr"]): row["mean"] for row in rows} == pytest.approx(
-        {cell: 1 - sum(values) / len(values) for cell, values in expected.items()})
+        {cell: 1 - sum(values) / len(values) for cell, values in expected.items()}
+    )
     ranked = sorted(rows, key=lambda row: row["rank"])
     assert [row["geomean"] for row in ranked] == sorted(row["geomean"] for row in rows)
     table = invoke(["compare", "--experiment", NAME, "--metric", "test_accuracy", "--tracking-uri", store["uri"]])
@@ -85,15 +101,18 @@ def test_compare_on_test_accuracy_ranks_the_highest_mean_first(store):
 
 def test_compare_on_a_test_metric_of_a_one_sample_sweep_is_one_line(tmp_path):
     uri = f"sqlite:///{tmp_path / 'one' / 'mlflow.db'}"
-    done = invoke(["sweep", "--set", "steps=2", "--set", "optimizer=adam", "--set", "name=one", "--quiet",
-                   "--tracking-uri", uri])
+    done = invoke(
+        ["sweep", "--set", "steps=2", "--set", "optimizer=adam", "--set", "name=one", "--quiet", "--tracking-uri", uri]
+    )
     assert done.exit_code == 0, done.output
     result = invoke(["compare", "--experiment", "one", "--metric", "test_accuracy", "--tracking-uri", uri])
     assert result.exit_code == 2
     finished = sum(run.data.tags["tinytrain.outcome"] == "finished" for run in cell_runs(uri, "one"))
     assert 0 < finished < 9  # adam at lr 0.1 passes diverge_above: a diverged run measures nothing
-    assert result.output.endswith(f"has no test_accuracy for {finished} of its runs (the one-sample problem has "
-                                  "no test set): compare --metric final_loss\n")
+    assert result.output.endswith(
+        f"has no test_accuracy for {finished} of its runs (the one-sample problem has "
+        "no test set): compare --metric final_loss\n"
+    )
     assert len(result.output.splitlines()) == 1
 
 
@@ -106,8 +125,9 @@ def test_plot_draws_a_loss_and_a_test_accuracy_panel_per_optimizer(store, tmp_pa
 
 def test_the_sweep_summary_compares_test_accuracy(store, tmp_path):
     found = client(store["uri"]).get_experiment_by_name(NAME)
-    (parent, *_) = client(store["uri"]).search_runs([found.experiment_id], "tags.`tinytrain.kind` = 'sweep'",
-                                                    order_by=["attributes.start_time ASC"])
+    (parent, *_) = client(store["uri"]).search_runs(
+        [found.experiment_id], "tags.`tinytrain.kind` = 'sweep'", order_by=["attributes.start_time ASC"]
+    )
     path = client(store["uri"]).download_artifacts(parent.info.run_id, "compare.md", str(tmp_path))
     assert "test error (1 - test accuracy) after 4 steps" in Path(path).read_text()
 
@@ -117,9 +137,11 @@ def test_reproduce_checks_the_test_metrics_bit_for_bit(store):
     result = invoke(["reproduce", run.info.run_id, "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
     # 5 losses; test_loss and test_accuracy at steps 0, 2, 4 and their final values: 10 other values
-    assert result.output == (f"identical: run {run.info.run_id} retrained from its record gives all 5 logged "
-                             "losses, 10 other metric value(s), 1 LoggedModel(s) (10 tensors) "
-                             "bit for bit\n")
+    assert result.output == (
+        f"identical: run {run.info.run_id} retrained from its record gives all 5 logged "
+        "losses, 10 other metric value(s), 1 LoggedModel(s) (10 tensors) "
+        "bit for bit\n"
+    )
 
 
 def test_reproduce_finds_a_test_metric_that_the_record_changed(tmp_path):
@@ -130,8 +152,9 @@ def test_reproduce_finds_a_test_metric_that_the_record_changed(tmp_path):
     client(uri).log_metric(run_id, "test_accuracy", 0.5, step=2)  # a record that lies about the final accuracy
     result = invoke(["reproduce", run_id, "--tracking-uri", uri])
     assert result.exit_code == 1
-    assert result.output.startswith("differs at metric test_accuracy: the record has 1 value(s) more than training "
-                                    "logs, from ")
+    assert result.output.startswith(
+        "differs at metric test_accuracy: the record has 1 value(s) more than training logs, from "
+    )
 
 
 def test_run_on_digits_prints_the_test_accuracy(tmp_path):
@@ -142,21 +165,29 @@ def test_run_on_digits_prints_the_test_accuracy(tmp_path):
 
 
 def test_gradcheck_on_a_digits_minibatch():
-    result = invoke(["gradcheck", "--problem", "digits", "--loss", "cross_entropy", "--batch-size", "2",
-                     "--entries", "5"])
+    result = invoke(
+        ["gradcheck", "--problem", "digits", "--loss", "cross_entropy", "--batch-size", "2", "--entries", "5"]
+    )
     assert result.exit_code == 0, result.output
     assert "data: digits, cross_entropy, a fixed batch of 2 training images" in result.output
     assert result.output.endswith("gradcheck passed: every tensor within 0.0001\n")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "problem=digits", "--engine", "vmap"],
-     "Error: engine vmap trains problem one-sample with loss mse only, not problem digits with loss mse: use "
-     "engine sequential (--jobs N runs cells in parallel)\n"),
-    (["--set", "optimizer=adam,lion", "--engine", "vmap"],
-     "Error: engine vmap has no stacked update for lion (optimizer lion): use engine sequential, or one of sgd, "
-     "adam, adamw, rmsprop, adagrad\n"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--set", "problem=digits", "--engine", "vmap"],
+            "Error: engine vmap trains problem one-sample with loss mse only, not problem digits with loss mse: use "
+            "engine sequential (--jobs N runs cells in parallel)\n",
+        ),
+        (
+            ["--set", "optimizer=adam,lion", "--engine", "vmap"],
+            "Error: engine vmap has no stacked update for lion (optimizer lion): use engine sequential, or one of sgd, "
+            "adam, adamw, rmsprop, adagrad\n",
+        ),
+    ],
+)
 def test_the_vmap_engine_refuses_what_it_cannot_batch_and_writes_nothing(args, message, tmp_path):
     store = tmp_path / "refused"
     result = invoke(["sweep", *args, "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}"])
@@ -166,8 +197,17 @@ def test_the_vmap_engine_refuses_what_it_cannot_batch_and_writes_nothing(args, m
 
 def test_bad_digits_settings_are_one_line_and_write_nothing(tmp_path):
     store = tmp_path / "bad"
-    result = invoke(["sweep", "--set", "problem=digits", "--set", "batch_size=0",
-                     "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}"])
+    result = invoke(
+        [
+            "sweep",
+            "--set",
+            "problem=digits",
+            "--set",
+            "batch_size=0",
+            "--tracking-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+        ]
+    )
     assert (result.exit_code, result.output) == (2, "Error: batch_size must be an integer >= 1, got 0\n")
     assert not store.exists()
 
@@ -185,8 +225,10 @@ def losses_and_accuracy(uri: str) -> dict[str, tuple]:
     """run key -> (every loss, every test accuracy) as float.hex, read back from the store."""
     found = {}
     for run in cell_runs(uri):
-        histories = [sorted(client(uri).get_metric_history(run.info.run_id, name), key=lambda m: m.step)
-                     for name in ("loss", "test_accuracy")]
+        histories = [
+            sorted(client(uri).get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+            for name in ("loss", "test_accuracy")
+        ]
         found[run.data.tags["tinytrain.run_key"]] = tuple(tuple(m.value.hex() for m in h) for h in histories)
     return found
 
@@ -195,8 +237,12 @@ def losses_and_accuracy(uri: str) -> dict[str, tuple]:
 @pytest.mark.parametrize("executor", [["--jobs", "2"], ["--executor", "dask", "--jobs", "2"]])
 def test_the_pool_and_dask_give_the_in_process_numbers_on_digits(store, executor, tmp_path):
     uri = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
-    done = subprocess.run([sys.executable, "-m", "tinytrain", "sweep", str(store["grid"]), *executor,
-                           "--tracking-uri", uri, "--quiet"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "tinytrain", "sweep", str(store["grid"]), *executor, "--tracking-uri", uri, "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert losses_and_accuracy(uri) == losses_and_accuracy(store["uri"])

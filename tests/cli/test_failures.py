@@ -42,20 +42,24 @@ def test_tinytrain_run_of_a_failing_run_is_one_line_and_exit_1(sgd_fails, store_
     assert result.exit_code == 1, result.output
     (run,) = children(store_uri, "optimizer-grid")
     assert result.stdout == ""
-    assert result.stderr == (f"sgd-lr0.01-seed0: failed: RuntimeError: out of memory (made by the test); "
-                             f"run {run.info.run_id}\n")
+    assert result.stderr == (
+        f"sgd-lr0.01-seed0: failed: RuntimeError: out of memory (made by the test); run {run.info.run_id}\n"
+    )
     assert run.info.status == "FAILED"
     assert run.data.tags["tinytrain.error"] == "RuntimeError: out of memory (made by the test)"
 
 
-def test_a_failed_cell_is_trained_by_the_next_sweep_and_reports_name_it_until_then(sgd_fails, store_uri,
-                                                                                   experiment_file, tmp_path):
+def test_a_failed_cell_is_trained_by_the_next_sweep_and_reports_name_it_until_then(
+    sgd_fails, store_uri, experiment_file, tmp_path
+):
     path = experiment_file(GRID)
     first = invoke(["sweep", path, "--quiet"])
     assert first.exit_code == 1
     assert "2 runs: 2 trained (1 finished, 0 diverged, 1 failed), 0 already done" in first.stdout
-    note = ("note: 1 of 2 cells have no finished run (failed, killed or not run yet: sgd-lr0.01-seed0); run the "
-            "sweep again to fill them\n")
+    note = (
+        "note: 1 of 2 cells have no finished run (failed, killed or not run yet: sgd-lr0.01-seed0); run the "
+        "sweep again to fill them\n"
+    )
     compare = invoke(["compare", "--experiment", "failures", "--format", "json"])
     assert compare.exit_code == 0 and compare.stderr == note
     assert [row["optimizer"] for row in json.loads(compare.stdout)["rows"]] == ["adam"]

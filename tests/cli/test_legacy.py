@@ -54,13 +54,22 @@ def legacy_store(store_uri, tmp_path):
         old = replace(spec, diverge_above=None)  # what that version trained: only a non-finite loss stopped it
         result = train(old)
         outcome = "converged" if result.outcome == "finished" else result.outcome
-        run = client.create_run(experiment_id, run_name=spec.run_name, tags={
-            "tinytrain.kind": "run", "tinytrain.run_key": old.key, "tinytrain.outcome": outcome,
-            "mlflow.parentRunId": parent}).info.run_id
+        run = client.create_run(
+            experiment_id,
+            run_name=spec.run_name,
+            tags={
+                "tinytrain.kind": "run",
+                "tinytrain.run_key": old.key,
+                "tinytrain.outcome": outcome,
+                "mlflow.parentRunId": parent,
+            },
+        ).info.run_id
         params = [Param(k, v) for k, v in spec.params().items() if k != "diverge_above"]
         metrics = [Metric("loss", v, 0, step) for step, v in enumerate(result.losses)]
-        metrics += [Metric("initial_loss", result.initial_loss, 0, 0),
-                    Metric("final_loss", result.final_loss, 0, len(result.losses) - 1)]
+        metrics += [
+            Metric("initial_loss", result.initial_loss, 0, 0),
+            Metric("final_loss", result.final_loss, 0, len(result.losses) - 1),
+        ]
         client.log_batch(run, metrics=metrics, params=params)
         if result.final_weights is not None:  # as that version kept them: a state dict and a pickled net
             path = tmp_path / "final.pt"
@@ -91,7 +100,8 @@ def test_an_old_store_compares_and_reproduces(legacy_store):
     rows = {(row["optimizer"], row["lr"]): row for row in json.loads(compared.output)["rows"]}
     assert rows[("rmsprop", 0.1)]["seeds"] == 2 and rows[("rmsprop", 0.1)]["diverged"] == 0
     assert rows[("rmsprop", 0.1)]["median"] == pytest.approx(
-        10 ** ((math.log10(result.final_loss) + math.log10(runs["rmsprop-lr0.1-seed1"][2].final_loss)) / 2))
+        10 ** ((math.log10(result.final_loss) + math.log10(runs["rmsprop-lr0.1-seed1"][2].final_loss)) / 2)
+    )
     reproduced = invoke("reproduce", run_id, "--tracking-uri", uri)
     assert reproduced.exit_code == 0, reproduced.output
     assert reproduced.output.startswith(f"identical: run {run_id} retrained from its record gives all 101 logged")
@@ -103,7 +113,8 @@ def test_an_old_sweep_keeps_its_cells_and_a_new_one_trains_them_under_the_bound(
     again = invoke("sweep", "--from-run", legacy_store["parent"], "--dry-run", "--tracking-uri", uri)
     assert again.exit_code == 0, again.output
     assert again.output.endswith("legacy: 4 runs, 0 to run, 4 already done (dry run: nothing written)\n")
-    path = experiment_file('name = "legacy"\nsteps = 100\n[grid]\noptimizer = ["adam", "rmsprop"]\n'
-                           'lr = [0.1]\nseed = [0, 1]\n')
+    path = experiment_file(
+        'name = "legacy"\nsteps = 100\n[grid]\noptimizer = ["adam", "rmsprop"]\nlr = [0.1]\nseed = [0, 1]\n'
+    )
     new = invoke("sweep", path, "--dry-run", "--tracking-uri", uri)
     assert new.output.endswith("legacy: 4 runs, 4 to run, 0 already done (dry run: nothing written)\n")

@@ -63,15 +63,19 @@ def recomputed(uri: str) -> dict[tuple[str, float], dict]:
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(NAME)
-    runs = [run for run in client.search_runs([experiment.experiment_id], max_results=1000)
-            if run.data.tags.get("tinytrain.kind") == "run" and run.info.status == "FINISHED"]
+    runs = [
+        run
+        for run in client.search_runs([experiment.experiment_id], max_results=1000)
+        if run.data.tags.get("tinytrain.kind") == "run" and run.info.status == "FINISHED"
+    ]
     cells: dict[tuple[str, float], list] = {}
     for run in runs:
         cells.setdefault((run.data.params["optimizer"], float(run.data.params["lr"])), []).append(run)
     expected = {}
     for cell, cell_runs in cells.items():
-        finals = np.array([run.data.metrics["final_loss"] for run in cell_runs
-                           if run.data.tags["tinytrain.outcome"] == "finished"])
+        finals = np.array(
+            [run.data.metrics["final_loss"] for run in cell_runs if run.data.tags["tinytrain.outcome"] == "finished"]
+        )
         logs = np.log10(finals)
         expected[cell] = {
             "seeds": len(cell_runs),
@@ -116,7 +120,8 @@ def test_a_second_sweep_that_skips_every_cell_compares_to_the_same_rows(store):
 
     client = mlflow.MlflowClient(store["uri"])
     second_children = client.search_runs(
-        [client.get_experiment_by_name(NAME).experiment_id], f"tags.mlflow.parentRunId = '{store['second']}'")
+        [client.get_experiment_by_name(NAME).experiment_id], f"tags.mlflow.parentRunId = '{store['second']}'"
+    )
     # only its cell summaries: its cells' runs can only be found by their run keys
     assert {run.data.tags["tinytrain.kind"] for run in second_children} == {"cell"} and len(second_children) == 6
     assert compare_json(store, store["second"]) == compare_json(store, store["first"])
@@ -138,9 +143,27 @@ def test_compare_table_and_markdown_render(store):
     best = rows[0]
     table = compare(store).splitlines()
     assert table[0].startswith(f"{NAME}: sweep ")
-    assert table[2].split() == ["rank", "optimizer", "lr", "steps", "to", "0.001", "final", "loss", "median",
-                                "[95%", "CI]", "IQM", "p_better", "p", "(Holm)", "vs", "baseline", "seeds",
-                                "diverged"]
+    assert table[2].split() == [
+        "rank",
+        "optimizer",
+        "lr",
+        "steps",
+        "to",
+        "0.001",
+        "final",
+        "loss",
+        "median",
+        "[95%",
+        "CI]",
+        "IQM",
+        "p_better",
+        "p",
+        "(Holm)",
+        "vs",
+        "baseline",
+        "seeds",
+        "diverged",
+    ]
     first = table[4].split()
     assert first[:3] == ["1", best["optimizer"], f"{best['lr']:g}"]
     assert first[3:5] == ["not", "reached"]  # 3 steps: nothing gets to 1e-3
@@ -149,11 +172,15 @@ def test_compare_table_and_markdown_render(store):
     assert table[-1].startswith("Ranked by the median steps to a loss <= 0.001")
     assert table[-1].endswith("with 2 seeds (Holm-corrected p >= 0.05).")
     markdown = compare(store, "--format", "markdown").splitlines()
-    assert markdown[2] == ("| rank | optimizer | lr | steps to 0.001 | final loss median [95% CI] | IQM | p_better "
-                           "| p (Holm) | vs baseline | seeds | diverged |")
+    assert markdown[2] == (
+        "| rank | optimizer | lr | steps to 0.001 | final loss median [95% CI] | IQM | p_better "
+        "| p (Holm) | vs baseline | seeds | diverged |"
+    )
     assert markdown[4].startswith(f"| 1 | {best['optimizer']} | {best['lr']:g} | not reached (2/2) | ")
-    assert markdown[-4:-2] == ["| — | sgd | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |",
-                               "| — | adam | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |"]
+    assert markdown[-4:-2] == [
+        "| — | sgd | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |",
+        "| — | adam | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |",
+    ]
 
 
 def test_compare_sorts_by_any_column(store):
@@ -185,27 +212,35 @@ def test_before_after_lists_each_seed_and_the_mean(store):
 def test_compare_errors_are_one_line(store):
     result = invoke(["compare", "--experiment", "nope", "--tracking-uri", store["uri"]])
     assert result.exit_code == 1
-    assert result.output == (f"Error: no experiment 'nope' in {store['uri']}: run `tinytrain sweep` first, "
-                             "or check --experiment and --tracking-uri\n")
+    assert result.output == (
+        f"Error: no experiment 'nope' in {store['uri']}: run `tinytrain sweep` first, "
+        "or check --experiment and --tracking-uri\n"
+    )
     import mlflow
 
     client = mlflow.MlflowClient(store["uri"])
-    child = client.search_runs([client.get_experiment_by_name(NAME).experiment_id],
-                               "tags.`tinytrain.kind` = 'run'", max_results=1)[0].info.run_id
+    child = client.search_runs(
+        [client.get_experiment_by_name(NAME).experiment_id], "tags.`tinytrain.kind` = 'run'", max_results=1
+    )[0].info.run_id
     result = invoke(["compare", "--sweep", child, "--tracking-uri", store["uri"]])
     assert result.exit_code == 1
-    assert result.output == (f"Error: run {child} is not a sweep's parent run (tag tinytrain.kind=sweep): "
-                             "give the id of a sweep, or leave --sweep out for the latest one\n")
-    result = invoke(["compare", "--sweep", store["first"], "--experiment", "other",
-                     "--tracking-uri", store["uri"]])
+    assert result.output == (
+        f"Error: run {child} is not a sweep's parent run (tag tinytrain.kind=sweep): "
+        "give the id of a sweep, or leave --sweep out for the latest one\n"
+    )
+    result = invoke(["compare", "--sweep", store["first"], "--experiment", "other", "--tracking-uri", store["uri"]])
     assert result.exit_code == 1 and "is a sweep of experiment 'compare-e2e', not 'other'" in result.output
     result = invoke(["compare", "--before-after", "--sort", "lr", "--tracking-uri", store["uri"]])
     assert result.exit_code == 2
-    assert result.output.endswith("Error: --sort and --vs are for the compare table; --before-after lists the "
-                                  "runs in grid order\n")
+    assert result.output.endswith(
+        "Error: --sort and --vs are for the compare table; --before-after lists the runs in grid order\n"
+    )
     for args, message in [
-        (["--vs", "adam@0.5"], "Error: --vs adam@0.5 is not a cell of this sweep: use one of sgd@0.001, sgd@0.01, "
-                               "sgd@1000, adam@0.001, adam@0.01, adam@1000\n"),
+        (
+            ["--vs", "adam@0.5"],
+            "Error: --vs adam@0.5 is not a cell of this sweep: use one of sgd@0.001, sgd@0.01, "
+            "sgd@1000, adam@0.001, adam@0.01, adam@1000\n",
+        ),
         (["--vs", "adam"], "Error: --vs 'adam' must name a cell as OPTIMIZER@LR, for example adam@0.001\n"),
         (["--target", "0"], "Error: --target must be a finite loss > 0, got 0.0\n"),
     ]:
@@ -236,8 +271,10 @@ def test_time_to_target_and_the_paired_numbers_equal_a_recomputation_from_mlflow
     raw_p = {}
     for row in rows:
         cell = cells[(row["optimizer"], row["lr"])]
-        reached = [None if outcome == "diverged" else next((i for i, v in enumerate(losses) if v <= 0.09), None)
-                   for outcome, losses in cell.values()]
+        reached = [
+            None if outcome == "diverged" else next((i for i, v in enumerate(losses) if v <= 0.09), None)
+            for outcome, losses in cell.values()
+        ]
         steps = np.median([math.inf if r is None else r for r in reached])
         assert row["steps_to_target"] == (None if math.isinf(steps) else steps)
         assert row["not_reached"] == sum(r is None for r in reached)
@@ -318,8 +355,9 @@ def test_each_sweep_has_a_summary_run_per_cell_that_equals_compare_and_the_seeds
 
     client = mlflow.MlflowClient(store["uri"])
     experiment_id = client.get_experiment_by_name(NAME).experiment_id
-    summaries = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{store['first']}' and "
-                                   "tags.`tinytrain.kind` = 'cell'")
+    summaries = client.search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{store['first']}' and tags.`tinytrain.kind` = 'cell'"
+    )
     rows = {(row["optimizer"], row["lr"]): row for row in compare_json(store, store["first"])}
     assert len(summaries) == len(rows) == 6
     for run in summaries:
@@ -328,24 +366,36 @@ def test_each_sweep_has_a_summary_run_per_cell_that_equals_compare_and_the_seeds
         metrics = run.data.metrics
         for column in ("median", "ci_low", "ci_high", "iqm"):
             value = row[column]
-            assert metrics.get(f"log10_final_loss_{column}") == (None if value is None else
-                                                                 pytest.approx(math.log10(value))), column
-        for metric, column in [("p_value", "p_value"), ("p_better", "p_better"), ("rank", "rank"),
-                               ("seeds_diverged", "diverged"), ("steps_to_target", "steps_to_target")]:
+            assert metrics.get(f"log10_final_loss_{column}") == (
+                None if value is None else pytest.approx(math.log10(value))
+            ), column
+        for metric, column in [
+            ("p_value", "p_value"),
+            ("p_better", "p_better"),
+            ("rank", "rank"),
+            ("seeds_diverged", "diverged"),
+            ("steps_to_target", "steps_to_target"),
+        ]:
             assert metrics.get(metric) == (None if row[column] is None else pytest.approx(row[column])), metric
-        cell = [r for r in client.search_runs([experiment_id], "tags.`tinytrain.kind` = 'run'")
-                if (r.data.params["optimizer"], float(r.data.params["lr"])) == (row["optimizer"], row["lr"])
-                and r.data.tags["tinytrain.outcome"] != "diverged"]
+        cell = [
+            r
+            for r in client.search_runs([experiment_id], "tags.`tinytrain.kind` = 'run'")
+            if (r.data.params["optimizer"], float(r.data.params["lr"])) == (row["optimizer"], row["lr"])
+            and r.data.tags["tinytrain.outcome"] != "diverged"
+        ]
         median = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
         if not cell:
             assert median == []  # every seed diverged: no curve
             continue
-        histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)]
-                     for r in cell]
+        histories = [
+            [m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)]
+            for r in cell
+        ]
         assert [m.value for m in median] == pytest.approx(list(np.median(histories, axis=0)), rel=1e-6)
     assert len(finished_keys_readonly(store["uri"], NAME)) == 12
-    assert invoke(["sweep", str(store["folder"] / "grid.toml"), "--dry-run", "--tracking-uri", store["uri"]]
-                  ).output.endswith("12 runs, 0 to run, 12 already done (dry run: nothing written)\n")
+    assert invoke(
+        ["sweep", str(store["folder"] / "grid.toml"), "--dry-run", "--tracking-uri", store["uri"]]
+    ).output.endswith("12 runs, 0 to run, 12 already done (dry run: nothing written)\n")
 
 
 @pytest.mark.store  # writes a store of its own (no fixture of conftest's marks it)
@@ -360,8 +410,12 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
     result = train(experiment.specs()[0])
     parents = {}
     # with a finished cell: only the status decides; without one: no summary even for a finished sweep
-    for case, status, results in (("interrupted", "KILLED", [result]), ("failed", "FAILED", [result]),
-                                  ("empty", "FINISHED", []), ("finished", "FINISHED", [result])):
+    for case, status, results in (
+        ("interrupted", "KILLED", [result]),
+        ("failed", "FAILED", [result]),
+        ("empty", "FINISHED", []),
+        ("finished", "FINISHED", [result]),
+    ):
         recorder = Recorder(uri, summary.SweepSummary())
         recorder.open(experiment, experiment.specs(), finished={}, force=True)
         for each in results:
@@ -374,7 +428,11 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
         assert [item.path for item in client.list_artifacts(parents[case])] == ["experiment.toml"], case
         assert "tinytrain.error" not in client.get_run(parents[case]).data.tags
     assert [item.path for item in client.list_artifacts(parents["finished"])] == [
-        "compare.csv", "compare.md", "experiment.toml", "loss-curves.png"]
+        "compare.csv",
+        "compare.md",
+        "experiment.toml",
+        "loss-curves.png",
+    ]
 
 
 @pytest.mark.store
@@ -396,9 +454,11 @@ def test_the_writer_logs_the_summary_the_sweeps_process_made_or_tags_why_it_coul
     results = [train(spec) for spec in experiment.specs()[:2]]
     uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
     parents, counts = {}, {}
-    for case, made_by in (("in process", Recorder(uri, summary.SweepSummary())),
-                          ("background", BackgroundRecorder(uri, summary.SweepSummary())),
-                          ("broken", BackgroundRecorder(uri, Broken()))):
+    for case, made_by in (
+        ("in process", Recorder(uri, summary.SweepSummary())),
+        ("background", BackgroundRecorder(uri, summary.SweepSummary())),
+        ("broken", BackgroundRecorder(uri, Broken())),
+    ):
         made_by.open(experiment, experiment.specs()[:2], finished={}, force=True)
         for result in results:
             made_by.run_started(result.spec)
@@ -409,13 +469,19 @@ def test_the_writer_logs_the_summary_the_sweeps_process_made_or_tags_why_it_coul
 
     def files(case: str) -> dict[str, bytes]:
         folder = client.download_artifacts(parents[case], "", str(tmp_path / case))
-        return {path.name: path.read_bytes().replace(parents[case].encode(), b"PARENT")  # the title names it
-                for path in Path(folder).iterdir() if path.suffix in (".md", ".csv")}
+        return {
+            path.name: path.read_bytes().replace(parents[case].encode(), b"PARENT")  # the title names it
+            for path in Path(folder).iterdir()
+            if path.suffix in (".md", ".csv")
+        }
 
     assert files("background") == files("in process") and set(files("background")) == {"compare.md", "compare.csv"}
-    cells = [run for run in client.search_runs([counts["background"].experiment_id])
-             if run.data.tags.get("mlflow.parentRunId") == parents["background"]
-             and run.data.tags.get("tinytrain.kind") == "cell"]
+    cells = [
+        run
+        for run in client.search_runs([counts["background"].experiment_id])
+        if run.data.tags.get("mlflow.parentRunId") == parents["background"]
+        and run.data.tags.get("tinytrain.kind") == "cell"
+    ]
     assert len(cells) == len({(result.spec.optimizer, result.spec.lr) for result in results}) == 1  # two seeds
     broken = client.get_run(parents["broken"])
     assert broken.data.tags["tinytrain.error"] == "summary: RuntimeError: no room for the picture"
@@ -427,18 +493,22 @@ def test_the_writer_logs_the_summary_the_sweeps_process_made_or_tags_why_it_coul
 # the report functions on hand-made runs
 
 
-def cell_run(optimizer: str, lr: float, seed: int, final: float, outcome: str = "finished",
-             initial: float = 0.1) -> CellRun:
-    return CellRun(f"{optimizer}{lr}{seed}", "key", optimizer, lr, seed, outcome, initial, final,
-                   (initial, final))
+def cell_run(
+    optimizer: str, lr: float, seed: int, final: float, outcome: str = "finished", initial: float = 0.1
+) -> CellRun:
+    return CellRun(f"{optimizer}{lr}{seed}", "key", optimizer, lr, seed, outcome, initial, final, (initial, final))
 
 
 def test_summarize_uses_log10_for_the_geometric_mean_and_spread():
-    rows = report.summarize([
-        cell_run("adam", 0.1, 0, 1e-16), cell_run("adam", 0.1, 1, 1e-2),
-        cell_run("adam", 0.1, 2, math.nan, "diverged"),
-        cell_run("sgd", 0.1, 0, 0.5), cell_run("sgd", 0.1, 1, math.nan, "diverged"),
-    ])
+    rows = report.summarize(
+        [
+            cell_run("adam", 0.1, 0, 1e-16),
+            cell_run("adam", 0.1, 1, 1e-2),
+            cell_run("adam", 0.1, 2, math.nan, "diverged"),
+            cell_run("sgd", 0.1, 0, 0.5),
+            cell_run("sgd", 0.1, 1, math.nan, "diverged"),
+        ]
+    )
     adam, sgd = rows
     assert adam.geomean == pytest.approx(1e-9) and adam.log10_std == pytest.approx(math.sqrt(98))
     assert adam.mean == pytest.approx(0.005) and adam.min == 1e-16 and adam.max == 1e-2
@@ -464,8 +534,10 @@ def test_markdown_of_hand_made_rows_is_exact():
 
 
 def test_the_one_step_table_puts_the_mean_at_the_bottom():
-    runs = [cell_run("adam", 0.001, seed, final, initial=initial)
-            for seed, (initial, final) in enumerate([(0.1, 0.07), (0.09, 0.06)])]
+    runs = [
+        cell_run("adam", 0.001, seed, final, initial=initial)
+        for seed, (initial, final) in enumerate([(0.1, 0.07), (0.09, 0.06)])
+    ]
     sweep = SweepRecord("one-step-adam", "1", "abc", 1, 2, tuple(runs), ())
     rows = report.before_after(sweep.runs)
     text = report.render_before_after(rows, "table", report.before_after_title(sweep)).splitlines()

@@ -56,12 +56,16 @@ def copy_run(uri: str, run_id: str, params: dict | None = None, metrics: dict | 
     mlflow_client = client(uri)
     source = mlflow_client.get_run(run_id)
     copy = mlflow_client.create_run(source.info.experiment_id, tags=source.data.tags)
-    histories = {name: [(m.step, m.value) for m in mlflow_client.get_metric_history(run_id, name)]
-                 for name in source.data.metrics}
+    histories = {
+        name: [(m.step, m.value) for m in mlflow_client.get_metric_history(run_id, name)]
+        for name in source.data.metrics
+    }
     histories.update(metrics or {})
     mlflow_client.log_batch(
-        copy.info.run_id, params=[Param(k, v) for k, v in {**source.data.params, **(params or {})}.items()],
-        metrics=[Metric(name, value, 0, step) for name, history in histories.items() for step, value in history])
+        copy.info.run_id,
+        params=[Param(k, v) for k, v in {**source.data.params, **(params or {})}.items()],
+        metrics=[Metric(name, value, 0, step) for name, history in histories.items() for step, value in history],
+    )
     mlflow_client.set_terminated(copy.info.run_id)
     return copy.info.run_id
 
@@ -69,8 +73,10 @@ def copy_run(uri: str, run_id: str, params: dict | None = None, metrics: dict | 
 def test_a_fresh_record_is_identical_in_every_value(logged):
     result = reproduce(logged)
     assert result.exit_code == 0, result.output
-    assert result.output == (f"identical: run {logged} retrained from its record gives all 7 logged losses, "
-                             "2 other metric value(s), 2 LoggedModel(s) (20 tensors) bit for bit\n")
+    assert result.output == (
+        f"identical: run {logged} retrained from its record gives all 7 logged losses, "
+        "2 other metric value(s), 2 LoggedModel(s) (20 tensors) bit for bit\n"
+    )
 
 
 def model_folder(uri: str, run_id: str, step: int) -> tuple[str, Path]:
@@ -86,8 +92,10 @@ def test_a_deleted_final_checkpoint_is_missing_not_diverged(logged, store_uri):
     (folder / "data" / "model.pth").unlink()  # the checkpoint's only copy of the weights
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output == (f"differs at LoggedModel at step 6: missing (LoggedModel {model_id}: it has no "
-                             "data/model.pth); the record says the run finished, so it keeps these weights\n")
+    assert result.output == (
+        f"differs at LoggedModel at step 6: missing (LoggedModel {model_id}: it has no "
+        "data/model.pth); the record says the run finished, so it keeps these weights\n"
+    )
 
 
 def test_a_deleted_intermediate_checkpoint_is_named(logged, store_uri):
@@ -114,8 +122,10 @@ def test_a_logged_model_of_another_kind_is_refused(logged, store_uri):
     torch.save({"weights": [1, 2, 3]}, folder / "data" / "model.pth")
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output.startswith(f"differs at LoggedModel at step 6: missing (LoggedModel {model_id}: "
-                                    "data/model.pth holds a dict, not the LeNet's state dict)")
+    assert result.output.startswith(
+        f"differs at LoggedModel at step 6: missing (LoggedModel {model_id}: "
+        "data/model.pth holds a dict, not the LeNet's state dict)"
+    )
 
 
 def as_old_store(uri: str, run_id: str, folder: Path) -> None:
@@ -147,8 +157,10 @@ def test_an_old_stores_deleted_final_checkpoint_file_is_missing_not_diverged(log
     (run_folder(store_uri, logged) / "checkpoints" / "final.pt").unlink()
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output == ("differs at checkpoint at step 6: missing (not in the run's artifacts); the record "
-                             "says the run finished, so it keeps these weights\n")
+    assert result.output == (
+        "differs at checkpoint at step 6: missing (not in the run's artifacts); the record "
+        "says the run finished, so it keeps these weights\n"
+    )
 
 
 @pytest.mark.parametrize("metric", ["final_loss", "initial_loss"])
@@ -159,8 +171,9 @@ def test_a_changed_summary_loss_is_named(logged, store_uri, metric):
     assert mlflow_client.get_run(logged).data.metrics[metric] == 0.5  # what compare and the UI now read
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output.startswith(f"differs at metric {metric}: the record has 1 value(s) more than training "
-                                    f"logs, from ")
+    assert result.output.startswith(
+        f"differs at metric {metric}: the record has 1 value(s) more than training logs, from "
+    )
 
 
 def test_a_changed_loss_value_names_its_step_and_both_values(logged, store_uri):
@@ -173,7 +186,8 @@ def test_a_changed_loss_value_names_its_step_and_both_values(logged, store_uri):
     difference = abs(values[4][1] - history[4].value)
     assert result.output.splitlines()[0].startswith(
         f"differs at metric loss at step 4: logged {values[4][1]!r}, retrained {history[4].value!r} "
-        f"(difference {difference:.3g})")
+        f"(difference {difference:.3g})"
+    )
 
 
 def test_a_truncated_history_is_named(logged, store_uri):
@@ -181,8 +195,9 @@ def test_a_truncated_history_is_named(logged, store_uri):
     tampered = copy_run(store_uri, logged, metrics={"loss": [(m.step, m.value) for m in history[:5]]})
     result = reproduce(tampered)
     assert result.exit_code == 1
-    assert result.output.startswith("differs at metric loss: the record ends at step 4, training goes on to step 6 "
-                                    "(2 value(s) missing: truncated)")
+    assert result.output.startswith(
+        "differs at metric loss: the record ends at step 4, training goes on to step 6 (2 value(s) missing: truncated)"
+    )
 
 
 def test_a_deleted_logged_model_is_named(logged, store_uri):
@@ -201,8 +216,9 @@ def test_a_logged_model_without_its_weights_file_is_named(logged, store_uri):
     (Path(location.removeprefix("file://")) / "data" / "model.pth").unlink()
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output.startswith(f"differs at LoggedModel at step 4: missing (LoggedModel {output.model_id}: "
-                                    "it has no data/model.pth)")
+    assert result.output.startswith(
+        f"differs at LoggedModel at step 4: missing (LoggedModel {output.model_id}: it has no data/model.pth)"
+    )
 
 
 def test_a_changed_param_no_longer_gives_the_run_key(logged, store_uri):
@@ -227,8 +243,7 @@ def test_a_metric_training_does_not_produce_is_named_but_wall_time_is_not(logged
     mlflow_client.log_metric(logged, "test_accuracy", 1.0)
     result = reproduce(logged)
     assert result.exit_code == 1
-    assert result.output == ("differs at metric test_accuracy: logged (1 value(s)), but training does not "
-                             "produce it\n")
+    assert result.output == ("differs at metric test_accuracy: logged (1 value(s)), but training does not produce it\n")
 
 
 DIVERGING = ("optimizer=sgd", "lr=100", "checkpoint_every=2")
@@ -257,11 +272,12 @@ def test_reproduce_of_an_unknown_run_is_one_line(store_uri, logged):
 
 
 def test_a_vmap_run_is_retrained_alone_bit_for_bit(store_uri):
-    text = GRID.replace('seed = [0]', 'seed = [0, 1, 2]').replace("checkpoint_every = 4", 'engine = "vmap"')
+    text = GRID.replace("seed = [0]", "seed = [0, 1, 2]").replace("checkpoint_every = 4", 'engine = "vmap"')
     from tinytrain.sweep import run_sweep
 
-    outcome = run_sweep(load_experiment("test", text=text), store_uri, with_parent=False, progress=False,
-                        background=False)
+    outcome = run_sweep(
+        load_experiment("test", text=text), store_uri, with_parent=False, progress=False, background=False
+    )
     assert outcome.counts.finished == 3
     for run_id in outcome.counts.run_ids.values():
         result = reproduce(run_id)

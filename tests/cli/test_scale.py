@@ -86,8 +86,9 @@ def test_the_plain_sql_reads_give_what_mlflows_own_reads_give(swept_twice, store
     assert record.parent_run_id == latest and len(record.runs) == 12 and not record.missing
     diverged = [run for run in record.runs if run.diverged]
     # diverged: non-finite (stored as NaN or the largest float), or past diverge_above x the initial loss
-    assert len(diverged) == 6 and all(math.isnan(run.losses[-1]) or run.losses[-1] > 1e3 * run.losses[0]
-                                      for run in diverged)
+    assert len(diverged) == 6 and all(
+        math.isnan(run.losses[-1]) or run.losses[-1] > 1e3 * run.losses[0] for run in diverged
+    )
     assert all(len(run.losses) == 5 for run in record.runs if not run.diverged)
 
 
@@ -118,8 +119,7 @@ def test_a_store_with_the_old_second_copy_still_reproduces_from_it(cli_runner, s
     assert result.exit_code == 0, result.output
     (run,) = children(store_uri, "optimizer-grid")
     model = client(store_uri).get_logged_model(run.outputs.model_outputs[0].model_id)
-    weights = torch.load(Path(model.artifact_location.removeprefix("file://"), "data", "model.pth"),
-                         weights_only=True)
+    weights = torch.load(Path(model.artifact_location.removeprefix("file://"), "data", "model.pth"), weights_only=True)
     weights["fc3.bias"][2] += 1.0  # the old copy differs: reproduce must be reading it, not the model's
     (tmp_path / "checkpoints").mkdir()
     torch.save(weights, tmp_path / "checkpoints" / "final.pt")

@@ -28,11 +28,15 @@ def test_a_sixth_seed_separates_two_cells_that_five_cannot(experiment_file, stor
     result = invoke(["sweep", path, "--quiet", "--until-separated", "--max-seeds", "8"])
     assert result.exit_code == 0, result.output
     # five seeds: the smallest two-sided p is 2/2**5 = 0.0625; six: 0.03125 (one other cell, so Holm = p)
-    assert "Separated: every other cell differs from the best (adam@0.01) at Holm-corrected p < 0.05 with up to " \
-           "6 seeds (1 more round(s), 2 runs added" in result.output
+    assert (
+        "Separated: every other cell differs from the best (adam@0.01) at Holm-corrected p < 0.05 with up to "
+        "6 seeds (1 more round(s), 2 runs added" in result.output
+    )
     rows = json.loads(invoke(["compare", "--experiment", "separate", "--format", "json"]).output)["rows"]
     assert [(row["optimizer"], row["seeds"], row["baseline"], row["tied_with_best"]) for row in rows] == [
-        ("adam", 6, True, None), ("sgd", 6, False, False)]  # in rank order
+        ("adam", 6, True, None),
+        ("sgd", 6, False, False),
+    ]  # in rank order
     assert rows[1]["p_value"] == pytest.approx(0.03125)
     again = invoke(["sweep", path, "--quiet", "--until-separated", "--max-seeds", "8"])
     assert "12 runs: 0 trained" in again.output and "(1 more round(s), 0 runs added" in again.output  # resumed
@@ -41,16 +45,26 @@ def test_a_sixth_seed_separates_two_cells_that_five_cannot(experiment_file, stor
 def test_max_seeds_stops_it_and_says_so(experiment_file, store_uri):
     result = invoke(["sweep", experiment_file(GRID), "--quiet", "--until-separated", "--max-seeds", "5"])
     assert result.exit_code == 0, result.output
-    assert "Not separated: 1 cell(s) still cannot be told apart from the best (adam@0.01) with up to 5 seeds " \
-           "(--max-seeds 5; no seeds added" in result.output
+    assert (
+        "Not separated: 1 cell(s) still cannot be told apart from the best (adam@0.01) with up to 5 seeds "
+        "(--max-seeds 5; no seeds added" in result.output
+    )
     assert result.output.rstrip().endswith("sgd@0.01")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--max-seeds", "4"], "Error: --max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds\n"),
-    (["--until-separated", "--dry-run"], "Error: --until-separated picks its seeds from the results: drop --dry-run "
-                                         "and --force\n"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--max-seeds", "4"],
+            "Error: --max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds\n",
+        ),
+        (
+            ["--until-separated", "--dry-run"],
+            "Error: --until-separated picks its seeds from the results: drop --dry-run and --force\n",
+        ),
+    ],
+)
 def test_bad_options_are_one_line_and_write_nothing(args, message, experiment_file, tmp_path):
     result = invoke(["sweep", experiment_file(GRID), *args])
     assert (result.exit_code, result.output) == (2, message)
@@ -61,8 +75,11 @@ def test_extra_seeds_load_back_from_the_experiment_file_and_name_cells_of_the_gr
     experiment = validate({"grid": {"optimizer": ["adam", "sgd"], "lr": [0.01, 0.1], "seed": [0, 1]}})
     from types import SimpleNamespace
 
-    rows = [SimpleNamespace(optimizer=o, lr=lr, baseline=(o, lr) == ("adam", 0.1),
-                            tied_with_best=(o, lr) == ("sgd", 0.1)) for o in ("adam", "sgd") for lr in (0.01, 0.1)]
+    rows = [
+        SimpleNamespace(optimizer=o, lr=lr, baseline=(o, lr) == ("adam", 0.1), tied_with_best=(o, lr) == ("sgd", 0.1))
+        for o in ("adam", "sgd")
+        for lr in (0.01, 0.1)
+    ]
     extra = next_seeds(experiment, rows, max_seeds=5)
     assert extra == {("adam", 0.1): (2,), ("sgd", 0.1): (2,)}
     grown = replace(experiment, extra_seeds=extra)

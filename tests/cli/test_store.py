@@ -21,8 +21,10 @@ def contents(path) -> tuple[list, dict]:
     """The schema and every row of every table, with creation times left out."""
     connection = sqlite3.connect(path)
     try:
-        schema = sorted((kind, name, normalized(sql))
-                        for kind, name, sql in connection.execute("SELECT type, name, sql FROM sqlite_master"))
+        schema = sorted(
+            (kind, name, normalized(sql))
+            for kind, name, sql in connection.execute("SELECT type, name, sql FROM sqlite_master")
+        )
         tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         rows = {}
         for table in tables:
@@ -139,8 +141,13 @@ def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(t
     grid = ["--set", "steps=3", "--set", "optimizer=adam", "--set", "lr=0.01", "--set", "seed=0,1"]
     for name in ("first", "second"):
         uri = resolve_tracking_uri(str(tmp_path / name / "mlflow.db"))
-        subprocess.run([tinytrain, "sweep", *grid, "--quiet", "--tracking-uri", uri], env=env, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [tinytrain, "sweep", *grid, "--quiet", "--tracking-uri", uri],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
     for _ in range(50):  # the sweep does not wait for its writer's exit
         if len(usage.read_text().splitlines()) == 2:
             break
@@ -152,8 +159,11 @@ def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(t
     assert "torch" not in second and "mlflow.pytorch" not in second
     assert "matplotlib" not in first and "matplotlib" not in second  # the sweep's process draws the summary
     client = mlflow.MlflowClient(uri)
-    runs = [run for run in client.search_runs([client.get_experiment_by_name("optimizer-grid").experiment_id])
-            if run.data.tags.get("tinytrain.kind") == "run"]
+    runs = [
+        run
+        for run in client.search_runs([client.get_experiment_by_name("optimizer-grid").experiment_id])
+        if run.data.tags.get("tinytrain.kind") == "run"
+    ]
     assert len(runs) == 2
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)  # models:/ resolves through the fluent API's store
@@ -163,6 +173,11 @@ def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(t
         mlflow.set_tracking_uri(previous)
     for run, net in zip(runs, nets, strict=True):
         assert evaluate(net.state_dict(), 0, 3) == run.data.metrics["final_loss"]  # the default data_seed, target
-        checked = subprocess.run([tinytrain, "reproduce", run.info.run_id, "--tracking-uri", uri], env=env,
-                                 capture_output=True, text=True, timeout=300)
+        checked = subprocess.run(
+            [tinytrain, "reproduce", run.info.run_id, "--tracking-uri", uri],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert checked.returncode == 0 and checked.stdout.startswith("identical:"), checked.stdout + checked.stderr

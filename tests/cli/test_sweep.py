@@ -63,15 +63,27 @@ def test_a_sweep_logs_one_parent_and_a_nested_run_per_cell(swept, store_uri):
     cells = children(store_uri)
     assert len(cells) == 8
     assert {run.data.tags["mlflow.parentRunId"] for run in cells} == {parents[0].info.run_id}
-    assert sorted((r.data.params["optimizer"], float(r.data.params["lr"]), int(r.data.params["seed"]))
-                  for r in cells) == sorted((o, lr, s) for o in ("sgd", "adam") for lr in (0.01, 1000.0)
-                                            for s in (0, 1))
+    assert sorted(
+        (r.data.params["optimizer"], float(r.data.params["lr"]), int(r.data.params["seed"])) for r in cells
+    ) == sorted((o, lr, s) for o in ("sgd", "adam") for lr in (0.01, 1000.0) for s in (0, 1))
     adam = next(r for r in cells if r.data.params["optimizer"] == "adam")
     assert {k: adam.data.params[k] for k in ("steps", "data_seed", "target_index", "betas", "eps")} == {
-        "steps": "4", "data_seed": "0", "target_index": "3", "betas": "(0.9, 0.999)", "eps": "1e-08"}
+        "steps": "4",
+        "data_seed": "0",
+        "target_index": "3",
+        "betas": "(0.9, 0.999)",
+        "eps": "1e-08",
+    }
     tags = adam.data.tags
-    for name in ("tinytrain.python", "tinytrain.torch", "tinytrain.mlflow", "tinytrain.git_commit",
-                 "tinytrain.torch_threads", "tinytrain.mkldnn_enabled", "tinytrain.run_key"):
+    for name in (
+        "tinytrain.python",
+        "tinytrain.torch",
+        "tinytrain.mlflow",
+        "tinytrain.git_commit",
+        "tinytrain.torch_threads",
+        "tinytrain.mkldnn_enabled",
+        "tinytrain.run_key",
+    ):
         assert tags.get(name), name
     experiment_file_text = client(store_uri).download_artifacts(parents[0].info.run_id, "experiment.toml")
     assert 'name = "e2e"' in Path(experiment_file_text).read_text()
@@ -104,7 +116,11 @@ def test_losses_and_the_checkpoint_follow_the_contract(swept, store_uri):
 def test_divergence_is_recorded_and_the_sweep_goes_on(swept, store_uri):
     diverged = [r for r in children(store_uri) if r.data.tags["tinytrain.outcome"] == "diverged"]
     assert sorted((r.data.params["optimizer"], r.data.params["lr"]) for r in diverged) == [
-        ("adam", "1000.0"), ("adam", "1000.0"), ("sgd", "1000.0"), ("sgd", "1000.0")]
+        ("adam", "1000.0"),
+        ("adam", "1000.0"),
+        ("sgd", "1000.0"),
+        ("sgd", "1000.0"),
+    ]
     for run in diverged:
         assert run.info.status == "FINISHED"
         assert not run.outputs.model_outputs  # no checkpoint of a diverged run
@@ -183,9 +199,11 @@ def test_the_digest_sees_a_write_that_is_still_in_the_log(swept, store_uri):
 
 
 def test_bad_files_are_one_line_errors(cli_runner, experiment_file, store_uri):
-    for path, message in [("missing.toml", "Error: experiment file 'missing.toml' does not exist"),
-                          (experiment_file("steps = [\n", "broken.toml"), "broken.toml is not valid TOML"),
-                          (experiment_file('name = "x"\nsteps = 0\n', "zero.toml"), "steps must be an integer")]:
+    for path, message in [
+        ("missing.toml", "Error: experiment file 'missing.toml' does not exist"),
+        (experiment_file("steps = [\n", "broken.toml"), "broken.toml is not valid TOML"),
+        (experiment_file('name = "x"\nsteps = 0\n', "zero.toml"), "steps must be an integer"),
+    ]:
         result = cli_runner.invoke(cli, ["sweep", path])
         assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output, result.output
     assert store_digest(store_uri) is None
@@ -199,8 +217,20 @@ def blog_measurement() -> tuple[float, float]:
     torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = False
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
     x = torch.randn((1, 1, 32, 32), generator=torch.Generator().manual_seed(0))
     target = torch.zeros(1, 10)
     target[0, 3] = 1.0
@@ -218,8 +248,9 @@ def test_run_logs_one_unnested_run_and_replaces_its_earlier_one(cli_runner, stor
     first = cli_runner.invoke(cli, args)
     assert first.exit_code == 0, first.output
     before, after = blog_measurement()
-    assert first.output.startswith(f"adam-lr0.001-seed0: loss {before:.6g} -> {after:.6g} after 1 step(s), "
-                                   "finished; run ")
+    assert first.output.startswith(
+        f"adam-lr0.001-seed0: loss {before:.6g} -> {after:.6g} after 1 step(s), finished; run "
+    )
     second = cli_runner.invoke(cli, args)
     assert second.exit_code == 0
     cells = children(store_uri, "optimizer-grid")
@@ -246,8 +277,9 @@ def test_help_and_dry_run_import_neither_torch_nor_mlflow(swept, store_uri):
     import subprocess
 
     for args in (["--help"], ["sweep", "--help"], ["sweep", "grid.toml", "--dry-run"]):
-        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tinytrain", *args],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "tinytrain", *args], capture_output=True, text=True, check=True
+        )
         imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
         assert not imported & {"torch", "mlflow", "numpy", "matplotlib"}, args
     assert "8 already done" in done.stdout
@@ -257,7 +289,8 @@ def test_vmap_engine_on_a_dask_cluster_is_bad_input(cli_runner, experiment_file,
     result = cli_runner.invoke(cli, ["sweep", experiment_file(GRID), "--engine", "vmap", "--executor", "dask"])
     assert result.exit_code == 2 and result.output == (
         "Error: engine vmap trains its cells in batched nets on this machine (one per --jobs worker): drop "
-        "--executor dask, or use engine sequential to spread runs over a cluster\n")
+        "--executor dask, or use engine sequential to spread runs over a cluster\n"
+    )
     assert store_digest(store_uri) is None
 
 
@@ -295,8 +328,9 @@ def test_the_store_read_without_mlflow_equals_mlflows_own_search(swept, cli_runn
     add_runs_the_reader_must_skip(store_uri)
     with Store(store_uri) as store:
         for name in ("e2e", "other"):
-            by_mlflow = {key: run.info.run_id
-                         for key, run in store.finished_runs_by_key(store.experiment_id(name)).items()}
+            by_mlflow = {
+                key: run.info.run_id for key, run in store.finished_runs_by_key(store.experiment_id(name)).items()
+            }
             assert finished_keys_readonly(store_uri, name) == by_mlflow, name
         e2e = {key: run.info.run_id for key, run in store.finished_runs_by_key(store.experiment_id("e2e")).items()}
     assert len(e2e) == 9 and not set(deleted) & set(e2e.values())
@@ -335,15 +369,18 @@ def test_exit_now_keeps_what_sys_exit_promises(code, returncode, stderr):
     """The command skips the interpreter's teardown: exit handlers must still run and buffered output come out."""
     import subprocess
 
-    program = ("import atexit, sys, threading, time\n"
-               "atexit.register(lambda: print('handler ran'))\n"
-               "from tinytrain.shutdown import exit_now\n"
-               "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', end=' '))).start()\n"
-               "print('buffered', end=' ')\n"
-               f"exit_now({code!r})\n"
-               "print('never')\n")
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": ""})
+    program = (
+        "import atexit, sys, threading, time\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "from tinytrain.shutdown import exit_now\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', end=' '))).start()\n"
+        "print('buffered', end=' ')\n"
+        f"exit_now({code!r})\n"
+        "print('never')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": ""}
+    )
     assert (done.returncode, done.stdout, done.stderr) == (returncode, "buffered thread done handler ran\n", stderr)
 
 
@@ -352,6 +389,7 @@ def test_the_command_exits_with_its_code_and_whole_output(experiment_file):
 
     bad = subprocess.run([sys.executable, "-m", "tinytrain", "sweep", "missing.toml"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1 and "missing.toml" in bad.stderr
-    listed = subprocess.run([sys.executable, "-m", "tinytrain", "sweep", experiment_file(GRID), "--dry-run"],
-                            capture_output=True, text=True)
+    listed = subprocess.run(
+        [sys.executable, "-m", "tinytrain", "sweep", experiment_file(GRID), "--dry-run"], capture_output=True, text=True
+    )
     assert listed.returncode == 0 and listed.stdout.count("\n") > 8 and listed.stdout.endswith("\n")

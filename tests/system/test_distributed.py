@@ -42,8 +42,9 @@ CLI_TIMEOUT = 300
 
 def tinytrain(*args: str, cwd: Path, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
     """The CLI in a process of its own, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "tinytrain", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tinytrain", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def cell_runs(uri: str, experiment: str = "scale-out") -> list:
@@ -142,11 +143,16 @@ def cluster_processes(home: Path) -> list:
 
 
 @pytest.mark.slow
-def test_a_sweep_on_a_dask_cluster_equals_the_in_process_sweep_bit_for_bit(dask_cluster, grid_file,
-                                                                          in_process_losses, tmp_path):
+def test_a_sweep_on_a_dask_cluster_equals_the_in_process_sweep_bit_for_bit(
+    dask_cluster, grid_file, in_process_losses, tmp_path
+):
     address, home = dask_cluster
-    listening = [connection.laddr.ip for process in cluster_processes(home)
-                 for connection in process.net_connections("tcp") if connection.status == "LISTEN"]
+    listening = [
+        connection.laddr.ip
+        for process in cluster_processes(home)
+        for connection in process.net_connections("tcp")
+        if connection.status == "LISTEN"
+    ]
     assert listening and set(listening) == {"127.0.0.1"}  # the scheduler, nannies, workers, their HTTP
     from distributed import Client
 
@@ -158,8 +164,18 @@ def test_a_sweep_on_a_dask_cluster_equals_the_in_process_sweep_bit_for_bit(dask_
     # one thread each, and glibc's adaptive malloc (Dask's MALLOC_TRIM_THRESHOLD_ makes training 1.5x slower)
     assert all(found["threads"] == "1" and found["malloc_trim"] == "" for found in workers.values()), workers
     uri = f"sqlite:///{tmp_path / 'dask-store' / 'mlflow.db'}"
-    done = tinytrain("sweep", str(grid_file), "--executor", "dask", "--scheduler", address, "--tracking-uri", uri,
-                     "--quiet", cwd=tmp_path)
+    done = tinytrain(
+        "sweep",
+        str(grid_file),
+        "--executor",
+        "dask",
+        "--scheduler",
+        address,
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{CELLS} runs: {CELLS} trained" in done.stdout
     assert losses_by_cell(uri) == in_process_losses
@@ -179,8 +195,9 @@ def test_a_local_process_pool_equals_the_in_process_sweep_bit_for_bit(grid_file,
 @pytest.mark.slow
 def test_a_dask_cluster_started_for_the_sweep_equals_the_in_process_sweep(grid_file, in_process_losses, tmp_path):
     uri = f"sqlite:///{tmp_path / 'local-dask-store' / 'mlflow.db'}"
-    done = tinytrain("sweep", str(grid_file), "--executor", "dask", "--jobs", "2", "--tracking-uri", uri, "--quiet",
-                     cwd=tmp_path)
+    done = tinytrain(
+        "sweep", str(grid_file), "--executor", "dask", "--jobs", "2", "--tracking-uri", uri, "--quiet", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert losses_by_cell(uri) == in_process_losses
     assert_each_cell_finished_once(uri, CELLS)
@@ -204,10 +221,26 @@ def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_clus
     specs = load_experiment(overrides=overrides).specs()
     first_window = 4  # two per worker thread: a later cell is handed out only once a result has come back
     later_keys = {task_key(spec) for spec in specs[first_window:]}
-    sweep = process_groups([sys.executable, "-m", "tinytrain", "sweep",
-                            *[part for override in overrides for part in ("--set", override)],
-                            "--executor", "dask", "--scheduler", address, "--tracking-uri", uri, "--quiet"],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = process_groups(
+        [
+            sys.executable,
+            "-m",
+            "tinytrain",
+            "sweep",
+            *[part for override in overrides for part in ("--set", override)],
+            "--executor",
+            "dask",
+            "--scheduler",
+            address,
+            "--tracking-uri",
+            uri,
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     client = Client(address, timeout="10s", set_as_default=False)
     try:
         killed_key = None
@@ -229,8 +262,10 @@ def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_clus
             sweep.kill()
             sweep.wait()
     assert sweep.returncode == 0, stdout + stderr
-    assert any(start == "processing" and stimulus.startswith("handle-worker-cleanup")
-               for _, _, start, _, _, stimulus, *_ in story), story  # the scheduler ran it again
+    assert any(
+        start == "processing" and stimulus.startswith("handle-worker-cleanup")
+        for _, _, start, _, _, stimulus, *_ in story
+    ), story  # the scheduler ran it again
     assert f"{len(specs)} runs: {len(specs)} trained" in stdout
     runs = cell_runs(uri, "optimizer-grid")
     assert len(runs) == len(specs)
@@ -242,16 +277,36 @@ def test_killing_a_worker_mid_sweep_still_logs_every_cell_exactly_once(dask_clus
 
 
 @pytest.mark.slow
-def test_losing_the_scheduler_mid_sweep_is_one_line_and_leaves_nothing_running(dask_cluster, tmp_path,
-                                                                              process_groups):
+def test_losing_the_scheduler_mid_sweep_is_one_line_and_leaves_nothing_running(dask_cluster, tmp_path, process_groups):
     from distributed import Client
 
     address, home = dask_cluster
     uri = f"sqlite:///{tmp_path / 'lost-store' / 'mlflow.db'}"
-    sweep = process_groups([sys.executable, "-m", "tinytrain", "sweep", "--set", "steps=20000", "--set",
-                            "optimizer=adam", "--set", "seed=0,1,2,3", "--executor", "dask", "--scheduler", address,
-                            "--tracking-uri", uri, "--quiet"],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = process_groups(
+        [
+            sys.executable,
+            "-m",
+            "tinytrain",
+            "sweep",
+            "--set",
+            "steps=20000",
+            "--set",
+            "optimizer=adam",
+            "--set",
+            "seed=0,1,2,3",
+            "--executor",
+            "dask",
+            "--scheduler",
+            address,
+            "--tracking-uri",
+            uri,
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with Client(address, timeout="10s", set_as_default=False) as client:
             deadline = time.monotonic() + 120
@@ -267,8 +322,10 @@ def test_losing_the_scheduler_mid_sweep_is_one_line_and_leaves_nothing_running(d
             sweep.kill()
             sweep.wait()
     assert sweep.returncode == 1
-    assert stderr == (f"Error: lost the Dask scheduler at {address} mid-sweep: restart it (make cluster), then run "
-                      "the same command again to resume (finished cells are skipped)\n")
+    assert stderr == (
+        f"Error: lost the Dask scheduler at {address} mid-sweep: restart it (make cluster), then run "
+        "the same command again to resume (finished cells are skipped)\n"
+    )
     runs = cell_runs(uri, "optimizer-grid")
     assert runs and "RUNNING" not in {run.info.status for run in runs}
 
@@ -312,8 +369,22 @@ def test_a_cell_whose_workers_keep_dying_is_a_failed_result_and_the_others_finis
 @pytest.mark.slow
 def test_an_unreachable_scheduler_is_one_line_before_any_run(cli_runner, store_uri):
     port = free_port()  # nobody listens there
-    result = cli_runner.invoke(cli, ["sweep", "--set", "steps=2", "--set", "optimizer=adam", "--set", "seed=0",
-                                     "--executor", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"])
+    result = cli_runner.invoke(
+        cli,
+        [
+            "sweep",
+            "--set",
+            "steps=2",
+            "--set",
+            "optimizer=adam",
+            "--set",
+            "seed=0",
+            "--executor",
+            "dask",
+            "--scheduler",
+            f"tcp://127.0.0.1:{port}",
+        ],
+    )
     assert result.exit_code == 1
     assert result.output.count("\n") == 1
     assert result.output.startswith(f"Error: cannot reach a Dask scheduler at tcp://127.0.0.1:{port} ")
@@ -325,8 +396,10 @@ def test_an_unreachable_scheduler_is_one_line_before_any_run(cli_runner, store_u
 def test_a_malformed_scheduler_address_is_bad_input(cli_runner, store_uri):
     result = cli_runner.invoke(cli, ["sweep", "--set", "steps=2", "--scheduler", "http://127.0.0.1:8786"])
     assert result.exit_code == 2
-    assert result.output == ("Error: --scheduler 'http://127.0.0.1:8786' is not a Dask scheduler address: give "
-                             "tcp://HOST:PORT, e.g. tcp://127.0.0.1:8786 from `make cluster`\n")
+    assert result.output == (
+        "Error: --scheduler 'http://127.0.0.1:8786' is not a Dask scheduler address: give "
+        "tcp://HOST:PORT, e.g. tcp://127.0.0.1:8786 from `make cluster`\n"
+    )
 
 
 def test_scheduler_goes_with_the_dask_executor_only(cli_runner):
@@ -337,8 +410,20 @@ def test_scheduler_goes_with_the_dask_executor_only(cli_runner):
 
 def test_an_unreachable_tracking_server_is_one_line_before_the_cluster_is_asked(cli_runner):
     server, scheduler = free_port(), free_port()
-    result = cli_runner.invoke(cli, ["sweep", "--set", "steps=2", "--tracking-uri", f"http://127.0.0.1:{server}",
-                                     "--executor", "dask", "--scheduler", f"tcp://127.0.0.1:{scheduler}"])
+    result = cli_runner.invoke(
+        cli,
+        [
+            "sweep",
+            "--set",
+            "steps=2",
+            "--tracking-uri",
+            f"http://127.0.0.1:{server}",
+            "--executor",
+            "dask",
+            "--scheduler",
+            f"tcp://127.0.0.1:{scheduler}",
+        ],
+    )
     assert result.exit_code == 1
     assert result.output.count("\n") == 1
     assert result.output.startswith(f"Error: cannot reach the tracking server at http://127.0.0.1:{server} ")
@@ -363,8 +448,10 @@ def test_a_run_that_raises_is_logged_failed_and_the_sweep_goes_on(cli_runner, st
         return real_train(spec)
 
     monkeypatch.setattr(tinytrain.engines.sequential, "train", train_failing_seed_1)
-    result = cli_runner.invoke(cli, ["sweep", "--set", "steps=3", "--set", "optimizer=adam", "--set", "lr=0.001",
-                                     "--set", "seed=0,1,2", "--quiet"])
+    result = cli_runner.invoke(
+        cli,
+        ["sweep", "--set", "steps=3", "--set", "optimizer=adam", "--set", "lr=0.001", "--set", "seed=0,1,2", "--quiet"],
+    )
     assert result.exit_code == 1, result.output
     assert "3 runs: 3 trained (2 finished, 0 diverged, 1 failed)" in result.output
     assert "failed: adam-lr0.001-seed1: RuntimeError: the optimizer exploded" in result.output
@@ -412,6 +499,7 @@ def test_cluster_on_a_busy_port_is_one_line(cli_runner):
         port = busy.getsockname()[1]
         result = cli_runner.invoke(cli, ["cluster", "--port", str(port)])
     assert result.exit_code == 1
-    assert result.output == (f"Error: port {port} on 127.0.0.1 is in use: pick another with --port "
-                             "(make cluster SCHEDULER_PORT=...)\n")
+    assert result.output == (
+        f"Error: port {port} on 127.0.0.1 is in use: pick another with --port (make cluster SCHEDULER_PORT=...)\n"
+    )
     assert not Path(".tinytrain-cluster").exists()

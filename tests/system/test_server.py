@@ -34,8 +34,9 @@ seed = [0, 1]
 
 def rest(url: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
         return json.load(response)
@@ -72,8 +73,13 @@ def swept(server, tmp_path_factory):
     grid = folder / "grid.toml"
     grid.write_text(GRID)
     sqlite_uri = resolve_tracking_uri(str(folder / "mlruns" / "mlflow.db"))
-    return {"http": sweep_into(server["url"], grid), "sqlite": sweep_into(sqlite_uri, grid),
-            "sqlite_uri": sqlite_uri, "url": server["url"], "server_folder": server["folder"]}
+    return {
+        "http": sweep_into(server["url"], grid),
+        "sqlite": sweep_into(sqlite_uri, grid),
+        "sqlite_uri": sqlite_uri,
+        "url": server["url"],
+        "server_folder": server["folder"],
+    }
 
 
 @pytest.fixture

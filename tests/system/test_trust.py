@@ -29,11 +29,15 @@ seed = [0, 1]
 
 def start_sweep(process_groups, path, uri, *options):
     """A sweep in its own process group (it has a writer process beside it), killed after the test."""
-    return process_groups([sys.executable, "-m", "tinytrain", "sweep", path, "--quiet", *options],
-                          env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          # a shell's background jobs inherit SIGINT ignored (CI may run us so): restore it
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return process_groups(
+        [sys.executable, "-m", "tinytrain", "sweep", path, "--quiet", *options],
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell's background jobs inherit SIGINT ignored (CI may run us so): restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def writer_of(process) -> psutil.Process:
@@ -77,11 +81,15 @@ def statuses(uri, experiment="trust"):
     from tinytrain.tracking.sqlite import query_sqlite
 
     try:
-        rows = query_sqlite(uri, """
+        rows = query_sqlite(
+            uri,
+            """
             SELECT runs.status FROM runs
             JOIN experiments ON experiments.experiment_id = runs.experiment_id
             JOIN tags ON tags.run_uuid = runs.run_uuid AND tags.key = 'tinytrain.kind' AND tags.value = 'run'
-            WHERE experiments.name = ? AND runs.lifecycle_stage = 'active'""", (experiment,))
+            WHERE experiments.name = ? AND runs.lifecycle_stage = 'active'""",
+            (experiment,),
+        )
     except Exception:  # noqa: BLE001 - the store is being created: no tables yet
         return []
     return sorted(status for (status,) in rows)
@@ -89,8 +97,9 @@ def statuses(uri, experiment="trust"):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
-def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(experiment_file, store_uri, cli_runner,
-                                                                          process_groups, options):
+def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(
+    experiment_file, store_uri, cli_runner, process_groups, options
+):
     """A lost machine: the sweep, its writer (and its workers) die at once and leave their runs RUNNING."""
     steps = "steps = 3000" if "vmap" in options else "steps = 600"  # long enough to be caught running
     path = experiment_file(GRID.replace("steps = 150", steps))
@@ -127,8 +136,9 @@ def artifacts_of(uri, run_id):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
-def test_ctrl_c_to_the_process_group_kills_the_open_runs_and_exits_130(experiment_file, store_uri, process_groups,
-                                                                       options):
+def test_ctrl_c_to_the_process_group_kills_the_open_runs_and_exits_130(
+    experiment_file, store_uri, process_groups, options
+):
     """What a terminal sends: SIGINT to every process of the group (the sweep, its writer, its workers)."""
     steps = "steps = 4000" if "vmap" in options else "steps = 1500"
     process = start_sweep(process_groups, experiment_file(GRID.replace("steps = 150", steps)), store_uri, *options)
@@ -158,10 +168,14 @@ def test_ctrl_c_before_the_first_run_is_one_line_and_130(experiment_file, store_
 
 @pytest.mark.slow
 def test_ctrl_c_in_tinytrain_run_marks_it_killed(store_uri, process_groups):
-    process = process_groups([sys.executable, "-m", "tinytrain", "run", "--steps", "20000"],
-                             env={**os.environ, "MLFLOW_TRACKING_URI": store_uri}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = process_groups(
+        [sys.executable, "-m", "tinytrain", "run", "--steps", "20000"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store_uri},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while "RUNNING" not in statuses(store_uri, "optimizer-grid"):
         assert time.monotonic() < deadline and process.poll() is None, "the run never started"
@@ -175,7 +189,8 @@ def test_ctrl_c_in_tinytrain_run_marks_it_killed(store_uri, process_groups):
 
 @pytest.mark.slow
 def test_the_writer_dying_stops_the_sweep_at_once_and_a_rerun_trains_what_is_missing(
-        experiment_file, store_uri, process_groups, cli_runner):
+    experiment_file, store_uri, process_groups, cli_runner
+):
     path = experiment_file(GRID.replace("steps = 150", "steps = 1500").replace("lr = [0.01, 0.001]", "lr = [0.01]"))
     process = start_sweep(process_groups, path, store_uri)
     writer = writer_of(process)
@@ -185,9 +200,11 @@ def test_the_writer_dying_stops_the_sweep_at_once_and_a_rerun_trains_what_is_mis
     _out, err = process.communicate(timeout=60)
     stopped_after = time.monotonic() - killed_at
     assert process.returncode == 1, err
-    assert err == (f"Error: the tracking writer process (pid {writer.pid}) died (killed by SIGKILL): the sweep "
-                   "stopped; run the same command again, it marks the runs left open FAILED and trains what is "
-                   "missing\n")
+    assert err == (
+        f"Error: the tracking writer process (pid {writer.pid}) died (killed by SIGKILL): the sweep "
+        "stopped; run the same command again, it marks the runs left open FAILED and trains what is "
+        "missing\n"
+    )
     assert stopped_after < 3, f"the sweep took {stopped_after:.1f} s to notice"  # the sweep trains for longer
     finished = statuses(store_uri).count("FINISHED")
     assert statuses(store_uri).count("RUNNING") == 1 and finished < 4
@@ -249,8 +266,9 @@ def test_gradcheck_fails_on_a_wrong_backward():
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experiment_file, store_uri, cli_runner,
-                                                                       process_groups):
+def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(
+    experiment_file, store_uri, cli_runner, process_groups
+):
     """SIGKILL of the sweep alone: its writer process sees it gone, marks what it left open FAILED, and exits."""
     path = experiment_file(GRID.replace("steps = 150", "steps = 600"))
     process = start_sweep(process_groups, path, store_uri)
@@ -273,7 +291,8 @@ def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(experimen
 
 
 def test_a_vmap_sweep_too_small_to_batch_trains_sequentially_keeps_its_keys_and_reproduces(
-        cli_runner, experiment_file, store_uri, monkeypatch):
+    cli_runner, experiment_file, store_uri, monkeypatch
+):
     """Two cells asked for as vmap, fewer than the engine batches (3 here; 1 on this machine, where one cell
     already gains): the sequential engine trains them and the summary and tags say so; the engine param and
     the run key stay those of the vmap cells (a rerun skips them), and reproduce holds."""
@@ -281,16 +300,18 @@ def test_a_vmap_sweep_too_small_to_batch_trains_sequentially_keeps_its_keys_and_
     from tinytrain.spec import load_experiment
 
     monkeypatch.setattr(batching, "MIN_BATCH_CELLS", 3)
-    path = experiment_file(GRID.replace("steps = 150", "steps = 8").replace('["sgd", "adam"]', '["adam"]')
-                           .replace("[0, 1]", "[0]"))
+    path = experiment_file(
+        GRID.replace("steps = 150", "steps = 8").replace('["sgd", "adam"]', '["adam"]').replace("[0, 1]", "[0]")
+    )
     result = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])
     assert result.exit_code == 0, result.output
     reason = "2 cell(s) to batch, fewer than the 3 at which the vmap engine gains"
     assert f"Engine: sequential for 2 run(s) ({reason})" in result.output.splitlines()
     runs = children(store_uri, "trust")
     assert {run.data.params["engine"] for run in runs} == {"vmap"}
-    assert {(run.data.tags["tinytrain.engine"], run.data.tags["tinytrain.engine_reason"]) for run in runs} == \
-        {("sequential", reason)}
+    assert {(run.data.tags["tinytrain.engine"], run.data.tags["tinytrain.engine_reason"]) for run in runs} == {
+        ("sequential", reason)
+    }
     keys = {spec.key for spec in load_experiment(path, ["engine=vmap"]).specs()}
     assert {run.data.tags["tinytrain.run_key"] for run in runs} == keys
     again = cli_runner.invoke(cli, ["sweep", path, "--engine", "vmap", "--quiet"])

@@ -29,9 +29,18 @@ lr = [0.01]
 seed = [0, 1]
 """
 PRINTED_ADDRESS = "http://127.0.0.1:5000"  # what a sweep on a SQLite store prints (`make ui`'s port)
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=20000", "--window-size=1600,1000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+    "--window-size=1600,1000",
+]
 
 
 def chromium() -> str:
@@ -47,8 +56,12 @@ def rendered(url: str, profile: Path, wanted: list[str], attempts: int = 3) -> s
     """The page's DOM once it shows everything wanted (the charts render asynchronously: a few tries)."""
     dom = ""
     for attempt in range(attempts):
-        done = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}-{attempt}", "--dump-dom",
-                               url], capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}-{attempt}", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         dom = done.stdout
         if all(text in dom for text in wanted):
             break
@@ -78,8 +91,11 @@ def ui(tmp_path_factory):
     address = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(address, process, log)
-        yield {"links": [link.replace(PRINTED_ADDRESS, address) for link in links], "folder": folder,
-               "output": swept.output}
+        yield {
+            "links": [link.replace(PRINTED_ADDRESS, address) for link in links],
+            "folder": folder,
+            "output": swept.output,
+        }
     finally:
         stop_group(process)
         assert not group_alive(process.pid)  # no server process left behind

@@ -71,14 +71,17 @@ def grid_specs(*overrides: str) -> list[RunSpec]:
     return load_experiment(PROJECT_ROOT / GRID, list(overrides)).specs()
 
 
-def cell(optimizer: str = "adam", lr: float = 1e-3, seed: int = 0, variant: dict | None = None,
-         **settings) -> RunSpec:
+def cell(optimizer: str = "adam", lr: float = 1e-3, seed: int = 0, variant: dict | None = None, **settings) -> RunSpec:
     """One spec; `variant` gives the optimizer non-default hyperparameters."""
     name = optimizer if variant is None else "variant"
     # The bound off unless a test sets it: these tests are about the batch, and some of their cells spike past
     # 1e3 x their initial loss early (both engines apply the same bound: test_the_bound_is_the_same_in_a_batch).
-    raw: dict = {"engine": "vmap", "diverge_above": math.inf, **settings,
-                 "grid": {"optimizer": [name], "lr": [lr], "seed": [seed]}}
+    raw: dict = {
+        "engine": "vmap",
+        "diverge_above": math.inf,
+        **settings,
+        "grid": {"optimizer": [name], "lr": [lr], "seed": [seed]},
+    }
     if variant is not None:
         raw["optimizers"] = {"variant": {"type": optimizer, **variant}}
     return validate(raw).specs()[0]
@@ -101,22 +104,29 @@ UPDATE_CASES = {
         cell("adam", 1e-3),
         cell("adamw", 1e-2),
         cell("adam", 3e-3, variant={"weight_decay": 0.1, "amsgrad": True}),
-        cell("adam", 2e-3, variant={"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": [0.8, 0.95],
-                                    "eps": 1e-6}),
+        cell(
+            "adam",
+            2e-3,
+            variant={"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": [0.8, 0.95], "eps": 1e-6},
+        ),
         cell("adamw", 5e-2, variant={"maximize": True, "amsgrad": True, "weight_decay": 0.3}),
     ],
     "rmsprop": [
         cell("rmsprop", 1e-2),
         cell("rmsprop", 1e-3, variant={"centered": True}),
         cell("rmsprop", 1e-2, variant={"momentum": 0.9}),
-        cell("rmsprop", 3e-3, variant={"momentum": 0.5, "centered": True, "weight_decay": 0.1, "alpha": 0.9,
-                                       "eps": 1e-5}),
+        cell(
+            "rmsprop", 3e-3, variant={"momentum": 0.5, "centered": True, "weight_decay": 0.1, "alpha": 0.9, "eps": 1e-5}
+        ),
         cell("rmsprop", 1e-2, variant={"maximize": True}),
     ],
     "adagrad": [
         cell("adagrad", 1e-2),
-        cell("adagrad", 0.1, variant={"lr_decay": 0.1, "weight_decay": 0.01, "initial_accumulator_value": 0.5,
-                                      "eps": 1e-6}),
+        cell(
+            "adagrad",
+            0.1,
+            variant={"lr_decay": 0.1, "weight_decay": 0.01, "initial_accumulator_value": 0.5, "eps": 1e-6},
+        ),
         cell("adagrad", 5e-2, variant={"maximize": True}),
     ],
 }
@@ -132,8 +142,9 @@ def test_update_cases_cover_every_kind_and_hyperparameter():
     for rule, specs in UPDATE_CASES.items():
         kinds = [kind for kind, rule_of_kind in UPDATE_RULE_OF_KIND.items() if rule_of_kind == rule]
         offered = {name for kind in kinds for name in OPTIMIZERS[kind][2]}
-        varied = {name for spec in specs for name, value in spec.hyperparameters
-                  if value != OPTIMIZERS[spec.kind][2][name]}
+        varied = {
+            name for spec in specs for name, value in spec.hyperparameters if value != OPTIMIZERS[spec.kind][2][name]
+        }
         assert varied == offered, f"{rule}: no case varies {sorted(offered - varied)}"
 
 
@@ -147,8 +158,10 @@ UNFLOORED_CASES = {
 
 
 def update_cases() -> list[tuple[str, list[RunSpec]]]:
-    return [*((rule, UPDATE_CASES[rule]) for rule in sorted(UPDATE_CASES)),
-            *((f"{rule}-unfloored", UNFLOORED_CASES[rule]) for rule in sorted(UNFLOORED_CASES))]
+    return [
+        *((rule, UPDATE_CASES[rule]) for rule in sorted(UPDATE_CASES)),
+        *((f"{rule}-unfloored", UNFLOORED_CASES[rule]) for rule in sorted(UNFLOORED_CASES)),
+    ]
 
 
 @pytest.mark.parametrize(("name", "cells"), update_cases(), ids=[name for name, _ in update_cases()])
@@ -161,8 +174,10 @@ def test_stacked_update_follows_torch_optim_step_by_step(name, cells):
     weights = initial_weights(cells)
     update = UPDATE_RULES[rule](cells)
     nets = [initial_net(spec) for spec in cells]
-    optimizers = [build_optimizer(spec.kind, net.parameters(), spec.lr, spec.optimizer_kwargs)
-                  for spec, net in zip(cells, nets, strict=True)]
+    optimizers = [
+        build_optimizer(spec.kind, net.parameters(), spec.lr, spec.optimizer_kwargs)
+        for spec, net in zip(cells, nets, strict=True)
+    ]
     generator = torch.Generator().manual_seed(0)
     for step in range(6):
         if step == 3:
@@ -179,11 +194,13 @@ def test_stacked_update_follows_torch_optim_step_by_step(name, cells):
         for optimizer in optimizers:
             optimizer.step()
         for row, net in enumerate(nets):
-            for (name, expected), got in zip(net.named_parameters(), cell_parameters(weights[row]).values(),
-                                             strict=True):
+            for (name, expected), got in zip(
+                net.named_parameters(), cell_parameters(weights[row]).values(), strict=True
+            ):
                 # as bits (int32): a NaN equals a NaN, and -0.0 differs from 0.0
-                assert torch.equal(got.view(torch.int32), expected.detach().view(torch.int32)), \
+                assert torch.equal(got.view(torch.int32), expected.detach().view(torch.int32)), (
                     f"cell {row} {name} step {step}"
+                )
 
 
 def test_the_sqrt_floor_is_taken_only_where_it_keeps_every_bit():
@@ -191,11 +208,15 @@ def test_the_sqrt_floor_is_taken_only_where_it_keeps_every_bit():
     of torch.sqrt's, with the floor where the check allows it (default eps) and without it where it does not."""
     from tinytrain.engines.batched_updates import TINY, column
 
-    values = torch.tensor([0.0, -0.0, 1e-45, 1e-40, TINY / 2, TINY, 2 * TINY, 1e-30, 1e-12, 0.5, 3.0,
-                           float("inf"), float("nan")]).repeat(2, 1)
+    values = torch.tensor(
+        [0.0, -0.0, 1e-45, 1e-40, TINY / 2, TINY, 2 * TINY, 1e-30, 1e-12, 0.5, 3.0, float("inf"), float("nan")]
+    ).repeat(2, 1)
     divisor = column([0.0316227766, 1.0])
-    cases = {"adam": (UPDATE_CASES["adam"][:2], True), "adam-unfloored": (UNFLOORED_CASES["adam"], False),
-             "adagrad": (UPDATE_CASES["adagrad"][:2], True)}
+    cases = {
+        "adam": (UPDATE_CASES["adam"][:2], True),
+        "adam-unfloored": (UNFLOORED_CASES["adam"], False),
+        "adagrad": (UPDATE_CASES["adagrad"][:2], True),
+    }
     for name, (cells, floored) in cases.items():
         update = UPDATE_RULES[name.removesuffix("-unfloored")](cells)
         for d in (divisor, None):
@@ -261,8 +282,11 @@ def test_final_weights_are_a_state_dict_that_gives_the_final_loss():
 def test_a_cell_diverging_mid_batch_is_handed_over_at_once_and_leaves_the_others_untouched():
     """sgd at lr 1e3 diverges after two steps: its result comes out of the batch first, while the others
     still train, with the sequential engine's bits; the others have exactly the sequential engine's bits."""
-    others = [cell("adam", 1e-3, 0, steps=10), cell("sgd", 0.01, 1, steps=10, variant={"momentum": 0.9}),
-              cell("rmsprop", 1e-2, 2, steps=10, variant={"centered": True})]
+    others = [
+        cell("adam", 1e-3, 0, steps=10),
+        cell("sgd", 0.01, 1, steps=10, variant={"momentum": 0.9}),
+        cell("rmsprop", 1e-2, 2, steps=10, variant={"centered": True}),
+    ]
     wild = cell("sgd", 1e3, 0, steps=10)
     batch = train_batch([others[0], wild, *others[1:]])
     first = next(batch)
@@ -278,8 +302,7 @@ def test_a_cell_diverging_mid_batch_is_handed_over_at_once_and_leaves_the_others
 
 def test_cells_of_one_batch_may_have_different_steps():
     """A cell stops when its own steps are done, and is handed over then: the sequential engine's bits."""
-    mixed = [cell("adam", 1e-3, 0, steps=3), cell("sgd", 0.05, 1, steps=7),
-             cell("rmsprop", 1e-2, 2, steps=12)]
+    mixed = [cell("adam", 1e-3, 0, steps=3), cell("sgd", 0.05, 1, steps=7), cell("rmsprop", 1e-2, 2, steps=12)]
     results = list(train_batch(mixed))
     assert [result.spec for result in results] == mixed  # in the order they end
     assert [len(result.losses) for result in results] == [4, 8, 13]
@@ -288,8 +311,11 @@ def test_cells_of_one_batch_may_have_different_steps():
 
 
 def test_checkpoints_every_n_steps_as_the_sequential_engine():
-    specs = [cell("adam", 1e-2, 0, steps=7, checkpoint_every=3),
-             cell("sgd", 0.1, 1, steps=5, checkpoint_every=2), cell("rmsprop", 1e-3, 2, steps=7)]
+    specs = [
+        cell("adam", 1e-2, 0, steps=7, checkpoint_every=3),
+        cell("sgd", 0.1, 1, steps=5, checkpoint_every=2),
+        cell("rmsprop", 1e-3, 2, steps=7),
+    ]
     results = in_order(specs)
     assert [sorted(result.checkpoints) for result in results] == [[3, 6], [2, 4], []]
     for spec, result in zip(specs, results, strict=True):
@@ -349,8 +375,12 @@ def test_the_same_batch_twice_gives_the_same_bits():
 
 
 def test_specs_are_split_by_runtime_and_problem():
-    specs = [cell("adam", 1e-3, 0, steps=3), cell("sgd", 0.1, 0, steps=3, data_seed=1),
-             cell("rmsprop", 1e-2, 1, steps=3, target_index=7), cell("adam", 1e-2, 2, steps=3)]
+    specs = [
+        cell("adam", 1e-3, 0, steps=3),
+        cell("sgd", 0.1, 0, steps=3, data_seed=1),
+        cell("rmsprop", 1e-2, 1, steps=3, target_index=7),
+        cell("adam", 1e-2, 2, steps=3),
+    ]
     results = in_order(specs)
     assert [result.runtime["batch_cells"] for result in results] == ["2", "1", "1", "2"]
     keys = [result.runtime["batch_key"] for result in results]
@@ -388,7 +418,8 @@ def test_an_error_fails_only_the_cells_of_its_batch_not_yet_handed_over(monkeypa
 
 def test_the_in_process_executor_hands_vmap_specs_to_the_engine():
     specs = [cell("adam", 1e-3, seed, steps=2) for seed in range(3)] + [
-        replace(cell("sgd", 0.1, 0, steps=2), engine="sequential")]
+        replace(cell("sgd", 0.1, 0, steps=2), engine="sequential")
+    ]
     started = []
     results = list(InProcess().run(specs, started.append))
     assert sorted(started, key=specs.index) == specs

@@ -69,6 +69,7 @@ def test_the_resolved_experiment_file_loads_back_to_the_same_sweep():
     assert "# drawn: grid.lr: log_uniform [0.0001, 1.0], count 5" in text
     again = load_experiment("resolved", text=text)
     assert [spec.key for spec in again.specs()] == [spec.key for spec in experiment.specs()]
+
     def settings_and_tables(toml: str) -> list[str]:
         return [line for line in toml.splitlines() if not line.startswith("#")]
 
@@ -80,14 +81,21 @@ def test_a_draw_given_by_set_on_the_command_line():
     assert len(experiment.grid["lr"]) == 3 and all(1e-3 <= lr <= 1e-1 for lr in experiment.grid["lr"])
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"grid": {"lr": {"uniform": [1.0, 0.5], "count": 2}}},
-     "grid.lr.uniform must be [low, high] with low < high, got [1.0, 0.5]"),
-    ({"grid": {"lr": {"uniform": [0.1, 0.2], "count": 0}}}, "grid.lr.count must be an integer >= 1, got 0"),
-    ({"grid": {"lr": {"uniform": [-1, 1], "count": 3}}}, "lr must be a finite number > 0, got -0.8018 in grid.lr"),
-    ({"optimizers": {"m": {"type": "sgd", "momentum": {"uniform": [-1, -0.5], "count": 2}}}},
-     "optimizers.m.momentum must be a finite number >= 0, got -0.9504"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            {"grid": {"lr": {"uniform": [1.0, 0.5], "count": 2}}},
+            "grid.lr.uniform must be [low, high] with low < high, got [1.0, 0.5]",
+        ),
+        ({"grid": {"lr": {"uniform": [0.1, 0.2], "count": 0}}}, "grid.lr.count must be an integer >= 1, got 0"),
+        ({"grid": {"lr": {"uniform": [-1, 1], "count": 3}}}, "lr must be a finite number > 0, got -0.8018 in grid.lr"),
+        (
+            {"optimizers": {"m": {"type": "sgd", "momentum": {"uniform": [-1, -0.5], "count": 2}}}},
+            "optimizers.m.momentum must be a finite number >= 0, got -0.9504",
+        ),
+    ],
+)
 def test_bad_draws_are_one_line(raw, message):
     with pytest.raises(ConfigError) as error:
         validate(raw)
@@ -104,8 +112,10 @@ def test_dry_run_shows_the_drawn_values_and_imports_neither_torch_nor_mlflow(tmp
     assert "drawn optimizers.sgd-m.momentum: uniform [0.8, 0.99], count 3" in result.output
     assert all(f"lr={lr:<8g}" in result.output for lr in lrs)
     assert "drawn: 20 runs, 20 to run, 0 already done (dry run: nothing written)" in result.output
-    code = ("import sys; from click.testing import CliRunner; from tinytrain.cli import cli; "
-            f"r = CliRunner().invoke(cli, ['sweep', {str(path)!r}, '--dry-run']); "
-            "print(r.exit_code, 'torch' in sys.modules, 'mlflow' in sys.modules)")
+    code = (
+        "import sys; from click.testing import CliRunner; from tinytrain.cli import cli; "
+        f"r = CliRunner().invoke(cli, ['sweep', {str(path)!r}, '--dry-run']); "
+        "print(r.exit_code, 'torch' in sys.modules, 'mlflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "0 False False"

@@ -19,8 +19,12 @@ from tinytrain.spec import ConfigError, validate
 def spec_of(kind: str, problem: str = "digits", **hyperparameters):
     # diverge_above off: at its default lr on 8-image batches rmsprop's third loss is past 1e3 x its first,
     # and these tests are about every optimizer training and reproducing, not about when a run diverges
-    raw = {"steps": 3, "diverge_above": math.inf, "grid": {"optimizer": ["v"], "seed": [1]},
-           "optimizers": {"v": {"type": kind, **hyperparameters}}}
+    raw = {
+        "steps": 3,
+        "diverge_above": math.inf,
+        "grid": {"optimizer": ["v"], "seed": [1]},
+        "optimizers": {"v": {"type": kind, **hyperparameters}},
+    }
     if problem == "digits":
         raw.update(problem="digits", batch_size=8, eval_every=2)
     return validate(raw).specs()[0]
@@ -99,8 +103,10 @@ def test_the_catalogue_command_lists_every_optimizer_with_its_defaults():
 
 
 def test_the_catalogue_needs_neither_torch_nor_mlflow():
-    code = ("import sys; from tinytrain.cli import cli; from click.testing import CliRunner; "
-            "out = CliRunner().invoke(cli, ['optimizers']); "
-            "print(out.exit_code, 'torch' in sys.modules, 'mlflow' in sys.modules, 'pytorch_optimizer' in sys.modules)")
+    code = (
+        "import sys; from tinytrain.cli import cli; from click.testing import CliRunner; "
+        "out = CliRunner().invoke(cli, ['optimizers']); "
+        "print(out.exit_code, 'torch' in sys.modules, 'mlflow' in sys.modules, 'pytorch_optimizer' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0 False False False"

@@ -19,8 +19,11 @@ from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, TEST_METRICS
 
 
 def digits_spec(**settings):
-    grid = {"optimizer": [settings.pop("optimizer", "adam")], "lr": [settings.pop("lr", 1e-3)],
-            "seed": [settings.pop("seed", 0)]}
+    grid = {
+        "optimizer": [settings.pop("optimizer", "adam")],
+        "lr": [settings.pop("lr", 1e-3)],
+        "seed": [settings.pop("seed", 0)],
+    }
     raw = {"problem": "digits", "steps": 4, "batch_size": 8, "eval_every": 2, **settings, "grid": grid}
     return validate(raw).specs()[0]
 
@@ -69,7 +72,7 @@ def test_an_epoch_is_a_permutation_of_the_training_images_cut_into_full_batches(
     order = torch.randperm(DIGITS_TRAINING_IMAGES, generator=generator)
     per_epoch = DIGITS_TRAINING_IMAGES // 64  # 22 batches; the last 29 images of the permutation are dropped
     for index in range(per_epoch):
-        assert torch.equal(next(batches)[0], train_x[order[index * 64:(index + 1) * 64]])
+        assert torch.equal(next(batches)[0], train_x[order[index * 64 : (index + 1) * 64]])
     next_epoch = torch.randperm(DIGITS_TRAINING_IMAGES, generator=generator)
     assert torch.equal(next(batches)[0], train_x[next_epoch[:64]])
 
@@ -154,7 +157,11 @@ def test_new_settings_are_params_and_come_back_from_them():
     spec = digits_spec(loss="cross_entropy", batch_size=16, eval_every=3)
     params = spec.params()
     assert {k: params[k] for k in ("problem", "loss", "batch_size", "eval_every")} == {
-        "problem": "digits", "loss": "cross_entropy", "batch_size": "16", "eval_every": "3"}
+        "problem": "digits",
+        "loss": "cross_entropy",
+        "batch_size": "16",
+        "eval_every": "3",
+    }
     assert RunSpec.from_params(params) == spec and RunSpec.from_params(params).key == spec.key
     one_sample = validate({}).specs()[0]
     assert "batch_size" not in one_sample.params()  # it does not apply there

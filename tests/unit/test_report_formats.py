@@ -14,14 +14,17 @@ from tinytrain.reports import compare as report
 from tinytrain.tracking import CellRun, SweepRecord
 
 
-def cell_run(optimizer: str, lr: float, seed: int, initial: float, final: float,
-             outcome: str = "converged") -> CellRun:
+def cell_run(optimizer: str, lr: float, seed: int, initial: float, final: float, outcome: str = "converged") -> CellRun:
     return CellRun(f"{optimizer}{lr}{seed}", "key", optimizer, lr, seed, outcome, initial, final, (initial, final))
 
 
 # adam 0.01: 0.5 -> 0.25 and 0.25 -> 0.125 (both -50 %); sgd 0.1: 0.5 -> 0.375 (-25 %) and a diverged seed
-RUNS = [cell_run("adam", 0.01, 0, 0.5, 0.25), cell_run("adam", 0.01, 1, 0.25, 0.125),
-        cell_run("sgd", 0.1, 0, 0.5, 0.375), cell_run("sgd", 0.1, 1, 0.5, math.inf, "diverged")]
+RUNS = [
+    cell_run("adam", 0.01, 0, 0.5, 0.25),
+    cell_run("adam", 0.01, 1, 0.25, 0.125),
+    cell_run("sgd", 0.1, 0, 0.5, 0.375),
+    cell_run("sgd", 0.1, 1, 0.5, math.inf, "diverged"),
+]
 EXPECTED = [  # (optimizer, lr, seed, initial_loss, final_loss, change, outcome) as csv and json give them
     ("adam", 0.01, 0, 0.5, 0.25, -0.5, "converged"),
     ("adam", 0.01, 1, 0.25, 0.125, -0.5, "converged"),
@@ -37,7 +40,8 @@ def test_before_after_rows_close_each_cell_with_the_mean_of_its_converged_seeds(
     rows = report.before_after(RUNS)
     assert [(row.optimizer, row.lr, row.seed, row.initial_loss, row.outcome) for row in rows] == [
         (optimizer, lr, None if seed == "mean" else seed, initial, outcome)
-        for optimizer, lr, seed, initial, _final, _change, outcome in EXPECTED]
+        for optimizer, lr, seed, initial, _final, _change, outcome in EXPECTED
+    ]
     assert rows[4].diverged and not rows[3].diverged and math.isnan(report.BeforeAfter("a", 1, 0, 0, 1, "x").change)
 
 
@@ -47,15 +51,21 @@ def test_before_after_json_and_csv_hold_the_raw_numbers():
     assert parsed == {"title": "the title", "rows": [dict(zip(COLUMNS, row, strict=True)) for row in EXPECTED]}
     lines = list(csv.reader(io.StringIO(report.render_before_after(rows, "csv"))))
     assert lines[0] == COLUMNS
-    assert lines[1:] == [["" if value is None else repr(value) if isinstance(value, float) else str(value)
-                          for value in row] for row in EXPECTED]
+    assert lines[1:] == [
+        ["" if value is None else repr(value) if isinstance(value, float) else str(value) for value in row]
+        for row in EXPECTED
+    ]
 
 
 def test_before_after_markdown_and_table():
     rows = report.before_after(RUNS)
     markdown = report.render_before_after(rows, "markdown", "t").splitlines()
-    assert markdown[:4] == ["**t**", "", "| optimizer | lr | seed | initial loss |  | final loss | change | outcome |",
-                            "|---|---:|---:|---:|---|---:|---:|---|"]
+    assert markdown[:4] == [
+        "**t**",
+        "",
+        "| optimizer | lr | seed | initial loss |  | final loss | change | outcome |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
+    ]
     assert markdown[4] == "| adam | 0.01 | 0 | 0.5 | -> | 0.25 | -50.0% | converged |"
     assert markdown[6] == "| adam | 0.01 | mean | 0.375 | -> | 0.1875 | -50.0% |  |"
     assert markdown[8] == "| sgd | 0.1 | 1 | 0.5 | -> | — | — | diverged |"
@@ -88,15 +98,27 @@ def test_compare_json_and_csv_hold_the_raw_numbers():
     assert (sgd.mean, sgd.std, sgd.seeds, sgd.diverged) == (0.375, None, 2, 1)
     parsed = json.loads(report.render_compare([adam, sgd], "json", "t"))
     assert parsed["title"] == "t" and [row["optimizer"] for row in parsed["rows"]] == ["adam", "sgd"]
-    old = {"rank": 2, "optimizer": "sgd", "lr": 0.1, "mean": 0.375, "std": None, "geomean": 0.375,
-           "log10_std": None, "min": 0.375, "max": 0.375, "seeds": 2, "diverged": 1}
+    old = {
+        "rank": 2,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "mean": 0.375,
+        "std": None,
+        "geomean": 0.375,
+        "log10_std": None,
+        "min": 0.375,
+        "max": 0.375,
+        "seeds": 2,
+        "diverged": 1,
+    }
     assert {key: parsed["rows"][1][key] for key in old} == old
     assert set(parsed["rows"][1]) == set(report.COLUMNS)  # every column, the statistics' keys included
     lines = list(csv.reader(io.StringIO(report.render_compare([adam, sgd], "csv"))))
     assert lines[0] == list(report.COLUMNS)
     sgd_csv = dict(zip(lines[0], lines[2], strict=True))
-    assert {key: sgd_csv[key] for key in old} == {key: "" if value is None else str(value)
-                                                  for key, value in old.items()}
+    assert {key: sgd_csv[key] for key in old} == {
+        key: "" if value is None else str(value) for key, value in old.items()
+    }
 
 
 def test_compare_table_and_its_errors():
@@ -124,8 +146,18 @@ def test_markdown_escapes_pipes_and_leaves_out_an_empty_title():
 
 
 def test_a_runs_value_of_each_metric_and_nan_where_it_was_not_measured():
-    measured = CellRun("r", "key", "adam", 0.01, 0, "finished", 2.0, 0.5, (2.0, 0.5),
-                       metrics={"final_test_loss": 0.75, "final_test_accuracy": 0.875, "final_loss": 99.0})
+    measured = CellRun(
+        "r",
+        "key",
+        "adam",
+        0.01,
+        0,
+        "finished",
+        2.0,
+        0.5,
+        (2.0, 0.5),
+        metrics={"final_test_loss": 0.75, "final_test_accuracy": 0.875, "final_loss": 99.0},
+    )
     assert report.metric_value(measured) == 0.5  # final_loss by default, the run's own (not a metric's)
     assert report.metric_value(measured, "final_loss") == 0.5
     assert report.metric_value(measured, "test_loss") == 0.75
@@ -134,9 +166,21 @@ def test_a_runs_value_of_each_metric_and_nan_where_it_was_not_measured():
 
 
 def test_as_metric_puts_the_metric_in_place_of_the_final_loss_and_an_accuracy_as_its_error():
-    runs = [CellRun("r", "key", "adam", 0.01, seed, "finished", 2.0, 0.5, (2.0, 0.5),
-                    metrics={"final_test_loss": 0.25 * (seed + 1), "final_test_accuracy": 0.75 + seed / 8})
-            for seed in range(2)]
+    runs = [
+        CellRun(
+            "r",
+            "key",
+            "adam",
+            0.01,
+            seed,
+            "finished",
+            2.0,
+            0.5,
+            (2.0, 0.5),
+            metrics={"final_test_loss": 0.25 * (seed + 1), "final_test_accuracy": 0.75 + seed / 8},
+        )
+        for seed in range(2)
+    ]
     assert report.as_metric(runs, "final_loss") == runs
     assert [run.final_loss for run in report.as_metric(runs, "test_loss")] == [0.25, 0.5]
     assert [run.final_loss for run in report.as_metric(runs, "test_accuracy")] == [0.25, 0.125]
@@ -161,28 +205,63 @@ def test_parse_cell_refuses_what_is_not_optimizer_at_lr(text):
 
 
 def row(optimizer: str = "adam", lr: float = 0.01, **fields) -> report.CellSummary:
-    values = {"rank": 1, "mean": 0.5, "std": None, "geomean": 0.5, "log10_std": None, "min": 0.5, "max": 0.5,
-              "seeds": 3, "diverged": 0, **fields}
+    values = {
+        "rank": 1,
+        "mean": 0.5,
+        "std": None,
+        "geomean": 0.5,
+        "log10_std": None,
+        "min": 0.5,
+        "max": 0.5,
+        "seeds": 3,
+        "diverged": 0,
+        **fields,
+    }
     return report.CellSummary(optimizer=optimizer, lr=lr, **values)
 
 
-@pytest.mark.parametrize("fields, verdict", [
-    ({"baseline": True}, "baseline"),
-    ({"tied_with_best": None, "p_better": 0.9}, "—"),  # no shared seeds
-    ({"tied_with_best": True, "p_better": 0.9}, "tied"),
-    ({"tied_with_best": False, "p_better": 0.75}, "better"),
-    ({"tied_with_best": False, "p_better": 0.5}, "worse"),  # half the seeds: not better
-    ({"tied_with_best": False, "p_better": None}, "worse"),
-])
+@pytest.mark.parametrize(
+    "fields, verdict",
+    [
+        ({"baseline": True}, "baseline"),
+        ({"tied_with_best": None, "p_better": 0.9}, "—"),  # no shared seeds
+        ({"tied_with_best": True, "p_better": 0.9}, "tied"),
+        ({"tied_with_best": False, "p_better": 0.75}, "better"),
+        ({"tied_with_best": False, "p_better": 0.5}, "worse"),  # half the seeds: not better
+        ({"tied_with_best": False, "p_better": None}, "worse"),
+    ],
+)
 def test_verdict_against_the_baseline(fields, verdict):
     assert report.verdict(row(**fields)) == verdict
 
 
 def test_the_cells_of_a_row_as_the_table_shows_them():
-    full = row(rank=2, median=0.0123, ci_low=0.00456, ci_high=0.0789, iqm=0.0111, steps_to_target=40.0,
-               not_reached=1, p_better=0.25, p_value=0.0312, tied_with_best=False, diverged=1)
-    assert report._cells(full) == ("2", "adam", "0.01", "40 (1/3 not)", "0.012 [0.0046, 0.079]", "0.011", "0.25",
-                                   "0.031", "worse", "3", "1")
+    full = row(
+        rank=2,
+        median=0.0123,
+        ci_low=0.00456,
+        ci_high=0.0789,
+        iqm=0.0111,
+        steps_to_target=40.0,
+        not_reached=1,
+        p_better=0.25,
+        p_value=0.0312,
+        tied_with_best=False,
+        diverged=1,
+    )
+    assert report._cells(full) == (
+        "2",
+        "adam",
+        "0.01",
+        "40 (1/3 not)",
+        "0.012 [0.0046, 0.079]",
+        "0.011",
+        "0.25",
+        "0.031",
+        "worse",
+        "3",
+        "1",
+    )
     bare = row(rank=None, median=None, steps_to_target=None, not_reached=3)
     assert report._cells(bare)[0] == "—" and report._cells(bare)[3:5] == ("not reached (3/3)", "—")
     assert report._cells(row(median=1.5e-07, steps_to_target=7.0))[3:5] == ("7", "1.5e-07")  # no interval: one seed
@@ -211,22 +290,28 @@ def test_compare_title_names_the_sweep_its_metric_steps_and_seeds():
         return SweepRecord("grid", "1", "abc123", 40, 1, runs, ())
 
     assert report.compare_title(sweep([0, 1, 1])) == "grid: sweep abc123, final loss after 40 steps over 2 seeds"
-    assert report.compare_title(sweep([4]), "test_accuracy") == \
-        "grid: sweep abc123, test error (1 - test accuracy) after 40 steps over 1 seed"
+    assert (
+        report.compare_title(sweep([4]), "test_accuracy")
+        == "grid: sweep abc123, test error (1 - test accuracy) after 40 steps over 1 seed"
+    )
 
 
 def test_compare_caption_says_how_the_table_is_ranked_and_read():
-    common = ("Median, 95% bootstrap CI and IQM (interquartile mean) are those of log10(final_loss) over the "
-              "finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; p: "
-              "two-sided Wilcoxon signed-rank on paired log10 final losses, Holm-corrected. ")
+    common = (
+        "Median, 95% bootstrap CI and IQM (interquartile mean) are those of log10(final_loss) over the "
+        "finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; p: "
+        "two-sided Wilcoxon signed-rank on paired log10 final losses, Holm-corrected. "
+    )
     rows = [row("adam", baseline=True, seeds=6), row("sgd", rank=2, p_value=0.5, tied_with_best=True, seeds=6)]
     assert report.compare_caption(rows) == (
         "Ranked by the median steps to a loss <= 0.001 over seeds (a seed that never gets there, or diverges, "
         "counts as not reached). " + common + "1 cell cannot be told apart from the best (adam@0.01) with 6 seeds "
-        "(Holm-corrected p >= 0.05).")
+        "(Holm-corrected p >= 0.05)."
+    )
     assert report.compare_caption(rows, by="final_loss", target=0.1) == (
         "Ranked by the geometric mean of final_loss. " + common + "1 cell cannot be told apart from the best "
-        "(adam@0.01) with 6 seeds (Holm-corrected p >= 0.05).")
+        "(adam@0.01) with 6 seeds (Holm-corrected p >= 0.05)."
+    )
     assert report.compare_caption([row("adam")]).endswith("Holm-corrected. ")  # no baseline: no sentence
 
 
@@ -237,9 +322,9 @@ def test_the_terminal_table_aligns_numbers_right_and_names_left_without_padding_
     assert len(text) == 5 and text[0] == "" and set(text[2].strip()) == {"─"}  # rich's blank top, header, rule
     header, body = text[1], text[3:]
     assert header.startswith(" rank   optimizer")  # one space of edge, no padding beside it
-    assert [line[:len(" rank")] for line in body] == ["    2", "   10"]  # right-aligned under its header
+    assert [line[: len(" rank")] for line in body] == ["    2", "   10"]  # right-aligned under its header
     start = header.index("optimizer")
-    assert [line[start:start + len(long_name)].rstrip() for line in body] == ["sgd", long_name]  # left-aligned
+    assert [line[start : start + len(long_name)].rstrip() for line in body] == ["sgd", long_name]  # left-aligned
     seeds_end = header.index("seeds") + len("seeds")
     assert [line[:seeds_end].split()[-1] for line in body] == ["12", "3"]  # right-aligned: ends under it
     assert all(line == line.rstrip() for line in text)
@@ -266,16 +351,28 @@ def test_before_after_defaults_and_json_indented_by_two():
     assert (record["final_loss"], record["change"]) == (None, None)
 
 
-@pytest.mark.parametrize("rows, sentence", [
-    ([row("adam", baseline=True, seeds=3), row("sgd", rank=2, p_value=0.01, tied_with_best=False, seeds=5)],
-     "Every other cell differs from the best (adam@0.01) at Holm-corrected p < 0.05 with 3-5 seeds."),
-    ([row("adam", rank=2, baseline=True), row("sgd", rank=1, p_value=0.5, tied_with_best=True),
-      row("rmsprop", rank=3, p_value=0.2, tied_with_best=True)],
-     "2 cells cannot be told apart from adam@0.01 with 3 seeds (Holm-corrected p >= 0.05)."),
-    ([row("adam", baseline=True), row("sgd", rank=2)], "No cell shares a seed with the best (adam@0.01): nothing to "
-                                                       "compare."),
-    ([row("adam"), row("sgd", rank=2)], ""),
-])
+@pytest.mark.parametrize(
+    "rows, sentence",
+    [
+        (
+            [row("adam", baseline=True, seeds=3), row("sgd", rank=2, p_value=0.01, tied_with_best=False, seeds=5)],
+            "Every other cell differs from the best (adam@0.01) at Holm-corrected p < 0.05 with 3-5 seeds.",
+        ),
+        (
+            [
+                row("adam", rank=2, baseline=True),
+                row("sgd", rank=1, p_value=0.5, tied_with_best=True),
+                row("rmsprop", rank=3, p_value=0.2, tied_with_best=True),
+            ],
+            "2 cells cannot be told apart from adam@0.01 with 3 seeds (Holm-corrected p >= 0.05).",
+        ),
+        (
+            [row("adam", baseline=True), row("sgd", rank=2)],
+            "No cell shares a seed with the best (adam@0.01): nothing to compare.",
+        ),
+        ([row("adam"), row("sgd", rank=2)], ""),
+    ],
+)
 def test_ties_sentence(rows, sentence):
     assert report.ties_sentence(rows) == sentence
 
@@ -296,8 +393,9 @@ def curve_run(optimizer: str, seed: int, losses: tuple[float, ...], outcome: str
 
 def test_summarize_ranks_by_time_to_target_or_by_final_loss():
     # fast gets below 1e-3 at step 1 and ends at 5e-4; slow gets there at step 2 and ends far lower
-    runs = [curve_run("fast", seed, (1.0, 1e-4, 5e-4)) for seed in range(2)] + \
-           [curve_run("slow", seed, (1.0, 0.1, 1e-6)) for seed in range(2)]
+    runs = [curve_run("fast", seed, (1.0, 1e-4, 5e-4)) for seed in range(2)] + [
+        curve_run("slow", seed, (1.0, 0.1, 1e-6)) for seed in range(2)
+    ]
     assert {row.optimizer: row.rank for row in report.summarize(runs)} == {"fast": 1, "slow": 2}
     assert {row.optimizer: row.rank for row in report.summarize(runs, by="final_loss")} == {"slow": 1, "fast": 2}
     loose = {row.optimizer: row.steps_to_target for row in report.summarize(runs, target=0.2)}
@@ -328,6 +426,9 @@ def test_the_smaller_corners_of_the_formats():
     with pytest.raises(ValueError) as error:
         report.render_compare([row()], "xml")
     assert str(error.value) == "unknown format 'xml': use one of table, csv, json, markdown"
-    three = [row("a", baseline=True, seeds=3), row("b", rank=2, p_value=0.01, tied_with_best=False, seeds=4),
-             row("c", rank=3, p_value=0.01, tied_with_best=False, seeds=5)]
+    three = [
+        row("a", baseline=True, seeds=3),
+        row("b", rank=2, p_value=0.01, tied_with_best=False, seeds=4),
+        row("c", rank=3, p_value=0.01, tied_with_best=False, seeds=5),
+    ]
     assert report.ties_sentence(three).endswith("with 3-5 seeds.")

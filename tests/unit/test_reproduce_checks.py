@@ -42,12 +42,20 @@ def record_of(result, **changes) -> LoggedRun:
     """The record the store would give back for a result, with some of it changed."""
     weights = {**result.checkpoints, result.final_step: result.final_weights} if result.final_weights else {}
     record = LoggedRun(
-        run_id="r1", spec=result.spec,
-        tags={"tinytrain.run_key": result.spec.key, "tinytrain.outcome": result.outcome,
-              "tinytrain.torch": torch.__version__},
-        metrics={name: [(step, reproduce.as_stored(value)) for step, value in history]
-                 for name, history in result.logged_metrics().items()},
-        checkpoints=copy.deepcopy(weights), models=copy.deepcopy(weights))
+        run_id="r1",
+        spec=result.spec,
+        tags={
+            "tinytrain.run_key": result.spec.key,
+            "tinytrain.outcome": result.outcome,
+            "tinytrain.torch": torch.__version__,
+        },
+        metrics={
+            name: [(step, reproduce.as_stored(value)) for step, value in history]
+            for name, history in result.logged_metrics().items()
+        },
+        checkpoints=copy.deepcopy(weights),
+        models=copy.deepcopy(weights),
+    )
     for name, value in changes.items():
         setattr(record, name, value)
     return record
@@ -61,19 +69,27 @@ def test_a_faithful_record_is_identical_and_says_what_was_compared(trained):
     result = trained["converged"]
     verdict = check(record_of(result), result)
     assert verdict.identical and verdict.notes == []
-    assert (verdict.losses, verdict.values, verdict.weights, verdict.tensors) == (7, 2, {"checkpoint": 2, "model": 2},
-                                                                                    40)
-    assert verdict.describe() == ("identical: run r1 retrained from its record gives all 7 logged losses, 2 other "
-                                  "metric value(s), 2 checkpoint(s) and 2 LoggedModel(s) (40 tensors) bit for bit")
+    assert (verdict.losses, verdict.values, verdict.weights, verdict.tensors) == (
+        7,
+        2,
+        {"checkpoint": 2, "model": 2},
+        40,
+    )
+    assert verdict.describe() == (
+        "identical: run r1 retrained from its record gives all 7 logged losses, 2 other "
+        "metric value(s), 2 checkpoint(s) and 2 LoggedModel(s) (40 tensors) bit for bit"
+    )
 
 
 def test_a_diverged_record_is_identical_without_weights(trained):
     result = trained["diverged"]
     verdict = check(record_of(result), result)
     assert verdict.identical
-    assert verdict.describe() == (f"identical: run r1 retrained from its record gives all {len(result.losses)} logged "
-                                  "losses, 2 other metric value(s) bit for bit; no checkpoint: its record says it "
-                                  "diverged")
+    assert verdict.describe() == (
+        f"identical: run r1 retrained from its record gives all {len(result.losses)} logged "
+        "losses, 2 other metric value(s) bit for bit; no checkpoint: its record says it "
+        "diverged"
+    )
 
 
 def test_the_retraining_is_the_real_one_by_default(trained):
@@ -96,8 +112,10 @@ def test_a_changed_key_is_the_first_difference(trained):
     record = record_of(result)
     record.tags["tinytrain.run_key"] = "k"
     verdict = check(record, result)
-    assert verdict.describe() == (f"differs at params: they give run key {result.spec.key}, the run's tag says k: "
-                                  "the params or the key were changed, or another version of tinytrain wrote them")
+    assert verdict.describe() == (
+        f"differs at params: they give run key {result.spec.key}, the run's tag says k: "
+        "the params or the key were changed, or another version of tinytrain wrote them"
+    )
 
 
 def test_an_outcome_other_than_the_retrained_one(trained):
@@ -107,15 +125,19 @@ def test_an_outcome_other_than_the_retrained_one(trained):
     verdict = check(record, result)
     assert verdict.differences[0].line() == "differs at outcome: logged diverged, retrained finished"
     # a record that says diverged implies no weights: those it has are named as extra
-    assert verdict.differences[1].line() == ("differs at checkpoint at step 4: in the record, but a diverged run of "
-                                             "these settings keeps none there")
+    assert verdict.differences[1].line() == (
+        "differs at checkpoint at step 4: in the record, but a diverged run of these settings keeps none there"
+    )
     assert verdict.describe().endswith(f" (and {len(verdict.differences) - 1} more difference(s))")
 
 
 def missing_weights(what: str, why: str, steps: tuple[int, ...] = (2, 4, 6)) -> list[str]:
     """The line of each weight that a record said finished lacks, step by step."""
-    return [f"differs at {what} at step {step}: missing ({why}); the record says the run finished, so it keeps "
-            "these weights" for step in steps]
+    return [
+        f"differs at {what} at step {step}: missing ({why}); the record says the run finished, so it keeps "
+        "these weights"
+        for step in steps
+    ]
 
 
 def test_a_diverged_record_said_converged_misses_its_weights(trained):
@@ -163,8 +185,10 @@ def test_the_first_differing_loss_names_its_step_and_both_values(trained):
     step, value = record.metrics["loss"][3]
     record.metrics["loss"][3] = (step, value + 1e-3)
     verdict = check(record, result)
-    assert verdict.describe() == (f"differs at metric loss at step 3: logged {value + 1e-3!r}, retrained {value!r} "
-                                  f"(difference {abs(value + 1e-3 - value):.3g})")
+    assert verdict.describe() == (
+        f"differs at metric loss at step 3: logged {value + 1e-3!r}, retrained {value!r} "
+        f"(difference {abs(value + 1e-3 - value):.3g})"
+    )
     assert verdict.losses == 7
 
 
@@ -174,8 +198,10 @@ def test_a_changed_summary_metric(trained, metric):
     record = record_of(result)
     step, value = record.metrics[metric][0]
     record.metrics[metric] = [(step, 0.5)]
-    assert check(record, result).describe() == (f"differs at metric {metric} at step {step}: logged 0.5, retrained "
-                                                f"{value!r} (difference {abs(0.5 - value):.3g})")
+    assert check(record, result).describe() == (
+        f"differs at metric {metric} at step {step}: logged 0.5, retrained "
+        f"{value!r} (difference {abs(0.5 - value):.3g})"
+    )
 
 
 def test_a_value_logged_at_another_step(trained):
@@ -183,7 +209,8 @@ def test_a_value_logged_at_another_step(trained):
     record = record_of(result)
     record.metrics["final_loss"] = [(0, 0.5), *record.metrics["final_loss"]]
     assert check(record, result).describe() == (
-        f"differs at metric final_loss: logged 0.5 at step 0, where training logs step 6 ({result.final_loss!r})")
+        f"differs at metric final_loss: logged 0.5 at step 0, where training logs step 6 ({result.final_loss!r})"
+    )
 
 
 def test_a_truncated_and_an_empty_history(trained):
@@ -191,20 +218,23 @@ def test_a_truncated_and_an_empty_history(trained):
     record = record_of(result)
     record.metrics["loss"] = record.metrics["loss"][:4]
     verdict = check(record, result)
-    assert verdict.describe() == ("differs at metric loss: the record ends at step 3, training goes on to step 6 "
-                                  "(3 value(s) missing: truncated)")
+    assert verdict.describe() == (
+        "differs at metric loss: the record ends at step 3, training goes on to step 6 (3 value(s) missing: truncated)"
+    )
     assert verdict.losses == 4
     record.metrics["loss"] = []
-    assert check(record, result).describe() == ("differs at metric loss: the record is empty, training goes on to "
-                                                "step 6 (7 value(s) missing: truncated)")
+    assert check(record, result).describe() == (
+        "differs at metric loss: the record is empty, training goes on to step 6 (7 value(s) missing: truncated)"
+    )
 
 
 def test_a_history_longer_than_training_logs(trained):
     result = trained["converged"]
     record = record_of(result)
     record.metrics["loss"].append((7, 0.25))
-    assert check(record, result).describe() == ("differs at metric loss: the record has 1 value(s) more than "
-                                                "training logs, from 0.25 at step 7")
+    assert check(record, result).describe() == (
+        "differs at metric loss: the record has 1 value(s) more than training logs, from 0.25 at step 7"
+    )
 
 
 def test_metrics_missing_or_extra_but_never_the_wall_time(trained):
@@ -217,8 +247,10 @@ def test_metrics_missing_or_extra_but_never_the_wall_time(trained):
     del record.metrics["initial_loss"]
     record.metrics["test_accuracy"] = [(0, 1.0), (1, 1.0)]
     lines = [difference.line() for difference in check(record, result).differences]
-    assert lines == ["differs at metric initial_loss: missing from the record; training logs 1 value(s)",
-                     "differs at metric test_accuracy: logged (2 value(s)), but training does not produce it"]
+    assert lines == [
+        "differs at metric initial_loss: missing from the record; training logs 1 value(s)",
+        "differs at metric test_accuracy: logged (2 value(s)), but training does not produce it",
+    ]
 
 
 def test_loss_is_compared_first(trained):
@@ -236,20 +268,26 @@ def test_a_changed_tensor_entry_a_missing_tensor_and_a_changed_shape(trained):
     logged = float(record.checkpoints[6]["fc2.bias"][7])
     retrained = float(result.final_weights["fc2.bias"][7])
     verdict = check(record, result)
-    assert verdict.describe() == (f"differs at checkpoint at step 6, tensor fc2.bias[7]: logged {logged!r}, "
-                                  f"retrained {retrained!r} (difference {abs(logged - retrained):.3g})")
+    assert verdict.describe() == (
+        f"differs at checkpoint at step 6, tensor fc2.bias[7]: logged {logged!r}, "
+        f"retrained {retrained!r} (difference {abs(logged - retrained):.3g})"
+    )
     record = record_of(result)
     del record.models[4]["conv1.bias"]
-    assert check(record, result).describe() == "differs at LoggedModel at step 4, tensor conv1.bias: missing from " \
-                                               "the record"
+    assert (
+        check(record, result).describe() == "differs at LoggedModel at step 4, tensor conv1.bias: missing from "
+        "the record"
+    )
     record = record_of(result)
     record.models[4]["extra"] = torch.zeros(1)
-    assert check(record, result).describe() == ("differs at LoggedModel at step 4, tensor extra: missing from the "
-                                                "retrained net")
+    assert check(record, result).describe() == (
+        "differs at LoggedModel at step 4, tensor extra: missing from the retrained net"
+    )
     record = record_of(result)
     record.checkpoints[4]["fc3.bias"] = torch.zeros(11)
-    assert check(record, result).describe() == ("differs at checkpoint at step 4, tensor fc3.bias: shape (11,) "
-                                                "logged, (10,) retrained")
+    assert check(record, result).describe() == (
+        "differs at checkpoint at step 4, tensor fc3.bias: shape (11,) logged, (10,) retrained"
+    )
 
 
 def test_stored_values():

@@ -31,11 +31,20 @@ def test_grid_expands_to_the_cartesian_product_in_order(experiment_file):
     specs = load_experiment(experiment_file(SMALL)).specs()
     assert len(specs) == 2 * 2 * 3
     assert [(s.optimizer, s.lr, s.seed) for s in specs[:4]] == [
-        ("sgd", 0.1, 0), ("sgd", 0.1, 1), ("sgd", 0.1, 2), ("sgd", 0.01, 0)]
+        ("sgd", 0.1, 0),
+        ("sgd", 0.1, 1),
+        ("sgd", 0.1, 2),
+        ("sgd", 0.01, 0),
+    ]
     heavy = specs[-1]
     assert (heavy.optimizer, heavy.kind, heavy.lr, heavy.seed, heavy.steps) == ("heavy", "sgd", 0.01, 2, 3)
-    assert heavy.optimizer_kwargs == {"momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
-                                      "nesterov": False, "maximize": False}
+    assert heavy.optimizer_kwargs == {
+        "momentum": 0.9,
+        "dampening": 0.0,
+        "weight_decay": 0.0,
+        "nesterov": False,
+        "maximize": False,
+    }
 
 
 def test_missing_lr_axis_takes_each_optimizers_torch_default():
@@ -44,30 +53,38 @@ def test_missing_lr_axis_takes_each_optimizers_torch_default():
 
 
 def test_set_overrides_axes_settings_and_variant_hyperparameters(experiment_file):
-    experiment = load_experiment(experiment_file(SMALL), [
-        "steps=10", "lr=0.1,1e-3", "optimizer=heavy", "seed=7", "optimizers.heavy.nesterov=true"])
+    experiment = load_experiment(
+        experiment_file(SMALL),
+        ["steps=10", "lr=0.1,1e-3", "optimizer=heavy", "seed=7", "optimizers.heavy.nesterov=true"],
+    )
     specs = experiment.specs()
     assert [(s.optimizer, s.lr, s.seed, s.steps) for s in specs] == [("heavy", 0.1, 7, 10), ("heavy", 1e-3, 7, 10)]
     assert specs[0].optimizer_kwargs["nesterov"] is True
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("lr=0.1,0.01", ("lr", [0.1, 0.01])),
-    ("optimizer=adam,sgd", ("optimizer", ["adam", "sgd"])),
-    ("steps=10", ("steps", [10])),
-    ("seed=0, 1", ("seed", [0, 1])),
-    ("mkldnn=true", ("mkldnn", [True])),
-    ("lr=.5", ("lr", [0.5])),
-    ("optimizers.x.betas=[0.9, 0.99]", ("optimizers.x.betas", [[0.9, 0.99]])),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("lr=0.1,0.01", ("lr", [0.1, 0.01])),
+        ("optimizer=adam,sgd", ("optimizer", ["adam", "sgd"])),
+        ("steps=10", ("steps", [10])),
+        ("seed=0, 1", ("seed", [0, 1])),
+        ("mkldnn=true", ("mkldnn", [True])),
+        ("lr=.5", ("lr", [0.5])),
+        ("optimizers.x.betas=[0.9, 0.99]", ("optimizers.x.betas", [[0.9, 0.99]])),
+    ],
+)
 def test_parse_override(text, expected):
     assert parse_override(text) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("name=a=b", ("name", ["a=b"])),  # the first '=' splits
-    ("lr={ log_uniform = [1e-3, 1e-1], count = 5 }", ("lr", [{"log_uniform": [1e-3, 1e-1], "count": 5}])),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("name=a=b", ("name", ["a=b"])),  # the first '=' splits
+        ("lr={ log_uniform = [1e-3, 1e-1], count = 5 }", ("lr", [{"log_uniform": [1e-3, 1e-1], "count": 5}])),
+    ],
+)
 def test_parse_override_of_a_value_with_an_equals_sign_or_an_inline_table(text, expected):
     assert parse_override(text) == expected
 
@@ -79,8 +96,11 @@ APPLIED = [
     ({"grid": {"seed": [0]}}, "lr=0.1", {"grid": {"seed": [0], "lr": [0.1]}}),  # one value: still a list
     ({}, "lr={ log_uniform = [1e-3, 1e-1], count = 5 }", {"grid": {"lr": {"log_uniform": [1e-3, 1e-1], "count": 5}}}),
     ({}, "optimizers.sgd-momentum.momentum=0.5", {"optimizers": {"sgd-momentum": {"momentum": 0.5}}}),
-    ({"optimizers": {"m": {"type": "sgd"}}}, "optimizers.m.momentum=0.5",
-     {"optimizers": {"m": {"type": "sgd", "momentum": 0.5}}}),
+    (
+        {"optimizers": {"m": {"type": "sgd"}}},
+        "optimizers.m.momentum=0.5",
+        {"optimizers": {"m": {"type": "sgd", "momentum": 0.5}}},
+    ),
     ({}, "optimizers.my.v2.momentum=0.5", {"optimizers": {"my.v2": {"momentum": 0.5}}}),  # the last '.' splits
     ({}, "steps=10", {"steps": 10}),
 ]
@@ -94,14 +114,23 @@ def test_apply_override_puts_each_key_where_it_belongs(before, text, after):
     assert before == after
 
 
-@pytest.mark.parametrize("text, message", [
-    ("optimizers.momentum=0.5", "--set optimizers.momentum: write optimizers.NAME.HYPERPARAMETER=VALUE, e.g. "
-                                "optimizers.sgd-momentum.momentum=0.5"),
-    ("optimizers..momentum=0.5", "--set optimizers..momentum: write optimizers.NAME.HYPERPARAMETER=VALUE, e.g. "
-                                 "optimizers.sgd-momentum.momentum=0.5"),
-    ("optimizers.m.momentum=0.5,0.9", "--set optimizers.m.momentum takes one value, got 2"),
-    ("steps=10,20", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "optimizers.momentum=0.5",
+            "--set optimizers.momentum: write optimizers.NAME.HYPERPARAMETER=VALUE, e.g. "
+            "optimizers.sgd-momentum.momentum=0.5",
+        ),
+        (
+            "optimizers..momentum=0.5",
+            "--set optimizers..momentum: write optimizers.NAME.HYPERPARAMETER=VALUE, e.g. "
+            "optimizers.sgd-momentum.momentum=0.5",
+        ),
+        ("optimizers.m.momentum=0.5,0.9", "--set optimizers.m.momentum takes one value, got 2"),
+        ("steps=10,20", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
+    ],
+)
 def test_apply_override_says_what_is_wrong(text, message):
     from tinytrain.spec import apply_override
 
@@ -123,18 +152,27 @@ def test_an_experiment_path_that_is_a_folder_or_not_text_is_one_clear_error(tmp_
     assert str(error.value) == f"{binary} is not a text file: give an experiment TOML file"
 
 
-CATALOGUE = ("adadelta, adafactor, adagrad, adam, adamax, adamw, ademamix, adopt, asgd, lion, muon, nadam, prodigy, "
-             "radam, rmsprop, rprop, schedulefree-adamw, sgd, soap")
+CATALOGUE = (
+    "adadelta, adafactor, adagrad, adam, adamax, adamw, ademamix, adopt, asgd, lion, muon, nadam, prodigy, "
+    "radam, rmsprop, rprop, schedulefree-adamw, sgd, soap"
+)
 BAD_INPUTS = [
-    ({"grid": {"optimizer": ["adamx"]}},
-     f"unknown optimizer 'adamx' in grid.optimizer: use one of {CATALOGUE}, "
-     "or define it as [optimizers.adamx] with a type"),
-    ({"optimizers": {"m": {"type": "sgd", "momentun": 0.9}}, "grid": {"optimizer": ["m"]}},
-     "unknown hyperparameter 'momentun' for optimizer 'm' (type sgd): known ones are dampening, maximize, "
-     "momentum, nesterov, weight_decay"),
-    ({"stepz": 3}, "unknown key 'stepz' in <experiment>: known keys are batch_size, checkpoint_every, data_seed, "
-                   "diverge_above, engine, eval_every, extra_seeds, grid, loss, mkldnn, name, optimizers, problem, "
-                   "steps, target_index, threads"),
+    (
+        {"grid": {"optimizer": ["adamx"]}},
+        f"unknown optimizer 'adamx' in grid.optimizer: use one of {CATALOGUE}, "
+        "or define it as [optimizers.adamx] with a type",
+    ),
+    (
+        {"optimizers": {"m": {"type": "sgd", "momentun": 0.9}}, "grid": {"optimizer": ["m"]}},
+        "unknown hyperparameter 'momentun' for optimizer 'm' (type sgd): known ones are dampening, maximize, "
+        "momentum, nesterov, weight_decay",
+    ),
+    (
+        {"stepz": 3},
+        "unknown key 'stepz' in <experiment>: known keys are batch_size, checkpoint_every, data_seed, "
+        "diverge_above, engine, eval_every, extra_seeds, grid, loss, mkldnn, name, optimizers, problem, "
+        "steps, target_index, threads",
+    ),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
     ({"grid": {"lr": [float("inf")]}}, "lr must be a finite number > 0, got inf in grid.lr"),
@@ -148,48 +186,89 @@ BAD_INPUTS = [
     ({"grid": {"epochs": [1]}}, "unknown grid axis 'epochs': the axes are optimizer, lr, seed"),
     ({"target_index": 10}, "target_index must be an integer from 0 to 9, got 10"),
     ({"engine": "jax"}, "engine must be one of sequential, vmap, got 'jax'"),
-    ({"engine": "vmap", "threads": 2}, "engine vmap runs with threads = 1 and mkldnn = false, where its results "
-     "equal the sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential"),
-    ({"optimizers": {"adam": {"type": "adam"}}},
-     "[optimizers.adam] redefines the built-in 'adam': give the variant its own name, e.g. [optimizers.adam-custom]"),
+    (
+        {"engine": "vmap", "threads": 2},
+        "engine vmap runs with threads = 1 and mkldnn = false, where its results "
+        "equal the sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential",
+    ),
+    (
+        {"optimizers": {"adam": {"type": "adam"}}},
+        "[optimizers.adam] redefines the built-in 'adam': give the variant its own name, e.g. [optimizers.adam-custom]",
+    ),
     ({"optimizers": {"m": {"type": "lbfgs"}}}, f"optimizers.m has type 'lbfgs': use one of {CATALOGUE}"),
-    ({"optimizers": {"m": {"type": "sgd", "lr": 0.1}}},
-     "optimizers.m sets lr: the learning rate is a grid axis, set it in [grid]"),
-    ({"optimizers": {"m": {"type": "sgd", "momentum": -1}}}, "optimizers.m.momentum must be a finite number >= 0, "
-                                                             "got -1"),
-    ({"optimizers": {"m": {"type": "adam", "betas": [0.9]}}},
-     "optimizers.m.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got [0.9]"),
-    ({"optimizers": {"m": {"type": "sgd", "nesterov": True}}},
-     "optimizers.m: nesterov needs momentum > 0 and dampening = 0"),
+    (
+        {"optimizers": {"m": {"type": "sgd", "lr": 0.1}}},
+        "optimizers.m sets lr: the learning rate is a grid axis, set it in [grid]",
+    ),
+    (
+        {"optimizers": {"m": {"type": "sgd", "momentum": -1}}},
+        "optimizers.m.momentum must be a finite number >= 0, got -1",
+    ),
+    (
+        {"optimizers": {"m": {"type": "adam", "betas": [0.9]}}},
+        "optimizers.m.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got [0.9]",
+    ),
+    (
+        {"optimizers": {"m": {"type": "sgd", "nesterov": True}}},
+        "optimizers.m: nesterov needs momentum > 0 and dampening = 0",
+    ),
     ({"problem": "mnist"}, "problem must be one of one-sample, digits, got 'mnist'"),
     ({"loss": "hinge"}, "loss must be one of mse, cross_entropy, got 'hinge'"),
-    ({"batch_size": 32}, "batch_size applies to problem digits; one-sample trains on its one input and has no "
-                         "test set: drop batch_size or set problem = \"digits\""),
+    (
+        {"batch_size": 32},
+        "batch_size applies to problem digits; one-sample trains on its one input and has no "
+        'test set: drop batch_size or set problem = "digits"',
+    ),
     ({"problem": "digits", "batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
-    ({"problem": "digits", "batch_size": 2000}, "batch_size must be at most the 1437 training images of digits, "
-                                                "got 2000"),
-    ({"problem": "digits", "target_index": 5}, "target_index is the one-sample problem's label; problem digits has "
-                                               "its own labels: drop target_index"),
-    ({"problem": "digits", "engine": "vmap"}, "engine vmap trains problem one-sample with loss mse only, not "
-     "problem digits with loss mse: use engine sequential (--jobs N runs cells in parallel)"),
-    ({"engine": "vmap", "grid": {"optimizer": ["lion"]}}, "engine vmap has no stacked update for lion (optimizer "
-     "lion): use engine sequential, or one of sgd, adam, adamw, rmsprop, adagrad"),
-    ({"optimizers": {"m": {"type": "ademamix", "betas": [0.9, 0.999]}}},
-     "optimizers.m.betas must be three numbers in [0, 1), e.g. [0.9, 0.999, 0.9999], got [0.9, 0.999]"),
-    ({"optimizers": {"m": {"type": "adafactor", "beta2_decay": 0.5}}},
-     "optimizers.m.beta2_decay must be a finite number <= 0, got 0.5"),
-    ({"optimizers": {"m": {"type": "muon", "ns_steps": 2.5}}}, "optimizers.m.ns_steps must be an integer >= 0, "
-                                                               "got 2.5"),
-    ({"optimizers": {"m": {"type": "muon", "adjust_lr_fn": "fast"}}},
-     "optimizers.m.adjust_lr_fn must be one of original, match_rms_adamw, got 'fast'"),
-    ({"optimizers": {"m": {"type": "sgd", "nesterov": {"uniform": [0, 1], "count": 2}}}},
-     "optimizers.m.nesterov is drawn, but only a number can be (its default is False): give one value"),
-    ({"grid": {"lr": {"log_uniform": [0, 1], "count": 3}}},
-     "grid.lr.log_uniform must be [low, high] with low < high and low > 0, got [0, 1]"),
+    (
+        {"problem": "digits", "batch_size": 2000},
+        "batch_size must be at most the 1437 training images of digits, got 2000",
+    ),
+    (
+        {"problem": "digits", "target_index": 5},
+        "target_index is the one-sample problem's label; problem digits has its own labels: drop target_index",
+    ),
+    (
+        {"problem": "digits", "engine": "vmap"},
+        "engine vmap trains problem one-sample with loss mse only, not "
+        "problem digits with loss mse: use engine sequential (--jobs N runs cells in parallel)",
+    ),
+    (
+        {"engine": "vmap", "grid": {"optimizer": ["lion"]}},
+        "engine vmap has no stacked update for lion (optimizer "
+        "lion): use engine sequential, or one of sgd, adam, adamw, rmsprop, adagrad",
+    ),
+    (
+        {"optimizers": {"m": {"type": "ademamix", "betas": [0.9, 0.999]}}},
+        "optimizers.m.betas must be three numbers in [0, 1), e.g. [0.9, 0.999, 0.9999], got [0.9, 0.999]",
+    ),
+    (
+        {"optimizers": {"m": {"type": "adafactor", "beta2_decay": 0.5}}},
+        "optimizers.m.beta2_decay must be a finite number <= 0, got 0.5",
+    ),
+    (
+        {"optimizers": {"m": {"type": "muon", "ns_steps": 2.5}}},
+        "optimizers.m.ns_steps must be an integer >= 0, got 2.5",
+    ),
+    (
+        {"optimizers": {"m": {"type": "muon", "adjust_lr_fn": "fast"}}},
+        "optimizers.m.adjust_lr_fn must be one of original, match_rms_adamw, got 'fast'",
+    ),
+    (
+        {"optimizers": {"m": {"type": "sgd", "nesterov": {"uniform": [0, 1], "count": 2}}}},
+        "optimizers.m.nesterov is drawn, but only a number can be (its default is False): give one value",
+    ),
+    (
+        {"grid": {"lr": {"log_uniform": [0, 1], "count": 3}}},
+        "grid.lr.log_uniform must be [low, high] with low < high and low > 0, got [0, 1]",
+    ),
     ({"grid": {"lr": {"log_uniform": [1e-4, 1.0]}}}, "grid.lr.count must be an integer >= 1, got None"),
-    ({"grid": {"lr": {"normal": [0, 1], "count": 3}}}, "grid.lr draws values with one of log_uniform, uniform, a "
-     "count and an optional seed, e.g. grid.lr = { log_uniform = [1e-4, 1.0], count = 20 }; got {'normal': [0, 1], "
-     "'count': 3}"),
+    (
+        {"grid": {"lr": {"normal": [0, 1], "count": 3}}},
+        "grid.lr draws values with one of log_uniform, uniform, a "
+        "count and an optional seed, e.g. grid.lr = { log_uniform = [1e-4, 1.0], count = 20 }; got {'normal': [0, 1], "
+        "'count': 3}",
+    ),
 ]
 
 
@@ -200,15 +279,21 @@ def test_each_bad_input_has_its_own_message(raw, message):
     assert str(error.value) == message
 
 
-@pytest.mark.parametrize("text, message", [
-    ("steps10", "--set 'steps10' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
-    ("=3", "--set '=3' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
-    ("lr=0.1,", "--set 'lr=0.1,' has an empty value: give values separated by commas, e.g. lr=1,2"),
-    ("steps=1,2", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
-    ("colour=red", "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
-                   "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
-                   "eval_every, diverge_above) or optimizers.NAME.HYPERPARAMETER"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("steps10", "--set 'steps10' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
+        ("=3", "--set '=3' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
+        ("lr=0.1,", "--set 'lr=0.1,' has an empty value: give values separated by commas, e.g. lr=1,2"),
+        ("steps=1,2", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
+        (
+            "colour=red",
+            "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
+            "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
+            "eval_every, diverge_above) or optimizers.NAME.HYPERPARAMETER",
+        ),
+    ],
+)
 def test_bad_overrides(text, message):
     with pytest.raises(ConfigError) as error:
         load_experiment(text="", overrides=[text])
@@ -259,8 +344,10 @@ def test_spec_round_trips_through_its_logged_params(experiment_file):
 
 def test_run_key_is_stable_across_processes_and_changes_with_every_field():
     spec = validate({"grid": {"optimizer": ["adam"], "lr": [1e-3], "seed": [0]}}).specs()[0]
-    code = ("from tinytrain.spec import validate; "
-            "print(validate({'grid': {'optimizer': ['adam'], 'lr': [1e-3], 'seed': [0]}}).specs()[0].key)")
+    code = (
+        "from tinytrain.spec import validate; "
+        "print(validate({'grid': {'optimizer': ['adam'], 'lr': [1e-3], 'seed': [0]}}).specs()[0].key)"
+    )
     other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other_process.stdout.strip() == spec.key
     variations = [
@@ -286,9 +373,19 @@ def test_params_name_every_hyperparameter_actually_used():
     spec = validate({"grid": {"optimizer": ["adam"]}}).specs()[0]
     params = spec.params()
     assert {k: params[k] for k in ("optimizer", "lr", "seed", "steps", "data_seed", "target_index")} == {
-        "optimizer": "adam", "lr": "0.001", "seed": "0", "steps": "100", "data_seed": "0", "target_index": "3"}
+        "optimizer": "adam",
+        "lr": "0.001",
+        "seed": "0",
+        "steps": "100",
+        "data_seed": "0",
+        "target_index": "3",
+    }
     assert {k: params[k] for k in ("betas", "eps", "weight_decay", "amsgrad")} == {
-        "betas": "(0.9, 0.999)", "eps": "1e-08", "weight_decay": "0.0", "amsgrad": "False"}
+        "betas": "(0.9, 0.999)",
+        "eps": "1e-08",
+        "weight_decay": "0.0",
+        "amsgrad": "False",
+    }
     json.dumps(params)  # all strings
 
 
@@ -301,8 +398,16 @@ def test_optimizer_table_matches_the_signatures_of_torch_and_pytorch_optimizer()
 
     from tinytrain.optimizers import OPTIMIZERS
 
-    implementation_switches = {"params", "lr", "foreach", "fused", "capturable", "differentiable", "kwargs",
-                               "clip_lambda"}  # clip_lambda: ADOPT's clipping schedule, a function
+    implementation_switches = {
+        "params",
+        "lr",
+        "foreach",
+        "fused",
+        "capturable",
+        "differentiable",
+        "kwargs",
+        "clip_lambda",
+    }  # clip_lambda: ADOPT's clipping schedule, a function
     for kind, (class_path, default_lr, defaults) in OPTIMIZERS.items():
         module, _, class_name = class_path.rpartition(".")
         cls = getattr(importlib.import_module(module) if module else torch.optim, class_name)
@@ -320,8 +425,10 @@ def test_optimizer_table_matches_the_signatures_of_torch_and_pytorch_optimizer()
 
 
 def test_spec_module_imports_neither_torch_nor_mlflow():
-    code = ("import sys, tinytrain.cli, tinytrain.spec; "
-            "print('torch' in sys.modules, 'mlflow' in sys.modules, 'scipy' in sys.modules)")
+    code = (
+        "import sys, tinytrain.cli, tinytrain.spec; "
+        "print('torch' in sys.modules, 'mlflow' in sys.modules, 'scipy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd())
     assert out.stdout.strip() == "False False False"  # nor scipy, which compare's statistics import
 
@@ -353,16 +460,31 @@ def test_from_params_round_trips_every_setting_that_differs_from_its_default():
     checkpoint_every (which == leaves out) still passed."""
     from dataclasses import asdict
 
-    spec = validate({"steps": 7, "threads": 2, "mkldnn": True, "checkpoint_every": 5, "data_seed": 3,
-                     "target_index": 1, "grid": {"optimizer": ["sgd"], "lr": [0.5], "seed": [4]}}).specs()[0]
+    spec = validate(
+        {
+            "steps": 7,
+            "threads": 2,
+            "mkldnn": True,
+            "checkpoint_every": 5,
+            "data_seed": 3,
+            "target_index": 1,
+            "grid": {"optimizer": ["sgd"], "lr": [0.5], "seed": [4]},
+        }
+    ).specs()[0]
     back = RunSpec.from_params(spec.params())
     assert asdict(back) == asdict(spec) and back.key == spec.key
     assert (back.threads, back.mkldnn, back.checkpoint_every) == (2, True, 5)
     # every other setting off its default: the engine, the bound, and the digits problem's own settings
     others = [
         {"engine": "vmap", "diverge_above": math.inf, "grid": {"optimizer": ["adamw"], "lr": [0.02], "seed": [1]}},
-        {"problem": "digits", "loss": "cross_entropy", "batch_size": 32, "eval_every": 10, "diverge_above": 50.0,
-         "grid": {"optimizer": ["rmsprop"], "lr": [0.003], "seed": [2]}},
+        {
+            "problem": "digits",
+            "loss": "cross_entropy",
+            "batch_size": 32,
+            "eval_every": 10,
+            "diverge_above": 50.0,
+            "grid": {"optimizer": ["rmsprop"], "lr": [0.003], "seed": [2]},
+        },
     ]
     for raw in others:
         spec = validate(raw).specs()[0]
@@ -376,8 +498,11 @@ def test_from_params_of_a_run_logged_before_the_later_settings_gives_their_defau
     """A run logged before checkpoint_every, the bound, problems, losses and batches were settings: its params
     lack them, and the spec rebuilt from them has each one's default (the bound: none)."""
     spec = validate({"steps": 5, "grid": {"optimizer": ["adam"], "lr": [0.01], "seed": [0]}}).specs()[0]
-    params = {key: value for key, value in spec.params().items()
-              if key not in ("checkpoint_every", "diverge_above", "problem", "loss", "batch_size", "eval_every")}
+    params = {
+        key: value
+        for key, value in spec.params().items()
+        if key not in ("checkpoint_every", "diverge_above", "problem", "loss", "batch_size", "eval_every")
+    }
     back = RunSpec.from_params(params)
     assert back.diverge_above is None and back.checkpoint_every == 0
     assert (back.problem, back.loss, back.batch_size, back.eval_every) == ("one-sample", "mse", 64, 50)
@@ -407,20 +532,26 @@ def test_extra_seeds_add_runs_to_their_cells_only_and_leave_out_the_grids_own_se
     specs = experiment.specs()
     assert len(specs) == 8 + 3
     assert [(spec.optimizer, spec.lr, spec.seed) for spec in specs[8:]] == [
-        ("adam", 0.01, 3), ("adam", 0.01, 5), ("sgd", 0.1, 2)]
+        ("adam", 0.01, 3),
+        ("adam", 0.01, 5),
+        ("sgd", 0.1, 2),
+    ]
     assert validate(GRID_OF_TWO).extra_seeds == {}
 
 
-@pytest.mark.parametrize("extra", [
-    {"adam@0.5": [3]},  # no such cell
-    {"rmsprop@0.01": [3]},
-    {"adam": [3]},
-    {"adam@0.01": 3},  # not a list
-    {"adam@0.01": [-1]},
-    {"adam@0.01": [1.5]},
-    {"adam@0.01": [True]},
-    {"adam@0.01": [0, "two"]},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"adam@0.5": [3]},  # no such cell
+        {"rmsprop@0.01": [3]},
+        {"adam": [3]},
+        {"adam@0.01": 3},  # not a list
+        {"adam@0.01": [-1]},
+        {"adam@0.01": [1.5]},
+        {"adam@0.01": [True]},
+        {"adam@0.01": [0, "two"]},
+    ],
+)
 def test_extra_seeds_that_name_no_cell_of_the_grid_or_no_seeds_are_one_clear_error(extra):
     (name,) = extra
     with pytest.raises(ConfigError) as error:
@@ -431,13 +562,15 @@ def test_extra_seeds_that_name_no_cell_of_the_grid_or_no_seeds_are_one_clear_err
 def test_extra_seeds_that_are_not_a_table_are_one_clear_error():
     with pytest.raises(ConfigError) as error:
         validate({**GRID_OF_TWO, "extra_seeds": ["adam@0.01"]})
-    assert str(error.value) == "extra_seeds.['adam@0.01'] must name a cell of the grid as \"OPTIMIZER@LR\" = " \
-                               "[seeds >= 0]"
+    assert (
+        str(error.value) == "extra_seeds.['adam@0.01'] must name a cell of the grid as \"OPTIMIZER@LR\" = [seeds >= 0]"
+    )
 
 
 def test_seed_zero_is_a_valid_extra_seed():
-    experiment = validate({"grid": {"optimizer": ["adam"], "lr": [0.01], "seed": [1]},
-                           "extra_seeds": {"adam@0.01": [0]}})
+    experiment = validate(
+        {"grid": {"optimizer": ["adam"], "lr": [0.01], "seed": [1]}, "extra_seeds": {"adam@0.01": [0]}}
+    )
     assert experiment.extra_seeds == {("adam", 0.01): (0,)}
 
 
@@ -451,15 +584,21 @@ def test_a_muon_run_records_which_parameters_each_of_its_optimizers_trains():
     assert "muon_parameters" not in adam and "adamw_parameters" not in adam
     assert "batch_size" not in adam and "eval_every" not in adam  # one-sample has no batches
     digits = validate({"problem": "digits", "grid": {"optimizer": ["adam"], "lr": [0.02], "seed": [0]}})
-    assert {key: digits.specs()[0].params()[key] for key in ("batch_size", "eval_every")} == \
-        {"batch_size": "64", "eval_every": "50"}
+    assert {key: digits.specs()[0].params()[key] for key in ("batch_size", "eval_every")} == {
+        "batch_size": "64",
+        "eval_every": "50",
+    }
 
 
 def test_to_toml_keeps_the_draws_the_settings_and_the_extra_seeds():
-    experiment = load_experiment(text='steps = 4\nmkldnn = true\n[grid]\noptimizer = ["adam"]\n'
-                                      'lr = { log_uniform = [1e-3, 1e-1], count = 2 }\nseed = [0]\n')
-    experiment = validate({**tomllib.loads(experiment.to_toml()),
-                           "extra_seeds": {f"adam@{experiment.grid['lr'][0]!r}": [3]}}, experiment.source)
+    experiment = load_experiment(
+        text='steps = 4\nmkldnn = true\n[grid]\noptimizer = ["adam"]\n'
+        "lr = { log_uniform = [1e-3, 1e-1], count = 2 }\nseed = [0]\n"
+    )
+    experiment = validate(
+        {**tomllib.loads(experiment.to_toml()), "extra_seeds": {f"adam@{experiment.grid['lr'][0]!r}": [3]}},
+        experiment.source,
+    )
     text = experiment.to_toml()
     lines = text.splitlines()
     assert lines[0].startswith("# tinytrain sweep --from-run <this run>   (resolved from ")
@@ -491,24 +630,36 @@ def test_bad_toml_and_a_grid_that_is_not_a_table_are_one_exact_line(tmp_path):
 
 
 def test_a_drawn_variant_expands_in_the_optimizer_axis_and_its_names_join_the_unknown_optimizer_message():
-    raw = {"optimizers": {"m": {"type": "sgd", "momentum": {"uniform": [0.1, 0.9], "count": 2}}},
-           "grid": {"optimizer": ["m"], "lr": [0.01], "seed": 3}}  # a single seed needs no list
+    raw = {
+        "optimizers": {"m": {"type": "sgd", "momentum": {"uniform": [0.1, 0.9], "count": 2}}},
+        "grid": {"optimizer": ["m"], "lr": [0.01], "seed": 3},
+    }  # a single seed needs no list
     experiment = validate(raw)
     names = experiment.grid["optimizer"]
     assert len(names) == 2 and all(name.startswith("m") and name != "m" for name in names)
     assert [spec.seed for spec in experiment.specs()] == [3, 3] and experiment.grid["lr"] == [0.01]
-    assert experiment.to_toml().splitlines()[0] == "# tinytrain sweep --from-run <this run>   (resolved from " \
-                                                   "<experiment>)"
+    assert (
+        experiment.to_toml().splitlines()[0] == "# tinytrain sweep --from-run <this run>   (resolved from <experiment>)"
+    )
     with pytest.raises(ConfigError) as error:
-        validate({"optimizers": {"heavy": {"type": "sgd", "momentum": 0.9}, **raw["optimizers"]},
-                  "grid": {"optimizer": ["adamx"]}})
+        validate(
+            {
+                "optimizers": {"heavy": {"type": "sgd", "momentum": 0.9}, **raw["optimizers"]},
+                "grid": {"optimizer": ["adamx"]},
+            }
+        )
     listed = ", ".join(["heavy", "m", *sorted(names)])  # the variants, and what the drawn one expands into
     assert str(error.value).endswith(f", soap, {listed}, or define it as [optimizers.adamx] with a type")
 
 
 def test_engine_vmap_takes_a_variant_by_its_type():
-    experiment = validate({"engine": "vmap", "optimizers": {"heavy": {"type": "sgd", "momentum": 0.9}},
-                           "grid": {"optimizer": ["heavy"], "lr": [0.01]}})
+    experiment = validate(
+        {
+            "engine": "vmap",
+            "optimizers": {"heavy": {"type": "sgd", "momentum": 0.9}},
+            "grid": {"optimizer": ["heavy"], "lr": [0.01]},
+        }
+    )
     assert experiment.specs()[0].kind == "sgd"
 
 

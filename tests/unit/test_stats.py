@@ -19,8 +19,9 @@ from tinytrain.tracking import CellRun
 
 
 def run(optimizer: str, lr: float, seed: int, losses: list[float], outcome: str = "finished") -> CellRun:
-    return CellRun(f"{optimizer}-{lr}-{seed}", "key", optimizer, lr, seed, outcome, losses[0], losses[-1],
-                   tuple(losses))
+    return CellRun(
+        f"{optimizer}-{lr}-{seed}", "key", optimizer, lr, seed, outcome, losses[0], losses[-1], tuple(losses)
+    )
 
 
 def exact_wilcoxon(differences: list[float]) -> float:
@@ -28,8 +29,10 @@ def exact_wilcoxon(differences: list[float]) -> float:
     d = np.array([x for x in differences if x != 0])
     ranks = np.argsort(np.argsort(np.abs(d))) + 1.0
     observed = ranks[d > 0].sum()
-    totals = [sum(r for r, sign in zip(ranks, signs, strict=True) if sign)
-              for signs in itertools.product([0, 1], repeat=len(d))]
+    totals = [
+        sum(r for r, sign in zip(ranks, signs, strict=True) if sign)
+        for signs in itertools.product([0, 1], repeat=len(d))
+    ]
     low = np.mean([t <= observed for t in totals])
     high = np.mean([t >= observed for t in totals])
     return min(1.0, 2 * min(low, high))
@@ -56,7 +59,7 @@ def test_median_iqm_and_interval_equal_numpy_and_scipy_on_log10():
     from scipy.stats import bootstrap
 
     interval = bootstrap((logs,), np.median, method="percentile", rng=np.random.default_rng(0)).confidence_interval
-    assert (numbers.ci_low, numbers.ci_high) == pytest.approx((10 ** interval.low, 10 ** interval.high), rel=1e-12)
+    assert (numbers.ci_low, numbers.ci_high) == pytest.approx((10**interval.low, 10**interval.high), rel=1e-12)
     assert numbers.ci_low <= numbers.median <= numbers.ci_high
     assert 10 ** logs.min() <= numbers.ci_low and numbers.ci_high <= 10 ** logs.max()
     assert stats.cell_stats(runs) == numbers  # the same generator every time
@@ -99,8 +102,11 @@ def test_ties_count_half_diverged_is_worst_and_all_zero_differences_give_one():
     baseline = [run("adam", 0.001, s, [1.0, loss]) for s, loss in enumerate([0.1, 0.2, 0.3])]
     same = [run("sgd", 0.1, s, [1.0, loss]) for s, loss in enumerate([0.1, 0.2, 0.3])]
     assert stats.paired(same, baseline) == stats.Paired(3, 0.5, 1.0)
-    mixed = [run("sgd", 0.1, 0, [1.0, 0.1]), run("sgd", 0.1, 1, [1.0, 0.01]),
-             run("sgd", 0.1, 2, [1.0, math.inf], "diverged")]
+    mixed = [
+        run("sgd", 0.1, 0, [1.0, 0.1]),
+        run("sgd", 0.1, 1, [1.0, 0.01]),
+        run("sgd", 0.1, 2, [1.0, math.inf], "diverged"),
+    ]
     result = stats.paired(mixed, baseline)
     assert result.p_better == pytest.approx((0.5 + 1 + 0) / 3)
     # zeros dropped: two differences left; 2 / 2**2 is the smallest p they can give
@@ -119,8 +125,8 @@ def test_fewer_than_six_seeds_can_never_be_significant():
     for n in range(1, 6):
         baseline = [run("adam", 0.001, s, [1.0, 0.1]) for s in range(n)]
         better = [run("sgd", 0.1, s, [1.0, 10.0 ** -(s + 2)]) for s in range(n)]
-        assert stats.paired(better, baseline).p_value == pytest.approx(2 / 2 ** n)
-    assert stats.ALPHA > 2 / 2 ** 6
+        assert stats.paired(better, baseline).p_value == pytest.approx(2 / 2**n)
+    assert stats.ALPHA > 2 / 2**6
 
 
 def test_holm_equals_the_step_down_by_hand_and_skips_untested():
@@ -145,10 +151,19 @@ def test_rows_rank_by_time_to_target_and_compare_with_the_best():
     rows = {row.optimizer: row for row in report.summarize(grid_runs())}
     assert [rows[name].rank for name in ("fast", "slow", "never", "gone")] == [1, 2, 3, None]
     assert rows["fast"].baseline and rows["fast"].p_value is None and rows["fast"].tied_with_best is None
-    raw = {name: exact_wilcoxon([math.log10(r.final_loss) - math.log10(b.final_loss)
-                                 for r, b in zip([x for x in grid_runs() if x.optimizer == name],
-                                                 [x for x in grid_runs() if x.optimizer == "fast"], strict=False)])
-           for name in ("slow", "never")}
+    raw = {
+        name: exact_wilcoxon(
+            [
+                math.log10(r.final_loss) - math.log10(b.final_loss)
+                for r, b in zip(
+                    [x for x in grid_runs() if x.optimizer == name],
+                    [x for x in grid_runs() if x.optimizer == "fast"],
+                    strict=False,
+                )
+            ]
+        )
+        for name in ("slow", "never")
+    }
     # "gone" shares seed 0 with fast: diverged there, worse, one difference: p = 1
     expected = holm_by_hand([raw["slow"], raw["never"], 1.0])
     assert [rows[name].p_value for name in ("slow", "never", "gone")] == pytest.approx(expected)
@@ -169,20 +184,37 @@ def test_a_baseline_by_name_and_the_sentence_that_reads_the_ties():
         report.summarize(grid_runs(), vs=("adam", 0.5))
     three = [r for r in grid_runs() if r.seed < 3 and r.optimizer != "gone"]
     assert report.ties_sentence(report.summarize(three)) == (
-        "2 cells cannot be told apart from the best (fast@0.1) with 3 seeds (Holm-corrected p >= 0.05).")
+        "2 cells cannot be told apart from the best (fast@0.1) with 3 seeds (Holm-corrected p >= 0.05)."
+    )
 
 
 def test_json_carries_the_new_keys_and_is_the_same_in_another_process():
     rows = report.summarize(grid_runs())
     document = json.loads(report.render_compare(rows, "json"))
-    keys = {"median", "iqm", "ci_low", "ci_high", "steps_to_target", "not_reached", "p_better", "p_value",
-            "tied_with_best"}
+    keys = {
+        "median",
+        "iqm",
+        "ci_low",
+        "ci_high",
+        "steps_to_target",
+        "not_reached",
+        "p_better",
+        "p_value",
+        "tied_with_best",
+    }
     assert all(keys <= set(row) for row in document["rows"])
-    code = ("import json; from tests.unit.test_stats import grid_runs; "
-            "from tinytrain.reports import compare as report; "
-            "print(report.render_compare(report.summarize(grid_runs()), 'json'), end='')")
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2])).stdout
+    code = (
+        "import json; from tests.unit.test_stats import grid_runs; "
+        "from tinytrain.reports import compare as report; "
+        "print(report.render_compare(report.summarize(grid_runs()), 'json'), end='')"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    ).stdout
     assert json.loads(other) == document
 
 
@@ -195,11 +227,17 @@ def test_the_interval_is_scipys_percentile_bootstrap_with_its_fixed_generator():
     finals = 10.0 ** -np.random.default_rng(7).uniform(1, 9, 40)
     runs = [run("adam", 0.01, seed, [0.1, final]) for seed, final in enumerate(finals)]
     logs = np.log10(finals)
-    expected = bootstrap((logs,), np.median, method="percentile", rng=np.random.default_rng(stats.BOOTSTRAP_SEED),
-                         n_resamples=stats.BOOTSTRAP_RESAMPLES, confidence_level=stats.CONFIDENCE).confidence_interval
+    expected = bootstrap(
+        (logs,),
+        np.median,
+        method="percentile",
+        rng=np.random.default_rng(stats.BOOTSTRAP_SEED),
+        n_resamples=stats.BOOTSTRAP_RESAMPLES,
+        confidence_level=stats.CONFIDENCE,
+    ).confidence_interval
     bca = bootstrap((logs,), np.median, rng=np.random.default_rng(stats.BOOTSTRAP_SEED)).confidence_interval
     numbers = stats.cell_stats(runs)
-    assert (numbers.ci_low, numbers.ci_high) == (10 ** expected.low, 10 ** expected.high)
+    assert (numbers.ci_low, numbers.ci_high) == (10**expected.low, 10**expected.high)
     assert (bca.low, bca.high) != (expected.low, expected.high)  # scipy's default method (BCa) would show
 
 

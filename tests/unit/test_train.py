@@ -18,8 +18,11 @@ from tinytrain.spec import validate
 
 
 def one_spec(**settings):
-    grid = {"optimizer": [settings.pop("optimizer", "adam")], "lr": [settings.pop("lr", 1e-3)],
-            "seed": [settings.pop("seed", 0)]}
+    grid = {
+        "optimizer": [settings.pop("optimizer", "adam")],
+        "lr": [settings.pop("lr", 1e-3)],
+        "seed": [settings.pop("seed", 0)],
+    }
     return validate({**settings, "grid": grid}).specs()[0]
 
 
@@ -27,7 +30,17 @@ def test_lenet_has_the_tutorials_61706_parameters_and_shapes():
     net = LeNet()
     assert sum(p.numel() for p in net.parameters()) == PARAMETER_COUNT == 61_706
     assert [tuple(p.shape) for p in net.parameters()] == [
-        (6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,), (84, 120), (84,), (10, 84), (10,)]
+        (6, 1, 5, 5),
+        (6,),
+        (16, 6, 5, 5),
+        (16,),
+        (120, 400),
+        (120,),
+        (84, 120),
+        (84,),
+        (10, 84),
+        (10,),
+    ]
     assert net(make_input(0)).shape == (1, 10)
 
 
@@ -71,9 +84,11 @@ def test_the_same_run_twice_is_bit_identical_also_in_another_process():
     spec = one_spec(optimizer="adam", lr=1e-2, seed=1, steps=20)
     first, second = train(spec).losses, train(spec).losses
     assert first == second
-    code = ("import json; from tinytrain.spec import validate; from tinytrain.engines.sequential import train; "
-            "s = validate({'steps': 20, 'grid': {'optimizer': ['adam'], 'lr': [1e-2], 'seed': [1]}}).specs()[0]; "
-            "print(json.dumps(train(s).losses))")
+    code = (
+        "import json; from tinytrain.spec import validate; from tinytrain.engines.sequential import train; "
+        "s = validate({'steps': 20, 'grid': {'optimizer': ['adam'], 'lr': [1e-2], 'seed': [1]}}).specs()[0]; "
+        "print(json.dumps(train(s).losses))"
+    )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(other.stdout) == first
 
@@ -104,8 +119,12 @@ def test_a_run_that_raises_becomes_a_failed_result():
 
 def test_runtime_settings_are_applied_and_recorded():
     result = train(one_spec(steps=1))
-    assert result.runtime == {"engine": "sequential", "torch_threads": "1", "mkldnn_enabled": "False",
-                              "deterministic_algorithms": "True"}
+    assert result.runtime == {
+        "engine": "sequential",
+        "torch_threads": "1",
+        "mkldnn_enabled": "False",
+        "deterministic_algorithms": "True",
+    }
 
 
 def test_a_loss_past_diverge_above_times_the_initial_ends_the_run_as_diverged():
@@ -118,6 +137,6 @@ def test_a_loss_past_diverge_above_times_the_initial_ends_the_run_as_diverged():
     assert max(unbounded.losses) > 1e3 * unbounded.losses[0] and all(map(math.isfinite, unbounded.losses))
     first = next(step for step, loss in enumerate(unbounded.losses) if loss > 1e3 * unbounded.losses[0])
     assert bounded.outcome == DIVERGED and bounded.final_weights is None
-    assert bounded.losses == unbounded.losses[:first + 1]
+    assert bounded.losses == unbounded.losses[: first + 1]
     legacy = replace(validate(raw).specs()[0], diverge_above=None)
     assert train(legacy).losses == unbounded.losses

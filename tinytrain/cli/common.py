@@ -40,9 +40,11 @@ def translate_errors(command):
 
 
 tracking_uri_option = click.option(
-    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, metavar="URI",
-    help="The MLflow store: a SQLite file or http://HOST:PORT (default: mlruns/mlflow.db; env "
-         "MLFLOW_TRACKING_URI).",
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    metavar="URI",
+    help="The MLflow store: a SQLite file or http://HOST:PORT (default: mlruns/mlflow.db; env MLFLOW_TRACKING_URI).",
 )
 
 

@@ -36,10 +36,16 @@ def ui(tracking_uri, port, host):
 
 
 @click.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=8786, show_default=True,
-              help="The scheduler's port on 127.0.0.1.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Worker processes, one thread each (one run at a time each).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8786, show_default=True, help="The scheduler's port on 127.0.0.1."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Worker processes, one thread each (one run at a time each).",
+)
 @click.option("--stop", is_flag=True, help="Stop the cluster started from this folder, and clean up.")
 @translate_errors
 def cluster(port, workers, stop):
@@ -62,11 +68,14 @@ def cluster(port, workers, stop):
         if stopped:
             click.echo(f"Stopped the Dask cluster ({stopped} process(es)); removed {CLUSTER_FOLDER}/.")
         else:
-            click.echo("No Dask cluster running from this folder" +
-                       (f"; removed what was left in {CLUSTER_FOLDER}/." if found else f" (no {CLUSTER_FOLDER}/)."))
+            click.echo(
+                "No Dask cluster running from this folder"
+                + (f"; removed what was left in {CLUSTER_FOLDER}/." if found else f" (no {CLUSTER_FOLDER}/).")
+            )
         return
     state = start_cluster(port, workers, CLUSTER_FOLDER)
-    click.echo(f"Dask scheduler at {state.address} with {state.workers} worker(s), one thread each "
-               f"(logs in {CLUSTER_FOLDER}/)")
+    click.echo(
+        f"Dask scheduler at {state.address} with {state.workers} worker(s), one thread each (logs in {CLUSTER_FOLDER}/)"
+    )
     click.echo(f"Use it:  tinytrain sweep --executor dask --scheduler {state.address}")
     click.echo("Stop it: tinytrain cluster --stop   (or make cluster-stop)")

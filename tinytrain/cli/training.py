@@ -22,29 +22,78 @@ from tinytrain.tracking.location import is_http
 
 @click.command()
 @click.argument("file", required=False, metavar="[FILE]")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2",
-              help="Override a setting or a grid axis (repeatable), e.g. --set steps=10 --set lr=0.1,0.01.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="Override a setting or a grid axis (repeatable), e.g. --set steps=10 --set lr=0.1,0.01.",
+)
 @tracking_uri_option
 @click.option("--dry-run", is_flag=True, help="List the runs, marking those already done; write nothing.")
 @click.option("--force", is_flag=True, help="Run every cell again, even those already finished in the store.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes (with --executor pool or dask).")
-@click.option("--executor", type=click.Choice(EXECUTORS), default=None,
-              help="Where runs execute [default: inprocess, or pool when --jobs > 1].")
-@click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
-              help="A running Dask scheduler (with --executor dask); without it a local cluster is started.")
-@click.option("--engine", type=click.Choice(ENGINES), default=None,
-              help="sequential: one run at a time; vmap: the cells in one batched net (one per --jobs worker).")
-@click.option("--from-run", "from_run", metavar="PARENT_RUN_ID", default=None,
-              help="Re-run the sweep whose resolved experiment file a parent run keeps.")
-@click.option("--until-separated", is_flag=True,
-              help="Then add seeds to the cells tied with the best and sweep them, until none is tied.")
-@click.option("--max-seeds", type=click.IntRange(min=1), default=None, metavar="N",
-              help="With --until-separated: stop when the tied cells have N seeds [default: 10].")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (with --executor pool or dask).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default=None,
+    help="Where runs execute [default: inprocess, or pool when --jobs > 1].",
+)
+@click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    default=None,
+    help="A running Dask scheduler (with --executor dask); without it a local cluster is started.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default=None,
+    help="sequential: one run at a time; vmap: the cells in one batched net (one per --jobs worker).",
+)
+@click.option(
+    "--from-run",
+    "from_run",
+    metavar="PARENT_RUN_ID",
+    default=None,
+    help="Re-run the sweep whose resolved experiment file a parent run keeps.",
+)
+@click.option(
+    "--until-separated",
+    is_flag=True,
+    help="Then add seeds to the cells tied with the best and sweep them, until none is tied.",
+)
+@click.option(
+    "--max-seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="With --until-separated: stop when the tied cells have N seeds [default: 10].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @translate_errors
-def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, scheduler, engine, from_run, until_separated,
-          max_seeds, quiet):
+def sweep(
+    file,
+    overrides,
+    tracking_uri,
+    dry_run,
+    force,
+    jobs,
+    executor,
+    scheduler,
+    engine,
+    from_run,
+    until_separated,
+    max_seeds,
+    quiet,
+):
     """Train every cell of an experiment's grid (default: experiments/optimizer-grid.toml) and log it.
 
     Cells already finished in the store are skipped, so an interrupted sweep resumes where it stopped.
@@ -82,8 +131,11 @@ def sweep(file, overrides, tracking_uri, dry_run, force, jobs, executor, schedul
         sys.exit(EXIT_INTERRUPTED)
     if outcome.interrupted:
         counts = outcome.counts
-        click.echo(f"Interrupted: {counts.finished + counts.diverged} run(s) done, {counts.killed} marked "
-                   "KILLED; run the same command again to resume.", err=True)
+        click.echo(
+            f"Interrupted: {counts.finished + counts.diverged} run(s) done, {counts.killed} marked "
+            "KILLED; run the same command again to resume.",
+            err=True,
+        )
         sys.exit(EXIT_INTERRUPTED)
     show_summary(outcome)
     if until_separated:
@@ -106,16 +158,23 @@ def experiment_of(file: str | None, from_run: str | None, overrides: list[str], 
 def show_separation(separation, max_seeds: int) -> None:
     """What --until-separated did, after the summary of its last round."""
     rounds = len(separation.rounds)
-    spent = (f"{rounds - 1} more round(s), {separation.added_runs} runs added, {separation.seconds:.1f} s in all"
-             if rounds > 1 else f"no seeds added, {separation.seconds:.1f} s")
+    spent = (
+        f"{rounds - 1} more round(s), {separation.added_runs} runs added, {separation.seconds:.1f} s in all"
+        if rounds > 1
+        else f"no seeds added, {separation.seconds:.1f} s"
+    )
     if separation.separated:
-        click.echo(f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
-                   f"p < 0.05 with up to {separation.seeds} seeds ({spent}).")
+        click.echo(
+            f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
+            f"p < 0.05 with up to {separation.seeds} seeds ({spent})."
+        )
     else:
         tied = ", ".join(separation.tied)
-        click.echo(f"Not separated: {len(separation.tied)} cell(s) still cannot be told apart from the best "
-                   f"({separation.best}) with up to {separation.seeds} seeds (--max-seeds {max_seeds}; {spent}): "
-                   f"{tied}")
+        click.echo(
+            f"Not separated: {len(separation.tied)} cell(s) still cannot be told apart from the best "
+            f"({separation.best}) with up to {separation.seeds} seeds (--max-seeds {max_seeds}; {spent}): "
+            f"{tied}"
+        )
 
 
 def show_plan(experiment, uri: str, force: bool) -> None:
@@ -127,12 +186,16 @@ def show_plan(experiment, uri: str, force: bool) -> None:
     for cell in cells:
         status = "done" if cell.done_run_id and not force else "run"
         spec = cell.spec
-        lines.append(f"{status:4}  {spec.optimizer:<14} lr={spec.lr:<8g} seed={spec.seed:<3} steps={spec.steps:<5} "
-                     f"key={spec.key}\n")
+        lines.append(
+            f"{status:4}  {spec.optimizer:<14} lr={spec.lr:<8g} seed={spec.seed:<3} steps={spec.steps:<5} "
+            f"key={spec.key}\n"
+        )
     click.echo("".join(lines), nl=False)  # one write: 10,000 cells take one call, not 10,000
     to_run = len(cells) if force else len(cells) - done
-    click.echo(f"{experiment.name}: {len(cells)} runs, {to_run} to run, {len(cells) - to_run} already done "
-               "(dry run: nothing written)")
+    click.echo(
+        f"{experiment.name}: {len(cells)} runs, {to_run} to run, {len(cells) - to_run} already done "
+        "(dry run: nothing written)"
+    )
 
 
 def browse_line(outcome) -> str:
@@ -146,9 +209,11 @@ def browse_line(outcome) -> str:
 def show_summary(outcome) -> None:
     counts = outcome.counts
     ran = counts.finished + counts.diverged + counts.failed
-    click.echo(f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.finished} finished, "
-               f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
-               f"in {outcome.seconds:.1f} s")
+    click.echo(
+        f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.finished} finished, "
+        f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
+        f"in {outcome.seconds:.1f} s"
+    )
     if outcome.engine_line():
         click.echo(outcome.engine_line())
     if counts.recovered:
@@ -163,15 +228,28 @@ def show_summary(outcome) -> None:
 
 
 @click.command()
-@click.option("--optimizer", default="adam", show_default=True,
-              help="A name of `tinytrain optimizers`, or a variant of the experiment file.")
+@click.option(
+    "--optimizer",
+    default="adam",
+    show_default=True,
+    help="A name of `tinytrain optimizers`, or a variant of the experiment file.",
+)
 @click.option("--lr", type=float, default=None, help="Learning rate [default: the optimizer's default].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Optimizer steps [default: the experiment file's].")
-@click.option("--file", "file", default=None, metavar="FILE",
-              help="Experiment file for the settings and variants [default: experiments/optimizer-grid.toml].")
-@click.option("--problem", type=click.Choice(list(PROBLEMS)), default=None,
-              help="What the run learns [default: the experiment file's].")
+@click.option(
+    "--file",
+    "file",
+    default=None,
+    metavar="FILE",
+    help="Experiment file for the settings and variants [default: experiments/optimizer-grid.toml].",
+)
+@click.option(
+    "--problem",
+    type=click.Choice(list(PROBLEMS)),
+    default=None,
+    help="What the run learns [default: the experiment file's].",
+)
 @tracking_uri_option
 @translate_errors
 def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
@@ -204,6 +282,8 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
         losses, accuracy = store.losses(run_id), store.get_run(run_id).data.metrics.get("final_test_accuracy")
     verdict = "diverged" if outcome.counts.diverged else "finished"
     tested = f", test accuracy {accuracy:.4g}" if accuracy is not None else ""
-    click.echo(f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s){tested}, "
-               f"{verdict}; run {run_id}")
+    click.echo(
+        f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s){tested}, "
+        f"{verdict}; run {run_id}"
+    )
     click.echo(browse_line(outcome))

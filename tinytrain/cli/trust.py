@@ -41,15 +41,29 @@ def reproduce(run_id, tracking_uri):
 
 @click.command()
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the net's initial weights.")
-@click.option("--entries", default="200", show_default=True, metavar="N|all",
-              help="Entries checked per parameter tensor (a fixed random sample), or all (about a minute).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest relative error that passes.")
-@click.option("--problem", type=click.Choice(list(PROBLEMS)), default=DEFAULTS["problem"], show_default=True,
-              help="Whose data: the one-sample input, or one fixed minibatch of digits (the first training images).")
+@click.option(
+    "--entries",
+    default="200",
+    show_default=True,
+    metavar="N|all",
+    help="Entries checked per parameter tensor (a fixed random sample), or all (about a minute).",
+)
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest relative error that passes.")
+@click.option(
+    "--problem",
+    type=click.Choice(list(PROBLEMS)),
+    default=DEFAULTS["problem"],
+    show_default=True,
+    help="Whose data: the one-sample input, or one fixed minibatch of digits (the first training images).",
+)
 @click.option("--loss", type=click.Choice(LOSSES), default=DEFAULTS["loss"], show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, DIGITS_TRAINING_IMAGES), default=16, show_default=True,
-              help="Images in the digits minibatch.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, DIGITS_TRAINING_IMAGES),
+    default=16,
+    show_default=True,
+    help="Images in the digits minibatch.",
+)
 @translate_errors
 def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
     """Check autograd's gradients of the net and loss against central finite differences in float64.
@@ -68,19 +82,40 @@ def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
 
     from tinytrain.gradcheck import gradient_check
 
-    checks = gradient_check(seed=seed, entries_per_tensor=None if entries == "all" else int(entries),
-                            problem=problem, loss=loss, batch_size=batch_size)
-    data = f"{problem}, {loss}" + (f", a fixed batch of {batch_size} training images" if problem != "one-sample"
-                                   else "")
-    table = Table("tensor", "entries", "max relative error", "max absolute error", "verdict",
-                  title=f"autograd vs central differences (float64, seed {seed})", caption=f"data: {data}")
+    checks = gradient_check(
+        seed=seed,
+        entries_per_tensor=None if entries == "all" else int(entries),
+        problem=problem,
+        loss=loss,
+        batch_size=batch_size,
+    )
+    data = f"{problem}, {loss}" + (
+        f", a fixed batch of {batch_size} training images" if problem != "one-sample" else ""
+    )
+    table = Table(
+        "tensor",
+        "entries",
+        "max relative error",
+        "max absolute error",
+        "verdict",
+        title=f"autograd vs central differences (float64, seed {seed})",
+        caption=f"data: {data}",
+    )
     for check in checks:
-        table.add_row(check.name, str(check.entries), f"{check.max_relative_error:.2e}",
-                      f"{check.max_absolute_error:.2e}", "ok" if check.passed(tolerance) else "FAIL")
+        table.add_row(
+            check.name,
+            str(check.entries),
+            f"{check.max_relative_error:.2e}",
+            f"{check.max_absolute_error:.2e}",
+            "ok" if check.passed(tolerance) else "FAIL",
+        )
     Console(width=100).print(table)
     failed = [check.name for check in checks if not check.passed(tolerance)]
-    click.echo(f"gradcheck failed for {', '.join(failed)} (tolerance {tolerance:g})" if failed
-               else f"gradcheck passed: every tensor within {tolerance:g}")
+    click.echo(
+        f"gradcheck failed for {', '.join(failed)} (tolerance {tolerance:g})"
+        if failed
+        else f"gradcheck passed: every tensor within {tolerance:g}"
+    )
     sys.exit(1 if failed else 0)
 
 
@@ -97,9 +132,13 @@ def optimizers():
     from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
 
     for name, (class_path, default_lr, defaults) in OPTIMIZERS.items():
-        source = class_path.replace("pytorch_optimizer.", "pytorch-optimizer ") if "." in class_path \
+        source = (
+            class_path.replace("pytorch_optimizer.", "pytorch-optimizer ")
+            if "." in class_path
             else f"torch.optim.{class_path}"
+        )
         click.echo(f"{name:<19} {source:<37} lr={default_lr:g}")
         click.echo("    " + ", ".join(f"{key}={value}" for key, value in defaults.items()))
-    click.echo(f"muon trains {', '.join(MUON_PARAMETERS)} and its AdamW (adamw_*) the other "
-               f"{len(ADAMW_WITH_MUON)} tensors.")
+    click.echo(
+        f"muon trains {', '.join(MUON_PARAMETERS)} and its AdamW (adamw_*) the other {len(ADAMW_WITH_MUON)} tensors."
+    )

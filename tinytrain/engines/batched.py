@@ -59,8 +59,7 @@ def train_batch(specs: list[RunSpec]) -> Iterator[RunResult]:
                 handed_over.add(index)
                 yield result
         except Exception as error:  # noqa: BLE001 - an error of one batch must not end the sweep
-            yield from (failed_result(spec, error) for index, spec in enumerate(members)
-                        if index not in handed_over)
+            yield from (failed_result(spec, error) for index, spec in enumerate(members) if index not in handed_over)
 
 
 def train_cells(specs: Sequence[RunSpec]) -> Iterator[tuple[int, RunResult]]:
@@ -77,8 +76,9 @@ def train_cells(specs: Sequence[RunSpec]) -> Iterator[tuple[int, RunResult]]:
     batch = _Batch(specs, BatchedNet(data_seed, target_index))
     for step in range(max(cell.steps for cell in batch.cells) + 1):
         last = all(batch.cells[row].steps == step for row in batch.training)  # all end here: no backward
-        gradients, losses = ((None, batch.net.losses(batch.weights)) if last
-                             else batch.net.losses_and_gradients(batch.weights))
+        gradients, losses = (
+            (None, batch.net.losses(batch.weights)) if last else batch.net.losses_and_gradients(batch.weights)
+        )
         yield from batch.record(step, losses.tolist())
         if not batch.training or gradients is None:
             return
@@ -100,8 +100,11 @@ class _Batch:
         self.losses: list[list[float]] = [[] for _ in self.cells]
         self.checkpoints: list[dict[int, StateDict]] = [{} for _ in self.cells]
         self.training = set(range(len(self.cells)))
-        self.runtime = runtime_settings() | {"engine": "vmap", "batch_cells": str(len(self.cells)),
-                                             "batch_key": batch_key(self.cells)}
+        self.runtime = runtime_settings() | {
+            "engine": "vmap",
+            "batch_cells": str(len(self.cells)),
+            "batch_key": batch_key(self.cells),
+        }
 
     def record(self, step: int, values: list[float]) -> Iterator[tuple[int, RunResult]]:
         """Append each training cell's loss; hand over the cells that end at this step (in the specs' order)."""
@@ -116,9 +119,15 @@ class _Batch:
     def result(self, row: int, outcome: str) -> RunResult:
         converged = outcome == FINISHED
         seconds = (time.perf_counter() - self.started) / self.size
-        return RunResult(self.cells[row], self.losses[row], outcome,
-                         cell_state_dict(self.weights[row]) if converged else None,
-                         self.checkpoints[row] if converged else {}, seconds, runtime=dict(self.runtime))
+        return RunResult(
+            self.cells[row],
+            self.losses[row],
+            outcome,
+            cell_state_dict(self.weights[row]) if converged else None,
+            self.checkpoints[row] if converged else {},
+            seconds,
+            runtime=dict(self.runtime),
+        )
 
     def update(self, gradients: torch.Tensor) -> None:
         """One step of every row (a row whose cell ended at this step too: drop_ended removes it next)."""
@@ -155,8 +164,10 @@ class _Batch:
 def _shared_setting(specs: Sequence[RunSpec]) -> BatchSetting:
     settings = {batch_setting(spec) for spec in specs}
     if len(settings) > 1:
-        raise ValueError(f"cells of one batch must share threads, mkldnn, data_seed and target_index, "
-                         f"got {sorted(settings)}: use train_batch, which splits them")
+        raise ValueError(
+            f"cells of one batch must share threads, mkldnn, data_seed and target_index, "
+            f"got {sorted(settings)}: use train_batch, which splits them"
+        )
     return settings.pop()
 
 

@@ -39,8 +39,7 @@ def _aligned(size: int) -> int:
 
 
 # A row is [parameter, padding, parameter, padding, ...]; the padding stays zero (its gradient is zero).
-ROW_PIECES: tuple[int, ...] = tuple(piece for size in PARAMETER_SIZES
-                                    for piece in (size, _aligned(size) - size))
+ROW_PIECES: tuple[int, ...] = tuple(piece for size in PARAMETER_SIZES for piece in (size, _aligned(size) - size))
 ROW_LENGTH = sum(ROW_PIECES)  # 61,760 floats for the 61,706 parameters
 
 
@@ -57,8 +56,10 @@ def initial_weights(cells: list[RunSpec]) -> torch.Tensor:
 def cell_parameters(weight_rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """Weight rows ([..., ROW_LENGTH]) as the LeNet's named parameters ([..., *shape]): views, no copies."""
     pieces = weight_rows.split(ROW_PIECES, dim=-1)[::2]  # every other piece is padding
-    return {name: piece.view(*weight_rows.shape[:-1], *shape)
-            for name, piece, shape in zip(PARAMETER_NAMES, pieces, PARAMETER_SHAPES, strict=True)}
+    return {
+        name: piece.view(*weight_rows.shape[:-1], *shape)
+        for name, piece, shape in zip(PARAMETER_NAMES, pieces, PARAMETER_SHAPES, strict=True)
+    }
 
 
 def cell_state_dict(weight_row: torch.Tensor) -> StateDict:
@@ -115,8 +116,9 @@ class BatchedNet:
             g = torch.bmm(g, p[f"{layer}.weight"])
             if layer != "fc1":
                 g = aten.threshold_backward(g, below, 0)
-        g = aten.max_pool2d_with_indices_backward(g.view(cells, 16, 5, 5), a2, [2, 2], [2, 2], [0, 0], [1, 1],
-                                                  False, i2)
+        g = aten.max_pool2d_with_indices_backward(
+            g.view(cells, 16, 5, 5), a2, [2, 2], [2, 2], [0, 0], [1, 1], False, i2
+        )
         g = aten.threshold_backward(g, a2, 0).view(cells, 16, 100)
         torch.bmm(g, columns2.transpose(1, 2), out=grad["conv2.weight"].view(cells, 16, 150))
         torch.sum(g, 2, out=grad["conv2.bias"])

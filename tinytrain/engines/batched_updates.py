@@ -146,9 +146,12 @@ class StackedSGD(StackedUpdate):
         momentum = self.values("momentum")
         self.uses_momentum = any(value != 0 for value in momentum)
         self.momentum = column(momentum)
-        self.one_minus_dampening = column([1 - dampening if value != 0 else 1.0
-                                           for value, dampening in zip(momentum, self.values("dampening"),
-                                                                       strict=True)])
+        self.one_minus_dampening = column(
+            [
+                1 - dampening if value != 0 else 1.0
+                for value, dampening in zip(momentum, self.values("dampening"), strict=True)
+            ]
+        )
         nesterov = [bool(flag) for flag in self.values("nesterov")]
         self.any_nesterov, self.nesterov = any(nesterov), self.mask(nesterov)
         self.momentum_buffer: torch.Tensor | None = None
@@ -161,8 +164,7 @@ class StackedSGD(StackedUpdate):
             else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
                 self.momentum_buffer.mul_(self.momentum).addcmul_(grad, self.one_minus_dampening)
             buffer = self.momentum_buffer
-            grad = select(self.nesterov, grad.addcmul(buffer, self.momentum), buffer) if self.any_nesterov \
-                else buffer
+            grad = select(self.nesterov, grad.addcmul(buffer, self.momentum), buffer) if self.any_nesterov else buffer
         weights.addcmul_(grad, self.neg_lr)  # param.add_(grad, alpha=-lr)
 
 
@@ -172,14 +174,17 @@ class StackedAdam(StackedUpdate):
 
     def __init__(self, cells: Sequence[RunSpec]):
         super().__init__(cells)
-        decoupled = [cell.kind == "adamw" or bool(h.get("decoupled_weight_decay"))
-                     for cell, h in zip(cells, self.hyperparameters, strict=True)]
+        decoupled = [
+            cell.kind == "adamw" or bool(h.get("decoupled_weight_decay"))
+            for cell, h in zip(cells, self.hyperparameters, strict=True)
+        ]
         decay = self.values("weight_decay")
-        coupled_decay = [0.0 if is_decoupled else wd
-                         for wd, is_decoupled in zip(decay, decoupled, strict=True)]
+        coupled_decay = [0.0 if is_decoupled else wd for wd, is_decoupled in zip(decay, decoupled, strict=True)]
         self.weight_decay = column(coupled_decay) if any(coupled_decay) else None  # grad.add(param, alpha=wd)
-        decay_factors = [1 - lr * wd if is_decoupled else 1.0  # param.mul_(1 - lr * weight_decay)
-                         for lr, wd, is_decoupled in zip(self.lrs, decay, decoupled, strict=True)]
+        decay_factors = [
+            1 - lr * wd if is_decoupled else 1.0  # param.mul_(1 - lr * weight_decay)
+            for lr, wd, is_decoupled in zip(self.lrs, decay, decoupled, strict=True)
+        ]
         self.decay_factor = column(decay_factors) if any(factor != 1.0 for factor in decay_factors) else None
         self.beta1s = [betas[0] for betas in self.values("betas")]
         self.beta2s = [betas[1] for betas in self.values("betas")]
@@ -207,8 +212,9 @@ class StackedAdam(StackedUpdate):
         scaled = torch.mul(grad, self.one_minus_beta2, out=self.scratch("scaled", grad))
         self.exp_avg_sq.mul_(self.beta2).addcmul_(scaled, grad)
         bias_correction2_sqrt = column([(1 - beta2**self.steps) ** 0.5 for beta2 in self.beta2s])
-        neg_step_size = column([-(lr / (1 - beta1**self.steps)) for lr, beta1 in
-                                zip(self.lrs, self.beta1s, strict=True)])
+        neg_step_size = column(
+            [-(lr / (1 - beta1**self.steps)) for lr, beta1 in zip(self.lrs, self.beta1s, strict=True)]
+        )
         second_moment = self.exp_avg_sq
         if self.max_exp_avg_sq is not None:
             torch.maximum(self.max_exp_avg_sq, self.exp_avg_sq, out=self.max_exp_avg_sq)
@@ -278,8 +284,9 @@ class StackedAdagrad(StackedUpdate):
             self.state_sum = self.initial_accumulator.expand_as(weights).clone()  # torch.full_like(p, value)
         self.steps += 1
         grad = self.gradient(weights, gradients)
-        neg_clr = column([-(lr / (1 + (self.steps - 1) * lr_decay))
-                          for lr, lr_decay in zip(self.lrs, self.lr_decays, strict=True)])
+        neg_clr = column(
+            [-(lr / (1 + (self.steps - 1) * lr_decay)) for lr, lr_decay in zip(self.lrs, self.lr_decays, strict=True)]
+        )
         self.state_sum.addcmul_(grad, grad, value=1)
         std = self.sqrt(self.state_sum, "std").add_(self.eps)
         # param.addcdiv_(grad, std, value=-clr): value * grad first, as torch's kernel
@@ -288,7 +295,15 @@ class StackedAdagrad(StackedUpdate):
 
 # Each update rule; adam and adamw share one (AdamW is Adam with decoupled decay).
 UPDATE_RULES: dict[str, type[StackedUpdate]] = {
-    "sgd": StackedSGD, "adam": StackedAdam, "rmsprop": StackedRMSprop, "adagrad": StackedAdagrad,
+    "sgd": StackedSGD,
+    "adam": StackedAdam,
+    "rmsprop": StackedRMSprop,
+    "adagrad": StackedAdagrad,
 }
-UPDATE_RULE_OF_KIND = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop",
-                       "adagrad": "adagrad"}  # its keys are optimizers.VMAP_KINDS (a test checks)
+UPDATE_RULE_OF_KIND = {
+    "sgd": "sgd",
+    "adam": "adam",
+    "adamw": "adam",
+    "rmsprop": "rmsprop",
+    "adagrad": "adagrad",
+}  # its keys are optimizers.VMAP_KINDS (a test checks)

@@ -57,8 +57,9 @@ def sub_batches(cells: list[RunSpec], largest: int | None = None, workers: int =
     return [cells[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)]
 
 
-def plan_batches(specs: list[RunSpec], workers: int = 1, min_cells: int | None = None,
-                 largest: int | None = None) -> BatchPlan:
+def plan_batches(
+    specs: list[RunSpec], workers: int = 1, min_cells: int | None = None, largest: int | None = None
+) -> BatchPlan:
     """Split specs between the engines: sequential specs stay sequential; vmap specs are batched by group
     (into sub-batches for `workers` worker processes), unless their optimizer has no stacked update or their
     group has fewer than `min_cells` (MIN_BATCH_CELLS) cells. Sub-batches hold at most `largest`
@@ -80,6 +81,7 @@ def plan_batches(specs: list[RunSpec], workers: int = 1, min_cells: int | None =
             continue
         plan.sequential += cells
         for spec in cells:
-            plan.fallback_reason[spec] = (f"{len(cells)} cell(s) to batch, fewer than the {min_cells} at which "
-                                          "the vmap engine gains")
+            plan.fallback_reason[spec] = (
+                f"{len(cells)} cell(s) to batch, fewer than the {min_cells} at which the vmap engine gains"
+            )
     return plan

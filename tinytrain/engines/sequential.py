@@ -87,8 +87,16 @@ def train(spec: RunSpec) -> RunResult:
                 metrics.setdefault(name, {})[step] = value
 
     def ended(outcome: str, weights: StateDict | None = None) -> RunResult:
-        return RunResult(spec, losses, outcome, weights, checkpoints if weights else {},
-                         time.perf_counter() - started, runtime=runtime_settings(), metrics=metrics)
+        return RunResult(
+            spec,
+            losses,
+            outcome,
+            weights,
+            checkpoints if weights else {},
+            time.perf_counter() - started,
+            runtime=runtime_settings(),
+            metrics=metrics,
+        )
 
     for step in range(spec.steps):
         if problem.has_test_set and spec.eval_every and step % spec.eval_every == 0:

@@ -29,13 +29,15 @@ class Executor(Protocol):
         """Release the workers; with abandon, without waiting for the runs in progress."""
 
 
-def bounded(units: list[list[RunSpec]], started: Started, submit: Callable[[list[RunSpec]], Future],
-             window: int) -> Iterator[RunResult]:
+def bounded(
+    units: list[list[RunSpec]], started: Started, submit: Callable[[list[RunSpec]], Future], window: int
+) -> Iterator[RunResult]:
     """Keep at most `window` units (a run, or a vmap batch) in flight; yield their results as they complete.
 
     A unit whose worker process died (the pool is then broken) comes back as failed results, like a run
     that raised: the sweep logs them FAILED, goes on with what it can, and exits 1.
     """
+
     def failed(unit: list[RunSpec], message: str) -> list[RunResult]:
         return [failed_result(spec, message) for spec in unit]
 

@@ -96,8 +96,9 @@ def cluster_environment() -> dict[str, str]:
     return {**os.environ, **ONE_THREAD, **KEEP_GLIBC_MALLOC_ENV, "PYTHONPATH": path}
 
 
-def start_cluster(port: int = 8786, workers: int = 2, folder: Path = CLUSTER_FOLDER,
-                  timeout: float = START_TIMEOUT) -> ClusterState:
+def start_cluster(
+    port: int = 8786, workers: int = 2, folder: Path = CLUSTER_FOLDER, timeout: float = START_TIMEOUT
+) -> ClusterState:
     """Start a Dask scheduler and `workers` workers (one thread each) on 127.0.0.1, detached, and wait for them.
 
     Each process runs in its own session (so it outlives this command and `--stop` can end its whole
@@ -107,23 +108,47 @@ def start_cluster(port: int = 8786, workers: int = 2, folder: Path = CLUSTER_FOL
     folder = Path(folder)
     state = ClusterState.load(folder)
     if state is not None and any(_running(process) for process in state.processes):
-        raise ExecutorError(f"a cluster started here is already running at {state.address}: use it, or stop it "
-                            "with `tinytrain cluster --stop` (make cluster-stop)")
+        raise ExecutorError(
+            f"a cluster started here is already running at {state.address}: use it, or stop it "
+            "with `tinytrain cluster --stop` (make cluster-stop)"
+        )
     if not _port_is_free(port):
-        raise ExecutorError(f"port {port} on {LOOPBACK} is in use: pick another with --port "
-                            "(make cluster SCHEDULER_PORT=...)")
+        raise ExecutorError(
+            f"port {port} on {LOOPBACK} is in use: pick another with --port (make cluster SCHEDULER_PORT=...)"
+        )
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     address = f"tcp://{LOOPBACK}:{port}"
     state = ClusterState(address, workers, [])
-    commands = {"scheduler": ["distributed.cli.dask_scheduler", "--host", LOOPBACK, "--port", str(port),
-                              "--no-dashboard", "--dashboard-address", LOOPBACK_ANY_PORT]}
+    commands = {
+        "scheduler": [
+            "distributed.cli.dask_scheduler",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--no-dashboard",
+            "--dashboard-address",
+            LOOPBACK_ANY_PORT,
+        ]
+    }
     for index in range(workers):
         commands[f"worker-{index}"] = [
-            "distributed.cli.dask_worker", address, "--host", LOOPBACK, "--nthreads", "1",
-            "--name", f"tinytrain-worker-{index}", "--no-dashboard", "--dashboard-address", LOOPBACK_ANY_PORT,
-            "--death-timeout", "60",
-            "--local-directory", str((folder / f"worker-{index}").resolve()),
+            "distributed.cli.dask_worker",
+            address,
+            "--host",
+            LOOPBACK,
+            "--nthreads",
+            "1",
+            "--name",
+            f"tinytrain-worker-{index}",
+            "--no-dashboard",
+            "--dashboard-address",
+            LOOPBACK_ANY_PORT,
+            "--death-timeout",
+            "60",
+            "--local-directory",
+            str((folder / f"worker-{index}").resolve()),
         ]
     environment = cluster_environment()
     popens: dict[str, subprocess.Popen] = {}
@@ -133,12 +158,16 @@ def start_cluster(port: int = 8786, workers: int = 2, folder: Path = CLUSTER_FOL
         for role, arguments in commands.items():
             log = folder / f"{role}.log"
             with open(log, "wb") as output:
-                popen = subprocess.Popen([sys.executable, "-m", *arguments], stdin=subprocess.DEVNULL,
-                                         stdout=output, stderr=subprocess.STDOUT, env=environment,
-                                         start_new_session=True)
+                popen = subprocess.Popen(
+                    [sys.executable, "-m", *arguments],
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    env=environment,
+                    start_new_session=True,
+                )
             popens[role] = popen
-            state.processes.append(ClusterProcess(role, popen.pid, psutil.Process(popen.pid).create_time(),
-                                                  str(log)))
+            state.processes.append(ClusterProcess(role, popen.pid, psutil.Process(popen.pid).create_time(), str(log)))
             state.save(folder)  # at once, so that --stop also ends a start that failed half-way
         _wait_until_ready(distributed, state, popens, timeout)
     except BaseException:
@@ -147,8 +176,9 @@ def start_cluster(port: int = 8786, workers: int = 2, folder: Path = CLUSTER_FOL
     return state
 
 
-def _wait_until_ready(distributed: Any, state: ClusterState, popens: dict[str, subprocess.Popen],
-                      timeout: float) -> None:
+def _wait_until_ready(
+    distributed: Any, state: ClusterState, popens: dict[str, subprocess.Popen], timeout: float
+) -> None:
     """Until the scheduler answers, every worker is connected and each one imports tinytrain."""
     deadline = time.monotonic() + timeout
     client = None
@@ -159,18 +189,23 @@ def _wait_until_ready(distributed: Any, state: ClusterState, popens: dict[str, s
                 client = distributed.Client(state.address, timeout="2s", set_as_default=False)
             except OSError:
                 if time.monotonic() > deadline:
-                    raise ExecutorError(f"the Dask scheduler did not answer within {timeout:g} s: see "
-                                        f"{state.processes[0].log}") from None
+                    raise ExecutorError(
+                        f"the Dask scheduler did not answer within {timeout:g} s: see {state.processes[0].log}"
+                    ) from None
         while len(client.nthreads()) < state.workers:
             _check_started(state, popens)
             if time.monotonic() > deadline:
-                raise ExecutorError(f"only {len(client.nthreads())} of {state.workers} workers connected within "
-                                    f"{timeout:g} s: see the logs in {Path(state.processes[0].log).parent}")
+                raise ExecutorError(
+                    f"only {len(client.nthreads())} of {state.workers} workers connected within "
+                    f"{timeout:g} s: see the logs in {Path(state.processes[0].log).parent}"
+                )
             time.sleep(0.2)
         for worker, found in client.run(worker_environment, on_error="return").items():
             if isinstance(found, BaseException):
-                raise ExecutorError(f"the worker {worker} cannot import tinytrain ({first_line(found)}): install "
-                                    "it in this environment with pip install -e '.[dask]'")
+                raise ExecutorError(
+                    f"the worker {worker} cannot import tinytrain ({first_line(found)}): install "
+                    "it in this environment with pip install -e '.[dask]'"
+                )
     finally:
         if client is not None:
             client.close()
@@ -181,8 +216,9 @@ def _check_started(state: ClusterState, popens: dict[str, subprocess.Popen]) -> 
         code = popens[process.role].poll()
         if code is not None:
             lines = Path(process.log).read_text(errors="replace").strip().splitlines() or ["(empty log)"]
-            raise ExecutorError(f"the {process.role} exited with code {code} while starting: {lines[-1]} "
-                                f"(log: {process.log})")
+            raise ExecutorError(
+                f"the {process.role} exited with code {code} while starting: {lines[-1]} (log: {process.log})"
+            )
 
 
 def stop_cluster(folder: Path = CLUSTER_FOLDER, keep_logs: bool = False, grace: float = 10.0) -> int:

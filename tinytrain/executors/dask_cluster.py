@@ -47,8 +47,10 @@ def import_distributed() -> Any:
     try:
         import distributed
     except ImportError:
-        raise ExecutorError(f"the Dask executor needs the dask extra: run {INSTALL_HINT} in the project's "
-                            ".venv (or use --jobs N for a local process pool)") from None
+        raise ExecutorError(
+            f"the Dask executor needs the dask extra: run {INSTALL_HINT} in the project's "
+            ".venv (or use --jobs N for a local process pool)"
+        ) from None
     return distributed
 
 
@@ -83,16 +85,23 @@ def worker_environment() -> dict[str, str]:
 
     import tinytrain
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "tinytrain": tinytrain.__file__,
-            "threads": str(torch.get_num_threads()), "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_", "")}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tinytrain": tinytrain.__file__,
+        "threads": str(torch.get_num_threads()),
+        "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_", ""),
+    }
 
 
 def check_address(scheduler: str) -> str:
     """A scheduler address as Dask takes it (tcp://HOST:PORT); a malformed one is bad input (exit code 2)."""
     scheme, _, location = scheduler.rpartition("://")
     if scheme not in ("", "tcp") or not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:/\s\[\]]+):\d{1,5}", location):
-        raise ConfigError(f"--scheduler {scheduler!r} is not a Dask scheduler address: give tcp://HOST:PORT, "
-                          "e.g. tcp://127.0.0.1:8786 from `make cluster`")
+        raise ConfigError(
+            f"--scheduler {scheduler!r} is not a Dask scheduler address: give tcp://HOST:PORT, "
+            "e.g. tcp://127.0.0.1:8786 from `make cluster`"
+        )
     return scheduler
 
 
@@ -127,9 +136,14 @@ class DaskExecutor:
     with another torch) is found here, before any run starts.
     """
 
-    def __init__(self, scheduler: str | None, workers: int = 1, *,
-                 task: Callable[[RunSpec], RunResult] = train_on_worker,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        scheduler: str | None,
+        workers: int = 1,
+        *,
+        task: Callable[[RunSpec], RunResult] = train_on_worker,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
         distributed = import_distributed()
         self.task = task  # what runs a spec on a worker; tests give one that kills its worker
         self.cluster = None
@@ -144,11 +158,13 @@ class DaskExecutor:
             try:
                 asyncio.run(_handshake(distributed, scheduler, connect_timeout))
             except ConnectionRefusedError:
-                raise ExecutorError(f"cannot reach a Dask scheduler at {scheduler} (connection refused): {fix}") \
-                    from None
+                raise ExecutorError(
+                    f"cannot reach a Dask scheduler at {scheduler} (connection refused): {fix}"
+                ) from None
             except (OSError, TimeoutError):
-                raise ExecutorError(f"cannot reach a Dask scheduler at {scheduler} (no answer within "
-                                    f"{connect_timeout:g} s): {fix}") from None
+                raise ExecutorError(
+                    f"cannot reach a Dask scheduler at {scheduler} (no answer within {connect_timeout:g} s): {fix}"
+                ) from None
             except Exception:  # something else listens there, and answers
                 raise ExecutorError(f"{scheduler} answers, but not as a Dask scheduler: {fix}") from None
             self.client = distributed.Client(scheduler, timeout=f"{connect_timeout}s", set_as_default=False)
@@ -158,13 +174,18 @@ class DaskExecutor:
             try:
                 with dask.config.set(KEEP_GLIBC_MALLOC):  # read by the nannies as they start
                     self.cluster = distributed.LocalCluster(
-                        n_workers=workers, threads_per_worker=1, processes=True, host=LOOPBACK,
-                        dashboard_address=LOOPBACK_ANY_PORT, silence_logs=logging.ERROR,
+                        n_workers=workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        host=LOOPBACK,
+                        dashboard_address=LOOPBACK_ANY_PORT,
+                        silence_logs=logging.ERROR,
                     )
             except Exception as error:  # no memory, no ports, a worker that cannot start
-                raise ExecutorError(f"cannot start a local Dask cluster of {workers} worker(s) "
-                                    f"({first_line(error)}): try --jobs 1, or the process pool (--executor pool)") \
-                    from None
+                raise ExecutorError(
+                    f"cannot start a local Dask cluster of {workers} worker(s) "
+                    f"({first_line(error)}): try --jobs 1, or the process pool (--executor pool)"
+                ) from None
             self.client = distributed.Client(self.cluster, set_as_default=False)
             self.address = self.cluster.scheduler_address
         try:
@@ -178,19 +199,25 @@ class DaskExecutor:
         try:
             self.client.wait_for_workers(1, timeout=WORKERS_TIMEOUT)
         except Exception:  # TimeoutError
-            raise ExecutorError(f"the Dask scheduler at {self.address} has no workers after {WORKERS_TIMEOUT:g} s: "
-                                f"start some with `dask worker {self.address} --nthreads 1` from the project's "
-                                ".venv, or use `make cluster`") from None
+            raise ExecutorError(
+                f"the Dask scheduler at {self.address} has no workers after {WORKERS_TIMEOUT:g} s: "
+                f"start some with `dask worker {self.address} --nthreads 1` from the project's "
+                ".venv, or use `make cluster`"
+            ) from None
         import torch
 
         for worker, found in self.client.run(worker_environment, on_error="return").items():
             if isinstance(found, BaseException):
-                raise ExecutorError(f"the Dask worker {worker} cannot run tinytrain ({first_line(found)}): start "
-                                    "workers from the project's .venv (`make cluster` does)")
+                raise ExecutorError(
+                    f"the Dask worker {worker} cannot run tinytrain ({first_line(found)}): start "
+                    "workers from the project's .venv (`make cluster` does)"
+                )
             if found["torch"] != torch.__version__:
-                raise ExecutorError(f"the Dask worker {worker} has torch {found['torch']}, this process "
-                                    f"{torch.__version__}: the numbers would differ; start workers from the "
-                                    "project's .venv")
+                raise ExecutorError(
+                    f"the Dask worker {worker} has torch {found['torch']}, this process "
+                    f"{torch.__version__}: the numbers would differ; start workers from the "
+                    "project's .venv"
+                )
 
     def _window(self) -> int:
         """How many runs are in flight at most: two per worker thread, so no worker waits for the driver.
@@ -207,8 +234,10 @@ class DaskExecutor:
         """Hand the cells out, a bounded number at a time; yield each result once, as it arrives."""
         distributed = import_distributed()
         if any(spec.engine == "vmap" for spec in specs):
-            raise ExecutorError("engine vmap trains its cells in batched nets on this machine: run it "
-                                "with --executor inprocess or --jobs N")
+            raise ExecutorError(
+                "engine vmap trains its cells in batched nets on this machine: run it "
+                "with --executor inprocess or --jobs N"
+            )
         keys = [task_key(spec) for spec in specs]
         if len(set(keys)) != len(keys):
             raise ExecutorError("the sweep lists the same cell twice: list each grid value once")
@@ -228,8 +257,7 @@ class DaskExecutor:
                     continue
                 try:
                     with self.client.as_current():  # wait() asks for a current client; this one is not global
-                        done = distributed.wait(list(pending), timeout=POLL_SECONDS,
-                                                return_when="FIRST_COMPLETED").done
+                        done = distributed.wait(list(pending), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED").done
                 except TimeoutError:
                     waiting_since = self._check_alive(waiting_since)
                     continue
@@ -256,9 +284,11 @@ class DaskExecutor:
         if waiting_since is None:
             return now
         if now - waiting_since > NO_WORKERS_TIMEOUT:
-            raise ExecutorError(f"the Dask cluster at {self.address} has had no workers (or no scheduler) for "
-                                f"{NO_WORKERS_TIMEOUT:g} s: restart it (make cluster), then run the same command "
-                                "again to resume")
+            raise ExecutorError(
+                f"the Dask cluster at {self.address} has had no workers (or no scheduler) for "
+                f"{NO_WORKERS_TIMEOUT:g} s: restart it (make cluster), then run the same command "
+                "again to resume"
+            )
         return waiting_since
 
     def _collect(self, future: Any, spec: RunSpec) -> RunResult:
@@ -273,8 +303,10 @@ class DaskExecutor:
             return failed_result(spec, f"{type(error).__name__}: {first_line(error)}")
 
     def _lost(self) -> ExecutorError:
-        return ExecutorError(f"lost the Dask scheduler at {self.address} mid-sweep: restart it (make cluster), then "
-                             "run the same command again to resume (finished cells are skipped)")
+        return ExecutorError(
+            f"lost the Dask scheduler at {self.address} mid-sweep: restart it (make cluster), then "
+            "run the same command again to resume (finished cells are skipped)"
+        )
 
     def close(self, abandon: bool = False) -> None:
         """Disconnect (the runs in progress are cancelled); a local cluster started for the sweep shuts down too."""

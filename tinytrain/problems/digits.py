@@ -36,7 +36,8 @@ def load(data_seed: int) -> tuple[Batch, Batch]:
     images = F.interpolate(images, size=INPUT_SHAPE[2:], mode="bilinear", align_corners=False)
     labels = torch.tensor(digits.target, dtype=torch.long)
     train_index, test_index = train_test_split(
-        range(len(labels)), test_size=TEST_FRACTION, stratify=digits.target, random_state=data_seed)
+        range(len(labels)), test_size=TEST_FRACTION, stratify=digits.target, random_state=data_seed
+    )
     train_index, test_index = torch.tensor(train_index), torch.tensor(test_index)
     return (images[train_index], labels[train_index]), (images[test_index], labels[test_index])
 
@@ -54,17 +55,19 @@ class Digits:
         while True:
             order = torch.randperm(count, generator=generator)
             for start in range(0, count - self.batch_size + 1, self.batch_size):
-                index = order[start:start + self.batch_size]
+                index = order[start : start + self.batch_size]
                 yield self.train_images[index], self.train_labels[index]
 
     def fixed_batch(self) -> Batch:
-        return self.train_images[:self.batch_size], self.train_labels[:self.batch_size]
+        return self.train_images[: self.batch_size], self.train_labels[: self.batch_size]
 
     def evaluate(self, net: torch.nn.Module, loss: Callable) -> dict[str, float]:
         with torch.no_grad():
             outputs = net(self.test_images)
-            return {"test_loss": loss(outputs, self.test_labels).item(),
-                    "test_accuracy": (outputs.argmax(dim=1) == self.test_labels).double().mean().item()}
+            return {
+                "test_loss": loss(outputs, self.test_labels).item(),
+                "test_accuracy": (outputs.argmax(dim=1) == self.test_labels).double().mean().item(),
+            }
 
 
 def make(spec: RunSpec) -> Digits:

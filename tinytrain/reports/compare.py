@@ -9,6 +9,7 @@ the spread of log10(final_loss); rows rank by time to target, or (by="final_loss
 Only the standard library is imported at module level, so that `tinytrain --help` stays instant;
 rich and scipy are imported where they are used.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,9 +29,29 @@ if TYPE_CHECKING:
 FORMATS = ("table", "csv", "json", "markdown")
 RANKINGS = ("target", "final_loss")  # --by: the median time to target, or the geometric mean of final_loss
 # The columns of the compare table, in order (csv, json); any of them sorts it (--sort).
-COLUMNS = ("rank", "optimizer", "lr", "steps_to_target", "not_reached", "median", "ci_low", "ci_high", "iqm",
-           "p_better", "p_value", "tied_with_best", "baseline", "mean", "std", "geomean", "log10_std", "min",
-           "max", "seeds", "diverged")
+COLUMNS = (
+    "rank",
+    "optimizer",
+    "lr",
+    "steps_to_target",
+    "not_reached",
+    "median",
+    "ci_low",
+    "ci_high",
+    "iqm",
+    "p_better",
+    "p_value",
+    "tied_with_best",
+    "baseline",
+    "mean",
+    "std",
+    "geomean",
+    "log10_std",
+    "min",
+    "max",
+    "seeds",
+    "diverged",
+)
 LOSS_FLOOR = stats.LOSS_FLOOR
 # What compare can compare: metric -> (the run's metric, its label in tables). The statistics work on a value
 # where lower is better and that spans decades: a loss as it is, an accuracy as its error (1 - accuracy).
@@ -87,8 +108,11 @@ def as_metric(runs: Iterable[CellRun], metric: str) -> list[CellRun]:
     loss's."""
     if metric == "final_loss":
         return list(runs)
-    value = (lambda run: 1.0 - metric_value(run, metric)) if metric == "test_accuracy" else \
-        (lambda run: metric_value(run, metric))
+    value = (
+        (lambda run: 1.0 - metric_value(run, metric))
+        if metric == "test_accuracy"
+        else (lambda run: metric_value(run, metric))
+    )
     return [replace(run, final_loss=value(run)) for run in runs]
 
 
@@ -109,8 +133,9 @@ def parse_cell(text: str) -> tuple[str, float]:
     return optimizer, value
 
 
-def summarize(runs: Iterable[CellRun], target: float = stats.TARGET, by: str = "target",
-              vs: tuple[str, float] | None = None) -> list[CellSummary]:
+def summarize(
+    runs: Iterable[CellRun], target: float = stats.TARGET, by: str = "target", vs: tuple[str, float] | None = None
+) -> list[CellSummary]:
     """Aggregate the runs of a sweep per (optimizer, lr), ranked, and compared with a baseline.
 
     by "target" ranks by the median steps to target (then fewer seeds not reaching it, then the median
@@ -136,8 +161,9 @@ def _rank_key(by: str):
     return lambda row: (row.steps_to_target is None, row.steps_to_target or 0, row.not_reached, row.median)
 
 
-def _against(rows: list[CellSummary], cells: dict[tuple[str, float], list[CellRun]],
-             baseline: tuple[str, float]) -> list[CellSummary]:
+def _against(
+    rows: list[CellSummary], cells: dict[tuple[str, float], list[CellRun]], baseline: tuple[str, float]
+) -> list[CellSummary]:
     """Each row's paired numbers against the baseline cell, p-values Holm-corrected over the table."""
     others = [row for row in rows if (row.optimizer, row.lr) != baseline]
     comparisons = [stats.paired(cells[(row.optimizer, row.lr)], cells[baseline]) for row in others]
@@ -149,8 +175,14 @@ def _against(rows: list[CellSummary], cells: dict[tuple[str, float], list[CellRu
             result.append(replace(row, baseline=True))
             continue
         p_value = corrected[id(row)]
-        result.append(replace(row, p_better=better[id(row)], p_value=p_value,
-                              tied_with_best=None if p_value is None else p_value >= stats.ALPHA))
+        result.append(
+            replace(
+                row,
+                p_better=better[id(row)],
+                p_value=p_value,
+                tied_with_best=None if p_value is None else p_value >= stats.ALPHA,
+            )
+        )
     return result
 
 
@@ -167,13 +199,17 @@ def _summarize_cell(optimizer: str, lr: float, runs: list[CellRun], target: floa
     logs = [stats.log10_loss(loss) for loss in losses]
     numbers = stats.cell_stats(runs, target)
     return CellSummary(
-        rank=None, optimizer=optimizer, lr=lr,
+        rank=None,
+        optimizer=optimizer,
+        lr=lr,
         mean=statistics.fmean(losses) if losses else None,
         std=statistics.stdev(losses) if len(losses) > 1 else None,
         geomean=10 ** statistics.fmean(logs) if logs else None,
         log10_std=statistics.stdev(logs) if len(logs) > 1 else None,
-        min=min(losses, default=None), max=max(losses, default=None),
-        seeds=len(runs), diverged=sum(run.diverged for run in runs),
+        min=min(losses, default=None),
+        max=max(losses, default=None),
+        seeds=len(runs),
+        diverged=sum(run.diverged for run in runs),
         **asdict(numbers),
     )
 
@@ -191,11 +227,9 @@ def ties_sentence(rows: Sequence[CellSummary]) -> str:
     if not tested:
         return f"No cell shares a seed with {who}: nothing to compare."
     if tied == 0:
-        return (f"Every other cell differs from {who} at Holm-corrected p < {stats.ALPHA:g} "
-                f"with {seeds} seeds.")
+        return f"Every other cell differs from {who} at Holm-corrected p < {stats.ALPHA:g} with {seeds} seeds."
     cells = "1 cell cannot" if tied == 1 else f"{tied} cells cannot"
-    return (f"{cells} be told apart from {who} with {seeds} seeds "
-            f"(Holm-corrected p >= {stats.ALPHA:g}).")
+    return f"{cells} be told apart from {who} with {seeds} seeds (Holm-corrected p >= {stats.ALPHA:g})."
 
 
 def sort_rows(rows: Sequence[CellSummary], column: str = "rank") -> list[CellSummary]:
@@ -248,24 +282,54 @@ def verdict(row: CellSummary) -> str:
 
 
 def _headers(target: float) -> tuple[str, ...]:
-    return ("rank", "optimizer", "lr", f"steps to {target:g}", "final loss median [95% CI]", "IQM",
-            "p_better", "p (Holm)", "vs baseline", "seeds", "diverged")
+    return (
+        "rank",
+        "optimizer",
+        "lr",
+        f"steps to {target:g}",
+        "final loss median [95% CI]",
+        "IQM",
+        "p_better",
+        "p (Holm)",
+        "vs baseline",
+        "seeds",
+        "diverged",
+    )
 
 
 def _cells(row: CellSummary) -> tuple[str, ...]:
-    return (_number(row.rank, "d"), row.optimizer, f"{row.lr:g}", _steps(row), _median_ci(row),
-            _number(row.iqm, ".2g"), _number(row.p_better, ".2f"), _number(row.p_value, ".2g"), verdict(row),
-            str(row.seeds), str(row.diverged))
+    return (
+        _number(row.rank, "d"),
+        row.optimizer,
+        f"{row.lr:g}",
+        _steps(row),
+        _median_ci(row),
+        _number(row.iqm, ".2g"),
+        _number(row.p_better, ".2f"),
+        _number(row.p_value, ".2g"),
+        verdict(row),
+        str(row.seeds),
+        str(row.diverged),
+    )
 
 
-def render_compare(rows: Sequence[CellSummary], output_format: str = "table", title: str = "",
-                   caption: str = "", target: float = stats.TARGET) -> str:
+def render_compare(
+    rows: Sequence[CellSummary],
+    output_format: str = "table",
+    title: str = "",
+    caption: str = "",
+    target: float = stats.TARGET,
+) -> str:
     """The compare table as text: a rich table, markdown, csv (raw numbers) or json (raw numbers)."""
     if output_format == "csv":
         return _csv(COLUMNS, [[_raw(getattr(row, column)) for column in COLUMNS] for row in rows])
     if output_format == "json":
-        document = {"title": title, "target": target, "caption": caption,
-                    "rows": [{column: getattr(row, column) for column in COLUMNS} for row in rows]}
+        document = {
+            "title": title,
+            "target": target,
+            "caption": caption,
+            "rows": [{column: getattr(row, column) for column in COLUMNS} for row in rows],
+        }
         return json.dumps(document, indent=2) + "\n"
     table = [_cells(row) for row in rows]
     right = {0, 2, 3, 4, 5, 6, 7, 9, 10}
@@ -293,8 +357,7 @@ def _csv(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return buffer.getvalue()
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int], title: str,
-              caption: str) -> str:
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int], title: str, caption: str) -> str:
     lines = [f"**{title}**", ""] if title else []
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---:" if index in right else "---" for index in range(len(header))) + "|")
@@ -304,8 +367,14 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[i
     return "\n".join(lines) + "\n"
 
 
-def _rich_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int], title: str,
-                caption: str, sections: Iterable[int] = ()) -> str:
+def _rich_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    right: set[int],
+    title: str,
+    caption: str,
+    sections: Iterable[int] = (),
+) -> str:
     """A table laid out by rich, as plain text: no colours and no wrapping, the same on a terminal and in
     a pipe or a test."""
     from rich import box
@@ -327,19 +396,25 @@ def _rich_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set
 def compare_title(sweep: SweepRecord, metric: str = "final_loss") -> str:
     """One line that says which sweep a table is about."""
     seeds = len({run.seed for run in sweep.runs})
-    return (f"{sweep.experiment}: sweep {sweep.parent_run_id}, {METRICS[metric][1]} after {sweep.steps} steps "
-            f"over {seeds} seed{'s' if seeds != 1 else ''}")
+    return (
+        f"{sweep.experiment}: sweep {sweep.parent_run_id}, {METRICS[metric][1]} after {sweep.steps} steps "
+        f"over {seeds} seed{'s' if seeds != 1 else ''}"
+    )
 
 
 def compare_caption(rows: Sequence[CellSummary], by: str = "target", target: float = stats.TARGET) -> str:
     """How the table is ranked and read, and what the paired comparison says."""
-    ranking = (f"Ranked by the median steps to a loss <= {target:g} over seeds (a seed that never gets there, "
-               "or diverges, counts as not reached)" if by == "target"
-               else "Ranked by the geometric mean of final_loss")
-    return (f"{ranking}. Median, 95% bootstrap CI and IQM (interquartile mean) are those of log10(final_loss) "
-            "over the finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; "
-            "p: two-sided Wilcoxon signed-rank on paired log10 final losses, Holm-corrected. "
-            + ties_sentence(rows))
+    ranking = (
+        f"Ranked by the median steps to a loss <= {target:g} over seeds (a seed that never gets there, "
+        "or diverges, counts as not reached)"
+        if by == "target"
+        else "Ranked by the geometric mean of final_loss"
+    )
+    return (
+        f"{ranking}. Median, 95% bootstrap CI and IQM (interquartile mean) are those of log10(final_loss) "
+        "over the finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; "
+        "p: two-sided Wilcoxon signed-rank on paired log10 final losses, Holm-corrected. " + ties_sentence(rows)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,8 +447,7 @@ def before_after(runs: Iterable[CellRun]) -> list[BeforeAfter]:
     """Per run initial -> final loss, each (optimizer, lr) cell followed by its mean over finished seeds."""
     rows: list[BeforeAfter] = []
     for (optimizer, lr), cell in _by_cell(runs).items():
-        rows += [BeforeAfter(optimizer, lr, run.seed, run.initial_loss, run.final_loss, run.outcome)
-                 for run in cell]
+        rows += [BeforeAfter(optimizer, lr, run.seed, run.initial_loss, run.final_loss, run.outcome) for run in cell]
         finished = [run for run in cell if not run.diverged]
         if finished:
             before = statistics.fmean(run.initial_loss for run in finished)
@@ -388,28 +462,47 @@ _BEFORE_AFTER_COLUMNS = ("optimizer", "lr", "seed", "initial_loss", "final_loss"
 def render_before_after(rows: Sequence[BeforeAfter], output_format: str = "table", title: str = "") -> str:
     """The before -> after rows as text; a mean row closes each cell (seed 'mean')."""
     if output_format in ("csv", "json"):
-        records = [{"optimizer": row.optimizer, "lr": row.lr,
-                    "seed": "mean" if row.seed is None else row.seed,
-                    "initial_loss": _finite(row.initial_loss),
-                    "final_loss": None if row.diverged else _finite(row.final_loss),
-                    "change": None if row.diverged else _finite(row.change), "outcome": row.outcome}
-                   for row in rows]
+        records = [
+            {
+                "optimizer": row.optimizer,
+                "lr": row.lr,
+                "seed": "mean" if row.seed is None else row.seed,
+                "initial_loss": _finite(row.initial_loss),
+                "final_loss": None if row.diverged else _finite(row.final_loss),
+                "change": None if row.diverged else _finite(row.change),
+                "outcome": row.outcome,
+            }
+            for row in rows
+        ]
         if output_format == "json":
             return json.dumps({"title": title, "rows": records}, indent=2) + "\n"
-        return _csv(_BEFORE_AFTER_COLUMNS, [[_raw(record[column]) for column in _BEFORE_AFTER_COLUMNS]
-                                            for record in records])
+        return _csv(
+            _BEFORE_AFTER_COLUMNS, [[_raw(record[column]) for column in _BEFORE_AFTER_COLUMNS] for record in records]
+        )
     header = ("optimizer", "lr", "seed", "initial loss", "", "final loss", "change", "outcome")
-    table = [(row.optimizer, f"{row.lr:g}", "mean" if row.seed is None else str(row.seed),
-              f"{row.initial_loss:.4g}", "->", "—" if row.diverged else f"{row.final_loss:.4g}",
-              "—" if row.diverged else f"{row.change:+.1%}", "" if row.seed is None else row.outcome)
-             for row in rows]
+    table = [
+        (
+            row.optimizer,
+            f"{row.lr:g}",
+            "mean" if row.seed is None else str(row.seed),
+            f"{row.initial_loss:.4g}",
+            "->",
+            "—" if row.diverged else f"{row.final_loss:.4g}",
+            "—" if row.diverged else f"{row.change:+.1%}",
+            "" if row.seed is None else row.outcome,
+        )
+        for row in rows
+    ]
     right = {1, 2, 3, 5, 6}
     if output_format == "markdown":
         return _markdown(header, table, right, title, "")
     if output_format == "table":
         # a rule between cells, and above each cell's mean row
-        ends = [index for index, (row, after) in enumerate(zip(rows, rows[1:], strict=False))
-                if after.seed is None or (row.optimizer, row.lr) != (after.optimizer, after.lr)]
+        ends = [
+            index
+            for index, (row, after) in enumerate(zip(rows, rows[1:], strict=False))
+            if after.seed is None or (row.optimizer, row.lr) != (after.optimizer, after.lr)
+        ]
         return _rich_table(header, table, right, title, "", sections=ends)
     raise ValueError(f"unknown format {output_format!r}: use one of {', '.join(FORMATS)}")
 

@@ -46,8 +46,11 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
             ax.set_ylabel("training loss (log scale)")
         notes = [f"diverged at every seed: lr {', '.join(diverged_everywhere)}"] if diverged_everywhere else []
         if shared_legend:  # the lines' labels say how many seeds diverged; with one legend a note does
-            partly = [line.get_label().replace(" (", " ", 1).rstrip(")") for line in ax.lines
-                      if "diverged" in line.get_label()]
+            partly = [
+                line.get_label().replace(" (", " ", 1).rstrip(")")
+                for line in ax.lines
+                if "diverged" in line.get_label()
+            ]
             notes += [f"lr {', '.join(partly)}"] if partly else []
         if notes:
             ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize="small", color="firebrick")
@@ -65,8 +68,10 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
                 ax.legend(title="lr", fontsize="small", title_fontsize="small", loc="best")
     if shared_legend:
         _shared_legend(figure, lrs, colours)
-    figure.suptitle(f"{sweep.experiment}: {'loss and test accuracy' if accuracy else 'loss'} per step, median over "
-                    f"{seeds} seed{'s' if seeds != 1 else ''} (band: min–max)")
+    figure.suptitle(
+        f"{sweep.experiment}: {'loss and test accuracy' if accuracy else 'loss'} per step, median over "
+        f"{seeds} seed{'s' if seeds != 1 else ''} (band: min–max)"
+    )
     return figure
 
 
@@ -75,8 +80,14 @@ def _shared_legend(figure: Figure, lrs: Sequence[float], colours: dict[float, An
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colours[lr], linewidth=1.6) for lr in lrs]
-    figure.legend(handles, [f"{lr:g}" for lr in lrs], title="lr", fontsize="small", title_fontsize="small",
-                  loc="outside right upper")
+    figure.legend(
+        handles,
+        [f"{lr:g}" for lr in lrs],
+        title="lr",
+        fontsize="small",
+        title_fontsize="small",
+        loc="outside right upper",
+    )
 
 
 def _panels(count: int, columns: int, accuracy: bool) -> tuple[Figure, list[Any], list[Any]]:
@@ -91,8 +102,9 @@ def _panels(count: int, columns: int, accuracy: bool) -> tuple[Figure, list[Any]
     grid = figure.subplots(rows * per_optimizer, columns, squeeze=False)
     # a shared y axis makes panels comparable; x stays per panel so that each one keeps its step labels
     loss_axes = [grid[row * per_optimizer][column] for row in range(rows) for column in range(columns)]
-    accuracy_axes = ([grid[row * per_optimizer + 1][column] for row in range(rows) for column in range(columns)]
-                     if accuracy else [])
+    accuracy_axes = (
+        [grid[row * per_optimizer + 1][column] for row in range(rows) for column in range(columns)] if accuracy else []
+    )
     for axes in (loss_axes, accuracy_axes):
         for ax in axes[count:]:
             figure.delaxes(ax)

@@ -79,22 +79,30 @@ def cell_stats(runs: Sequence[CellRun], target: float = TARGET) -> CellStats:
         if np.all(logs == logs[0]):  # every resample has the same median (scipy would warn of degeneracy)
             low = high = float(logs[0])
         else:
-            interval = stats.bootstrap((logs,), np.median, n_resamples=BOOTSTRAP_RESAMPLES,
-                                       confidence_level=CONFIDENCE, method="percentile",
-                                       rng=np.random.default_rng(BOOTSTRAP_SEED)).confidence_interval
+            interval = stats.bootstrap(
+                (logs,),
+                np.median,
+                n_resamples=BOOTSTRAP_RESAMPLES,
+                confidence_level=CONFIDENCE,
+                method="percentile",
+                rng=np.random.default_rng(BOOTSTRAP_SEED),
+            ).confidence_interval
             low, high = float(interval.low), float(interval.high)
     reached = [None if run.diverged else steps_to_target(run.losses, target) for run in runs]
     steps = [math.inf if step is None else step for step in reached]
     median_steps = float(np.median(steps)) if steps else math.inf
     return CellStats(
-        median=_loss(median), iqm=_loss(iqm), ci_low=_loss(low), ci_high=_loss(high),
+        median=_loss(median),
+        iqm=_loss(iqm),
+        ci_low=_loss(low),
+        ci_high=_loss(high),
         steps_to_target=median_steps if math.isfinite(median_steps) else None,
         not_reached=sum(step is None for step in reached),
     )
 
 
 def _loss(log_value: float | None) -> float | None:
-    return None if log_value is None else 10 ** log_value
+    return None if log_value is None else 10**log_value
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,18 @@ def write_sweep_summary(sweep: SweepRecord, folder: Path) -> list[Path]:
     """The files a sweep logs to its parent run for the UI: the compare table (markdown, csv), the curves."""
     import math
 
-    tested = bool(sweep.runs) and all(not math.isnan(compare.metric_value(run, "test_accuracy"))
-                                      for run in sweep.runs if not run.diverged)
+    tested = bool(sweep.runs) and all(
+        not math.isnan(compare.metric_value(run, "test_accuracy")) for run in sweep.runs if not run.diverged
+    )
     metric = "test_accuracy" if tested else "final_loss"  # a problem with a test set is compared on it
     by = "final_loss" if tested else "target"
     rows = compare.sort_rows(compare.summarize(compare.as_metric(sweep.runs, metric), by=by))
     markdown, table_csv, figure = (folder / name for name in SUMMARY_FILES)
-    markdown.write_text(compare.render_compare(rows, "markdown", compare.compare_title(sweep, metric),
-                                              compare.compare_caption(rows, by)))
+    markdown.write_text(
+        compare.render_compare(
+            rows, "markdown", compare.compare_title(sweep, metric), compare.compare_caption(rows, by)
+        )
+    )
     table_csv.write_text(compare.render_compare(rows, "csv"))
     plot.save_figure(plot.plot_loss_curves(sweep), figure)
     return [markdown, table_csv, figure]
@@ -48,24 +52,37 @@ def cell_summary_runs(sweep: SweepRecord, target: float = stats.TARGET) -> list[
         finished = [run.losses for run in runs_by_cell[(row.optimizer, row.lr)] if not run.diverged and run.losses]
         curves_by_name: dict[str, list[float]] = {}
         if finished:
-            losses = np.array([curve[:min(map(len, finished))] for curve in finished])
+            losses = np.array([curve[: min(map(len, finished))] for curve in finished])
             q25, median, q75 = np.percentile(losses, [25, 50, 75], axis=0)
             curves_by_name = {"loss": median.tolist(), "loss_q25": q25.tolist(), "loss_q75": q75.tolist()}
         decades = {"median": row.median, "iqm": row.iqm, "ci_low": row.ci_low, "ci_high": row.ci_high}
         numbers = {
-            **{f"log10_final_loss_{name}": None if value is None else stats.log10_loss(value)
-               for name, value in decades.items()},
-            "rank": row.rank, "steps_to_target": row.steps_to_target, "seeds_not_reached": row.not_reached,
-            "p_better": row.p_better, "p_value": row.p_value, "seeds": row.seeds, "seeds_diverged": row.diverged,
+            **{
+                f"log10_final_loss_{name}": None if value is None else stats.log10_loss(value)
+                for name, value in decades.items()
+            },
+            "rank": row.rank,
+            "steps_to_target": row.steps_to_target,
+            "seeds_not_reached": row.not_reached,
+            "p_better": row.p_better,
+            "p_value": row.p_value,
+            "seeds": row.seeds,
+            "seeds_diverged": row.diverged,
         }
-        summaries.append(CellSummaryRun(
-            name=f"{row.optimizer}-lr{row.lr:g}-median",
-            params={"optimizer": row.optimizer, "lr": repr(row.lr), "target": repr(target),
-                    "seeds": str(row.seeds)},
-            tags={"tinytrain.cell": row.name, "tinytrain.versus_best": compare.verdict(row)},
-            metrics={key: float(value) for key, value in numbers.items() if value is not None},
-            curves=curves_by_name,
-        ))
+        summaries.append(
+            CellSummaryRun(
+                name=f"{row.optimizer}-lr{row.lr:g}-median",
+                params={
+                    "optimizer": row.optimizer,
+                    "lr": repr(row.lr),
+                    "target": repr(target),
+                    "seeds": str(row.seeds),
+                },
+                tags={"tinytrain.cell": row.name, "tinytrain.versus_best": compare.verdict(row)},
+                metrics={key: float(value) for key, value in numbers.items() if value is not None},
+                curves=curves_by_name,
+            )
+        )
     return summaries
 
 

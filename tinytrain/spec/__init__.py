@@ -20,7 +20,17 @@ from tinytrain.spec.experiment import (
 )
 
 __all__ = [
-    "DEFAULTS", "DEFAULT_EXPERIMENT", "ENGINES", "PROJECT_ROOT", "ConfigError", "Experiment", "RunSpec",
-    "apply_override", "default_experiment_path", "load_experiment", "parse_override", "read_experiment_file",
+    "DEFAULTS",
+    "DEFAULT_EXPERIMENT",
+    "ENGINES",
+    "PROJECT_ROOT",
+    "ConfigError",
+    "Experiment",
+    "RunSpec",
+    "apply_override",
+    "default_experiment_path",
+    "load_experiment",
+    "parse_override",
+    "read_experiment_file",
     "validate",
 ]

@@ -33,15 +33,22 @@ def draw(where: str, table: dict[str, Any]) -> list[float]:
     kinds = [name for name in DISTRIBUTIONS if name in table]
     unknown = sorted(set(table) - set(DISTRIBUTIONS) - {"count", "seed"})
     if len(kinds) != 1 or unknown:
-        raise DrawError(f"{where} draws values with one of {', '.join(DISTRIBUTIONS)}, a count and an optional "
-                        f"seed, e.g. {example}; got {table!r}")
+        raise DrawError(
+            f"{where} draws values with one of {', '.join(DISTRIBUTIONS)}, a count and an optional "
+            f"seed, e.g. {example}; got {table!r}"
+        )
     kind = kinds[0]
     bounds, count, seed = table[kind], table.get("count"), table.get("seed", DEFAULT_SEED)
-    numbers = isinstance(bounds, list) and len(bounds) == 2 and all(
-        isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+    numbers = (
+        isinstance(bounds, list)
+        and len(bounds) == 2
+        and all(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+    )
     if not numbers or not bounds[0] < bounds[1] or (kind == "log_uniform" and bounds[0] <= 0):
-        raise DrawError(f"{where}.{kind} must be [low, high] with low < high"
-                        f"{' and low > 0' if kind == 'log_uniform' else ''}, got {bounds!r}")
+        raise DrawError(
+            f"{where}.{kind} must be [low, high] with low < high"
+            f"{' and low > 0' if kind == 'log_uniform' else ''}, got {bounds!r}"
+        )
     for name, value, low in (("count", count, 1), ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise DrawError(f"{where}.{name} must be an integer >= {low}, got {value!r}")
@@ -51,16 +58,20 @@ def draw(where: str, table: dict[str, Any]) -> list[float]:
     low, high = (math.log10(b) for b in bounds) if kind == "log_uniform" else bounds
     values = [low + point * (high - low) for point in points]
     if kind == "log_uniform":
-        values = [10 ** value for value in values]
+        values = [10**value for value in values]
     values = sorted(float(f"{value:.{SIGNIFICANT_DIGITS}g}") for value in values)
     if len(set(values)) != len(values):
-        raise DrawError(f"{where}: {count} values over {bounds} collide at {SIGNIFICANT_DIGITS} significant "
-                        "digits: draw fewer or widen the range")
+        raise DrawError(
+            f"{where}: {count} values over {bounds} collide at {SIGNIFICANT_DIGITS} significant "
+            "digits: draw fewer or widen the range"
+        )
     return values
 
 
 def describe(table: dict[str, Any]) -> str:
     """One line for the resolved experiment file: how the listed values were drawn."""
     kind = next(name for name in DISTRIBUTIONS if name in table)
-    return (f"{kind} {table[kind]}, count {table['count']} (scrambled Halton, seed "
-            f"{table.get('seed', DEFAULT_SEED)}, {SIGNIFICANT_DIGITS} significant digits)")
+    return (
+        f"{kind} {table[kind]}, count {table['count']} (scrambled Halton, seed "
+        f"{table.get('seed', DEFAULT_SEED)}, {SIGNIFICANT_DIGITS} significant digits)"
+    )

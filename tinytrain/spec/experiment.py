@@ -128,8 +128,9 @@ class RunSpec:
     def from_params(cls, params: dict[str, str]) -> RunSpec:
         """Rebuild a spec from the params of a logged run (what `reproduce` trusts)."""
         kind = params["optimizer_type"]
-        used = {name: hyperparameters.from_param(params[name], default)
-                for name, default in OPTIMIZERS[kind][2].items()}
+        used = {
+            name: hyperparameters.from_param(params[name], default) for name, default in OPTIMIZERS[kind][2].items()
+        }
         return cls(
             optimizer=params["optimizer"],
             kind=kind,
@@ -148,7 +149,6 @@ class RunSpec:
             loss=params.get("loss", DEFAULTS["loss"]),
             **{name: int(params.get(name, DEFAULTS[name])) for name in BATCH_SETTINGS},
         )
-
 
 
 @dataclass(frozen=True)
@@ -176,11 +176,20 @@ class Experiment:
         kind, default_lr, hyperparameters = self.resolve_optimizer(optimizer)
         settings, bound = self.settings, self.settings["diverge_above"]
         return RunSpec(
-            optimizer=optimizer, kind=kind, lr=default_lr if lr is None else lr, seed=seed,
-            steps=settings["steps"], data_seed=settings["data_seed"], target_index=settings["target_index"],
-            hyperparameters=tuple(sorted(hyperparameters.items())), threads=settings["threads"],
-            mkldnn=settings["mkldnn"], engine=settings["engine"], diverge_above=None if bound is None else float(bound),
-            checkpoint_every=settings["checkpoint_every"], **{name: settings[name] for name in LATER_SETTINGS},
+            optimizer=optimizer,
+            kind=kind,
+            lr=default_lr if lr is None else lr,
+            seed=seed,
+            steps=settings["steps"],
+            data_seed=settings["data_seed"],
+            target_index=settings["target_index"],
+            hyperparameters=tuple(sorted(hyperparameters.items())),
+            threads=settings["threads"],
+            mkldnn=settings["mkldnn"],
+            engine=settings["engine"],
+            diverge_above=None if bound is None else float(bound),
+            checkpoint_every=settings["checkpoint_every"],
+            **{name: settings[name] for name in LATER_SETTINGS},
         )
 
     def resolve_optimizer(self, name: str) -> tuple[str, float, dict[str, Any]]:
@@ -203,8 +212,9 @@ class Experiment:
             lines += ["", f'[optimizers."{name}"]']
             lines += [f"{key} = {_toml_value(value)}" for key, value in variant.items()]
         if self.extra_seeds:  # written by --until-separated
-            lines += ["", "[extra_seeds]"] + [f'"{o}@{lr!r}" = {_toml_value(seeds)}' for (o, lr), seeds in
-                                               self.extra_seeds.items()]
+            lines += ["", "[extra_seeds]"] + [
+                f'"{o}@{lr!r}" = {_toml_value(seeds)}' for (o, lr), seeds in self.extra_seeds.items()
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -243,7 +253,9 @@ def read_experiment_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_experiment(
-    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (), text: str | None = None,
+    path: str | Path | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    text: str | None = None,
     recorded: bool = False,
 ) -> Experiment:
     """Read an experiment file (or its text), apply `--set` overrides, validate everything. recorded: the text
@@ -303,20 +315,25 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
         _, _, rest = key.partition(".")
         name, dot, hyperparameter = rest.rpartition(".")
         if not dot or not name:
-            raise ConfigError(f"--set {key}: write optimizers.NAME.HYPERPARAMETER=VALUE, e.g. "
-                              "optimizers.sgd-momentum.momentum=0.5")
+            raise ConfigError(
+                f"--set {key}: write optimizers.NAME.HYPERPARAMETER=VALUE, e.g. optimizers.sgd-momentum.momentum=0.5"
+            )
         if len(values) != 1:
             raise ConfigError(f"--set {key} takes one value, got {len(values)}")
         raw.setdefault("optimizers", {}).setdefault(name, {})[hyperparameter] = values[0]
         return
     if key in DEFAULTS:
         if len(values) != 1:
-            raise ConfigError(f"--set {key} takes one value, got {len(values)}: only the grid axes "
-                              f"({', '.join(GRID_AXES)}) take a list")
+            raise ConfigError(
+                f"--set {key} takes one value, got {len(values)}: only the grid axes "
+                f"({', '.join(GRID_AXES)}) take a list"
+            )
         raw[key] = values[0]
         return
-    raise ConfigError(f"--set {key}: unknown key; use a grid axis ({', '.join(GRID_AXES)}), "
-                      f"a setting ({', '.join(DEFAULTS)}) or optimizers.NAME.HYPERPARAMETER")
+    raise ConfigError(
+        f"--set {key}: unknown key; use a grid axis ({', '.join(GRID_AXES)}), "
+        f"a setting ({', '.join(DEFAULTS)}) or optimizers.NAME.HYPERPARAMETER"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -368,11 +385,11 @@ def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[tuple[str, floa
     # [extra_seeds] "OPTIMIZER@LR" = [seeds]: more seeds for cells of the grid (written by --until-separated)
     cells = {(spec.optimizer, spec.lr) for spec in experiment.specs()}
     extra = {}
-    for name, seeds in (raw.items() if isinstance(raw, dict) else [(raw, None)]):
+    for name, seeds in raw.items() if isinstance(raw, dict) else [(raw, None)]:
         optimizer, _, lr = str(name).rpartition("@")
         cell = (optimizer, parse_value(lr))
         if cell not in cells or not isinstance(seeds, list) or not all(is_int(s) and s >= 0 for s in seeds):
-            raise ConfigError(f"extra_seeds.{name} must name a cell of the grid as \"OPTIMIZER@LR\" = [seeds >= 0]")
+            raise ConfigError(f'extra_seeds.{name} must name a cell of the grid as "OPTIMIZER@LR" = [seeds >= 0]')
         extra[cell] = tuple(sorted(set(seeds) - set(experiment.grid["seed"])))
     return extra
 
@@ -381,8 +398,10 @@ def _check_axis_value(axis: str, value: Any, variants: Variants) -> Any:
     if axis == "optimizer":
         if not isinstance(value, str) or not variants.known(value):
             names = ", ".join(sorted(OPTIMIZERS) + sorted(set(variants.tables) | set(variants.expansions)))
-            raise ConfigError(f"unknown optimizer {value!r} in grid.optimizer: use one of {names}, "
-                              f"or define it as [optimizers.{value}] with a type")
+            raise ConfigError(
+                f"unknown optimizer {value!r} in grid.optimizer: use one of {names}, "
+                f"or define it as [optimizers.{value}] with a type"
+            )
         return value
     if axis == "lr":
         if not is_number(value) or not math.isfinite(value) or value <= 0:

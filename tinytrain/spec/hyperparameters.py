@@ -69,8 +69,7 @@ def _check_tuple(where: str, key: str, value: Any, default: tuple) -> tuple:
     count = COUNT_WORDS.get(len(default), str(len(default)))
     if not isinstance(value, list | tuple) or len(value) != len(default):
         if key.endswith("betas"):
-            raise HyperparameterError(f"{where} must be {count} numbers in [0, 1), e.g. {example}, "
-                                      f"got {value!r}")
+            raise HyperparameterError(f"{where} must be {count} numbers in [0, 1), e.g. {example}, got {value!r}")
         raise HyperparameterError(f"{where} must be {count} numbers, e.g. {example}, got {value!r}")
     checked = []
     for item, item_default in zip(value, default, strict=True):
@@ -82,8 +81,7 @@ def _check_tuple(where: str, key: str, value: Any, default: tuple) -> tuple:
         if not is_number(item) or not math.isfinite(item):
             raise HyperparameterError(f"{where} must be {count} finite numbers, e.g. {example}, got {value!r}")
         if key.endswith("betas") and not 0 <= item < 1:
-            raise HyperparameterError(f"{where} must be {count} numbers in [0, 1), e.g. {example}, "
-                                      f"got {value!r}")
+            raise HyperparameterError(f"{where} must be {count} numbers in [0, 1), e.g. {example}, got {value!r}")
         checked.append(item if is_int(item_default) and is_int(item) else float(item))
     return tuple(checked)
 

@@ -47,8 +47,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     name = settings["name"]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"name must be a non-empty string (the MLflow experiment), got {name!r}")
-    lower_bounds = {"steps": 1, "data_seed": 0, "checkpoint_every": 0, "threads": 1, "batch_size": 1,
-                    "eval_every": 0}
+    lower_bounds = {"steps": 1, "data_seed": 0, "checkpoint_every": 0, "threads": 1, "batch_size": 1, "eval_every": 0}
     for key, low in lower_bounds.items():
         value = settings[key]
         if not is_int(value) or value < low:
@@ -60,8 +59,10 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise ConfigError(f"mkldnn must be true or false, got {settings['mkldnn']!r}")
     bound = settings["diverge_above"]
     if not is_number(bound) or math.isnan(bound) or bound <= 1:
-        raise ConfigError(f"diverge_above must be a number > 1 (times the initial loss; inf: only a non-finite "
-                          f"loss diverges), got {bound!r}")
+        raise ConfigError(
+            f"diverge_above must be a number > 1 (times the initial loss; inf: only a non-finite "
+            f"loss diverges), got {bound!r}"
+        )
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
     for key, allowed in (("problem", tuple(PROBLEMS)), ("loss", LOSSES)):
@@ -70,20 +71,28 @@ def check_settings(settings: dict[str, Any]) -> None:
     if settings["problem"] == "one-sample":
         for key in BATCH_SETTINGS:
             if settings[key] != DEFAULTS[key]:
-                raise ConfigError(f"{key} applies to problem digits; one-sample trains on its one input and has "
-                                  f"no test set: drop {key} or set problem = \"digits\"")
+                raise ConfigError(
+                    f"{key} applies to problem digits; one-sample trains on its one input and has "
+                    f'no test set: drop {key} or set problem = "digits"'
+                )
     else:
         if target != DEFAULTS["target_index"]:
-            raise ConfigError(f"target_index is the one-sample problem's label; problem {settings['problem']} "
-                              "has its own labels: drop target_index")
+            raise ConfigError(
+                f"target_index is the one-sample problem's label; problem {settings['problem']} "
+                "has its own labels: drop target_index"
+            )
         if settings["batch_size"] > DIGITS_TRAINING_IMAGES:
-            raise ConfigError(f"batch_size must be at most the {DIGITS_TRAINING_IMAGES} training images of "
-                              f"digits, got {settings['batch_size']}")
+            raise ConfigError(
+                f"batch_size must be at most the {DIGITS_TRAINING_IMAGES} training images of "
+                f"digits, got {settings['batch_size']}"
+            )
     if settings["engine"] == "vmap" and (settings["threads"] != 1 or settings["mkldnn"]):
         # Only there is a cell's result independent of the batch it ran in, and equal to the sequential
         # engine's bit for bit, so that `reproduce` can retrain any vmap run on its own (see vmap.py).
-        raise ConfigError("engine vmap runs with threads = 1 and mkldnn = false, where its results equal the "
-                          "sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential")
+        raise ConfigError(
+            "engine vmap runs with threads = 1 and mkldnn = false, where its results equal the "
+            "sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential"
+        )
 
 
 def check_engine(settings: dict[str, Any], kinds: dict[str, str]) -> None:
@@ -91,10 +100,14 @@ def check_engine(settings: dict[str, Any], kinds: dict[str, str]) -> None:
     if settings["engine"] != "vmap":
         return
     if settings["problem"] != "one-sample" or settings["loss"] != "mse":
-        raise ConfigError(f"engine vmap trains problem one-sample with loss mse only, not problem "
-                          f"{settings['problem']} with loss {settings['loss']}: use engine sequential "
-                          "(--jobs N runs cells in parallel)")
+        raise ConfigError(
+            f"engine vmap trains problem one-sample with loss mse only, not problem "
+            f"{settings['problem']} with loss {settings['loss']}: use engine sequential "
+            "(--jobs N runs cells in parallel)"
+        )
     for name, kind in kinds.items():
         if kind not in VMAP_KINDS:
-            raise ConfigError(f"engine vmap has no stacked update for {kind} (optimizer {name}): use engine "
-                              f"sequential, or one of {', '.join(VMAP_KINDS)}")
+            raise ConfigError(
+                f"engine vmap has no stacked update for {kind} (optimizer {name}): use engine "
+                f"sequential, or one of {', '.join(VMAP_KINDS)}"
+            )

@@ -40,11 +40,12 @@ def check_variants(raw_variants: Any) -> Variants:
     variants = Variants()
     for name, variant in raw_variants.items():
         if name in OPTIMIZERS:
-            raise ConfigError(f"[optimizers.{name}] redefines the built-in '{name}': give the variant its own "
-                              f"name, e.g. [optimizers.{name}-custom]")
+            raise ConfigError(
+                f"[optimizers.{name}] redefines the built-in '{name}': give the variant its own "
+                f"name, e.g. [optimizers.{name}-custom]"
+            )
         if not isinstance(variant, dict):
-            raise ConfigError(f"optimizers.{name} must be a table with a type, e.g. [optimizers.{name}] "
-                              'type = "sgd"')
+            raise ConfigError(f'optimizers.{name} must be a table with a type, e.g. [optimizers.{name}] type = "sgd"')
         kind = variant.get("type")
         if kind not in OPTIMIZERS:
             raise ConfigError(f"optimizers.{name} has type {kind!r}: use one of {', '.join(sorted(OPTIMIZERS))}")
@@ -57,13 +58,16 @@ def check_variants(raw_variants: Any) -> Variants:
             if key == "lr":
                 raise ConfigError(f"optimizers.{name} sets lr: the learning rate is a grid axis, set it in [grid]")
             if key not in defaults:
-                raise ConfigError(f"unknown hyperparameter '{key}' for optimizer '{name}' (type {kind}): "
-                                  f"known ones are {', '.join(sorted(defaults))}")
+                raise ConfigError(
+                    f"unknown hyperparameter '{key}' for optimizer '{name}' (type {kind}): "
+                    f"known ones are {', '.join(sorted(defaults))}"
+                )
             where = f"optimizers.{name}.{key}"
             if draws.is_draw(value):
                 if not isinstance(defaults[key], float) or isinstance(defaults[key], bool):
-                    raise ConfigError(f"{where} is drawn, but only a number can be (its default is "
-                                      f"{defaults[key]!r}): give one value")
+                    raise ConfigError(
+                        f"{where} is drawn, but only a number can be (its default is {defaults[key]!r}): give one value"
+                    )
                 drawn[key] = [hyperparameters.check(where, key, v, defaults[key]) for v in draws.draw(where, value)]
                 variants.drawn.append(f"{where}: {draws.describe(value)}")
             else:
@@ -84,7 +88,10 @@ def check_variants(raw_variants: Any) -> Variants:
 def _checked(name: str, table: dict[str, Any]) -> dict[str, Any]:
     """The variant, once its hyperparameters are checked together."""
     hyperparameters_used = {**OPTIMIZERS[table["type"]][2], **table}
-    if table["type"] == "sgd" and hyperparameters_used["nesterov"] and (
-            hyperparameters_used["momentum"] <= 0 or hyperparameters_used["dampening"]):
+    if (
+        table["type"] == "sgd"
+        and hyperparameters_used["nesterov"]
+        and (hyperparameters_used["momentum"] <= 0 or hyperparameters_used["dampening"])
+    ):
         raise ConfigError(f"optimizers.{name}: nesterov needs momentum > 0 and dampening = 0")
     return table

@@ -44,8 +44,9 @@ class ServerArtifactsOnSqlite:
         from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry as registry
 
         self._previous = registry._registry.get(SERVER_ARTIFACTS_SCHEME)
-        registry.register(SERVER_ARTIFACTS_SCHEME,
-                          functools.partial(_server_artifacts_repository, store_uri=self.store_uri))
+        registry.register(
+            SERVER_ARTIFACTS_SCHEME, functools.partial(_server_artifacts_repository, store_uri=self.store_uri)
+        )
         self._installed = True
         return self
 
@@ -61,8 +62,9 @@ class ServerArtifactsOnSqlite:
         self._installed = False
 
 
-def _server_artifacts_repository(artifact_uri: str, tracking_uri: str | None = None,
-                                 registry_uri: str | None = None, *, store_uri: str) -> Any:
+def _server_artifacts_repository(
+    artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None, *, store_uri: str
+) -> Any:
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 

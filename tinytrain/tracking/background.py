@@ -116,8 +116,7 @@ class Request:
 # The writer process
 
 
-def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Queue,
-           in_flight: Any = None) -> None:
+def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Queue, in_flight: Any = None) -> None:
     """The writer process: apply each message to a Recorder; report the first error and stop writing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it sends Close(KILLED)
     recorder = Recorder(uri)  # no SweepSummary: the sweep's process makes the summary (ReadForSummary)
@@ -178,10 +177,19 @@ def _report_usage() -> None:
 
         usage = resource.getrusage(resource.RUSAGE_SELF)
         with open(path, "a") as file:
-            file.write(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime,
-                                   "max_rss_mib": usage.ru_maxrss / 1024,
-                                   "imported": sorted(name for name in ("torch", "mlflow.pytorch", "matplotlib")
-                                                      if name in sys.modules)}) + "\n")
+            file.write(
+                json.dumps(
+                    {
+                        "user": usage.ru_utime,
+                        "system": usage.ru_stime,
+                        "max_rss_mib": usage.ru_maxrss / 1024,
+                        "imported": sorted(
+                            name for name in ("torch", "mlflow.pytorch", "matplotlib") if name in sys.modules
+                        ),
+                    }
+                )
+                + "\n"
+            )
 
 
 def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, idle_seconds: float = 2.0) -> None:
@@ -215,8 +223,11 @@ def _for_the_writer(result: RunResult) -> RunResult:
     def saved(weights):
         return None if weights is None else save_weights(weights)
 
-    return dataclasses.replace(result, final_weights=saved(result.final_weights),
-                               checkpoints={step: saved(w) for step, w in result.checkpoints.items()})
+    return dataclasses.replace(
+        result,
+        final_weights=saved(result.final_weights),
+        checkpoints={step: saved(w) for step, w in result.checkpoints.items()},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,8 +271,9 @@ class BackgroundRecorder:
         # training outpaces the writer (short runs) they would pile up: a 10,000-run sweep of 10-step runs
         # grew past 1 GB. At most MAX_RESULTS_IN_FLIGHT are sent ahead; then the sweep waits for the writer.
         self.in_flight = context.BoundedSemaphore(MAX_RESULTS_IN_FLIGHT)
-        self.process = context.Process(target=_serve, args=(uri, self.requests, self.replies, self.in_flight),
-                                       name="tinytrain-writer", daemon=True)
+        self.process = context.Process(
+            target=_serve, args=(uri, self.requests, self.replies, self.in_flight), name="tinytrain-writer", daemon=True
+        )
         with _sigint_ignored():  # from its first instruction: Ctrl-C to the group must not kill it mid-import
             self.process.start()
         self.counts: SweepCounts | None = None
@@ -283,7 +295,8 @@ class BackgroundRecorder:
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         self.died = WriterDied(
             f"the tracking writer process (pid {self.process.pid}) died ({how}): the sweep stopped; run the same "
-            "command again, it marks the runs left open FAILED and trains what is missing")
+            "command again, it marks the runs left open FAILED and trains what is missing"
+        )
         if self._previous_handler is not None:
             signal.pthread_kill(threading.main_thread().ident, WRITER_DIED_SIGNAL)
 
@@ -331,8 +344,14 @@ class BackgroundRecorder:
         if status == "error":
             raise TrackingError(f"writing to the store failed: {value}")
 
-    def open(self, experiment: Experiment, specs: list[RunSpec], finished: dict[str, str], force: bool = False,
-             with_parent: bool = True) -> None:
+    def open(
+        self,
+        experiment: Experiment,
+        specs: list[RunSpec],
+        finished: dict[str, str],
+        force: bool = False,
+        with_parent: bool = True,
+    ) -> None:
         self._send(Open(experiment, specs, finished, force, with_parent))
 
     def run_started(self, spec: RunSpec) -> None:

@@ -31,8 +31,10 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
     elif "://" in uri:
-        raise TrackingError(f"tracking URI '{uri}' is not supported: use a SQLite file (sqlite:///path/mlflow.db "
-                            "or a path) or an mlflow server (http://127.0.0.1:5000)")
+        raise TrackingError(
+            f"tracking URI '{uri}' is not supported: use a SQLite file (sqlite:///path/mlflow.db "
+            "or a path) or an mlflow server (http://127.0.0.1:5000)"
+        )
     else:
         path = Path(uri)
     return f"sqlite:///{path.expanduser().resolve()}"
@@ -62,8 +64,10 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
                     raise TrackingError(f"the tracking server at {uri} answered {response.status} on /health")
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise TrackingError(f"cannot reach the tracking server at {uri} ({reason}): start it with "
-                                "`make server` or fix --tracking-uri") from None
+            raise TrackingError(
+                f"cannot reach the tracking server at {uri} ({reason}): start it with "
+                "`make server` or fix --tracking-uri"
+            ) from None
         return
     folder = sqlite_path(uri).parent
     try:
@@ -77,8 +81,14 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
 RUN_NAME_ORDER = "tags.`mlflow.runName`"  # how the UI names its run-name sort
 
 
-def runs_page_url(uri: str, experiment_id: str, ui_address: str = "http://127.0.0.1:5000",
-                  search: str | None = None, charts: bool = False, order_by: str = RUN_NAME_ORDER) -> str:
+def runs_page_url(
+    uri: str,
+    experiment_id: str,
+    ui_address: str = "http://127.0.0.1:5000",
+    search: str | None = None,
+    charts: bool = False,
+    order_by: str = RUN_NAME_ORDER,
+) -> str:
     """The runs page of an experiment in the UI's Model training view (it opens on a GenAI page otherwise).
 
     With `search` (an MLflow filter) the page shows the matching runs, ordered by `order_by` (run name): the
@@ -112,10 +122,19 @@ def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple
         raise TrackingError(f"{uri} is already a server: open {uri} in a browser")
     artifacts = sqlite_path(uri).parent / "artifacts"
     command = [
-        str(Path(sys.executable).with_name("mlflow")), "server",
-        "--backend-store-uri", uri,
-        "--serve-artifacts", "--artifacts-destination", artifacts.as_uri(),
-        "--host", host, "--port", str(port), "--workers", "1",
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts.as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     env = {**NO_TELEMETRY, **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return command, env

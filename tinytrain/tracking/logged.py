@@ -67,16 +67,23 @@ def read_logged_run(uri: str, run_id: str) -> LoggedRun:
         run = store.get_run(run_id)
         tags = dict(run.data.tags)
         if tags.get(KIND) != "run":
-            raise TrackingError(f"run {run_id} is not a tinytrain run of a grid cell (a sweep's parent?): give "
-                                "the id of one of its nested runs")
+            raise TrackingError(
+                f"run {run_id} is not a tinytrain run of a grid cell (a sweep's parent?): give "
+                "the id of one of its nested runs"
+            )
         try:
             spec = RunSpec.from_params(run.data.params)
         except (KeyError, ValueError) as error:
-            raise TrackingError(f"run {run_id} lacks the params to rebuild it ({error}): was it logged by "
-                                "tinytrain?") from None
-        metrics = {name: [(metric.step, metric.value) for metric in sorted(
-                       store.client.get_metric_history(run_id, name), key=lambda metric: metric.step)]
-                   for name in sorted(run.data.metrics)}
+            raise TrackingError(
+                f"run {run_id} lacks the params to rebuild it ({error}): was it logged by tinytrain?"
+            ) from None
+        metrics = {
+            name: [
+                (metric.step, metric.value)
+                for metric in sorted(store.client.get_metric_history(run_id, name), key=lambda metric: metric.step)
+            ]
+            for name in sorted(run.data.metrics)
+        }
         record = LoggedRun(run_id, spec, tags, metrics)
         _read_checkpoints(store, record)
         _read_models(store, run, record)
@@ -129,8 +136,9 @@ def _model_file(store_uri: str, artifact_location: str, folder: Path) -> Path:
         return local
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{artifact_location}/{MODEL_WEIGHTS}",
-                                                    dst_path=str(folder)))
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"{artifact_location}/{MODEL_WEIGHTS}", dst_path=str(folder))
+    )
 
 
 def load_model_weights(path: Path) -> tuple[dict, bool]:
@@ -150,8 +158,9 @@ def load_model_weights(path: Path) -> tuple[dict, bool]:
         loaded = torch.load(path, weights_only=True)
     if isinstance(loaded, LeNet):
         return {name: tensor.detach() for name, tensor in loaded.state_dict().items()}, True
-    if isinstance(loaded, dict) and all(isinstance(key, str) and isinstance(value, torch.Tensor)
-                                        for key, value in loaded.items()):
+    if isinstance(loaded, dict) and all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
+    ):
         return dict(loaded), False
     raise TrackingError(f"{MODEL_WEIGHTS} holds a {type(loaded).__name__}, not the LeNet's state dict")
 

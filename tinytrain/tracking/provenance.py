@@ -18,6 +18,7 @@ from tinytrain.spec import PROJECT_ROOT
 
 def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
     """The commit of tinytrain's own code and whether its tree had uncommitted changes."""
+
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
         if done.returncode:

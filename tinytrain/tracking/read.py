@@ -62,8 +62,9 @@ def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
 
     def call(path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=data,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{uri}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
@@ -77,8 +78,12 @@ def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
         raise TrackingError(f"cannot reach the tracking server at {uri}: {error}") from None
     finished, token = {}, None
     while True:
-        body = {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000,
-                "filter": "attributes.status = 'FINISHED'", "order_by": ["attributes.start_time ASC"]}
+        body = {
+            "experiment_ids": [experiment["experiment_id"]],
+            "max_results": 1000,
+            "filter": "attributes.status = 'FINISHED'",
+            "order_by": ["attributes.start_time ASC"],
+        }
         if token:
             body["page_token"] = token
         page = call("runs/search", body)
@@ -139,8 +144,9 @@ class SweepRecord:
     missing: tuple[str, ...]  # run names of the cells without a finished run (failed, killed, not yet run)
 
 
-def read_sweep(uri: str, experiment: str | None = None, parent_run_id: str | None = None,
-               with_losses: bool = False) -> SweepRecord:
+def read_sweep(
+    uri: str, experiment: str | None = None, parent_run_id: str | None = None, with_losses: bool = False
+) -> SweepRecord:
     """A sweep of the store: the given parent run, else the latest sweep of the experiment.
 
     The experiment defaults to the default experiment file's (optimizer-grid), or to the parent run's.
@@ -155,22 +161,26 @@ def read_sweep(uri: str, experiment: str | None = None, parent_run_id: str | Non
             record = sweep_record(store, parent_run_id, with_losses=with_losses)
     else:
         if store_is_new(uri):  # opening it would create an empty store
-            raise TrackingError(f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store "
-                                "with --tracking-uri")
+            raise TrackingError(
+                f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store with --tracking-uri"
+            )
         if parent_run_id is None:
             parent_run_id = _latest_sweep_sqlite(uri, experiment or DEFAULTS["name"])
         record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses)
     if experiment is not None and record.experiment != experiment:
-        raise TrackingError(f"run {parent_run_id} is a sweep of experiment '{record.experiment}', not "
-                            f"'{experiment}': drop --experiment or give a sweep of '{experiment}'")
+        raise TrackingError(
+            f"run {parent_run_id} is a sweep of experiment '{record.experiment}', not "
+            f"'{experiment}': drop --experiment or give a sweep of '{experiment}'"
+        )
     return record
 
 
 def _latest_sweep_sqlite(uri: str, name: str) -> str:
     experiment_id = experiment_id_readonly(uri, name)
     if experiment_id is None:
-        raise TrackingError(f"no experiment '{name}' in {uri}: run `tinytrain sweep` first, or check "
-                            "--experiment and --tracking-uri")
+        raise TrackingError(
+            f"no experiment '{name}' in {uri}: run `tinytrain sweep` first, or check --experiment and --tracking-uri"
+        )
     latest = latest_run_with_tag_readonly(uri, experiment_id, KIND, "sweep")
     if latest is None:
         raise TrackingError(f"experiment '{name}' has no sweep yet: run `tinytrain sweep` first")
@@ -181,17 +191,25 @@ def _latest_sweep(store: Store, name: str) -> str:
     """The parent run id of the experiment's latest sweep."""
     experiment_id = store.experiment_id(name, create=False)
     if experiment_id is None:
-        raise TrackingError(f"no experiment '{name}' in {store.uri}: run `tinytrain sweep` first, or check "
-                            "--experiment and --tracking-uri")
-    latest = store.client.search_runs([experiment_id], f"tags.`{KIND}` = 'sweep'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
+        raise TrackingError(
+            f"no experiment '{name}' in {store.uri}: run `tinytrain sweep` first, or check "
+            "--experiment and --tracking-uri"
+        )
+    latest = store.client.search_runs(
+        [experiment_id], f"tags.`{KIND}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+    )
     if not latest:
         raise TrackingError(f"experiment '{name}' has no sweep yet: run `tinytrain sweep` first")
     return latest[0].info.run_id
 
 
-def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None = None,
-                 with_losses: bool = False, known_losses: dict[str, tuple[float, ...]] | None = None) -> SweepRecord:
+def sweep_record(
+    store: Store,
+    parent_run_id: str,
+    experiment: Experiment | None = None,
+    with_losses: bool = False,
+    known_losses: dict[str, tuple[float, ...]] | None = None,
+) -> SweepRecord:
     """Resolve a sweep's cells to their finished runs (experiment: the sweep's own, if already loaded).
 
     known_losses (run key -> losses as stored) spares reading back the histories a Recorder just wrote.
@@ -212,34 +230,59 @@ def sweep_record(store: Store, parent_run_id: str, experiment: Experiment | None
             missing.append(spec.run_name)
             continue
         metrics = run.data.metrics
-        runs.append(CellRun(
-            run_id=run.info.run_id, key=spec.key, optimizer=spec.optimizer, lr=spec.lr, seed=spec.seed,
-            outcome=run.data.tags[OUTCOME], initial_loss=metrics.get("initial_loss", math.nan),
-            final_loss=metrics.get("final_loss", math.nan),
-            losses=(known_losses.get(spec.key) or tuple(store.losses(run.info.run_id))) if with_losses else (),
-            metrics=dict(metrics),
-            curves={name: tuple(store.history(run.info.run_id, name)) for name in CURVES
-                    if with_losses and name in metrics},
-        ))
-    return SweepRecord(experiment.name, experiment_id, parent_run_id, experiment.settings["steps"],
-                       len(runs) + len(missing), tuple(runs), tuple(missing))
+        runs.append(
+            CellRun(
+                run_id=run.info.run_id,
+                key=spec.key,
+                optimizer=spec.optimizer,
+                lr=spec.lr,
+                seed=spec.seed,
+                outcome=run.data.tags[OUTCOME],
+                initial_loss=metrics.get("initial_loss", math.nan),
+                final_loss=metrics.get("final_loss", math.nan),
+                losses=(known_losses.get(spec.key) or tuple(store.losses(run.info.run_id))) if with_losses else (),
+                metrics=dict(metrics),
+                curves={
+                    name: tuple(store.history(run.info.run_id, name))
+                    for name in CURVES
+                    if with_losses and name in metrics
+                },
+            )
+        )
+    return SweepRecord(
+        experiment.name,
+        experiment_id,
+        parent_run_id,
+        experiment.settings["steps"],
+        len(runs) + len(missing),
+        tuple(runs),
+        tuple(missing),
+    )
 
 
 def _not_a_sweep(parent_run_id: str) -> TrackingError:
-    return TrackingError(f"run {parent_run_id} is not a sweep's parent run (tag {KIND}=sweep): give the "
-                         "id of a sweep, or leave --sweep out for the latest one")
+    return TrackingError(
+        f"run {parent_run_id} is not a sweep's parent run (tag {KIND}=sweep): give the "
+        "id of a sweep, or leave --sweep out for the latest one"
+    )
 
 
-def sweep_record_sqlite(uri: str, parent_run_id: str, experiment: Experiment | None = None,
-                        with_losses: bool = False,
-                        known_losses: dict[str, tuple[float, ...]] | None = None) -> SweepRecord:
+def sweep_record_sqlite(
+    uri: str,
+    parent_run_id: str,
+    experiment: Experiment | None = None,
+    with_losses: bool = False,
+    known_losses: dict[str, tuple[float, ...]] | None = None,
+) -> SweepRecord:
     """sweep_record on a SQLite store, in plain SQL: the finished runs, their latest metrics and (with_losses)
     every `loss` history in one query each, instead of MLflow's search and a get_metric_history per run."""
     known_losses = known_losses or {}
     parent = run_readonly(uri, parent_run_id)
     if parent is None:
-        raise TrackingError(f"no run '{parent_run_id}' in {uri}: check the id (the UI or `tinytrain compare` "
-                            "shows them) and --tracking-uri")
+        raise TrackingError(
+            f"no run '{parent_run_id}' in {uri}: check the id (the UI or `tinytrain compare` "
+            "shows them) and --tracking-uri"
+        )
     experiment_id, artifact_uri, tags = parent
     if tags.get(KIND) != "sweep":
         raise _not_a_sweep(parent_run_id)
@@ -247,8 +290,11 @@ def sweep_record_sqlite(uri: str, parent_run_id: str, experiment: Experiment | N
         local = local_artifact_file(uri, artifact_uri, EXPERIMENT_FILE)  # None: artifacts elsewhere
         text = local.read_text() if local is not None and local.is_file() else read_sweep_experiment(uri, parent_run_id)
         experiment = load_experiment(f"run {parent_run_id}", text=text, recorded=True)
-    names = {"key_tag": RUN_KEY, "outcome_tag": OUTCOME,
-             **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True))}
+    names = {
+        "key_tag": RUN_KEY,
+        "outcome_tag": OUTCOME,
+        **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
+    }
     finished = finished_runs_readonly(uri, experiment_id, names)
     specs = experiment.specs()
     losses: dict[str, list[tuple[int, float]]] = {}
@@ -256,8 +302,11 @@ def sweep_record_sqlite(uri: str, parent_run_id: str, experiment: Experiment | N
         losses = histories_readonly(uri, experiment_id, names, LOSS)
     curves = {}
     if with_losses:
-        curves = {name: histories_readonly(uri, experiment_id, names, name) for name in CURVES
-                  if any(name in metrics for _run_id, _outcome, metrics in finished.values())}
+        curves = {
+            name: histories_readonly(uri, experiment_id, names, name)
+            for name in CURVES
+            if any(name in metrics for _run_id, _outcome, metrics in finished.values())
+        }
     runs, missing = [], []
     for spec in specs:
         found = finished.get(spec.key)
@@ -265,13 +314,29 @@ def sweep_record_sqlite(uri: str, parent_run_id: str, experiment: Experiment | N
             missing.append(spec.run_name)
             continue
         run_id, outcome, metrics = found
-        runs.append(CellRun(
-            run_id=run_id, key=spec.key, optimizer=spec.optimizer, lr=spec.lr, seed=spec.seed, outcome=outcome,
-            initial_loss=metrics.get("initial_loss", math.nan), final_loss=metrics.get("final_loss", math.nan),
-            losses=(known_losses.get(spec.key) or tuple(value for _step, value in losses.get(run_id, ())))
-            if with_losses else (),
-            metrics=dict(metrics),
-            curves={name: tuple(history.get(run_id, ())) for name, history in curves.items() if name in metrics},
-        ))
-    return SweepRecord(experiment.name, experiment_id, parent_run_id, experiment.settings["steps"],
-                       len(runs) + len(missing), tuple(runs), tuple(missing))
+        runs.append(
+            CellRun(
+                run_id=run_id,
+                key=spec.key,
+                optimizer=spec.optimizer,
+                lr=spec.lr,
+                seed=spec.seed,
+                outcome=outcome,
+                initial_loss=metrics.get("initial_loss", math.nan),
+                final_loss=metrics.get("final_loss", math.nan),
+                losses=(known_losses.get(spec.key) or tuple(value for _step, value in losses.get(run_id, ())))
+                if with_losses
+                else (),
+                metrics=dict(metrics),
+                curves={name: tuple(history.get(run_id, ())) for name, history in curves.items() if name in metrics},
+            )
+        )
+    return SweepRecord(
+        experiment.name,
+        experiment_id,
+        parent_run_id,
+        experiment.settings["steps"],
+        len(runs) + len(missing),
+        tuple(runs),
+        tuple(missing),
+    )

@@ -107,8 +107,14 @@ def make_summary(summary: SweepSummary, sweep: SweepRecord) -> MadeSummary:
 class SweepRecorder(Protocol):
     """How a sweep writes: open, a start and a result per run (in the order it makes them), close."""
 
-    def open(self, experiment: Experiment, specs: list[RunSpec], finished: dict[str, str], force: bool = False,
-             with_parent: bool = True) -> None: ...
+    def open(
+        self,
+        experiment: Experiment,
+        specs: list[RunSpec],
+        finished: dict[str, str],
+        force: bool = False,
+        with_parent: bool = True,
+    ) -> None: ...
 
     def run_started(self, spec: RunSpec) -> None: ...
 
@@ -137,8 +143,14 @@ class Recorder:
         self.experiment: Experiment | None = None
         self.logged_losses: dict[str, tuple[float, ...]] = {}  # key -> losses of the runs this sweep wrote
 
-    def open(self, experiment: Experiment, specs: list[RunSpec], finished: dict[str, str], force: bool = False,
-             with_parent: bool = True) -> None:
+    def open(
+        self,
+        experiment: Experiment,
+        specs: list[RunSpec],
+        finished: dict[str, str],
+        force: bool = False,
+        with_parent: bool = True,
+    ) -> None:
         """Find the experiment, mark abandoned runs FAILED, start the parent run.
 
         `finished` (run key -> run id) is what the sweep read before it started training: those cells are
@@ -165,12 +177,14 @@ class Recorder:
     def run_finished(self, result: RunResult) -> None:
         key = result.spec.key
         run_id = self.run_ids.get(key) or self.store.start_run(
-            self.experiment_id, self.parent_run_id, result.spec, self.environment)
+            self.experiment_id, self.parent_run_id, result.spec, self.environment
+        )
         self.store.finish_run(run_id, result, self.experiment_id)
         self.run_ids.pop(key, None)
         self.counts.run_ids[key] = run_id
-        self.logged_losses[key] = tuple(math.copysign(sys.float_info.max, v) if math.isinf(v) else v
-                                        for v in result.losses)  # as MLflow stores them
+        self.logged_losses[key] = tuple(
+            math.copysign(sys.float_info.max, v) if math.isinf(v) else v for v in result.losses
+        )  # as MLflow stores them
         setattr(self.counts, result.outcome, getattr(self.counts, result.outcome) + 1)
         if result.outcome != FAILED and key in self.replace:
             self.store.delete_run(self.replace.pop(key))  # soft delete: one finished run per cell
@@ -186,11 +200,17 @@ class Recorder:
         """The sweep as the store holds it, with every loss history: what its summary is made from (plain SQL
         on a SQLite store, a few queries; the losses this sweep logged are not read back)."""
         read = sweep_record if is_http(self.uri) else sweep_record_sqlite
-        return read(self.store if is_http(self.uri) else self.uri, self.parent_run_id, self.experiment,
-                    with_losses=True, known_losses=self.logged_losses)
+        return read(
+            self.store if is_http(self.uri) else self.uri,
+            self.parent_run_id,
+            self.experiment,
+            with_losses=True,
+            known_losses=self.logged_losses,
+        )
 
-    def close(self, status: str = "FINISHED", reason: str | None = None,
-              made: MadeSummary | None = None) -> SweepCounts:
+    def close(
+        self, status: str = "FINISHED", reason: str | None = None, made: MadeSummary | None = None
+    ) -> SweepCounts:
         """End the runs still open (KILLED when interrupted) and the parent run; return the counts.
 
         A sweep that ran to its end, with any finished cell, first gets its summary (table and loss curves):

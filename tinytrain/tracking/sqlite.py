@@ -149,8 +149,9 @@ def _store_template() -> Path:
         finally:
             connection.close()
         if deleted != 1 or journal != "delete" or not _quick_check(staged):
-            raise TrackingError(f"the new template is not as expected ({deleted} Default experiment, "
-                                f"journal {journal})")
+            raise TrackingError(
+                f"the new template is not as expected ({deleted} Default experiment, journal {journal})"
+            )
         os.replace(staged, template)
     return template
 
@@ -214,8 +215,9 @@ _FINISHED_RUNS = """
 
 def run_readonly(uri: str, run_id: str) -> tuple[str, str, dict[str, str]] | None:
     """(experiment id, artifact URI, tags) of an active run, or None."""
-    rows = query_sqlite(uri, "SELECT experiment_id, artifact_uri FROM runs WHERE run_uuid = ? "
-                             "AND lifecycle_stage = 'active'", (run_id,))
+    rows = query_sqlite(
+        uri, "SELECT experiment_id, artifact_uri FROM runs WHERE run_uuid = ? AND lifecycle_stage = 'active'", (run_id,)
+    )
     if not rows:
         return None
     tags = dict(query_sqlite(uri, "SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
@@ -223,50 +225,65 @@ def run_readonly(uri: str, run_id: str) -> tuple[str, str, dict[str, str]] | Non
 
 
 def experiment_id_readonly(uri: str, name: str) -> str | None:
-    rows = query_sqlite(uri, "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
-                        (name,))
+    rows = query_sqlite(
+        uri, "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'", (name,)
+    )
     return str(rows[0][0]) if rows else None
 
 
 def latest_run_with_tag_readonly(uri: str, experiment_id: str, tag: str, value: str) -> str | None:
     """The active run of the experiment with this tag value that started last (as search_runs orders)."""
-    rows = query_sqlite(uri, """SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid
+    rows = query_sqlite(
+        uri,
+        """SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid
                                 WHERE runs.experiment_id = ? AND runs.lifecycle_stage = 'active'
                                   AND tags.key = ? AND tags.value = ?
                                 ORDER BY runs.start_time DESC, runs.run_uuid ASC LIMIT 1""",
-                        (experiment_id, tag, value))
+        (experiment_id, tag, value),
+    )
     return rows[0][0] if rows else None
 
 
-def finished_runs_readonly(uri: str, experiment_id: str,
-                           names: dict[str, str]) -> dict[str, tuple[str, str, dict[str, float]]]:
+def finished_runs_readonly(
+    uri: str, experiment_id: str, names: dict[str, str]
+) -> dict[str, tuple[str, str, dict[str, float]]]:
     """run key -> (run id, outcome, latest value of every metric) of the latest finished run of each cell.
 
     names: the tag names (key_tag, outcome_tag) and the finished outcomes (finished, diverged, and converged
     of runs recorded before finished existed).
     """
     parameters = {"experiment_id": experiment_id, **names}
-    runs = query_sqlite(uri, f"SELECT runs.run_uuid, key_tag.value, outcome_tag.value {_FINISHED_RUNS} "
-                             "ORDER BY runs.start_time", parameters)
+    runs = query_sqlite(
+        uri,
+        f"SELECT runs.run_uuid, key_tag.value, outcome_tag.value {_FINISHED_RUNS} ORDER BY runs.start_time",
+        parameters,
+    )
     metrics: dict[str, dict[str, float]] = {}
-    rows = query_sqlite(uri, f"""SELECT latest_metrics.run_uuid, latest_metrics.key, latest_metrics.value,
+    rows = query_sqlite(
+        uri,
+        f"""SELECT latest_metrics.run_uuid, latest_metrics.key, latest_metrics.value,
                                         latest_metrics.is_nan
                                  FROM latest_metrics
                                  WHERE latest_metrics.run_uuid IN (SELECT runs.run_uuid {_FINISHED_RUNS})""",
-                        parameters)
+        parameters,
+    )
     for run_id, key, value, is_nan in rows:
         metrics.setdefault(run_id, {})[key] = math.nan if is_nan else value
     return {key: (run_id, outcome, metrics.get(run_id, {})) for run_id, key, outcome in runs}
 
 
-def histories_readonly(uri: str, experiment_id: str, names: dict[str, str],
-                       metric: str) -> dict[str, list[tuple[int, float]]]:
+def histories_readonly(
+    uri: str, experiment_id: str, names: dict[str, str], metric: str
+) -> dict[str, list[tuple[int, float]]]:
     """run id -> (step, value) of the metric in step order, of every finished run of the experiment (one query)."""
-    rows = query_sqlite(uri, f"""SELECT metrics.run_uuid, metrics.step, metrics.value, metrics.is_nan FROM metrics
+    rows = query_sqlite(
+        uri,
+        f"""SELECT metrics.run_uuid, metrics.step, metrics.value, metrics.is_nan FROM metrics
                                  WHERE metrics.key = :metric
                                    AND metrics.run_uuid IN (SELECT runs.run_uuid {_FINISHED_RUNS})
                                  ORDER BY metrics.run_uuid, metrics.step, metrics.timestamp""",
-                        {"experiment_id": experiment_id, "metric": metric, **names})
+        {"experiment_id": experiment_id, "metric": metric, **names},
+    )
     histories: dict[str, list[tuple[int, float]]] = {}
     for run_id, step, value, is_nan in rows:
         histories.setdefault(run_id, []).append((step, math.nan if is_nan else value))

@@ -86,8 +86,10 @@ class Store:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
-                raise TrackingError(f"experiment '{name}' is deleted in {self.uri}: restore it with "
-                                    f"`mlflow experiments restore` or pick another name")
+                raise TrackingError(
+                    f"experiment '{name}' is deleted in {self.uri}: restore it with "
+                    f"`mlflow experiments restore` or pick another name"
+                )
             return experiment.experiment_id
         if not create:
             return None
@@ -166,8 +168,11 @@ class Store:
         models = self.log_checkpoints(run_id, result, experiment_id)
         try:
             now = int(time.time() * 1000)
-            metrics = [Metric(name, value, now, step, model_id=models.get(step))
-                       for name, history in result.logged_metrics().items() for step, value in history]
+            metrics = [
+                Metric(name, value, now, step, model_id=models.get(step))
+                for name, history in result.logged_metrics().items()
+                for step, value in history
+            ]
             params = [Param(key, value) for key, value in result.spec.params().items()]
             tags = [RunTag(OUTCOME, result.outcome)]
             tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
@@ -203,8 +208,11 @@ class Store:
         try:
             for step, weights in sorted({**result.checkpoints, final_step: result.final_weights}.items()):
                 model = self.client.create_logged_model(
-                    experiment_id, name=model_name(result.spec, None if step == final_step else step),
-                    source_run_id=run_id, params=params)
+                    experiment_id,
+                    name=model_name(result.spec, None if step == final_step else step),
+                    source_run_id=run_id,
+                    params=params,
+                )
                 models[step] = model.model_id
                 self._save_model(model, run_id, weights)
         except BaseException:
@@ -226,8 +234,10 @@ class Store:
         try:
             return self.client.get_run(run_id)
         except MlflowException:
-            raise TrackingError(f"no run '{run_id}' in {self.uri}: check the id (the UI or `tinytrain compare` "
-                                "shows them) and --tracking-uri") from None
+            raise TrackingError(
+                f"no run '{run_id}' in {self.uri}: check the id (the UI or `tinytrain compare` "
+                "shows them) and --tracking-uri"
+            ) from None
 
     def losses(self, run_id: str) -> list[float]:
         """The logged `loss` of a run, in step order."""
@@ -235,8 +245,10 @@ class Store:
 
     def history(self, run_id: str, name: str) -> list[tuple[int, float]]:
         """(step, value) of a logged metric, in step order."""
-        return [(metric.step, metric.value) for metric in
-                sorted(self.client.get_metric_history(run_id, name), key=lambda metric: metric.step)]
+        return [
+            (metric.step, metric.value)
+            for metric in sorted(self.client.get_metric_history(run_id, name), key=lambda metric: metric.step)
+        ]
 
     def read_text(self, run_id: str, artifact: str) -> str:
         self.get_run(run_id)
@@ -246,8 +258,9 @@ class Store:
                 with tempfile.TemporaryDirectory() as staging:
                     return Path(self.client.download_artifacts(run_id, artifact, staging)).read_text()
         except Exception as error:
-            raise TrackingError(f"cannot read the artifacts of run {run_id} in {self.uri}: "
-                                f"{str(error).splitlines()[0]}") from None
+            raise TrackingError(
+                f"cannot read the artifacts of run {run_id} in {self.uri}: {str(error).splitlines()[0]}"
+            ) from None
         raise TrackingError(f"run {run_id} has no {artifact}: give the id of a sweep's parent run")
 
     def end_run(self, run_id: str, status: str) -> None:
@@ -262,11 +275,15 @@ class Store:
 
         now = int(time.time() * 1000)
         for cell in cells:
-            run_id = self.client.create_run(experiment_id, run_name=cell.name,
-                                            tags={**cell.tags, KIND: CELL_SUMMARY, PARENT: parent_run_id}).info.run_id
+            run_id = self.client.create_run(
+                experiment_id, run_name=cell.name, tags={**cell.tags, KIND: CELL_SUMMARY, PARENT: parent_run_id}
+            ).info.run_id
             metrics = [Metric(key, value, now, 0) for key, value in cell.metrics.items()]
-            metrics += [Metric(key, value, now, step) for key, values in cell.curves.items()
-                        for step, value in enumerate(values)]
+            metrics += [
+                Metric(key, value, now, step)
+                for key, values in cell.curves.items()
+                for step, value in enumerate(values)
+            ]
             self.client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in cell.params.items()])
             self.client.set_terminated(run_id, "FINISHED")
 
@@ -313,16 +330,21 @@ class ModelFiles:
 
         from tinytrain.tracking.sqlite import template_cache
 
-        versions = (f"mlflow {importlib.metadata.version('mlflow')} torch {importlib.metadata.version('torch')} "
-                    f"python {platform.python_version()} recipe {cls.TEMPLATE_RECIPE}")
+        versions = (
+            f"mlflow {importlib.metadata.version('mlflow')} torch {importlib.metadata.version('torch')} "
+            f"python {platform.python_version()} recipe {cls.TEMPLATE_RECIPE}"
+        )
         return template_cache() / f"model-template-{hashlib.sha256(versions.encode()).hexdigest()[:16]}"
 
     def _load(self, folder: Path) -> bool:
         """The cached template's files, if it is there and whole (every placeholder once in its MLmodel)."""
         try:
             mlmodel = (folder / MLMODEL).read_text()
-            files = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*"))
-                     if path.is_file() and path.name != MLMODEL}
+            files = {
+                path.relative_to(folder): path.read_bytes()
+                for path in sorted(folder.rglob("*"))
+                if path.is_file() and path.name != MLMODEL
+            }
         except OSError:
             return False
         if not files or not all(mlmodel.count(f"tinytrain-field-{name}") == 1 for name in self.FIELDS):
@@ -346,8 +368,13 @@ class ModelFiles:
         with tempfile.TemporaryDirectory() as folder:
             template = Path(folder) / "model"
             # pickle: 0.06 s a model against 0.2 s for pt2; explicit requirements: inference costs seconds.
-            mlflow.pytorch.save_model(LeNet(), str(template), pip_requirements=requirements,
-                                      serialization_format="pickle", pickle_module=weights_pickle)
+            mlflow.pytorch.save_model(
+                LeNet(),
+                str(template),
+                pip_requirements=requirements,
+                serialization_format="pickle",
+                pickle_module=weights_pickle,
+            )
             mlmodel = Model.load(str(template / MLMODEL))
             for name in self.FIELDS:
                 setattr(mlmodel, name, f"tinytrain-field-{name}")
@@ -379,9 +406,13 @@ class ModelFiles:
             path.write_bytes(content)
         data = weights_file_bytes(weights)
         (folder / MODEL_DATA).write_bytes(data)
-        values = {"artifact_path": model.artifact_location, "model_uuid": model.model_id,
-                  "model_id": model.model_id, "run_id": run_id,
-                  "utc_time_created": str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))}
+        values = {
+            "artifact_path": model.artifact_location,
+            "model_uuid": model.model_id,
+            "model_id": model.model_id,
+            "run_id": run_id,
+            "utc_time_created": str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None)),
+        }
         values["model_size_bytes"] = sum(len(content) for content in self.files.values()) + len(data)
         text = self.mlmodel
         for name, value in values.items():
