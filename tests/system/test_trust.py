@@ -129,7 +129,7 @@ def parents(uri):
 
 
 def artifacts_of(uri, run_id):
-    from .conftest import client
+    from tests.conftest import client
 
     return sorted(item.path for item in client(uri).list_artifacts(run_id))
 
