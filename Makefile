@@ -70,11 +70,12 @@ lint: $(STAMP) ## ruff (check and format) over the code, and the import contract
 	$(BIN)/ruff format --check tinytrain tests benchmarks
 	$(BIN)/lint-imports
 
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its end of life (May 2027; Zensical succeeds it).
 docs: $(STAMP) ## Build the documentation site (docs/, mkdocs.yml) into site/; any warning is an error
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: $(STAMP) ## The documentation at http://127.0.0.1:8000, rebuilt on every change (DOCS_PORT=...)
-	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 # A fresh environment from pyproject.toml alone (torch first, as above; the package and its development
 # groups test, lint and docs), frozen: the versions `make test`
