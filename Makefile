@@ -66,8 +66,8 @@ bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow scrip
 	$(if $(SCALE),$(BIN)/python benchmarks/scale.py --experiment experiments/scale-1k.toml --experiment experiments/scale-10k.toml $(SCALE_ARGS))
 
 lint: $(STAMP) ## ruff (check and format) over the code, and the import contract (pyproject.toml: arrows one way, no cycles)
-	$(BIN)/ruff check tinytrain tests benchmarks
-	$(BIN)/ruff format --check tinytrain tests benchmarks
+	$(BIN)/ruff check tinytrain tests benchmarks docs/hooks.py
+	$(BIN)/ruff format --check tinytrain tests benchmarks docs/hooks.py
 	$(BIN)/lint-imports
 
 # NO_MKDOCS_2_WARNING: mkdocs-material's banner about its end of life (May 2027; Zensical succeeds it).
