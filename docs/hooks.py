@@ -2,6 +2,8 @@
 
 - `<!-- optimizer-catalogue -->` becomes the table of tinytrain/optimizers.py: every name, its class, its
   default learning rate and hyperparameters, and whether the batched engine has its update.
+- The examples of the commands' help (click's unwrapped `\b` paragraphs, which mkdocs-click leaves as a
+  paragraph) are shown as code on the command-line page.
 - The settings table of experiment-files.md (the rows whose first cell is a `name` in backticks, under
   `<!-- settings-table -->`) is checked against tinytrain/spec/settings.py: every setting is listed once,
   with its default, and nothing else. A difference fails the build.
@@ -15,6 +17,7 @@ import tomllib
 from typing import Any
 
 CATALOGUE_MARKER = "<!-- optimizer-catalogue -->"
+HELP_EXAMPLE = re.compile(r"<p>(Example[^:<\n]*:)\n(.*?)</p>", re.DOTALL)
 SETTINGS_MARKER = "<!-- settings-table -->"
 
 
@@ -80,3 +83,14 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if SETTINGS_MARKER in markdown:
         check_settings_table(markdown)
     return markdown
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    if page.file.src_uri != "cli.md":
+        return html
+
+    def as_code(match: re.Match) -> str:
+        lines = [line.strip() for line in match.group(2).splitlines()]
+        return f"<p>{match.group(1)}</p>\n<pre><code>{chr(10).join(lines)}</code></pre>"
+
+    return HELP_EXAMPLE.sub(as_code, html)
