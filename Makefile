@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 5000
 SERVER_PORT ?= 5001
 SCHEDULER_PORT ?= 8786
+DOCS_PORT ?= 8000
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep one-step digits test ui server cluster cluster-stop bench lint lock clean clean-store
+.PHONY: help setup sweep one-step digits test ui server cluster cluster-stop bench lint docs docs-serve lock clean clean-store
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,23 +66,32 @@ bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow scrip
 	$(if $(SCALE),$(BIN)/python benchmarks/scale.py --experiment experiments/scale-1k.toml --experiment experiments/scale-10k.toml $(SCALE_ARGS))
 
 lint: $(STAMP) ## ruff (check and format) over the code, and the import contract (pyproject.toml: arrows one way, no cycles)
-	$(BIN)/ruff check tinytrain tests benchmarks
-	$(BIN)/ruff format --check tinytrain tests benchmarks
+	$(BIN)/ruff check tinytrain tests benchmarks docs/hooks.py
+	$(BIN)/ruff format --check tinytrain tests benchmarks docs/hooks.py
 	$(BIN)/lint-imports
 
-# A fresh environment from pyproject.toml alone (torch first, as above), frozen: the versions `make test`
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its end of life (May 2027; Zensical succeeds it).
+docs: $(STAMP) ## Build the documentation site (docs/, mkdocs.yml) into site/; any warning is an error
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP) ## The documentation at http://127.0.0.1:8000, rebuilt on every change (DOCS_PORT=...)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+# A fresh environment from pyproject.toml alone (torch first, as above; the package and its development
+# groups test, lint and docs), frozen: the versions `make test`
 # then installs everywhere. Run it after changing the dependencies, then run the suite and commit both.
 LOCK_VENV := .lock-venv
 lock: ## Refresh requirements.lock from pyproject.toml (a fresh environment, frozen)
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python $(PIP) 'pip>=25.1'  # dependency groups: pip install --group
 	$(LOCK_VENV)/bin/python $(PIP) 'torch==2.13.0'
-	$(LOCK_VENV)/bin/python $(PIP) -e '.[test]'
+	$(LOCK_VENV)/bin/python $(PIP) -e . --group dev
 	{ echo "# The exact versions the suite passed with: made by make lock from pyproject.toml, installed by make."; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > requirements.lock
 	rm -rf $(LOCK_VENV)
 
-clean: ## Remove .venv and caches (the store mlruns/ stays: make clean-store)
-	rm -rf $(VENV) $(LOCK_VENV) mutants .pytest_cache .ruff_cache .import_linter_cache *.egg-info build
+clean: ## Remove .venv, caches and the built docs (the store mlruns/ stays: make clean-store)
+	rm -rf $(VENV) $(LOCK_VENV) site mutants .pytest_cache .ruff_cache .import_linter_cache *.egg-info build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 clean-store: ## Delete every run in mlruns/ (asks first)
