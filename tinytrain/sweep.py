@@ -20,9 +20,11 @@ from tinytrain.tracking import (
     TrackingError,
     check_store,
     finished_keys_readonly,
+    is_http,
     runs_page_url,
-    sweep_search,
 )
+from tinytrain.tracking.location import DEFAULT_UI_ADDRESS
+from tinytrain.tracking.views import SweepLinks, sweep_links
 
 
 @dataclass
@@ -48,23 +50,16 @@ class SweepOutcome:
 
     @property
     def runs_url(self) -> str:
-        """The UI's page of this sweep's runs (one row each), or of the experiment for a run without a sweep."""
-        parent = self.counts.parent_run_id
-        return runs_page_url(self.uri, self.counts.experiment_id, search=parent and sweep_search(parent))
+        """The UI's page of the experiment's runs: for a run without a sweep."""
+        return runs_page_url(self.uri, self.counts.experiment_id)
 
     @property
-    def cells_url(self) -> str | None:
-        """The UI's charts of this sweep's cell summaries: median loss per cell, and the statistics."""
+    def links(self) -> SweepLinks | None:
+        """The UI's prepared views of this sweep (on the server it wrote to, or where `tinytrain ui` serves)."""
         parent = self.counts.parent_run_id
         if parent is None:
             return None
-        return runs_page_url(
-            self.uri,
-            self.counts.experiment_id,
-            search=sweep_search(parent, cells_only=True),
-            charts=True,
-            order_by="metrics.`rank`",
-        )
+        return sweep_links(self.uri if is_http(self.uri) else DEFAULT_UI_ADDRESS, self.counts.experiment_id, parent)
 
 
 @dataclass

@@ -17,7 +17,6 @@ from tinytrain.cli.common import (
 from tinytrain.executors.base import EXECUTORS
 from tinytrain.spec import ENGINES, load_experiment
 from tinytrain.spec.catalogue import PROBLEMS
-from tinytrain.tracking.location import is_http
 
 
 @click.command()
@@ -199,11 +198,14 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
 
 def browse_line(outcome) -> str:
-    """Where to see the runs in the UI: a sweep's cells (charts), and every run of it, one row each."""
-    opening = "open" if is_http(outcome.uri) else "`make ui`, then open"
-    if outcome.cells_url is None:
+    """Where to see the runs in the UI: a sweep's prepared views (its charts, every run, its cell summaries)."""
+    from tinytrain.tracking.location import ui_command
+
+    command = ui_command(outcome.uri)
+    opening = f"`{command}`, then open" if command else "open"
+    if outcome.links is None:
         return f"Browse: {opening} {outcome.runs_url}"
-    return f"Browse: {opening} {outcome.cells_url}\n  every run of this sweep: {outcome.runs_url}"
+    return "\n".join([f"Browse: {opening}", *outcome.links.lines()])
 
 
 def show_summary(outcome) -> None:

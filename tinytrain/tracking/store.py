@@ -105,6 +105,11 @@ class Store:
                 raise
             return experiment.experiment_id
 
+    def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        """Experiment tags, such as the UI's prepared views of a sweep (views.py)."""
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment_id, key, value)
+
     # reading -----------------------------------------------------------------------------------------
     def search(self, experiment_id: str, filter_string: str = "") -> list[Any]:
         """Every active run of the experiment that matches, all pages."""
