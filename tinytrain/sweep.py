@@ -39,6 +39,7 @@ class SweepOutcome:
     failures: list[str] = field(default_factory=list)
     engines: dict[str, int] = field(default_factory=dict)  # engine that trained them -> runs
     engine_notes: list[str] = field(default_factory=list)  # why a vmap cell trained sequentially, once each
+    made_by: list[str] | None = None  # every cell was done: the sweeps (parent runs) that made them; nothing written
 
     def engine_line(self) -> str | None:
         """Which engine trained the runs, when the experiment asked for vmap (it may decide otherwise)."""
@@ -59,7 +60,11 @@ class SweepOutcome:
         parent = self.counts.parent_run_id
         if parent is None:
             return None
-        return sweep_links(self.uri if is_http(self.uri) else DEFAULT_UI_ADDRESS, self.counts.experiment_id, parent)
+        return self.links_of(parent)
+
+    def links_of(self, parent_run_id: str) -> SweepLinks:
+        address = self.uri if is_http(self.uri) else DEFAULT_UI_ADDRESS
+        return sweep_links(address, self.counts.experiment_id, parent_run_id)
 
 
 @dataclass
@@ -86,11 +91,14 @@ def run_sweep(
     with_parent: bool = True,
     progress: bool = True,
     background: bool = True,
+    record_when_done: bool = False,
 ) -> SweepOutcome:
     """Train every cell not yet finished and log it. Ctrl-C ends the current run as KILLED.
 
     With `background`, a writer process logs while this one trains (tracking/background.py); this process
-    then never imports MLflow. Without it, the same Recorder writes in this process.
+    then never imports MLflow. Without it, the same Recorder writes in this process. A sweep whose cells are
+    all done writes nothing (no parent run, no summaries) unless `record_when_done`: it reports the sweeps
+    that made them.
     """
     started_at = time.perf_counter()
     specs = experiment.specs()
@@ -98,6 +106,8 @@ def run_sweep(
     check_store(uri)
     finished = finished_keys_readonly(uri, experiment.name)
     todo = [spec for spec in specs if force or spec.key not in finished]
+    if specs and not todo and with_parent and not record_when_done:
+        return _nothing_to_train(experiment, uri, specs, finished, started_at)
     runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
     recorder = _recorder(uri, background)
     failures: list[str] = []
@@ -126,6 +136,17 @@ def run_sweep(
     return SweepOutcome(
         experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures, engines, notes
     )
+
+
+def _nothing_to_train(
+    experiment: Experiment, uri: str, specs: list[RunSpec], finished: dict[str, str], started_at: float
+) -> SweepOutcome:
+    """Every cell is done: nothing is written; the outcome names the sweeps whose runs they are."""
+    from tinytrain.tracking import sweeps_of_runs
+
+    made_by = sweeps_of_runs(uri, experiment.name, [finished[spec.key] for spec in specs])
+    counts = SweepCounts(total=len(specs), skipped=len(specs), experiment_id=made_by.experiment_id)
+    return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, made_by=made_by.parents)
 
 
 def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:
@@ -246,6 +267,7 @@ def sweep_until_separated(experiment: Experiment, uri: str, max_seeds: int, **op
     from tinytrain.tracking import read_sweep
 
     started = time.perf_counter()
+    options["record_when_done"] = True  # each round's parent keeps the experiment its comparison reads
     rounds = [run_sweep(experiment, uri, **options)]
     while True:
         outcome = rounds[-1]

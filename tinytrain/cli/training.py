@@ -208,7 +208,25 @@ def browse_line(outcome) -> str:
     return "\n".join([f"Browse: {opening}", *outcome.links.lines()])
 
 
+def show_done(outcome) -> None:
+    """A sweep whose cells were all done: it wrote nothing; the links of the sweeps that made them."""
+    click.echo(
+        f"{outcome.experiment.name}: every cell is done ({outcome.counts.total} runs in {outcome.uri}); "
+        "nothing trained, nothing written (--force trains them again)."
+    )
+    from tinytrain.tracking.location import ui_command
+
+    command = ui_command(outcome.uri)
+    opening = f"`{command}`, then open" if command else "open"
+    for parent in outcome.made_by:
+        click.echo(f"Made by sweep run {parent}; browse: {opening}")
+        click.echo("\n".join(outcome.links_of(parent).lines()))
+
+
 def show_summary(outcome) -> None:
+    if outcome.made_by is not None:
+        show_done(outcome)
+        return
     counts = outcome.counts
     ran = counts.finished + counts.diverged + counts.failed
     click.echo(

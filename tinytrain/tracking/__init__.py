@@ -31,12 +31,14 @@ from tinytrain.tracking.location import (
 from tinytrain.tracking.logged import LoggedRun, read_logged_run
 from tinytrain.tracking.read import (
     CellRun,
+    MadeBy,
     SweepRecord,
     finished_keys_readonly,
     read_losses,
     read_sweep,
     read_sweep_experiment,
     sweep_record,
+    sweeps_of_runs,
 )
 from tinytrain.tracking.recorder import CellSummaryRun, Recorder, SweepCounts, SweepRecorder, SweepSummary
 from tinytrain.tracking.sqlite import create_store_from_template, experiments_readonly, template_cache
@@ -46,6 +48,7 @@ __all__ = [
     "CellRun",
     "CellSummaryRun",
     "LoggedRun",
+    "MadeBy",
     "Recorder",
     "Store",
     "SweepCounts",
@@ -69,5 +72,6 @@ __all__ = [
     "sqlite_path",
     "sweep_record",
     "sweep_search",
+    "sweeps_of_runs",
     "template_cache",
 ]

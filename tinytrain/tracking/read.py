@@ -20,6 +20,7 @@ from tinytrain.tracking.contract import (
     KIND,
     LOSS,
     OUTCOME,
+    PARENT,
     RUN_KEY,
     TrackingError,
 )
@@ -94,6 +95,28 @@ def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
         token = page.get("next_page_token")
         if not token:
             return finished
+
+
+@dataclass(frozen=True)
+class MadeBy:
+    """The sweeps whose runs a set of finished runs are: parent run ids, the one with the most runs first."""
+
+    experiment_id: str
+    parents: list[str]
+
+
+def sweeps_of_runs(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy:
+    """Which sweeps (parent runs) made these runs of an experiment, through MLflow's search (a sweep that
+    finds every cell done reads it once, to print the links of the sweeps that made them)."""
+    wanted = set(run_ids)
+    with Store(uri) as store:
+        experiment_id = store.experiment_id(experiment_name, create=False) or ""
+        made: dict[str, int] = {}
+        for run in store.search(experiment_id, f"tags.`{KIND}` = 'run'") if experiment_id else []:
+            parent = run.data.tags.get(PARENT)
+            if run.info.run_id in wanted and parent:
+                made[parent] = made.get(parent, 0) + 1
+    return MadeBy(experiment_id, sorted(made, key=lambda parent: -made[parent]))
 
 
 def read_losses(uri: str, run_id: str) -> list[float]:
