@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
 from tinytrain.reports.summary import SweepSummary
+from tinytrain.results import DIVERGED
 from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.tracking import (
     Recorder,
@@ -116,13 +118,13 @@ def run_sweep(
     status, interrupted, abandon = "FINISHED", False, False
     try:
         recorder.open(experiment, specs, finished, force, with_parent)
-        with _progress(len(specs), len(specs) - len(todo), enabled=progress) as advance:
-            for result in runner.run(todo, recorder.run_started):
+        with _progress(len(specs), len(specs) - len(todo), enabled=progress) as bar:
+            for result in runner.run(todo, bar.started(recorder.run_started)):
                 recorder.run_finished(result)
                 if result.error:
                     failures.append(f"{result.spec.run_name}: {result.error}")
                 _count_engine(result.runtime, engines, notes)
-                advance()
+                bar.finished(result.outcome)
     except KeyboardInterrupt:
         status, interrupted = "KILLED", True
     except BaseException as error:
@@ -176,42 +178,70 @@ def _recorder(uri: str, background: bool) -> SweepRecorder:
 
 
 class _progress:
-    """A progress bar over the sweep's runs (done/total, elapsed, ETA), on stderr when it is a terminal."""
+    """A progress bar over the sweep's runs on stderr when it is a terminal: done/total, the cell training
+    now, the diverged runs so far, elapsed time and ETA (a spinner shows life while a first run starts)."""
 
     def __init__(self, total: int, already: int, enabled: bool):
         self.total, self.already = total, already
         self.enabled = enabled and sys.stderr.isatty() and total > already
         self.bar = None
+        self.task = None
+        self.diverged = 0
 
-    def __enter__(self):
+    def __enter__(self) -> _progress:
         if not self.enabled:
-            return lambda: None
+            return self
         from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
         self.bar = Progress(
+            SpinnerColumn(),
             TextColumn("runs"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[diverged]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[cell]}"),
             console=Console(stderr=True),
             transient=False,
         )
         self.bar.start()
-        task = self.bar.add_task("runs", total=self.total, completed=self.already)
-        return lambda: self.bar.advance(task)
+        self.task = self.bar.add_task(
+            "runs", total=self.total, completed=self.already, cell="starting", diverged=self._diverged()
+        )
+        return self
+
+    def _diverged(self) -> str:
+        return f"[red]{self.diverged} diverged[/red]" if self.diverged else "0 diverged"
+
+    def started(self, record_start: Callable[[RunSpec], None]) -> Callable[[RunSpec], None]:
+        """The executor's start callback: records the start, and names the cell on the bar."""
+
+        def start(spec: RunSpec) -> None:
+            record_start(spec)
+            if self.bar is not None:
+                self.bar.update(self.task, cell=f"training {spec.run_name}")
+
+        return start
+
+    def finished(self, outcome: str) -> None:
+        self.diverged += outcome == DIVERGED
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, diverged=self._diverged())
 
     def __exit__(self, *exc_info):
         if self.bar is not None:
+            self.bar.update(self.task, cell="")
             self.bar.stop()
         return False
 

@@ -132,11 +132,19 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(swept, store_uri):
         assert all(math.isfinite(m.value) and m.value <= 1e3 * first for m in history[:-1])
 
 
-def test_a_second_sweep_skips_every_finished_cell(swept, cli_runner, store_uri):
+def test_a_second_sweep_of_a_finished_grid_writes_nothing_and_points_to_the_sweep_that_made_it(
+    swept, cli_runner, store_uri
+):
+    parent = swept.output.split("(sweep run ")[1].split(")")[0]
+    before = store_digest(store_uri)
     again = cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet"])
     assert again.exit_code == 0, again.output
-    assert "8 runs: 0 trained (0 finished, 0 diverged, 0 failed), 8 already done" in again.output
-    assert len(children(store_uri)) == 8
+    assert again.output.startswith("e2e: every cell is done (8 runs in ")
+    assert "nothing trained, nothing written" in again.output
+    assert f"Made by sweep run {parent}; browse: `tinytrain ui`, then open" in again.output
+    assert f"viewStateShareKey=tinytrain-{parent}-charts" in again.output
+    assert store_digest(store_uri) == before  # no parent run, no cell summaries: not a byte
+    assert len(children(store_uri)) == 8 and len(runs_of(store_uri)) == 8 + 1 + 4
 
 
 def test_dry_run_lists_runs_marks_done_ones_and_writes_nothing(cli_runner, experiment_file, store_uri):

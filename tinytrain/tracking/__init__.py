@@ -31,9 +31,11 @@ from tinytrain.tracking.location import (
 from tinytrain.tracking.logged import LoggedRun, read_logged_run
 from tinytrain.tracking.read import (
     CellRun,
+    LatestSweep,
     MadeBy,
     SweepRecord,
     finished_keys_readonly,
+    latest_sweeps,
     read_losses,
     read_sweep,
     read_sweep_experiment,
@@ -47,6 +49,7 @@ from tinytrain.tracking.store import Store
 __all__ = [
     "CellRun",
     "CellSummaryRun",
+    "LatestSweep",
     "LoggedRun",
     "MadeBy",
     "Recorder",
@@ -62,6 +65,7 @@ __all__ = [
     "experiments_readonly",
     "finished_keys_readonly",
     "is_http",
+    "latest_sweeps",
     "read_logged_run",
     "read_losses",
     "read_sweep",

@@ -106,8 +106,29 @@ class MadeBy:
 
 
 def sweeps_of_runs(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy:
-    """Which sweeps (parent runs) made these runs of an experiment, through MLflow's search (a sweep that
-    finds every cell done reads it once, to print the links of the sweeps that made them)."""
+    """Which sweeps (parent runs) made these runs of an experiment: a sweep that finds every cell done reads
+    it, to print the links of the sweeps that made them. Plain SQL on a SQLite store (nothing written, MLflow
+    not imported; held equal to sweeps_of_runs_mlflow by a test), MLflow's client on a server."""
+    if is_http(uri):
+        return sweeps_of_runs_mlflow(uri, experiment_name, run_ids)
+    experiment_id = experiment_id_readonly(uri, experiment_name) or ""
+    made: dict[str, int] = {}
+    for start in range(0, len(run_ids), 500):  # SQLite takes up to 999 parameters
+        chunk = run_ids[start : start + 500]
+        rows = query_sqlite(
+            uri,
+            f"""SELECT tags.value FROM tags JOIN runs ON runs.run_uuid = tags.run_uuid
+                WHERE tags.key = ? AND runs.lifecycle_stage = 'active' AND runs.experiment_id = ?
+                  AND tags.run_uuid IN ({", ".join("?" * len(chunk))})""",
+            (PARENT, experiment_id, *chunk),
+        )
+        for (parent,) in rows:
+            made[parent] = made.get(parent, 0) + 1
+    return MadeBy(experiment_id, sorted(made, key=lambda parent: (-made[parent], parent)))
+
+
+def sweeps_of_runs_mlflow(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy:
+    """sweeps_of_runs through MLflow's search."""
     wanted = set(run_ids)
     with Store(uri) as store:
         experiment_id = store.experiment_id(experiment_name, create=False) or ""
@@ -116,7 +137,37 @@ def sweeps_of_runs(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy
             parent = run.data.tags.get(PARENT)
             if run.info.run_id in wanted and parent:
                 made[parent] = made.get(parent, 0) + 1
-    return MadeBy(experiment_id, sorted(made, key=lambda parent: -made[parent]))
+    return MadeBy(experiment_id, sorted(made, key=lambda parent: (-made[parent], parent)))
+
+
+@dataclass(frozen=True)
+class LatestSweep:
+    """An experiment of a store, its latest sweep (parent run id, or None) and whether it has prepared views."""
+
+    experiment_id: str
+    name: str
+    parent_run_id: str | None
+    has_views: bool
+
+
+def latest_sweeps(uri: str) -> list[LatestSweep]:
+    """Each active experiment that holds runs, with its latest sweep, through MLflow's client (for `tinytrain ui`,
+    which starts MLflow's server next anyway)."""
+    from tinytrain.tracking.views import CHARTS, view_tag
+
+    latest = []
+    with Store(uri) as store:
+        for experiment in store.client.search_experiments():
+            runs = store.client.search_runs([experiment.experiment_id], max_results=1)
+            if not runs:
+                continue
+            sweeps = store.client.search_runs(
+                [experiment.experiment_id], f"tags.`{KIND}` = 'sweep'", max_results=1, order_by=["start_time DESC"]
+            )
+            parent = sweeps[0].info.run_id if sweeps else None
+            views = parent is not None and view_tag(parent, CHARTS) in experiment.tags
+            latest.append(LatestSweep(experiment.experiment_id, experiment.name, parent, views))
+    return sorted(latest, key=lambda sweep: int(sweep.experiment_id) if sweep.experiment_id.isdigit() else 0)
 
 
 def read_losses(uri: str, run_id: str) -> list[float]:
