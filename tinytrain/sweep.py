@@ -205,13 +205,13 @@ class _progress:
         self.bar = Progress(
             SpinnerColumn(),
             TextColumn("runs"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TextColumn("{task.fields[diverged]}"),
+            TextColumn("{task.fields[cell]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[cell]}"),
             console=Console(stderr=True),
             transient=False,
         )

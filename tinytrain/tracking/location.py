@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tinytrain.tracking.contract import CELL_SUMMARY, KIND, PARENT, TrackingError
+from tinytrain.tracking.contract import CELL_SUMMARY, KIND, PARENT, RUN_NAME_TAG, TrackingError
 
 DEFAULT_STORE = Path("mlruns") / "mlflow.db"
 # MLflow 3 sends usage telemetry from every process that imports it; a research tool should not phone home.
@@ -78,7 +78,7 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
         raise TrackingError(f"the store folder {folder} is not writable: fix its permissions or use --tracking-uri")
 
 
-RUN_NAME_ORDER = "tags.`mlflow.runName`"  # how the UI names its run-name sort
+RUN_NAME_ORDER = f"tags.`{RUN_NAME_TAG}`"  # how the UI names its run-name sort
 DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"  # where `tinytrain ui` (and `make ui`) serve by default
 
 

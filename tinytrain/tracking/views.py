@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from tinytrain.tracking.contract import CELL_SUMMARY, KIND, OUTCOME, PARENT
-from tinytrain.tracking.location import runs_page_url
+from tinytrain.tracking.location import RUN_NAME_ORDER, runs_page_url
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag of a shared view state
 CHARTS, RUNS = "charts", "runs"  # a sweep's two views
@@ -111,7 +111,7 @@ def sweep_views(parent_run_id: str, axes: list[str], metric: str = "final_loss")
     columns = [_column("params", axis) for axis in axes]
     columns += [_column("params", "seed"), _column("tags", OUTCOME), _column("metrics", metric)]
     common = {
-        "orderByKey": "tags.`mlflow.runName`",  # not start time: the UI would fetch the parent run too
+        "orderByKey": RUN_NAME_ORDER,  # not start time: the UI would fetch the parent run too
         "orderByAsc": True,
         "groupBy": group_by,
         "groupsExpanded": {},  # every group open
