@@ -147,6 +147,69 @@ def test_a_second_sweep_of_a_finished_grid_writes_nothing_and_points_to_the_swee
     assert len(children(store_uri)) == 8 and len(runs_of(store_uri)) == 8 + 1 + 4
 
 
+def test_a_sweep_writes_its_prepared_views_and_prints_the_links_that_open_them(swept, store_uri):
+    """Two experiment tags, MLflow's shared view state as plain JSON, named by the printed links' share keys."""
+    import json
+
+    parent = swept.output.split("(sweep run ")[1].split(")")[0]
+    experiment = client(store_uri).get_experiment_by_name("e2e")
+    views = {
+        key.removeprefix("mlflow.sharedViewState."): json.loads(value)
+        for key, value in experiment.tags.items()
+        if key.startswith("mlflow.sharedViewState.")
+    }
+    assert set(views) == {f"tinytrain-{parent}-charts", f"tinytrain-{parent}-runs"}
+    for key in views:
+        assert f"viewStateShareKey={key}&" in swept.output
+    charts = views[f"tinytrain-{parent}-charts"]
+    shown = client(store_uri).search_runs([experiment.experiment_id], charts["searchFilter"])
+    assert sorted(run.info.run_name for run in shown) == sorted(
+        f"{optimizer}-lr0.01-seed{seed}" for optimizer in ("sgd", "adam") for seed in (0, 1)
+    )  # the runs that did not diverge; no cell summary, no parent
+    listed = client(store_uri).search_runs(
+        [experiment.experiment_id], views[f"tinytrain-{parent}-runs"]["searchFilter"]
+    )
+    assert len(listed) == 8 and {run.data.tags["tinytrain.kind"] for run in listed} == {"run"}
+    assert charts["groupBy"]["groupByKeys"] == [
+        {"mode": "param", "groupByData": "optimizer"},
+        {"mode": "param", "groupByData": "lr"},
+    ]
+    lines = swept.output.splitlines()
+    browse = lines.index("Browse: `tinytrain ui`, then open")  # the test's store is this folder's default
+    assert [line.split(": ")[0].strip() for line in lines[browse + 1 : browse + 4]] == [
+        "charts of its runs (diverged runs left out)",
+        "every run, grouped by cell",
+        "cell summaries (median curves, ranks)",
+    ]
+
+
+def test_a_diverged_run_says_so_in_its_name_and_keeps_its_numbers(swept, store_uri):
+    for run in children(store_uri):
+        spec_name = f"{run.data.params['optimizer']}-lr{float(run.data.params['lr']):g}-seed{run.data.params['seed']}"
+        diverged = run.data.tags["tinytrain.outcome"] == "diverged"
+        assert run.info.run_name == (f"{spec_name} (diverged)" if diverged else spec_name)
+        assert run.info.status == "FINISHED"  # still a finished cell: resume skips it
+        if diverged:
+            history = client(store_uri).get_metric_history(run.info.run_id, "loss")
+            assert max(metric.value for metric in history) > 1e3 * run.data.metrics["initial_loss"]
+
+
+def test_which_sweeps_made_the_runs_reads_the_same_in_plain_sql_as_through_mlflow(swept, cli_runner, store_uri):
+    from tinytrain.tracking.read import sweeps_of_runs, sweeps_of_runs_mlflow
+
+    cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet", "--force", "--set", "optimizer=adam"])  # 4 more
+    run_ids = [run.info.run_id for run in children(store_uri)]
+    assert len(run_ids) == 8  # the replaced ones are deleted
+    made = sweeps_of_runs(store_uri, "e2e", run_ids)
+    assert made == sweeps_of_runs_mlflow(store_uri, "e2e", run_ids)
+    assert len(made.parents) == 2
+    assert (
+        sweeps_of_runs(store_uri, "e2e", run_ids[:1]).parents
+        == sweeps_of_runs_mlflow(store_uri, "e2e", run_ids[:1]).parents
+    )
+    assert sweeps_of_runs(store_uri, "nothing", run_ids) == sweeps_of_runs_mlflow(store_uri, "nothing", run_ids)
+
+
 def test_dry_run_lists_runs_marks_done_ones_and_writes_nothing(cli_runner, experiment_file, store_uri):
     path = experiment_file(GRID, "grid.toml")
     result = cli_runner.invoke(cli, ["sweep", path, "--dry-run", "--set", "seed=0"])
