@@ -194,11 +194,11 @@ def test_the_charts_view_draws_a_log_scaled_loss_and_parallel_coordinates_withou
     assert "does not support aggregated string values" not in text
 
     parallel = svg_texts(dom[dom.index('title="Parallel Coordinates"') :])
-    # plotly's parcoords writes each axis's tick labels, then its title: optimizer, lr, final_loss
-    lr_at, loss_at = parallel.index("lr"), parallel.index("final_loss")
+    # plotly's parcoords writes each axis's tick labels, then its title: optimizer, lr, log10_final_loss
+    lr_at, loss_at = parallel.index("lr"), parallel.index("log10_final_loss")
     assert {"sgd", "adam", "rmsprop"} <= set(parallel[: parallel.index("optimizer")])
-    final_losses = numbers(parallel[lr_at + 1 : loss_at])
-    assert final_losses and max(final_losses) < 1  # diverged runs end above 1e3 x the initial loss (about 0.1)
+    decades = numbers(parallel[lr_at + 1 : loss_at])
+    assert decades and max(decades) < 0  # below 1; a diverged run ends above 1e3 x its initial loss (about 0.1)
 
     loss = svg_texts(dom[dom.index('title="loss"') :])
     values = numbers(loss[: loss.index("Step")])  # the x ticks (steps, rising), then the y ticks from the bottom

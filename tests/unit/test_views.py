@@ -67,6 +67,7 @@ def test_the_views_group_by_cell_with_the_average_and_show_every_run():
             "params.`seed`",
             "tags.`tinytrain.outcome`",
             "metrics.`final_loss`",
+            "metrics.`steps_to_target`",
         ]
 
 
@@ -77,6 +78,10 @@ def test_the_charts_are_a_log_scaled_loss_and_the_axes_against_the_final_metric_
     assert charts["LINE"]["metricKey"] == "loss" and charts["LINE"]["scaleType"] == "log"
     assert charts["PARALLEL"]["selectedParams"] == ["optimizer", "lr"]
     assert charts["PARALLEL"]["selectedMetrics"] == ["final_test_accuracy"]
+    parallel = next(
+        chart for chart in sweep_views(PARENT, ["optimizer"])[CHARTS]["compareRunCharts"] if chart["type"] == "PARALLEL"
+    )
+    assert parallel["selectedMetrics"] == ["log10_final_loss"]  # linear axes: the final loss in decades
     sections = {section["uuid"] for section in views[CHARTS]["compareRunSections"]}
     assert {chart["metricSectionId"] for chart in charts.values()} <= sections
     # MLflow draws no parallel coordinates of grouped runs over a string axis: the charts view draws runs
@@ -134,3 +139,20 @@ def test_the_ui_address_is_the_host_and_port_it_serves():
     assert ui_address("127.0.0.1", 5123) == "http://127.0.0.1:5123"
     assert ui_address("::1", 80) == "http://[::1]:80"
     assert ui_address("0.0.0.0", 5000) not in ("http://0.0.0.0:5000",)  # a browser cannot open 0.0.0.0
+
+
+def test_a_finished_run_has_its_final_loss_in_decades_and_its_steps_to_target_for_the_views():
+    import math
+
+    from tinytrain.results import RunResult
+    from tinytrain.spec import load_experiment
+
+    spec = load_experiment(None, ["optimizer=adam", "lr=0.01", "seed=0"]).specs()[0]
+    assert RunResult(spec, [0.1, 0.01, 1e-4, 1e-6], "finished").view_metrics() == {
+        "log10_final_loss": -6.0,
+        "steps_to_target": 2.0,  # the first step at or below 1e-3
+    }
+    assert RunResult(spec, [0.1, 0.05], "finished").view_metrics() == {"log10_final_loss": math.log10(0.05)}
+    assert RunResult(spec, [0.1, 0.0], "finished").view_metrics()["log10_final_loss"] == -45.0
+    assert RunResult(spec, [0.1, 1e9], "diverged").view_metrics() == {}  # out of the parallel coordinates
+    assert RunResult(spec, [], "failed").view_metrics() == {}

@@ -184,6 +184,7 @@ class Store:
                 for name, history in result.logged_metrics().items()
                 for step, value in history
             ]
+            metrics += [Metric(name, value, now, 0) for name, value in result.view_metrics().items()]
             params = [Param(key, value) for key, value in result.spec.params().items()]
             tags = [RunTag(OUTCOME, result.outcome)]
             tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]

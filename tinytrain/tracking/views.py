@@ -23,7 +23,7 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag of a shar
 CHARTS, RUNS = "charts", "runs"  # a sweep's two views
 MODEL_METRICS = "Model metrics"  # the UI's section of a run's own metrics (the other is "System metrics")
 DIVERGED = "diverged"
-NOT_CHARTED = ("initial_loss", "train_seconds")  # the same for every run, or a timing
+NOT_CHARTED = ("initial_loss", "train_seconds", "steps_to_target")  # the same for every run, a timing, a column
 
 
 def view_key(parent_run_id: str, view: str) -> str:
@@ -55,19 +55,22 @@ def sweep_views(parent_run_id: str, axes: list[str], metric: str = "final_loss")
 
     `axes` are the grid's axes but the seed (each a run param): the table groups the runs by them, one group
     per cell with the average over its seeds. `metric` is the final metric of the table and the
-    parallel-coordinates chart.
+    parallel-coordinates chart (final_loss there in decades: log10_final_loss, results.VIEW_METRICS).
 
     charts: the seed runs that did not diverge, grouped by cell in the table; the charts draw every run (not
     the first ten): the loss on a log scale, and the axes against the final metric in parallel coordinates.
     The charts draw runs, not the cells' averages: MLflow draws no parallel-coordinates chart of grouped runs
     over a string axis such as the optimizer.
     runs: every seed run of the sweep in a table, grouped by cell and expanded, with the axes, the seed, the
-    outcome (diverged or finished) and the final metric; its charts draw the cells' averages.
+    outcome (diverged or finished), the final metric and the steps to the target; its charts draw the cells'
+    averages.
     """
     group_by = {
         "aggregateFunction": "average",
         "groupByKeys": [{"mode": "param", "groupByData": axis} for axis in axes],
     }
+    # its axes are linear: a final loss in decades (a run that diverged has none), any other metric as it is
+    charted = "log10_final_loss" if metric == "final_loss" else metric
     section = f"tinytrain-{parent_run_id}-section"
     sections = [
         {"uuid": section, "name": MODEL_METRICS, "display": True, "isReordered": False},
@@ -98,9 +101,9 @@ def sweep_views(parent_run_id: str, axes: list[str], metric: str = "final_loss")
         "metricSectionId": section,
         "deleted": False,
         "isGenerated": False,
-        "displayName": f"{', '.join(axes)} against {metric}",
+        "displayName": f"{', '.join(axes)} against {charted}",
         "selectedParams": list(axes),
-        "selectedMetrics": [metric],
+        "selectedMetrics": [charted],
         "runsCountToCompare": 100,
     }
     # deleted charts of the metrics that compare nothing: the UI would add a chart for each metric it finds
@@ -110,6 +113,7 @@ def sweep_views(parent_run_id: str, axes: list[str], metric: str = "final_loss")
     ]
     columns = [_column("params", axis) for axis in axes]
     columns += [_column("params", "seed"), _column("tags", OUTCOME), _column("metrics", metric)]
+    columns += [_column("metrics", "steps_to_target")]
     common = {
         "orderByKey": RUN_NAME_ORDER,  # not start time: the UI would fetch the parent run too
         "orderByAsc": True,
