@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-from tinytrain.tracking.contract import CELL_SUMMARY, KIND, OUTCOME, PARENT
-from tinytrain.tracking.location import RUN_NAME_ORDER, runs_page_url
+from tinytrain.tracking.contract import KIND, OUTCOME, PARENT
+from tinytrain.tracking.location import RUN_NAME_ORDER, runs_page_url, sweep_search
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag of a shared view state
 CHARTS, RUNS = "charts", "runs"  # a sweep's two views
@@ -39,11 +39,6 @@ def seed_runs_search(parent_run_id: str, without_diverged: bool = False) -> str:
     """The MLflow filter of a sweep's seed runs (never its cell summaries), with or without the diverged ones."""
     search = f"tags.`{PARENT}` = '{parent_run_id}' and tags.`{KIND}` = 'run'"
     return search + f" and tags.`{OUTCOME}` != '{DIVERGED}'" if without_diverged else search
-
-
-def cells_search(parent_run_id: str) -> str:
-    """The MLflow filter of a sweep's cell summary runs."""
-    return f"tags.`{PARENT}` = '{parent_run_id}' and tags.`{KIND}` = '{CELL_SUMMARY}'"
 
 
 def _column(kind: str, name: str) -> str:
@@ -168,7 +163,7 @@ class SweepLinks:
 def sweep_links(address: str, experiment_id: str, parent_run_id: str) -> SweepLinks:
     """The links to a sweep's views on the UI at `address` (http://host:port)."""
     cells = runs_page_url(
-        address, experiment_id, address, search=cells_search(parent_run_id), charts=True, order_by="metrics.`rank`"
+        address, experiment_id, address, search=sweep_search(parent_run_id, cells_only=True), charts=True, order_by="metrics.`rank`"
     )
     return SweepLinks(
         view_url(address, experiment_id, parent_run_id, CHARTS),
