@@ -163,7 +163,12 @@ class SweepLinks:
 def sweep_links(address: str, experiment_id: str, parent_run_id: str) -> SweepLinks:
     """The links to a sweep's views on the UI at `address` (http://host:port)."""
     cells = runs_page_url(
-        address, experiment_id, address, search=sweep_search(parent_run_id, cells_only=True), charts=True, order_by="metrics.`rank`"
+        address,
+        experiment_id,
+        address,
+        search=sweep_search(parent_run_id, cells_only=True),
+        charts=True,
+        order_by="metrics.`rank`",
     )
     return SweepLinks(
         view_url(address, experiment_id, parent_run_id, CHARTS),
