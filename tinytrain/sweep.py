@@ -16,6 +16,7 @@ from tinytrain.reports.summary import SweepSummary
 from tinytrain.results import DIVERGED
 from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.tracking import (
+    MadeBy,
     Recorder,
     SweepCounts,
     SweepRecorder,
@@ -24,6 +25,7 @@ from tinytrain.tracking import (
     finished_keys_readonly,
     is_http,
     runs_page_url,
+    sweep_search,
 )
 from tinytrain.tracking.location import DEFAULT_UI_ADDRESS
 from tinytrain.tracking.views import SweepLinks, sweep_links
@@ -41,7 +43,7 @@ class SweepOutcome:
     failures: list[str] = field(default_factory=list)
     engines: dict[str, int] = field(default_factory=dict)  # engine that trained them -> runs
     engine_notes: list[str] = field(default_factory=list)  # why a vmap cell trained sequentially, once each
-    made_by: list[str] | None = None  # every cell was done: the sweeps (parent runs) that made them; nothing written
+    made_by: MadeBy | None = None  # every cell was done: the sweeps (parent runs) that made them; nothing written
 
     def engine_line(self) -> str | None:
         """Which engine trained the runs, when the experiment asked for vmap (it may decide otherwise)."""
@@ -67,6 +69,10 @@ class SweepOutcome:
     def links_of(self, parent_run_id: str) -> SweepLinks:
         address = self.uri if is_http(self.uri) else DEFAULT_UI_ADDRESS
         return sweep_links(address, self.counts.experiment_id, parent_run_id)
+
+    def runs_url_of(self, parent_run_id: str) -> str:
+        """The UI's page of a sweep's runs, one row each: for a sweep logged before prepared views."""
+        return runs_page_url(self.uri, self.counts.experiment_id, search=sweep_search(parent_run_id))
 
 
 @dataclass
@@ -148,7 +154,7 @@ def _nothing_to_train(
 
     made_by = sweeps_of_runs(uri, experiment.name, [finished[spec.key] for spec in specs])
     counts = SweepCounts(total=len(specs), skipped=len(specs), experiment_id=made_by.experiment_id)
-    return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, made_by=made_by.parents)
+    return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, made_by=made_by)
 
 
 def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:

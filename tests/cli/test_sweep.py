@@ -216,6 +216,16 @@ def test_which_sweeps_made_the_runs_reads_the_same_in_plain_sql_as_through_mlflo
         == sweeps_of_runs_mlflow(store_uri, "e2e", run_ids[:1]).parents
     )
     assert sweeps_of_runs(store_uri, "nothing", run_ids) == sweeps_of_runs_mlflow(store_uri, "nothing", run_ids)
+    # a sweep logged before prepared views has none: the no-op sweep points to its runs page instead
+    old, new = made.parents
+    experiment_id = client(store_uri).get_experiment_by_name("e2e").experiment_id
+    for view in ("charts", "runs"):
+        client(store_uri).delete_experiment_tag(experiment_id, f"mlflow.sharedViewState.tinytrain-{old}-{view}")
+    made = sweeps_of_runs(store_uri, "e2e", run_ids)
+    assert made == sweeps_of_runs_mlflow(store_uri, "e2e", run_ids) and made.with_views == {new}
+    again = cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet"])
+    assert f"Made by sweep run {old}; browse: `tinytrain ui`, then open http://127.0.0.1:5000/#/" in again.output
+    assert f"Made by sweep run {new}; browse: `tinytrain ui`, then open\n" in again.output
 
 
 def test_dry_run_lists_runs_marks_done_ones_and_writes_nothing(cli_runner, experiment_file, store_uri):

@@ -218,9 +218,12 @@ def show_done(outcome) -> None:
 
     command = ui_command(outcome.uri)
     opening = f"`{command}`, then open" if command else "open"
-    for parent in outcome.made_by:
-        click.echo(f"Made by sweep run {parent}; browse: {opening}")
-        click.echo("\n".join(outcome.links_of(parent).lines()))
+    for parent in outcome.made_by.parents:
+        if parent in outcome.made_by.with_views:
+            click.echo(f"Made by sweep run {parent}; browse: {opening}")
+            click.echo("\n".join(outcome.links_of(parent).lines()))
+        else:  # a sweep logged before prepared views
+            click.echo(f"Made by sweep run {parent}; browse: {opening} {outcome.runs_url_of(parent)}")
 
 
 def show_summary(outcome) -> None:

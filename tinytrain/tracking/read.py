@@ -103,6 +103,7 @@ class MadeBy:
 
     experiment_id: str
     parents: list[str]
+    with_views: frozenset[str] = frozenset()  # the parents that have prepared views (sweeps logged before: none)
 
 
 def sweeps_of_runs(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy:
@@ -124,7 +125,8 @@ def sweeps_of_runs(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy
         )
         for (parent,) in rows:
             made[parent] = made.get(parent, 0) + 1
-    return MadeBy(experiment_id, sorted(made, key=lambda parent: (-made[parent], parent)))
+    tags = query_sqlite(uri, "SELECT key FROM experiment_tags WHERE experiment_id = ?", (experiment_id,))
+    return _made_by(experiment_id, made, {key for (key,) in tags})
 
 
 def sweeps_of_runs_mlflow(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy:
@@ -137,7 +139,16 @@ def sweeps_of_runs_mlflow(uri: str, experiment_name: str, run_ids: list[str]) ->
             parent = run.data.tags.get(PARENT)
             if run.info.run_id in wanted and parent:
                 made[parent] = made.get(parent, 0) + 1
-    return MadeBy(experiment_id, sorted(made, key=lambda parent: (-made[parent], parent)))
+        tags = set(store.client.get_experiment(experiment_id).tags) if experiment_id else set()
+    return _made_by(experiment_id, made, tags)
+
+
+def _made_by(experiment_id: str, made: dict[str, int], experiment_tags: set[str]) -> MadeBy:
+    from tinytrain.tracking.views import CHARTS, view_tag
+
+    parents = sorted(made, key=lambda parent: (-made[parent], parent))
+    viewed = frozenset(parent for parent in parents if view_tag(parent, CHARTS) in experiment_tags)
+    return MadeBy(experiment_id, parents, viewed)
 
 
 @dataclass(frozen=True)
