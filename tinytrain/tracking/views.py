@@ -23,7 +23,9 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag of a shar
 CHARTS, RUNS = "charts", "runs"  # a sweep's two views
 MODEL_METRICS = "Model metrics"  # the UI's section of a run's own metrics (the other is "System metrics")
 DIVERGED = "diverged"
-NOT_CHARTED = ("initial_loss", "train_seconds", "steps_to_target")  # the same for every run, a timing, a column
+# Metrics the views leave uncharted (the UI would add a chart for each): the same for every run, a timing, and
+# the final loss and steps to target, which the table and the parallel coordinates show
+NOT_CHARTED = ("initial_loss", "train_seconds", "final_loss", "log10_final_loss", "steps_to_target")
 
 
 def view_key(parent_run_id: str, view: str) -> str:
