@@ -207,3 +207,12 @@ def test_the_charts_view_draws_a_log_scaled_loss_and_parallel_coordinates_withou
     ratios = {round(math.log10(high / low), 6) for low, high in zip(ticks, ticks[1:], strict=False)}
     assert len(ticks) >= 2 and len(ratios) == 1 and ratios.pop() >= 1, f"a linear loss axis: {ticks}"
     screenshot(url, ui["folder"] / "chrome-charts", "mlflow-ui-charts.png")
+
+
+def test_the_cell_summaries_link_shows_one_summary_run_per_cell_and_no_seed_run(ui):
+    dom = rendered(ui["links"][2], ui["folder"] / "chrome-cells", ["15 matching runs", "adam-lr0.01-median"])
+    text = text_of(dom)
+    assert "15 matching runs" in text
+    cells = {name.removesuffix("-median") for name in re.findall(r"\b[a-z-]+-lr[\d.e-]+-median\b", text)}
+    assert cells == {name.split("-seed")[0] for name in ui["runs"]}
+    assert "-seed0" not in text  # the summaries only, apart from the seed runs
