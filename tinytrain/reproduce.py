@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from tinytrain.engines.sequential import train
-from tinytrain.results import FINISHED, TIMING_METRICS, RunResult, current_outcome
+from tinytrain.results import FINISHED, TIMING_METRICS, VIEW_METRICS, RunResult, current_outcome
 from tinytrain.spec import RunSpec
 
 # What MLflow keeps of a non-finite metric: NaN as NaN, +-inf as +-the largest float.
@@ -132,8 +132,9 @@ def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -
 
 
 def compare_metrics(logged: dict[str, History], retrained: dict[str, History], verdict: Verdict) -> None:
-    """Every metric of either side but the timing ones; `loss` first, then by name."""
-    names = sorted((set(logged) | set(retrained)) - set(TIMING_METRICS), key=lambda name: (name != "loss", name))
+    """Every metric of either side but the timing ones and the UI's (derived from the loss); `loss` first."""
+    skipped = set(TIMING_METRICS) | set(VIEW_METRICS)
+    names = sorted((set(logged) | set(retrained)) - skipped, key=lambda name: (name != "loss", name))
     for name in names:
         if name not in logged:
             verdict.differences.append(

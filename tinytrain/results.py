@@ -7,6 +7,7 @@ to the writer process), so executors, tracking and reports can type and build re
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,20 @@ StateDict = dict[str, Any]  # parameter name -> tensor (torch.Tensor where train
 # Metrics that measure the machine, not the training: wall time is never the same twice, so `reproduce`
 # compares every logged metric but these.
 TIMING_METRICS = ("train_seconds",)
+# Metrics a finished run also logs for the MLflow UI's views, derived from its losses; `reproduce` checks the
+# losses they come from, not them (stores written before have none).
+VIEW_METRICS = ("log10_final_loss", "steps_to_target")
+TARGET = 1e-3  # the default loss that "time to target" waits for
+LOSS_FLOOR = 1e-45  # a final loss of exactly 0 counts as float32's smallest positive value in log10
+
+
+def log10_loss(loss: float) -> float:
+    return math.log10(max(loss, LOSS_FLOOR))
+
+
+def steps_to_target(losses: Sequence[float], target: float) -> int | None:
+    """The first step whose loss is at or below target; None if the run never got there."""
+    return next((step for step, loss in enumerate(losses) if loss <= target), None)
 
 
 @dataclass
@@ -56,6 +71,17 @@ class RunResult:
     @property
     def final_step(self) -> int:
         return len(self.losses) - 1
+
+    def view_metrics(self) -> dict[str, float]:
+        """VIEW_METRICS of a finished run: its final loss in decades (the UI's parallel coordinates have linear
+        axes) and the first step at or below TARGET, if it got there. None for a diverged or failed run."""
+        if self.outcome != FINISHED or not self.losses:
+            return {}
+        metrics = {"log10_final_loss": log10_loss(self.final_loss)}
+        reached = steps_to_target(self.losses, TARGET)
+        if reached is not None:
+            metrics["steps_to_target"] = float(reached)
+        return metrics
 
     def logged_metrics(self) -> dict[str, list[tuple[int, float]]]:
         """Every metric a run logs, name -> [(step, value)]: what the store writes and `reproduce` checks.

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
 from tinytrain.reports.summary import SweepSummary
+from tinytrain.results import DIVERGED
 from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.tracking import (
+    MadeBy,
     Recorder,
     SweepCounts,
     SweepRecorder,
     TrackingError,
     check_store,
     finished_keys_readonly,
+    is_http,
     runs_page_url,
     sweep_search,
 )
+from tinytrain.tracking.location import DEFAULT_UI_ADDRESS
+from tinytrain.tracking.views import SweepLinks, sweep_links
 
 
 @dataclass
@@ -37,6 +43,7 @@ class SweepOutcome:
     failures: list[str] = field(default_factory=list)
     engines: dict[str, int] = field(default_factory=dict)  # engine that trained them -> runs
     engine_notes: list[str] = field(default_factory=list)  # why a vmap cell trained sequentially, once each
+    made_by: MadeBy | None = None  # every cell was done: the sweeps (parent runs) that made them; nothing written
 
     def engine_line(self) -> str | None:
         """Which engine trained the runs, when the experiment asked for vmap (it may decide otherwise)."""
@@ -48,23 +55,24 @@ class SweepOutcome:
 
     @property
     def runs_url(self) -> str:
-        """The UI's page of this sweep's runs (one row each), or of the experiment for a run without a sweep."""
-        parent = self.counts.parent_run_id
-        return runs_page_url(self.uri, self.counts.experiment_id, search=parent and sweep_search(parent))
+        """The UI's page of the experiment's runs: for a run without a sweep."""
+        return runs_page_url(self.uri, self.counts.experiment_id)
 
     @property
-    def cells_url(self) -> str | None:
-        """The UI's charts of this sweep's cell summaries: median loss per cell, and the statistics."""
+    def links(self) -> SweepLinks | None:
+        """The UI's prepared views of this sweep (on the server it wrote to, or where `tinytrain ui` serves)."""
         parent = self.counts.parent_run_id
         if parent is None:
             return None
-        return runs_page_url(
-            self.uri,
-            self.counts.experiment_id,
-            search=sweep_search(parent, cells_only=True),
-            charts=True,
-            order_by="metrics.`rank`",
-        )
+        return self.links_of(parent)
+
+    def links_of(self, parent_run_id: str) -> SweepLinks:
+        address = self.uri if is_http(self.uri) else DEFAULT_UI_ADDRESS
+        return sweep_links(address, self.counts.experiment_id, parent_run_id)
+
+    def runs_url_of(self, parent_run_id: str) -> str:
+        """The UI's page of a sweep's runs, one row each: for a sweep logged before prepared views."""
+        return runs_page_url(self.uri, self.counts.experiment_id, search=sweep_search(parent_run_id))
 
 
 @dataclass
@@ -91,11 +99,14 @@ def run_sweep(
     with_parent: bool = True,
     progress: bool = True,
     background: bool = True,
+    record_when_done: bool = False,
 ) -> SweepOutcome:
     """Train every cell not yet finished and log it. Ctrl-C ends the current run as KILLED.
 
     With `background`, a writer process logs while this one trains (tracking/background.py); this process
-    then never imports MLflow. Without it, the same Recorder writes in this process.
+    then never imports MLflow. Without it, the same Recorder writes in this process. A sweep whose cells are
+    all done writes nothing (no parent run, no summaries) unless `record_when_done`: it reports the sweeps
+    that made them.
     """
     started_at = time.perf_counter()
     specs = experiment.specs()
@@ -103,6 +114,8 @@ def run_sweep(
     check_store(uri)
     finished = finished_keys_readonly(uri, experiment.name)
     todo = [spec for spec in specs if force or spec.key not in finished]
+    if specs and not todo and with_parent and not record_when_done:
+        return _nothing_to_train(experiment, uri, specs, finished, started_at)
     runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
     recorder = _recorder(uri, background)
     failures: list[str] = []
@@ -111,13 +124,13 @@ def run_sweep(
     status, interrupted, abandon = "FINISHED", False, False
     try:
         recorder.open(experiment, specs, finished, force, with_parent)
-        with _progress(len(specs), len(specs) - len(todo), enabled=progress) as advance:
-            for result in runner.run(todo, recorder.run_started):
+        with _progress(len(specs), len(specs) - len(todo), enabled=progress) as bar:
+            for result in runner.run(todo, bar.started(recorder.run_started)):
                 recorder.run_finished(result)
                 if result.error:
                     failures.append(f"{result.spec.run_name}: {result.error}")
                 _count_engine(result.runtime, engines, notes)
-                advance()
+                bar.finished(result.outcome)
     except KeyboardInterrupt:
         status, interrupted = "KILLED", True
     except BaseException as error:
@@ -131,6 +144,17 @@ def run_sweep(
     return SweepOutcome(
         experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures, engines, notes
     )
+
+
+def _nothing_to_train(
+    experiment: Experiment, uri: str, specs: list[RunSpec], finished: dict[str, str], started_at: float
+) -> SweepOutcome:
+    """Every cell is done: nothing is written; the outcome names the sweeps whose runs they are."""
+    from tinytrain.tracking import sweeps_of_runs
+
+    made_by = sweeps_of_runs(uri, experiment.name, [finished[spec.key] for spec in specs])
+    counts = SweepCounts(total=len(specs), skipped=len(specs), experiment_id=made_by.experiment_id)
+    return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, made_by=made_by)
 
 
 def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:
@@ -160,30 +184,37 @@ def _recorder(uri: str, background: bool) -> SweepRecorder:
 
 
 class _progress:
-    """A progress bar over the sweep's runs (done/total, elapsed, ETA), on stderr when it is a terminal."""
+    """A progress bar over the sweep's runs on stderr when it is a terminal: done/total, the cell training
+    now, the diverged runs so far, elapsed time and ETA (a spinner shows life while a first run starts)."""
 
     def __init__(self, total: int, already: int, enabled: bool):
         self.total, self.already = total, already
         self.enabled = enabled and sys.stderr.isatty() and total > already
         self.bar = None
+        self.task = None
+        self.diverged = 0
 
-    def __enter__(self):
+    def __enter__(self) -> _progress:
         if not self.enabled:
-            return lambda: None
+            return self
         from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
         self.bar = Progress(
+            SpinnerColumn(),
             TextColumn("runs"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[diverged]}"),
+            TextColumn("{task.fields[cell]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -191,11 +222,32 @@ class _progress:
             transient=False,
         )
         self.bar.start()
-        task = self.bar.add_task("runs", total=self.total, completed=self.already)
-        return lambda: self.bar.advance(task)
+        self.task = self.bar.add_task(
+            "runs", total=self.total, completed=self.already, cell="starting", diverged=self._diverged()
+        )
+        return self
+
+    def _diverged(self) -> str:
+        return f"[red]{self.diverged} diverged[/red]" if self.diverged else "0 diverged"
+
+    def started(self, record_start: Callable[[RunSpec], None]) -> Callable[[RunSpec], None]:
+        """The executor's start callback: records the start, and names the cell on the bar."""
+
+        def start(spec: RunSpec) -> None:
+            record_start(spec)
+            if self.bar is not None:
+                self.bar.update(self.task, cell=f"training {spec.run_name}")
+
+        return start
+
+    def finished(self, outcome: str) -> None:
+        self.diverged += outcome == DIVERGED
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, diverged=self._diverged())
 
     def __exit__(self, *exc_info):
         if self.bar is not None:
+            self.bar.update(self.task, cell="")
             self.bar.stop()
         return False
 
@@ -251,6 +303,7 @@ def sweep_until_separated(experiment: Experiment, uri: str, max_seeds: int, **op
     from tinytrain.tracking import read_sweep
 
     started = time.perf_counter()
+    options["record_when_done"] = True  # each round's parent keeps the experiment its comparison reads
     rounds = [run_sweep(experiment, uri, **options)]
     while True:
         outcome = rounds[-1]

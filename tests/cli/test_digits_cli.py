@@ -64,9 +64,25 @@ def test_each_run_logs_test_metrics_and_the_new_settings(store):
 
 
 def test_a_second_sweep_resumes_every_cell(store):
+    before = len(client(store["uri"]).search_runs([experiment_id(store)]))
     result = invoke(["sweep", str(store["grid"]), "--quiet", "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
-    assert f"{CELLS} runs: 0 trained (0 finished, 0 diverged, 0 failed), {CELLS} already done" in result.output
+    assert result.output.startswith(f"{NAME}: every cell is done ({CELLS} runs in ")
+    assert len(client(store["uri"]).search_runs([experiment_id(store)])) == before  # nothing added
+
+
+def experiment_id(store) -> str:
+    return client(store["uri"]).get_experiment_by_name(NAME).experiment_id
+
+
+def test_the_prepared_views_chart_the_test_accuracy(store):
+    tags = client(store["uri"]).get_experiment(experiment_id(store)).tags
+    views = [json.loads(value) for key, value in tags.items() if key.startswith("mlflow.sharedViewState.")]
+    assert len(views) == 2
+    for view in views:
+        (parallel,) = [chart for chart in view["compareRunCharts"] if chart["type"] == "PARALLEL"]
+        assert parallel["selectedMetrics"] == ["final_test_accuracy"]
+        assert "metrics.`final_test_accuracy`" in view["selectedColumns"]
 
 
 def test_compare_on_test_accuracy_ranks_the_highest_mean_first(store):

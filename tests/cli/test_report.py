@@ -33,17 +33,24 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A SQLite store with two sweeps of GRID: the first trains every cell, the second skips them all."""
+    """A SQLite store with two sweeps of GRID: the first trains every cell, the second skips them all.
+
+    The second is recorded as --until-separated records its rounds (`tinytrain sweep` of a finished grid
+    writes nothing): a parent run and cell summaries over runs that another sweep made.
+    """
+    from tinytrain.spec import load_experiment
+    from tinytrain.sweep import run_sweep
+
     folder = tmp_path_factory.mktemp("report")
     uri = resolve_tracking_uri(str(folder / "store" / "mlflow.db"))
     grid = folder / "grid.toml"
     grid.write_text(GRID)
-    sweeps = []
-    for _ in range(2):
-        result = invoke(["sweep", str(grid), "--quiet", "--tracking-uri", uri])
-        assert result.exit_code == 0, result.output
-        sweeps.append(result.output.split("(sweep run ")[1].split(")")[0])
-    return {"uri": uri, "first": sweeps[0], "second": sweeps[1], "folder": folder}
+    result = invoke(["sweep", str(grid), "--quiet", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    first = result.output.split("(sweep run ")[1].split(")")[0]
+    second = run_sweep(load_experiment(str(grid), []), uri, progress=False, record_when_done=True)
+    assert second.counts.skipped == 12 and second.counts.parent_run_id not in (None, first)
+    return {"uri": uri, "first": first, "second": second.counts.parent_run_id, "folder": folder}
 
 
 def compare(store, *args: str, sweep: str | None = None) -> str:

@@ -34,6 +34,14 @@ def store_digest(uri: str) -> str | None:
     return digest.hexdigest()
 
 
+def database_bytes(uri: str) -> bytes:
+    """The store's database and its write-ahead log: every committed write changes one of them (a reader
+    may change the shared-memory index beside them, which holds no data)."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    wal = path.with_name(path.name + "-wal")
+    return path.read_bytes() + b"|wal|" + (wal.read_bytes() if wal.exists() else b"")
+
+
 @pytest.fixture
 def swept(cli_runner, experiment_file, store_uri):
     result = cli_runner.invoke(cli, ["sweep", experiment_file(GRID, "grid.toml"), "--quiet"])
@@ -132,11 +140,92 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(swept, store_uri):
         assert all(math.isfinite(m.value) and m.value <= 1e3 * first for m in history[:-1])
 
 
-def test_a_second_sweep_skips_every_finished_cell(swept, cli_runner, store_uri):
+def test_a_second_sweep_of_a_finished_grid_writes_nothing_and_points_to_the_sweep_that_made_it(
+    swept, cli_runner, store_uri
+):
+    parent = swept.output.split("(sweep run ")[1].split(")")[0]
+    before = database_bytes(store_uri)
     again = cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet"])
     assert again.exit_code == 0, again.output
-    assert "8 runs: 0 trained (0 finished, 0 diverged, 0 failed), 8 already done" in again.output
-    assert len(children(store_uri)) == 8
+    assert again.output.startswith("e2e: every cell is done (8 runs in ")
+    assert "nothing trained, nothing written" in again.output
+    assert f"Made by sweep run {parent}; browse: `tinytrain ui`, then open" in again.output
+    assert f"viewStateShareKey=tinytrain-{parent}-charts" in again.output
+    assert database_bytes(store_uri) == before  # no parent run, no cell summaries: not a byte
+    assert len(children(store_uri)) == 8 and len(runs_of(store_uri)) == 8 + 1 + 4
+
+
+def test_a_sweep_writes_its_prepared_views_and_prints_the_links_that_open_them(swept, store_uri):
+    """Two experiment tags, MLflow's shared view state as plain JSON, named by the printed links' share keys."""
+    import json
+
+    parent = swept.output.split("(sweep run ")[1].split(")")[0]
+    experiment = client(store_uri).get_experiment_by_name("e2e")
+    views = {
+        key.removeprefix("mlflow.sharedViewState."): json.loads(value)
+        for key, value in experiment.tags.items()
+        if key.startswith("mlflow.sharedViewState.")
+    }
+    assert set(views) == {f"tinytrain-{parent}-charts", f"tinytrain-{parent}-runs"}
+    for key in views:
+        assert f"viewStateShareKey={key}&" in swept.output
+    charts = views[f"tinytrain-{parent}-charts"]
+    shown = client(store_uri).search_runs([experiment.experiment_id], charts["searchFilter"])
+    assert sorted(run.info.run_name for run in shown) == sorted(
+        f"{optimizer}-lr0.01-seed{seed}" for optimizer in ("sgd", "adam") for seed in (0, 1)
+    )  # the runs that did not diverge; no cell summary, no parent
+    listed = client(store_uri).search_runs(
+        [experiment.experiment_id], views[f"tinytrain-{parent}-runs"]["searchFilter"]
+    )
+    assert len(listed) == 8 and {run.data.tags["tinytrain.kind"] for run in listed} == {"run"}
+    assert charts["groupBy"]["groupByKeys"] == [
+        {"mode": "param", "groupByData": "optimizer"},
+        {"mode": "param", "groupByData": "lr"},
+    ]
+    lines = swept.output.splitlines()
+    browse = lines.index("Browse: `tinytrain ui`, then open")  # the test's store is this folder's default
+    assert [line.split(": ")[0].strip() for line in lines[browse + 1 : browse + 4]] == [
+        "charts of its runs (diverged runs left out)",
+        "every run, grouped by cell",
+        "cell summaries (median curves, ranks)",
+    ]
+
+
+def test_a_diverged_run_says_so_in_its_name_and_keeps_its_numbers(swept, store_uri):
+    for run in children(store_uri):
+        spec_name = f"{run.data.params['optimizer']}-lr{float(run.data.params['lr']):g}-seed{run.data.params['seed']}"
+        diverged = run.data.tags["tinytrain.outcome"] == "diverged"
+        assert run.info.run_name == (f"{spec_name} (diverged)" if diverged else spec_name)
+        assert run.info.status == "FINISHED"  # still a finished cell: resume skips it
+        if diverged:
+            history = client(store_uri).get_metric_history(run.info.run_id, "loss")
+            assert max(metric.value for metric in history) > 1e3 * run.data.metrics["initial_loss"]
+
+
+def test_which_sweeps_made_the_runs_reads_the_same_in_plain_sql_as_through_mlflow(swept, cli_runner, store_uri):
+    from tinytrain.tracking.read import sweeps_of_runs, sweeps_of_runs_mlflow
+
+    cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet", "--force", "--set", "optimizer=adam"])  # 4 more
+    run_ids = [run.info.run_id for run in children(store_uri)]
+    assert len(run_ids) == 8  # the replaced ones are deleted
+    made = sweeps_of_runs(store_uri, "e2e", run_ids)
+    assert made == sweeps_of_runs_mlflow(store_uri, "e2e", run_ids)
+    assert len(made.parents) == 2
+    assert (
+        sweeps_of_runs(store_uri, "e2e", run_ids[:1]).parents
+        == sweeps_of_runs_mlflow(store_uri, "e2e", run_ids[:1]).parents
+    )
+    assert sweeps_of_runs(store_uri, "nothing", run_ids) == sweeps_of_runs_mlflow(store_uri, "nothing", run_ids)
+    # a sweep logged before prepared views has none: the no-op sweep points to its runs page instead
+    old, new = made.parents
+    experiment_id = client(store_uri).get_experiment_by_name("e2e").experiment_id
+    for view in ("charts", "runs"):
+        client(store_uri).delete_experiment_tag(experiment_id, f"mlflow.sharedViewState.tinytrain-{old}-{view}")
+    made = sweeps_of_runs(store_uri, "e2e", run_ids)
+    assert made == sweeps_of_runs_mlflow(store_uri, "e2e", run_ids) and made.with_views == {new}
+    again = cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet"])
+    assert f"Made by sweep run {old}; browse: `tinytrain ui`, then open http://127.0.0.1:5000/#/" in again.output
+    assert f"Made by sweep run {new}; browse: `tinytrain ui`, then open\n" in again.output
 
 
 def test_dry_run_lists_runs_marks_done_ones_and_writes_nothing(cli_runner, experiment_file, store_uri):

@@ -19,18 +19,24 @@ def ui(tracking_uri, port, host):
 
     \b
     Example:
-        tinytrain ui --port 5000   # then open the runs page it prints
+        tinytrain ui --port 5000   # then open the links it prints: each experiment's latest sweep
     """
     import os
 
-    from tinytrain.tracking import experiments_readonly, runs_page_url, server_command
+    from tinytrain.tracking import latest_sweeps, runs_page_url, server_command
+    from tinytrain.tracking.location import ui_address
+    from tinytrain.tracking.views import sweep_links
 
     uri = resolved_uri(tracking_uri)
     command, env = server_command(uri, host, port)
-    address = f"http://{host}:{port}"
+    address = ui_address(host, port)
     click.echo(f"MLflow UI on {uri} at {address} (it takes a few seconds to start; Ctrl-C stops it)")
-    for experiment_id, name in experiments_readonly(uri):
-        click.echo(f"  {name}: {runs_page_url(uri, experiment_id, address)}")
+    for sweep in latest_sweeps(uri):
+        if sweep.has_views:
+            click.echo(f"  {sweep.name}, its latest sweep (run {sweep.parent_run_id}):")
+            click.echo("\n".join(sweep_links(address, sweep.experiment_id, sweep.parent_run_id).lines()))
+        else:
+            click.echo(f"  {sweep.name}: {runs_page_url(uri, sweep.experiment_id, address)}")
     sys.stdout.flush()
     os.execve(command[0], command, env)
 

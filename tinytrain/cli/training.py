@@ -17,7 +17,6 @@ from tinytrain.cli.common import (
 from tinytrain.executors.base import EXECUTORS
 from tinytrain.spec import ENGINES, load_experiment
 from tinytrain.spec.catalogue import PROBLEMS
-from tinytrain.tracking.location import is_http
 
 
 @click.command()
@@ -199,14 +198,38 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
 
 def browse_line(outcome) -> str:
-    """Where to see the runs in the UI: a sweep's cells (charts), and every run of it, one row each."""
-    opening = "open" if is_http(outcome.uri) else "`make ui`, then open"
-    if outcome.cells_url is None:
+    """Where to see the runs in the UI: a sweep's prepared views (its charts, every run, its cell summaries)."""
+    from tinytrain.tracking.location import ui_command
+
+    command = ui_command(outcome.uri)
+    opening = f"`{command}`, then open" if command else "open"
+    if outcome.links is None:
         return f"Browse: {opening} {outcome.runs_url}"
-    return f"Browse: {opening} {outcome.cells_url}\n  every run of this sweep: {outcome.runs_url}"
+    return "\n".join([f"Browse: {opening}", *outcome.links.lines()])
+
+
+def show_done(outcome) -> None:
+    """A sweep whose cells were all done: it wrote nothing; the links of the sweeps that made them."""
+    click.echo(
+        f"{outcome.experiment.name}: every cell is done ({outcome.counts.total} runs in {outcome.uri}); "
+        "nothing trained, nothing written (--force trains them again)."
+    )
+    from tinytrain.tracking.location import ui_command
+
+    command = ui_command(outcome.uri)
+    opening = f"`{command}`, then open" if command else "open"
+    for parent in outcome.made_by.parents:
+        if parent in outcome.made_by.with_views:
+            click.echo(f"Made by sweep run {parent}; browse: {opening}")
+            click.echo("\n".join(outcome.links_of(parent).lines()))
+        else:  # a sweep logged before prepared views
+            click.echo(f"Made by sweep run {parent}; browse: {opening} {outcome.runs_url_of(parent)}")
 
 
 def show_summary(outcome) -> None:
+    if outcome.made_by is not None:
+        show_done(outcome)
+        return
     counts = outcome.counts
     ran = counts.finished + counts.diverged + counts.failed
     click.echo(

@@ -32,25 +32,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tinytrain.results import LOSS_FLOOR, TARGET, log10_loss, steps_to_target  # noqa: F401 - stats' own names
+
 if TYPE_CHECKING:
     from tinytrain.tracking import CellRun
 
-TARGET = 1e-3  # the default loss that "time to target" waits for
 ALPHA = 0.05  # corrected p-values at or above it: cannot be told apart
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 9999
 CONFIDENCE = 0.95
-LOSS_FLOOR = 1e-45  # a final loss of exactly 0 counts as float32's smallest positive value in log10
 LOG10_DIVERGED = math.log10(sys.float_info.max)  # a diverged run in the paired comparison
-
-
-def log10_loss(loss: float) -> float:
-    return math.log10(max(loss, LOSS_FLOOR))
-
-
-def steps_to_target(losses: Sequence[float], target: float) -> int | None:
-    """The first step whose loss is at or below target; None if the run never got there."""
-    return next((step for step, loss in enumerate(losses) if loss <= target), None)
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,16 @@ from tinytrain.tracking.location import (
 from tinytrain.tracking.logged import LoggedRun, read_logged_run
 from tinytrain.tracking.read import (
     CellRun,
+    LatestSweep,
+    MadeBy,
     SweepRecord,
     finished_keys_readonly,
+    latest_sweeps,
     read_losses,
     read_sweep,
     read_sweep_experiment,
     sweep_record,
+    sweeps_of_runs,
 )
 from tinytrain.tracking.recorder import CellSummaryRun, Recorder, SweepCounts, SweepRecorder, SweepSummary
 from tinytrain.tracking.sqlite import create_store_from_template, experiments_readonly, template_cache
@@ -45,7 +49,9 @@ from tinytrain.tracking.store import Store
 __all__ = [
     "CellRun",
     "CellSummaryRun",
+    "LatestSweep",
     "LoggedRun",
+    "MadeBy",
     "Recorder",
     "Store",
     "SweepCounts",
@@ -59,6 +65,7 @@ __all__ = [
     "experiments_readonly",
     "finished_keys_readonly",
     "is_http",
+    "latest_sweeps",
     "read_logged_run",
     "read_losses",
     "read_sweep",
@@ -69,5 +76,6 @@ __all__ = [
     "sqlite_path",
     "sweep_record",
     "sweep_search",
+    "sweeps_of_runs",
     "template_cache",
 ]

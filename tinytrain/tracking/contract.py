@@ -17,6 +17,7 @@ CELL_SUMMARY = "cell"  # KIND of a sweep's summary of one (optimizer, lr) cell o
 OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, to find runs left RUNNING
 ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"  # a diverged run's name says so: "adam-lr0.1-seed0 (diverged)"
 
 # the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
 FINISHED_OUTCOMES = ("finished", "diverged", "converged")

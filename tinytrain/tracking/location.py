@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tinytrain.tracking.contract import CELL_SUMMARY, KIND, PARENT, TrackingError
+from tinytrain.tracking.contract import CELL_SUMMARY, KIND, PARENT, RUN_NAME_TAG, TrackingError
 
 DEFAULT_STORE = Path("mlruns") / "mlflow.db"
 # MLflow 3 sends usage telemetry from every process that imports it; a research tool should not phone home.
@@ -78,13 +78,14 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
         raise TrackingError(f"the store folder {folder} is not writable: fix its permissions or use --tracking-uri")
 
 
-RUN_NAME_ORDER = "tags.`mlflow.runName`"  # how the UI names its run-name sort
+RUN_NAME_ORDER = f"tags.`{RUN_NAME_TAG}`"  # how the UI names its run-name sort
+DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"  # where `tinytrain ui` (and `make ui`) serve by default
 
 
 def runs_page_url(
     uri: str,
     experiment_id: str,
-    ui_address: str = "http://127.0.0.1:5000",
+    ui_address: str = DEFAULT_UI_ADDRESS,
     search: str | None = None,
     charts: bool = False,
     order_by: str = RUN_NAME_ORDER,
@@ -111,6 +112,30 @@ def sweep_search(parent_run_id: str, cells_only: bool = False) -> str:
     """The MLflow filter of a sweep's runs (its cells' runs and summaries), or of its cell summaries only."""
     search = f"tags.`{PARENT}` = '{parent_run_id}'"
     return search + f" and tags.`{KIND}` = '{CELL_SUMMARY}'" if cells_only else search
+
+
+def ui_address(host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The address a browser opens for a UI served on host:port (all interfaces: this machine's name)."""
+    if host in ("0.0.0.0", "::"):
+        import socket
+
+        host = socket.getfqdn()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves a SQLite store's UI at DEFAULT_UI_ADDRESS (None for a server: it is one).
+
+    Plain `tinytrain ui` where that opens this store (the default store, or MLFLOW_TRACKING_URI), else with
+    --tracking-uri: `make ui` serves mlruns/ only.
+    """
+    if is_http(uri):
+        return None
+    if resolve_tracking_uri(None) == uri:
+        return "tinytrain ui"
+    import shlex
+
+    return f"tinytrain ui --tracking-uri {shlex.quote(uri)}"
 
 
 def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict[str, str]]:

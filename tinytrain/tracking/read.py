@@ -20,6 +20,7 @@ from tinytrain.tracking.contract import (
     KIND,
     LOSS,
     OUTCOME,
+    PARENT,
     RUN_KEY,
     TrackingError,
 )
@@ -94,6 +95,90 @@ def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
         token = page.get("next_page_token")
         if not token:
             return finished
+
+
+@dataclass(frozen=True)
+class MadeBy:
+    """The sweeps whose runs a set of finished runs are: parent run ids, the one with the most runs first."""
+
+    experiment_id: str
+    parents: list[str]
+    with_views: frozenset[str] = frozenset()  # the parents that have prepared views (sweeps logged before: none)
+
+
+def sweeps_of_runs(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy:
+    """Which sweeps (parent runs) made these runs of an experiment: a sweep that finds every cell done reads
+    it, to print the links of the sweeps that made them. Plain SQL on a SQLite store (nothing written, MLflow
+    not imported; held equal to sweeps_of_runs_mlflow by a test), MLflow's client on a server."""
+    if is_http(uri):
+        return sweeps_of_runs_mlflow(uri, experiment_name, run_ids)
+    experiment_id = experiment_id_readonly(uri, experiment_name) or ""
+    made: dict[str, int] = {}
+    for start in range(0, len(run_ids), 500):  # SQLite takes up to 999 parameters
+        chunk = run_ids[start : start + 500]
+        rows = query_sqlite(
+            uri,
+            f"""SELECT tags.value FROM tags JOIN runs ON runs.run_uuid = tags.run_uuid
+                WHERE tags.key = ? AND runs.lifecycle_stage = 'active' AND runs.experiment_id = ?
+                  AND tags.run_uuid IN ({", ".join("?" * len(chunk))})""",
+            (PARENT, experiment_id, *chunk),
+        )
+        for (parent,) in rows:
+            made[parent] = made.get(parent, 0) + 1
+    tags = query_sqlite(uri, "SELECT key FROM experiment_tags WHERE experiment_id = ?", (experiment_id,))
+    return _made_by(experiment_id, made, {key for (key,) in tags})
+
+
+def sweeps_of_runs_mlflow(uri: str, experiment_name: str, run_ids: list[str]) -> MadeBy:
+    """sweeps_of_runs through MLflow's search."""
+    wanted = set(run_ids)
+    with Store(uri) as store:
+        experiment_id = store.experiment_id(experiment_name, create=False) or ""
+        made: dict[str, int] = {}
+        for run in store.search(experiment_id, f"tags.`{KIND}` = 'run'") if experiment_id else []:
+            parent = run.data.tags.get(PARENT)
+            if run.info.run_id in wanted and parent:
+                made[parent] = made.get(parent, 0) + 1
+        tags = set(store.client.get_experiment(experiment_id).tags) if experiment_id else set()
+    return _made_by(experiment_id, made, tags)
+
+
+def _made_by(experiment_id: str, made: dict[str, int], experiment_tags: set[str]) -> MadeBy:
+    from tinytrain.tracking.views import CHARTS, view_tag
+
+    parents = sorted(made, key=lambda parent: (-made[parent], parent))
+    viewed = frozenset(parent for parent in parents if view_tag(parent, CHARTS) in experiment_tags)
+    return MadeBy(experiment_id, parents, viewed)
+
+
+@dataclass(frozen=True)
+class LatestSweep:
+    """An experiment of a store, its latest sweep (parent run id, or None) and whether it has prepared views."""
+
+    experiment_id: str
+    name: str
+    parent_run_id: str | None
+    has_views: bool
+
+
+def latest_sweeps(uri: str) -> list[LatestSweep]:
+    """Each active experiment that holds runs, with its latest sweep, through MLflow's client (for `tinytrain ui`,
+    which starts MLflow's server next anyway)."""
+    from tinytrain.tracking.views import CHARTS, view_tag
+
+    latest = []
+    with Store(uri) as store:
+        for experiment in store.client.search_experiments():
+            runs = store.client.search_runs([experiment.experiment_id], max_results=1)
+            if not runs:
+                continue
+            sweeps = store.client.search_runs(
+                [experiment.experiment_id], f"tags.`{KIND}` = 'sweep'", max_results=1, order_by=["start_time DESC"]
+            )
+            parent = sweeps[0].info.run_id if sweeps else None
+            views = parent is not None and view_tag(parent, CHARTS) in experiment.tags
+            latest.append(LatestSweep(experiment.experiment_id, experiment.name, parent, views))
+    return sorted(latest, key=lambda sweep: int(sweep.experiment_id) if sweep.experiment_id.isdigit() else 0)
 
 
 def read_losses(uri: str, run_id: str) -> list[float]:

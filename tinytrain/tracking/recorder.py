@@ -26,6 +26,7 @@ from tinytrain.tracking.provenance import environment
 from tinytrain.tracking.read import SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.sqlite import checkpoint_sqlite
 from tinytrain.tracking.store import Store
+from tinytrain.tracking.views import view_tags
 
 
 @dataclass
@@ -142,6 +143,7 @@ class Recorder:
         self.environment: dict[str, str] = {}
         self.experiment: Experiment | None = None
         self.logged_losses: dict[str, tuple[float, ...]] = {}  # key -> losses of the runs this sweep wrote
+        self.final_metric = "final_loss"  # what the sweep's views show; final_test_accuracy where runs have it
 
     def open(
         self,
@@ -170,6 +172,12 @@ class Recorder:
         if with_parent:
             self.parent_run_id = self.store.start_sweep(experiment_id, experiment, len(specs), self.environment)
             self.counts.parent_run_id = self.parent_run_id
+            self._write_views()
+
+    def _write_views(self) -> None:
+        """The UI's prepared views of this sweep (views.py), as experiment tags: grouped by the grid's axes."""
+        axes = ["optimizer", "lr", *(axis for axis in self.experiment.grid if axis not in ("optimizer", "lr", "seed"))]
+        self.store.set_experiment_tags(self.experiment_id, view_tags(self.parent_run_id, axes, self.final_metric))
 
     def run_started(self, spec: RunSpec) -> None:
         self.run_ids[spec.key] = self.store.start_run(self.experiment_id, self.parent_run_id, spec, self.environment)
@@ -186,6 +194,10 @@ class Recorder:
             math.copysign(sys.float_info.max, v) if math.isinf(v) else v for v in result.losses
         )  # as MLflow stores them
         setattr(self.counts, result.outcome, getattr(self.counts, result.outcome) + 1)
+        if "test_accuracy" in result.metrics and self.final_metric != "final_test_accuracy":
+            self.final_metric = "final_test_accuracy"  # a problem with a test set is compared on it
+            if self.parent_run_id:
+                self._write_views()
         if result.outcome != FAILED and key in self.replace:
             self.store.delete_run(self.replace.pop(key))  # soft delete: one finished run per cell
             self.counts.replaced += 1

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tinytrain.results import FAILED, RunResult
+from tinytrain.results import DIVERGED, FAILED, RunResult
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.artifacts import ArtifactFolder, ServerArtifactsOnSqlite
 from tinytrain.tracking.contract import (
@@ -28,6 +28,7 @@ from tinytrain.tracking.contract import (
     OWNER,
     PARENT,
     RUN_KEY,
+    RUN_NAME_TAG,
     TrackingError,
 )
 from tinytrain.tracking.location import NO_TELEMETRY, artifact_root, is_http
@@ -40,6 +41,11 @@ def model_name(spec: RunSpec, step: int | None = None) -> str:
     for run adam-lr0.001-seed0 (MLflow forbids '.', '/', ':', '%' and quotes in a model's name)."""
     name = spec.run_name.replace(".", "_")
     return name if step is None else f"{name}-step{step}"
+
+
+def diverged_run_name(spec: RunSpec) -> str:
+    """The UI's name of a run that diverged: adam-lr0.1-seed0 (diverged)."""
+    return f"{spec.run_name} (diverged)"
 
 
 class Store:
@@ -104,6 +110,11 @@ class Store:
             if experiment is None:
                 raise
             return experiment.experiment_id
+
+    def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        """Experiment tags, such as the UI's prepared views of a sweep (views.py)."""
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment_id, key, value)
 
     # reading -----------------------------------------------------------------------------------------
     def search(self, experiment_id: str, filter_string: str = "") -> list[Any]:
@@ -173,6 +184,7 @@ class Store:
                 for name, history in result.logged_metrics().items()
                 for step, value in history
             ]
+            metrics += [Metric(name, value, now, 0) for name, value in result.view_metrics().items()]
             params = [Param(key, value) for key, value in result.spec.params().items()]
             tags = [RunTag(OUTCOME, result.outcome)]
             tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
@@ -188,6 +200,8 @@ class Store:
             raise
         for model_id in models.values():
             self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+        if result.outcome == DIVERGED:  # at a glance in the UI's tables; the run's key and numbers stay as logged
+            self.client.set_tag(run_id, RUN_NAME_TAG, diverged_run_name(result.spec))
         self.client.set_terminated(run_id, "FAILED" if result.outcome == FAILED else "FINISHED")
 
     def log_checkpoints(self, run_id: str, result: RunResult, experiment_id: str) -> dict[int, str]:
