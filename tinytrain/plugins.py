@@ -77,11 +77,10 @@ def load_class(path: str, what: str) -> type:
 
 
 def optimizer_class(path: str) -> type:
-    """The torch.optim.Optimizer subclass at path (imports torch)."""
-    import torch
-
+    """The torch.optim.Optimizer subclass at path (imports torch only if the plugin's module did)."""
     found = load_class(path, "optimizer")
-    if not issubclass(found, torch.optim.Optimizer):
+    # A module that did not import torch.optim holds no subclass of its Optimizer: say so without torch.
+    if "torch.optim" not in sys.modules or not issubclass(found, sys.modules["torch.optim"].Optimizer):
         raise PluginError(
             f"optimizer {path!r} is not a torch.optim.Optimizer subclass: name a class derived from "
             "torch.optim.Optimizer"
