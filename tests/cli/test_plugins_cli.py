@@ -126,3 +126,18 @@ def test_a_plugin_that_raises_while_constructing_is_a_failed_run_and_the_sweep_g
     failed = [run for run in runs if run.data.tags["tinytrain.outcome"] == "failed"]
     assert len(runs) == 6 and len(failed) == 2
     assert {run.data.tags["tinytrain.error"] for run in failed} == {"RuntimeError: this optimizer cannot be built"}
+
+
+def test_the_catalogue_command_lists_installed_plugins_without_importing_them(plugin_path):  # noqa: F811
+    result = invoke(["optimizers"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].split() == [
+        "halfstep",
+        "myoptim:HalfStep",
+        "(plugin,",
+        "entry",
+        "point",
+        "of",
+        "tinytrain.optimizers)",
+    ]
+    assert "myoptim" not in sys.modules

@@ -124,6 +124,8 @@ def optimizers():
     """List the optimizers an experiment can name, with their default lr and hyperparameters.
 
     A variant fixes some of them: [optimizers.NAME] type = "sgd", momentum = 0.9 (see the README).
+    Installed plugins (entry points of tinytrain.optimizers) are listed last; any torch.optim.Optimizer
+    subclass can also be a variant's type as "package.module:Class" (docs/plugins.md).
 
     \b
     Example:
@@ -142,3 +144,7 @@ def optimizers():
     click.echo(
         f"muon trains {', '.join(MUON_PARAMETERS)} and its AdamW (adamw_*) the other {len(ADAMW_WITH_MUON)} tensors."
     )
+    from tinytrain.plugins import OPTIMIZER_GROUP, entry_points
+
+    for name, path in sorted(entry_points(OPTIMIZER_GROUP).items()):  # read from metadata: nothing imported
+        click.echo(f"{name:<19} {path} (plugin, entry point of {OPTIMIZER_GROUP})")
