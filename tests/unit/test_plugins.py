@@ -36,6 +36,16 @@ class HalfStep(torch.optim.Optimizer):
                     parameter.add_(torch.sign(parameter.grad), alpha=-group["lr"] * group["scale"])
 
 
+class Counts(torch.optim.Optimizer):
+    """A hyperparameter whose name is also one of the run's own params (steps)."""
+
+    def __init__(self, params, lr=0.1, steps=3):
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure=None):
+        pass
+
+
 class NeedsBeta(torch.optim.Optimizer):
     def __init__(self, params, beta, lr=0.1):
         super().__init__(params, {"lr": lr})
@@ -344,3 +354,10 @@ def test_a_worker_without_the_plugin_fails_the_run_in_one_line(plugin_path, monk
     assert result.outcome == "failed"
     assert result.error.startswith("PluginError: optimizer 'myoptim:HalfStep': no module named 'myoptim' here")
     assert "\n" not in result.error
+
+
+def test_a_hyperparameter_named_like_a_setting_is_logged_apart_and_read_back(plugin_path):
+    (spec,) = experiment(GRID.replace("HalfStep", "Counts") + "steps = 5\n").specs()
+    params = spec.params()
+    assert (params["steps"], params["optimizer.steps"]) == ("3", "5")  # the run's steps, the optimizer's
+    assert RunSpec.from_params(params) == spec
