@@ -96,10 +96,12 @@ class RunSpec:
             params["adamw_parameters"] = ",".join(ADAMW_WITH_MUON)
         if self.diverge_above is not None:
             params["diverge_above"] = repr(self.diverge_above)
-        if self.kind not in OPTIMIZERS:  # a plugin's: read back from here, without importing it
+        plugin = self.kind not in OPTIMIZERS
+        if plugin:  # read back from here (from_params), without importing the plugin
             params["plugin_hyperparameters"] = to_json(dict(self.hyperparameters))
         for name, value in self.hyperparameters:
-            params[f"optimizer.{name}" if name in params else name] = hyperparameters.as_param(value)
+            # a plugin's hyperparameter named like one of the run's params (steps, seed, ...) is logged apart
+            params[f"optimizer.{name}" if plugin and name in params else name] = hyperparameters.as_param(value)
         if self.problem_settings:
             params["problem_settings"] = to_json(dict(self.problem_settings))
             params.update({f"problem.{name}": hyperparameters.as_param(value) for name, value in self.problem_settings})
