@@ -141,3 +141,17 @@ def test_the_catalogue_command_lists_installed_plugins_without_importing_them(pl
         "tinytrain.optimizers)",
     ]
     assert "myoptim" not in sys.modules
+
+
+def test_gradcheck_and_run_take_a_plugin_problem(plugin_path, store_uri):  # noqa: F811
+    options = ["--loss", "cross_entropy", "--batch-size", "4", "--entries", "20", "--tolerance", "1e-3"]
+    checked = invoke(["gradcheck", "--problem", "stripes", *options])
+    assert checked.exit_code == 0, checked.output
+    assert "data: stripes, cross_entropy, a fixed batch of 4" in checked.output
+    assert checked.output.strip().endswith("gradcheck passed: every tensor within 0.001")
+    misspelt = invoke(["gradcheck", "--problem", "strpes"])
+    assert misspelt.exit_code == 2
+    assert "unknown problem 'strpes' (did you mean 'stripes'?)" in misspelt.output
+    ran = invoke(["run", "--optimizer", "halfstep", "--lr", "0.01", "--steps", "2", "--problem", "stripes"])
+    assert ran.exit_code == 0, ran.output
+    assert ran.output.startswith("halfstep-lr0.01-seed0: loss ")
