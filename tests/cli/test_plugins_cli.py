@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import children, invoke
+from tests.conftest import children, invoke, runs_of
 from tests.unit.test_plugins import plugin_path  # noqa: F401 - the fixture
 from tinytrain import plugins
 
@@ -91,6 +91,10 @@ def test_a_store_made_with_plugins_reads_back_without_them_and_reproduces_with_t
     compared = invoke(["compare", "--experiment", "e2e"])
     assert compared.exit_code == 0, compared.output
     assert all(name in compared.output for name in ("halfstep", "mine", "adam"))
+    parent = next(run for run in runs_of(store_uri) if run.data.tags.get("tinytrain.kind") == "sweep")
+    resumed = invoke(["sweep", "--from-run", parent.info.run_id, "--dry-run"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "e2e: 6 runs, 0 to run, 6 already done" in resumed.output  # the same keys, from the record alone
     plotted = invoke(["plot", "--experiment", "e2e", "--out", "curves.png"])
     assert plotted.exit_code == 0, plotted.output
     assert Path("curves.png").stat().st_size > 0
