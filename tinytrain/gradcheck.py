@@ -36,11 +36,18 @@ def gradient_check(
 
     Each checked entry's relative error is |fd - ad| / max(|fd|, |ad|, 1e-10). With entries_per_tensor,
     a fixed random sample of each larger tensor is checked (None: every entry; about a minute for LeNet).
-    The data is the problem's fixed batch: the one-sample input, or the first batch_size training images.
+    The data is the problem's fixed batch: the one-sample input, or the first batch_size training images;
+    a plugin problem's fixed_batch() at its default settings, with its own net if it brings one.
     """
-    from tinytrain.model import LeNet
-    from tinytrain.problems import loss_function, make_problem
+    from tinytrain.problems import loss_function, make_net, make_problem
+    from tinytrain.spec.catalogue import PROBLEMS
+    from tinytrain.spec.plugins import Plugins, check_problem
 
+    settings = {}
+    if problem not in PROBLEMS:  # a plugin: its settings at their defaults (checked: none may be required)
+        found = Plugins()
+        check_problem(problem, {}, found)
+        settings = found.problem(problem).defaults
     where = RunSpec(
         optimizer="sgd",
         kind="sgd",
@@ -51,11 +58,13 @@ def gradient_check(
         problem=problem,
         loss=loss,
         batch_size=batch_size,
+        problem_settings=tuple(sorted(settings.items())),
     )
-    x, labels = make_problem(where).fixed_batch()
+    made = make_problem(where)
+    x, labels = made.fixed_batch()
     x, loss_of = x.double(), loss_function(loss)
     torch.manual_seed(seed)
-    net = (net_factory or LeNet)().double()
+    net = (net_factory or (lambda: make_net(made)))().double()
 
     def objective() -> torch.Tensor:
         return loss_of(net(x), labels)

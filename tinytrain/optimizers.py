@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tinytrain import plugins
+
 # Where a class name without a dot lives; "pytorch_optimizer.X" names the package pytorch-optimizer
 # (Apache-2.0, as each of the files these optimizers come from).
 TORCH = "torch.optim"
@@ -205,17 +207,30 @@ CHOICES: dict[str, tuple[str, ...]] = {
 VMAP_KINDS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 
+def plugin_class_path(kind: str) -> str:
+    """The import path of a plugin optimizer's name (an import path, or an installed entry point's name)."""
+    path = plugins.class_path(kind, plugins.OPTIMIZER_GROUP)
+    if path is None:
+        raise plugins.PluginError(
+            f"optimizer {kind!r} is no entry point of {plugins.OPTIMIZER_GROUP} here: install the package "
+            "that provides it where the runs train"
+        )
+    return path
+
+
 def build_optimizer(kind: str, params, lr: float, hyperparameters: dict[str, Any]):
-    """The optimizer of the given kind over params: a torch.optim or pytorch-optimizer instance.
+    """The optimizer of the given kind over params: a torch.optim, pytorch-optimizer or plugin instance.
 
     params may be named parameters (`net.named_parameters()`) or plain ones; muon needs the names to split.
     """
     import torch
 
-    class_path = OPTIMIZERS[kind][0]
     if kind == "muon":
         return _muon_with_adamw(list(params), lr, hyperparameters)
     params = [parameter for _name, parameter in params] if _is_named(params) else params
+    if kind not in OPTIMIZERS:
+        return plugins.optimizer_class(plugin_class_path(kind))(params, lr=lr, **hyperparameters)
+    class_path = OPTIMIZERS[kind][0]
     if "." in class_path:
         import importlib
 

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import torch
 
-from tinytrain.engines.sequential import train
+from tinytrain import plugins
+from tinytrain.engines.sequential import plugin_provenance, train
 from tinytrain.results import FINISHED, TIMING_METRICS, VIEW_METRICS, RunResult, current_outcome
 from tinytrain.spec import RunSpec
 
@@ -107,6 +108,7 @@ def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -
         for name, key, current in (("torch", "tinytrain.torch", torch.__version__),)
         if record.tags.get(key) not in (None, current)
     ]
+    verdict.notes += plugin_notes(record)
     if record.logged_key != record.spec.key:
         verdict.differences.append(
             Difference(
@@ -125,6 +127,44 @@ def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -
     for kind, logged in kinds:
         compare_weights(kind, logged, expected_weights(record, result), record.unreadable, verdict)
     return verdict
+
+
+def plugin_notes(record: Record) -> list[str]:
+    """How the run's plugins here differ from the ones it recorded (a version, a source hash), one line each.
+
+    A plugin that cannot be imported here is a PluginError (bad input: nothing can be retrained), in one
+    line that names what the record says it was.
+    """
+    try:
+        current = plugin_provenance(record.spec)
+    except plugins.PluginError as error:
+        recorded = {role: _recorded_plugin(record.tags, role) for role in ("optimizer", "problem")}
+        described = "; ".join(f"{role} {text}" for role, text in recorded.items() if text)
+        raise plugins.PluginError(
+            f"run {record.run_id} needs a plugin this Python cannot use ({error})"
+            + (f"; the run recorded {described}" if described else "")
+        ) from None
+    notes = []
+    for role in ("optimizer", "problem"):
+        prefix = f"plugin.{role}."
+        for field_name, label in (("class", "class"), ("version", "version"), ("source_sha256", "source sha256")):
+            logged, here = record.tags.get(f"tinytrain.{prefix}{field_name}"), current.get(prefix + field_name)
+            if logged is not None and here is not None and logged != here:
+                where = current.get(prefix + "class", "")
+                notes.append(
+                    f"the {role} plugin {where} differs from the record: {label} {logged} recorded, {here} here"
+                )
+    return notes
+
+
+def _recorded_plugin(tags: dict[str, str], role: str) -> str:
+    found = {
+        key.rpartition(".")[2]: value for key, value in tags.items() if key.startswith(f"tinytrain.plugin.{role}.")
+    }
+    if "class" not in found:
+        return ""
+    where = f" from {found['distribution']} {found.get('version', '')}".rstrip() if "distribution" in found else ""
+    return f"{found['class']}{where}"
 
 
 # ---------------------------------------------------------------------------------------------------------

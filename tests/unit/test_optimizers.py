@@ -83,12 +83,18 @@ def test_muon_trains_the_hidden_matrices_and_adamw_the_rest():
     assert sorted(MUON_PARAMETERS + ADAMW_WITH_MUON) == sorted(names.values())
 
 
-@pytest.mark.parametrize("kind, key", [("lion", "momentum"), ("muon", "betas"), ("soap", "clip_lambda")])
-def test_unknown_hyperparameters_get_todays_one_line_error(kind, key):
+@pytest.mark.parametrize(
+    "kind, key, hint",
+    [("lion", "momentum", ""), ("muon", "betas", " (did you mean 'adamw_betas'?)"), ("soap", "clip_lambda", "")],
+)
+def test_unknown_hyperparameters_get_one_line_with_a_did_you_mean(kind, key, hint):
     with pytest.raises(ConfigError) as error:
         spec_of(kind, **{key: 0.5})
     known = ", ".join(sorted(OPTIMIZERS[kind][2]))
-    assert str(error.value) == f"unknown hyperparameter '{key}' for optimizer 'v' (type {kind}): known ones are {known}"
+    assert (
+        str(error.value)
+        == f"unknown hyperparameter '{key}' for optimizer 'v' (type {kind}){hint}: known ones are {known}"
+    )
 
 
 def test_the_catalogue_command_lists_every_optimizer_with_its_defaults():

@@ -159,19 +159,20 @@ CATALOGUE = (
 BAD_INPUTS = [
     (
         {"grid": {"optimizer": ["adamx"]}},
-        f"unknown optimizer 'adamx' in grid.optimizer: use one of {CATALOGUE}, "
+        f"unknown optimizer 'adamx' in grid.optimizer (did you mean 'adamax'?): use one of {CATALOGUE}, "
         "or define it as [optimizers.adamx] with a type",
     ),
     (
         {"optimizers": {"m": {"type": "sgd", "momentun": 0.9}}, "grid": {"optimizer": ["m"]}},
-        "unknown hyperparameter 'momentun' for optimizer 'm' (type sgd): known ones are dampening, maximize, "
+        "unknown hyperparameter 'momentun' for optimizer 'm' (type sgd) (did you mean 'momentum'?): known ones "
+        "are dampening, maximize, "
         "momentum, nesterov, weight_decay",
     ),
     (
         {"stepz": 3},
         "unknown key 'stepz' in <experiment>: known keys are batch_size, checkpoint_every, data_seed, "
         "diverge_above, engine, eval_every, extra_seeds, grid, loss, mkldnn, name, optimizers, problem, "
-        "steps, target_index, threads",
+        "problem_settings, steps, target_index, threads",
     ),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
@@ -195,7 +196,10 @@ BAD_INPUTS = [
         {"optimizers": {"adam": {"type": "adam"}}},
         "[optimizers.adam] redefines the built-in 'adam': give the variant its own name, e.g. [optimizers.adam-custom]",
     ),
-    ({"optimizers": {"m": {"type": "lbfgs"}}}, f"optimizers.m has type 'lbfgs': use one of {CATALOGUE}"),
+    (
+        {"optimizers": {"m": {"type": "lbfgs"}}},
+        f"optimizers.m has type 'lbfgs': use one of {CATALOGUE}, or a plugin as type = \"package.module:Class\"",
+    ),
     (
         {"optimizers": {"m": {"type": "sgd", "lr": 0.1}}},
         "optimizers.m sets lr: the learning rate is a grid axis, set it in [grid]",
@@ -212,7 +216,15 @@ BAD_INPUTS = [
         {"optimizers": {"m": {"type": "sgd", "nesterov": True}}},
         "optimizers.m: nesterov needs momentum > 0 and dampening = 0",
     ),
-    ({"problem": "mnist"}, "problem must be one of one-sample, digits, got 'mnist'"),
+    (
+        {"problem": "mnist"},
+        "unknown problem 'mnist': use one of one-sample, digits, or a plugin as package.module:Class",
+    ),
+    (
+        {"problem": "digts"},
+        "unknown problem 'digts' (did you mean 'digits'?): use one of one-sample, digits, or a plugin as "
+        "package.module:Class",
+    ),
     ({"loss": "hinge"}, "loss must be one of mse, cross_entropy, got 'hinge'"),
     (
         {"batch_size": 32},

@@ -269,9 +269,10 @@ def show_summary(outcome) -> None:
 )
 @click.option(
     "--problem",
-    type=click.Choice(list(PROBLEMS)),
     default=None,
-    help="What the run learns [default: the experiment file's].",
+    metavar="NAME",
+    help=f"What the run learns: {', '.join(PROBLEMS)} or a plugin problem (an entry-point name or "
+    "package.module:Class) [default: the experiment file's].",
 )
 @tracking_uri_option
 @translate_errors

@@ -11,7 +11,7 @@ import click
 
 from tinytrain.cli.common import BadInput, resolved_uri, tracking_uri_option, translate_errors
 from tinytrain.spec import DEFAULTS
-from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
+from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES
 
 
 @click.command()
@@ -51,10 +51,11 @@ def reproduce(run_id, tracking_uri):
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest relative error that passes.")
 @click.option(
     "--problem",
-    type=click.Choice(list(PROBLEMS)),
     default=DEFAULTS["problem"],
     show_default=True,
-    help="Whose data: the one-sample input, or one fixed minibatch of digits (the first training images).",
+    metavar="NAME",
+    help="Whose data: one-sample (its input), digits (the first training images), or a plugin problem (an "
+    "entry-point name or package.module:Class: its fixed_batch() at its default settings, its own net if any).",
 )
 @click.option("--loss", type=click.Choice(LOSSES), default=DEFAULTS["loss"], show_default=True)
 @click.option(
@@ -124,6 +125,8 @@ def optimizers():
     """List the optimizers an experiment can name, with their default lr and hyperparameters.
 
     A variant fixes some of them: [optimizers.NAME] type = "sgd", momentum = 0.9 (see the README).
+    Installed plugins (entry points of tinytrain.optimizers) are listed last; any torch.optim.Optimizer
+    subclass can also be a variant's type as "package.module:Class" (docs/plugins.md).
 
     \b
     Example:
@@ -142,3 +145,7 @@ def optimizers():
     click.echo(
         f"muon trains {', '.join(MUON_PARAMETERS)} and its AdamW (adamw_*) the other {len(ADAMW_WITH_MUON)} tensors."
     )
+    from tinytrain.plugins import OPTIMIZER_GROUP, entry_points
+
+    for name, path in sorted(entry_points(OPTIMIZER_GROUP).items()):  # read from metadata: nothing imported
+        click.echo(f"{name:<19} {path} (plugin, entry point of {OPTIMIZER_GROUP})")

@@ -8,13 +8,15 @@ from collections.abc import Iterator
 
 import torch
 
+from tinytrain import plugins
 from tinytrain.model import LeNet
-from tinytrain.optimizers import build_optimizer
+from tinytrain.optimizers import OPTIMIZERS, build_optimizer, plugin_class_path
+from tinytrain.problems import Problem, has_test_set, make_net, make_problem, problem_class_path
 from tinytrain.problems import loss_function as problem_loss
-from tinytrain.problems import make_problem
 from tinytrain.problems.one_sample import loss_fn, make_input, make_target
 from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
 from tinytrain.spec import RunSpec
+from tinytrain.spec.catalogue import PROBLEMS
 
 StateDict = dict[str, torch.Tensor]
 
@@ -44,10 +46,20 @@ def snapshot(net: torch.nn.Module) -> StateDict:
     return {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
 
 
-def initial_net(spec: RunSpec) -> LeNet:
-    """The net of a run as it starts: seeded right before it is built."""
+def initial_net(spec: RunSpec, problem: Problem | None = None) -> torch.nn.Module:
+    """The net of a run as it starts (the problem's own, or the LeNet): seeded right before it is built."""
     torch.manual_seed(spec.seed)
-    return LeNet()
+    return LeNet() if problem is None else make_net(problem)
+
+
+def plugin_provenance(spec: RunSpec) -> dict[str, str]:
+    """Where a run's plugin classes come from, as this process imported them (recorded as tags)."""
+    found = {}
+    if spec.kind not in OPTIMIZERS:
+        found |= plugins.provenance(plugin_class_path(spec.kind), "optimizer")
+    if spec.problem not in PROBLEMS:
+        found |= plugins.provenance(problem_class_path(spec.problem), "problem")
+    return found
 
 
 @contextlib.contextmanager
@@ -75,9 +87,11 @@ def train(spec: RunSpec) -> RunResult:
     problem = make_problem(spec)
     loss_of = problem_loss(spec.loss)
     batches = problem.batches(spec.seed)
-    net = initial_net(spec)
+    evaluated = has_test_set(problem)
+    net = initial_net(spec, problem)
     optimizer = build_optimizer(spec.kind, list(net.named_parameters()), spec.lr, spec.optimizer_kwargs)
     losses: list[float] = []
+    provenance = plugin_provenance(spec)
     checkpoints: dict[int, StateDict] = {}
     metrics: dict[str, dict[int, float]] = {}
 
@@ -94,12 +108,12 @@ def train(spec: RunSpec) -> RunResult:
             weights,
             checkpoints if weights else {},
             time.perf_counter() - started,
-            runtime=runtime_settings(),
+            runtime=runtime_settings() | provenance,
             metrics=metrics,
         )
 
     for step in range(spec.steps):
-        if problem.has_test_set and spec.eval_every and step % spec.eval_every == 0:
+        if evaluated and spec.eval_every and step % spec.eval_every == 0:
             measure(step)
         x, labels = next(batches)
         optimizer.zero_grad()
@@ -116,7 +130,7 @@ def train(spec: RunSpec) -> RunResult:
     with evaluation_mode(optimizer), torch.no_grad():
         losses.append(loss_of(net(x), labels).item())
         weights = snapshot(net)
-    if problem.has_test_set:
+    if evaluated:
         measure(spec.steps)
     if diverges(losses[-1], losses[0], spec.diverge_above):
         return ended(DIVERGED)

@@ -20,7 +20,10 @@ from typing import Any
 
 from tinytrain.errors import ConfigError
 from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
+from tinytrain.plugins import did_you_mean
 from tinytrain.spec import draws, hyperparameters
+from tinytrain.spec.catalogue import PROBLEMS
+from tinytrain.spec.plugins import Plugins, check_problem, from_json, to_json
 from tinytrain.spec.settings import (
     BATCH_SETTINGS,
     DEFAULTS,
@@ -46,7 +49,7 @@ class RunSpec:
     """One cell of a sweep: everything that decides the numbers of a run, and nothing else."""
 
     optimizer: str  # the name used in the grid: a built-in name or an experiment's variant
-    kind: str  # the catalogue optimizer behind it (optimizers.OPTIMIZERS): sgd, adam, lion, muon, ...
+    kind: str  # the optimizer behind it: a catalogue name (sgd, adam, muon, ...) or a plugin's (spec/plugins.py)
     lr: float
     seed: int
     steps: int = DEFAULTS["steps"]
@@ -63,6 +66,7 @@ class RunSpec:
     # None: a run recorded before the bound existed, where only a non-finite loss was divergence
     diverge_above: float | None = DEFAULTS["diverge_above"]
     checkpoint_every: int = field(default=DEFAULTS["checkpoint_every"], compare=False)
+    problem_settings: tuple[tuple[str, Any], ...] = ()  # a plugin problem's own settings, every one, sorted
 
     @property
     def optimizer_kwargs(self) -> dict[str, Any]:
@@ -92,8 +96,15 @@ class RunSpec:
             params["adamw_parameters"] = ",".join(ADAMW_WITH_MUON)
         if self.diverge_above is not None:
             params["diverge_above"] = repr(self.diverge_above)
+        plugin = self.kind not in OPTIMIZERS
+        if plugin:  # read back from here (from_params), without importing the plugin
+            params["plugin_hyperparameters"] = to_json(dict(self.hyperparameters))
         for name, value in self.hyperparameters:
-            params[name] = hyperparameters.as_param(value)
+            # a plugin's hyperparameter named like one of the run's params (steps, seed, ...) is logged apart
+            params[f"optimizer.{name}" if plugin and name in params else name] = hyperparameters.as_param(value)
+        if self.problem_settings:
+            params["problem_settings"] = to_json(dict(self.problem_settings))
+            params.update({f"problem.{name}": hyperparameters.as_param(value) for name, value in self.problem_settings})
         return params
 
     @functools.cached_property
@@ -109,6 +120,9 @@ class RunSpec:
         if self.diverge_above is None:
             del fields["diverge_above"]
         fields["hyperparameters"] = dict(self.hyperparameters)
+        fields["problem_settings"] = dict(self.problem_settings)
+        if not self.problem_settings:  # only plugin problems have them: every other key stays as it was
+            del fields["problem_settings"]
         for name in LATER_SETTINGS:
             if fields[name] == DEFAULTS[name]:
                 del fields[name]
@@ -128,9 +142,13 @@ class RunSpec:
     def from_params(cls, params: dict[str, str]) -> RunSpec:
         """Rebuild a spec from the params of a logged run (what `reproduce` trusts)."""
         kind = params["optimizer_type"]
-        used = {
-            name: hyperparameters.from_param(params[name], default) for name, default in OPTIMIZERS[kind][2].items()
-        }
+        if kind in OPTIMIZERS:
+            used = {
+                name: hyperparameters.from_param(params[name], default) for name, default in OPTIMIZERS[kind][2].items()
+            }
+        else:
+            used = {name: from_json(value) for name, value in json.loads(params["plugin_hyperparameters"]).items()}
+        problem_settings = json.loads(params.get("problem_settings", "{}"))
         return cls(
             optimizer=params["optimizer"],
             kind=kind,
@@ -148,6 +166,7 @@ class RunSpec:
             problem=params.get("problem", DEFAULTS["problem"]),  # runs logged before problems were a setting
             loss=params.get("loss", DEFAULTS["loss"]),
             **{name: int(params.get(name, DEFAULTS[name])) for name in BATCH_SETTINGS},
+            problem_settings=tuple(sorted((name, from_json(value)) for name, value in problem_settings.items())),
         )
 
 
@@ -161,6 +180,8 @@ class Experiment:
     source: str  # where it came from, for messages
     drawn: tuple[str, ...] = ()  # how drawn values were drawn, one line each (kept in to_toml as comments)
     extra_seeds: dict[tuple[str, float], tuple[int, ...]] = field(default_factory=dict)  # (optimizer, lr) -> seeds
+    problem_settings: dict[str, Any] = field(default_factory=dict)  # a plugin problem's settings, as given
+    plugins: Plugins = field(default_factory=Plugins, compare=False)  # the plugins it names, resolved
 
     @property
     def name(self) -> str:
@@ -190,13 +211,23 @@ class Experiment:
             diverge_above=None if bound is None else float(bound),
             checkpoint_every=settings["checkpoint_every"],
             **{name: settings[name] for name in LATER_SETTINGS},
+            problem_settings=self.problem_settings_used(),
         )
+
+    def problem_settings_used(self) -> tuple[tuple[str, Any], ...]:
+        """Every setting of a plugin problem, defaults included, sorted; () for a built-in problem."""
+        entry = self.plugins.problem(self.settings["problem"]) if self.settings["problem"] not in PROBLEMS else None
+        return () if entry is None else tuple(sorted({**entry.defaults, **self.problem_settings}.items()))
 
     def resolve_optimizer(self, name: str) -> tuple[str, float, dict[str, Any]]:
         """(torch kind, default lr, every hyperparameter) of a built-in name or a variant."""
         variant = self.variants.get(name, {"type": name})
         kind = variant["type"]
-        _class_name, default_lr, defaults = OPTIMIZERS[kind]
+        if kind in OPTIMIZERS:
+            _class_name, default_lr, defaults = OPTIMIZERS[kind]
+        else:
+            plugin = self.plugins.optimizer(kind)
+            default_lr, defaults = plugin.default_lr, plugin.defaults
         hyperparameters = dict(defaults)
         hyperparameters.update({k: v for k, v in variant.items() if k != "type"})
         return kind, default_lr, hyperparameters
@@ -211,6 +242,13 @@ class Experiment:
         for name, variant in self.variants.items():
             lines += ["", f'[optimizers."{name}"]']
             lines += [f"{key} = {_toml_value(value)}" for key, value in variant.items()]
+        if self.problem_settings:
+            lines += ["", "[problem_settings]"]
+            lines += [f"{key} = {_toml_value(value)}" for key, value in self.problem_settings.items()]
+        lines += self.plugins.to_toml(
+            {variant["type"] for variant in self.variants.values()} | set(self.grid["optimizer"]),
+            self.settings["problem"],
+        )
         if self.extra_seeds:  # written by --until-separated
             lines += ["", "[extra_seeds]"] + [
                 f'"{o}@{lr!r}" = {_toml_value(seeds)}' for (o, lr), seeds in self.extra_seeds.items()
@@ -272,7 +310,7 @@ def load_experiment(
         raw = read_experiment_file(path)
     for override in overrides:
         apply_override(raw, override)
-    experiment = validate(raw, source)
+    experiment = validate(raw, source, recorded=recorded)
     if recorded and "diverge_above" not in raw:
         experiment.settings["diverge_above"] = None
     return experiment
@@ -311,6 +349,11 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
         axis = key.removeprefix("grid.")
         raw.setdefault("grid", {})[axis] = values[0] if len(values) == 1 and draws.is_draw(values[0]) else values
         return
+    if key.startswith("problem_settings."):
+        if len(values) != 1:
+            raise ConfigError(f"--set {key} takes one value, got {len(values)}")
+        raw.setdefault("problem_settings", {})[key.removeprefix("problem_settings.")] = values[0]
+        return
     if key.startswith("optimizers."):
         _, _, rest = key.partition(".")
         name, dot, hyperparameter = rest.rpartition(".")
@@ -340,15 +383,24 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
 # Validation: every message names the bad value and says how to fix it, on one line.
 
 
-def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
-    known = set(DEFAULTS) | {"grid", "optimizers", "extra_seeds"}
+def validate(raw: dict[str, Any], source: str = "<experiment>", recorded: bool = False) -> Experiment:
+    """recorded: raw is a sweep's resolved file, whose [plugins] table says what its plugins' signatures
+    said (nothing is imported); otherwise the plugins it names are imported and their signatures read."""
+    known = (
+        set(DEFAULTS) | {"grid", "optimizers", "extra_seeds", "problem_settings"} | ({"plugins"} if recorded else set())
+    )
     for key in raw:
         if key not in known:
-            raise ConfigError(f"unknown key '{key}' in {source}: known keys are {', '.join(sorted(known))}")
+            hint = ""
+            if key == "plugins":
+                hint = " (tinytrain writes it into a sweep's record; name plugins by import path or entry point)"
+            raise ConfigError(f"unknown key '{key}' in {source}{hint}: known keys are {', '.join(sorted(known))}")
     settings = {key: raw.get(key, default) for key, default in DEFAULTS.items()}
     check_settings(settings)
+    plugins = Plugins(raw.get("plugins", {}) if recorded else None)
+    problem_settings = check_problem(settings["problem"], raw.get("problem_settings"), plugins)
 
-    variants = check_variants(raw.get("optimizers", {}))
+    variants = check_variants(raw.get("optimizers", {}), plugins)
     grid_raw = raw.get("grid", {})
     if not isinstance(grid_raw, dict):
         raise ConfigError("grid must be a table: write [grid] with optimizer, lr and seed lists")
@@ -377,7 +429,19 @@ def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
             grid[axis] = [expanded for name in grid[axis] for expanded in variants.names(name)]
     used = {name: variants.tables[name] for name in grid["optimizer"] if name in variants.tables}
     check_engine(settings, {name: used.get(name, {"type": name})["type"] for name in grid["optimizer"]})
-    experiment = Experiment(settings=settings, grid=grid, variants=variants.tables, source=source, drawn=tuple(drawn))
+    experiment = Experiment(
+        settings=settings,
+        grid=grid,
+        variants=variants.tables,
+        source=source,
+        drawn=tuple(drawn),
+        problem_settings=problem_settings,
+        plugins=plugins,
+    )
+    if "lr" not in grid:
+        for name in grid["optimizer"]:
+            if experiment.resolve_optimizer(name)[1] is None:
+                raise ConfigError(f"optimizer {name} has no default lr (its constructor sets none): give [grid] lr")
     return replace(experiment, extra_seeds=_check_extra_seeds(raw.get("extra_seeds", {}), experiment))
 
 
@@ -397,10 +461,10 @@ def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[tuple[str, floa
 def _check_axis_value(axis: str, value: Any, variants: Variants) -> Any:
     if axis == "optimizer":
         if not isinstance(value, str) or not variants.known(value):
-            names = ", ".join(sorted(OPTIMIZERS) + sorted(set(variants.tables) | set(variants.expansions)))
+            names = variants.choices()
             raise ConfigError(
-                f"unknown optimizer {value!r} in grid.optimizer: use one of {names}, "
-                f"or define it as [optimizers.{value}] with a type"
+                f"unknown optimizer {value!r} in grid.optimizer{did_you_mean(value, names)}: use one of "
+                f"{', '.join(names)}, or define it as [optimizers.{value}] with a type"
             )
         return value
     if axis == "lr":

@@ -7,7 +7,7 @@ from typing import Any
 
 from tinytrain.errors import ConfigError
 from tinytrain.optimizers import VMAP_KINDS
-from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
+from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES
 
 # Every top-level setting and its default: the one place defaults live.
 DEFAULTS: dict[str, Any] = {
@@ -65,9 +65,9 @@ def check_settings(settings: dict[str, Any]) -> None:
         )
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
-    for key, allowed in (("problem", tuple(PROBLEMS)), ("loss", LOSSES)):
-        if settings[key] not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {settings[key]!r}")
+    # problem: a built-in (catalogue.PROBLEMS) or a plugin, checked by spec/plugins.py's check_problem
+    if settings["loss"] not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {settings['loss']!r}")
     if settings["problem"] == "one-sample":
         for key in BATCH_SETTINGS:
             if settings[key] != DEFAULTS[key]:
@@ -81,7 +81,7 @@ def check_settings(settings: dict[str, Any]) -> None:
                 f"target_index is the one-sample problem's label; problem {settings['problem']} "
                 "has its own labels: drop target_index"
             )
-        if settings["batch_size"] > DIGITS_TRAINING_IMAGES:
+        if settings["problem"] == "digits" and settings["batch_size"] > DIGITS_TRAINING_IMAGES:
             raise ConfigError(
                 f"batch_size must be at most the {DIGITS_TRAINING_IMAGES} training images of "
                 f"digits, got {settings['batch_size']}"

@@ -1,0 +1,1 @@
+"""An example tinytrain plugin: an optimizer (optim.Signum) and a problem (problems.Blobs)."""
