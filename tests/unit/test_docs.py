@@ -134,6 +134,8 @@ def toml_problems(block: str) -> list[str]:
         raw = tomllib.loads(block)
     except tomllib.TOMLDecodeError as error:
         return [f"not TOML: {error}"]
+    if {"project", "build-system", "tool"} & raw.keys():
+        return []  # a plugin package's pyproject.toml, not an experiment file
     problems = []
     for key, value in raw.items():
         if key == "grid":
@@ -141,6 +143,8 @@ def toml_problems(block: str) -> list[str]:
         elif key == "optimizers":
             for name, variant in value.items():
                 kind = variant.get("type")
+                if isinstance(kind, str) and ":" in kind:
+                    continue  # a plugin's import path: its hyperparameters are its constructor's
                 if kind not in OPTIMIZERS:
                     problems.append(f"optimizers.{name}: type {kind!r} is not in the catalogue")
                     continue
@@ -149,7 +153,7 @@ def toml_problems(block: str) -> list[str]:
                     for hyperparameter in variant
                     if hyperparameter != "type" and hyperparameter not in OPTIMIZERS[kind][2]
                 ]
-        elif key != "extra_seeds" and key not in DEFAULTS:
+        elif key not in ("extra_seeds", "problem_settings") and key not in DEFAULTS:
             problems.append(f"{key} is not a setting")
     if "grid" in raw and not problems:
         try:
