@@ -14,7 +14,7 @@ experiment_option = click.option(
     "experiment_name",
     metavar="NAME",
     default=None,
-    help="The MLflow experiment [default: optimizer-grid, or the experiment of --sweep].",
+    help="The MLflow experiment [default: the store's latest sweep's, or the experiment of --sweep].",
 )
 sweep_option = click.option(
     "--sweep",

@@ -17,6 +17,7 @@ CELL_SUMMARY = "cell"  # KIND of a sweep's summary of one (optimizer, lr) cell o
 OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, to find runs left RUNNING
 ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"
+CONFIRMS = "tinytrain.confirms"  # on a confirmation sweep's parent run: the parent run id of the tuning sweep
 
 # the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
 FINISHED_OUTCOMES = ("finished", "diverged", "converged")

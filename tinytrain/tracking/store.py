@@ -17,6 +17,7 @@ from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.artifacts import ArtifactFolder, ServerArtifactsOnSqlite
 from tinytrain.tracking.contract import (
     CELL_SUMMARY,
+    CONFIRMS,
     ERROR,
     EXPERIMENT_FILE,
     FINISHED_OUTCOMES,
@@ -40,6 +41,11 @@ def model_name(spec: RunSpec, step: int | None = None) -> str:
     for run adam-lr0.001-seed0 (MLflow forbids '.', '/', ':', '%' and quotes in a model's name)."""
     name = spec.run_name.replace(".", "_")
     return name if step is None else f"{name}-step{step}"
+
+
+def _link(experiment: Experiment) -> dict[str, str]:
+    """A confirmation sweep's tag naming the tuning sweep it confirms (none on other sweeps)."""
+    return {CONFIRMS: experiment.confirms} if experiment.confirms else {}
 
 
 class Store:
@@ -140,7 +146,7 @@ class Store:
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={KIND: "sweep", OWNER: process_owner(), "tinytrain.cells": str(cells), **tags},
+            tags={KIND: "sweep", OWNER: process_owner(), "tinytrain.cells": str(cells), **tags, **_link(experiment)},
         )
         run_id = run.info.run_id
         self.client.log_text(run_id, experiment.to_toml(), EXPERIMENT_FILE)
