@@ -25,6 +25,20 @@ sweep_option = click.option(
 )
 
 
+def terminal_width() -> int | None:
+    """The width a table must fit: $COLUMNS, else the terminal's; None in a pipe without $COLUMNS (unbounded)."""
+    import os
+    import shutil
+    import sys
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
 def warn_missing_cells(sweep) -> None:
     """Cells of the sweep that no finished run answers for: say so, on stderr, below the data."""
     if sweep.missing:
@@ -143,7 +157,14 @@ def compare(
             raise BadInput(str(error)) from None
         rows = report.sort_rows(rows, sort or "rank")
         text = report.render_compare(
-            rows, output_format, report.compare_title(sweep, metric), report.compare_caption(rows, by, target), target
+            rows,
+            output_format,
+            report.compare_title(sweep, metric),
+            report.compare_caption(rows, by, target, metric),
+            target,
+            metric,
+            by,
+            terminal_width(),
         )
     click.echo(text, nl=False)
     warn_missing_cells(sweep)
