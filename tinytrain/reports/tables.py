@@ -25,14 +25,15 @@ def rich_lines(
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     right = set(right)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for index, name in enumerate(header):
-        table.add_column(name, justify="right" if index in right else "left", no_wrap=True)
+    for index, name in enumerate(header):  # Text: "[95% CI]" and "E[best of k]" are words, not markup
+        table.add_column(Text(name), justify="right" if index in right else "left", no_wrap=True)
     section_ends = set(sections)
     for index, row in enumerate(rows):
-        table.add_row(*row, end_section=index in section_ends)
+        table.add_row(*map(Text, row), end_section=index in section_ends)
     buffer = io.StringIO()
     Console(file=buffer, width=width, color_system=None, highlight=False, emoji=False).print(table)
     return [line.rstrip() for line in buffer.getvalue().rstrip().splitlines()]
@@ -92,7 +93,7 @@ def terminal_table(
         dropped = [header[index] for index in range(len(header)) if index not in positions]
         if dropped:
             caption = (caption + " " if caption else "") + f"Not shown at {width} columns: {', '.join(dropped)}."
-    text = _wrap(title, width) + lines + ([""] + _wrap(caption, width) if caption else [])
+    text = wrap(title, width) + lines + ([""] + wrap(caption, width) if caption else [])
     return "\n".join(text) + "\n"
 
 
@@ -101,15 +102,15 @@ def _stacked(header: Sequence[str], rows: Sequence[Sequence[str]], keep: list[in
     lines: list[str] = []
     label = max(len(name) for name in header)
     for row in rows:
-        lines += _wrap("  ".join(row[index] for index in keep), width)
+        lines += wrap("  ".join(row[index] for index in keep), width)
         for index, name in enumerate(header):
             if index not in keep:
-                lines += _wrap(f"  {name:<{label}}  {row[index]}", width, indent=" " * (label + 4))
+                lines += wrap(f"  {name:<{label}}  {row[index]}", width, indent=" " * (label + 4))
         lines.append("")
     return lines[:-1]
 
 
-def _wrap(text: str, width: int, indent: str = "") -> list[str]:
+def wrap(text: str, width: int, indent: str = "") -> list[str]:
     if not text:
         return []
     return textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False) or [""]

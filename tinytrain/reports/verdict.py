@@ -29,12 +29,14 @@ Python API. numpy, scipy and pandas are imported where they are used.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from tinytrain.reports import stats
+from tinytrain.errors import ConfigError
+from tinytrain.reports import stats, tables
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,7 +48,7 @@ TUNING_METRICS = ("final_val_loss", "final_val_accuracy", "final_loss")  # the f
 REPORTING_METRICS = ("final_test_accuracy", "final_test_loss", "final_loss")
 
 
-class VerdictError(ValueError):
+class VerdictError(ConfigError):
     """The runs cannot give what was asked (a missing metric, an unknown arm, overlapping seeds): bad input."""
 
 
@@ -303,15 +305,29 @@ def confirmation_cells(result: Tuning, arms: Sequence[str] | None = None) -> lis
     return list(result.arms)
 
 
+def check_armed(sweep: SweepRecord, arms: Iterable[str]) -> None:
+    """Each arm to confirm must have a cell where a seed finished without diverging: an arm with none has no
+    setting to confirm."""
+    finished = {arm_of(run) for run in sweep.runs if not run.diverged}
+    for arm in dict.fromkeys(arms):
+        if arm not in finished:
+            raise VerdictError(
+                f"arm {arm} has no finished cell in sweep {sweep.parent_run_id} (every run diverged, failed or "
+                "is missing): finish its cells with `tinytrain sweep`, or leave it out with --arm"
+            )
+
+
 def check_fresh(seeds: Iterable[int], tuning_seeds: Iterable[int]) -> None:
     """Confirmation seeds must be disjoint from the tuning seeds: a chosen setting is not judged on the seeds
     that chose it."""
     overlap = sorted(set(seeds) & set(tuning_seeds))
     if overlap:
-        raise VerdictError(
-            f"seeds {', '.join(map(str, overlap))} were tuning seeds: confirm on fresh seeds "
-            f"(--first-seed {max(tuning_seeds) + 1} or above)"
+        which = (
+            f"seed {overlap[0]} was a tuning seed"
+            if len(overlap) == 1
+            else (f"seeds {', '.join(map(str, overlap))} were tuning seeds")
         )
+        raise VerdictError(f"{which}: confirm on fresh seeds (--first-seed {max(tuning_seeds) + 1} or above)")
 
 
 def fresh_seeds(count: int, tuning_seeds: Iterable[int], first: int | None = None) -> tuple[int, ...]:
@@ -561,3 +577,175 @@ def verdict(sweep: SweepRecord, metric: str | None = None) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(verdict_records(judge(sweep, metric)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering: the tuning and the verdict as a terminal table, markdown, LaTeX, csv or json
+
+FORMATS = ("table", "markdown", "latex", "csv", "json")
+
+
+def _number(value: float | None, spec: str = ".3g") -> str:
+    if value is None:
+        return "—"
+    return "diverged" if math.isinf(value) else format(value, spec)
+
+
+def _interval(value: float | None, low: float | None, high: float | None, spec: str = ".2g") -> str:
+    if value is None:
+        return "—"
+    if low is None or math.isinf(value):
+        return _number(value, spec)
+    return f"{_number(value, spec)} [{_number(low, spec)}, {_number(high, spec)}]"
+
+
+def tuning_title(result: Tuning, sweep: SweepRecord) -> str:
+    return f"{sweep.experiment}: arms tuned on sweep {result.sweep}, on the {result.metric.label}"
+
+
+def tuning_caption(result: Tuning) -> str:
+    return (
+        f"Each arm's setting is the one with the lowest median {result.metric.label} over seeds (a diverged seed "
+        "counts as the worst). diverged: share of its settings whose median seed diverged; sensitivity: mean "
+        "decades between each setting's median and the arm's best (diverged capped at the study's worst); "
+        "E[best of k]: expected best of k runs drawn from the arm's runs (Tang et al. 2020's unbiased form)."
+    )
+
+
+def render_tuning(result: Tuning, output_format: str = "table", title: str = "", width: int | None = None) -> str:
+    caption = tuning_caption(result)
+    if output_format == "json":
+        document = {
+            "title": title,
+            "caption": caption,
+            "metric": result.metric.name,
+            "rows": [
+                {**_tuning_record(arm, result.metric), "expected_best": [_finite(v) for v in arm.expected_best]}
+                for arm in result.arms
+            ],
+        }
+        return json.dumps(_json_safe(document), indent=2) + "\n"
+    if output_format == "csv":
+        records = [_tuning_record(arm, result.metric) for arm in result.arms]
+        header = list(records[0]) if records else ["arm"]
+        rows = [[_raw(record.get(column)) for column in header] for record in records]
+        return tables.csv_text(header, rows, title, caption)
+    header = (
+        "arm",
+        "chosen",
+        f"{result.metric.label} median",
+        "settings",
+        "diverged",
+        "sensitivity",
+        "E[best of 1]",
+        "E[best of all]",
+        "seeds",
+    )
+    rows = [
+        (
+            arm.arm,
+            arm.chosen_name,
+            _number(arm.median),
+            str(len(arm.settings)),
+            f"{arm.diverged_share:.0%}",
+            _number(arm.sensitivity, ".2f"),
+            _number(arm.expected_best[0] if arm.expected_best else None),
+            _number(arm.expected_best[-1] if arm.expected_best else None),
+            str(len(arm.seeds)),
+        )
+        for arm in result.arms
+    ]
+    return _render(header, rows, {2, 3, 4, 5, 6, 7, 8}, title, caption, output_format, width, keep=(0, 1, 2))
+
+
+def verdict_title(result: Verdict, sweep: SweepRecord) -> str:
+    tuned = f", tuned on sweep {result.tuning_sweep}" if result.tuning_sweep else ""
+    return (
+        f"{sweep.experiment}: verdict on sweep {result.sweep}{tuned}, {result.metric.label} over {result.seeds} "
+        "fresh seeds"
+    )
+
+
+def verdict_caption(result: Verdict) -> str:
+    return (
+        f"{headline(result)} Median and 95% bootstrap CI of the {result.metric.label} over seeds (a diverged seed "
+        "counts as the worst); p: two-sided Wilcoxon signed-rank against the best, paired by seed on log10 "
+        "values, Holm-corrected over the arms; P(best better): share of seeds where the best ends lower (ties "
+        "half), with its 95% bootstrap CI."
+    )
+
+
+def render_verdict(result: Verdict, output_format: str = "table", title: str = "", width: int | None = None) -> str:
+    """The verdict as text; the table formats end with the quotable sentences."""
+    caption = verdict_caption(result)
+    records = verdict_records(result)
+    if output_format == "json":
+        document = {"title": title, "caption": caption, "metric": result.metric.name, "rows": records}
+        return json.dumps(_json_safe(document), indent=2) + "\n"
+    if output_format == "csv":
+        header = [*VERDICT_COLUMNS, "metric", "sentence"]
+        rows = [[_raw(record[column]) for column in header] for record in records]
+        return tables.csv_text(header, rows, title, caption)
+    header = (
+        "arm",
+        "setting",
+        f"{result.metric.label} median [95% CI]",
+        "vs best",
+        "p (Holm)",
+        "P(best better) [95% CI]",
+        "seeds",
+        "diverged",
+    )
+    rows = [
+        (
+            arm.arm,
+            arm.setting,
+            _interval(arm.median, arm.ci_low, arm.ci_high),
+            arm.standing,
+            _number(arm.p_value, ".2g"),
+            _interval(arm.p_improvement, arm.pi_low, arm.pi_high),
+            str(arm.seeds),
+            str(arm.diverged),
+        )
+        for arm in result.arms
+    ]
+    sentences = " ".join(f"{text}." for text in result.sentences)
+    text = _render(header, rows, {2, 4, 5, 6, 7}, title, caption, output_format, width, keep=(0, 2, 3, 4))
+    if output_format == "latex" or not sentences:
+        return text
+    if output_format == "table" and width is not None:
+        return text + "\n" + "\n".join(tables.wrap(sentences, width)) + "\n"
+    return text + "\n" + sentences + "\n"
+
+
+def _render(header, rows, right, title, caption, output_format, width, keep) -> str:
+    if output_format == "table":
+        return tables.terminal_table(header, rows, right, title, caption, width, keep=keep)
+    if output_format == "markdown":
+        return tables.markdown(header, rows, right, title, caption)
+    if output_format == "latex":
+        return tables.latex(header, rows, right, title, caption)
+    raise ValueError(f"unknown format {output_format!r}: use one of {', '.join(FORMATS)}")
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _json_safe(value: Any) -> Any:
+    """Infinity (a diverged median) has no json: it becomes the string "diverged"."""
+    if isinstance(value, float) and math.isinf(value):
+        return "diverged"
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _raw(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "diverged" if math.isinf(value) else repr(value)
+    return str(value)
