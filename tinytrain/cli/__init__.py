@@ -16,7 +16,7 @@ from tinytrain.cli.reports import compare, plot
 from tinytrain.cli.services import cluster, ui
 from tinytrain.cli.training import run, sweep
 from tinytrain.cli.trust import gradcheck, optimizers, reproduce
-from tinytrain.cli.verdict import confirm, verdict
+from tinytrain.cli.verdict import confirm, curves, profile, verdict
 from tinytrain.shutdown import exit_now
 
 
@@ -32,7 +32,8 @@ def cli() -> None:
     """
 
 
-for command in (sweep, run, compare, plot, verdict, confirm, reproduce, gradcheck, optimizers, ui, cluster):
+COMMANDS = (sweep, run, compare, plot, verdict, confirm, profile, curves, reproduce, gradcheck, optimizers, ui, cluster)
+for command in COMMANDS:
     cli.add_command(command)
 
 

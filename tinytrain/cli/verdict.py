@@ -208,3 +208,99 @@ def confirm(
         click.echo(f"\n{state} after {len(confirmation.rounds)} round(s), {len(confirmation.seeds)} seeds per arm.")
     if outcome.counts.failed:
         sys.exit(EXIT_RUNS_FAILED)
+
+
+@click.command()
+@click.option("--sweep", "sweep_ids", multiple=True, metavar="PARENT_RUN_ID", help="A sweep of the study (repeatable).")
+@click.option(
+    "--experiment",
+    "experiments",
+    multiple=True,
+    metavar="NAME",
+    help="An experiment of the study, by its latest sweep (repeatable) [default: the store's latest sweep].",
+)
+@click.option(
+    "--target",
+    "targets",
+    type=float,
+    multiple=True,
+    metavar="LOSS",
+    help="A target training loss (repeatable): each sweep and target is a problem [default: 0.001].",
+)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also draw the profiles to this file.")
+@click.option("--dpi", type=click.FloatRange(min=10, max=2400), default=None, help="Resolution of raster formats.")
+@format_option
+@tracking_uri_option
+@translate_errors
+def profile(sweep_ids, experiments, targets, out, dpi, output_format, tracking_uri):
+    """Performance profiles and AlgoPerf's score per arm, across experiments and targets.
+
+    An arm's time on a problem (a sweep and a target loss) is the median steps to the target of its fastest
+    lr; the profile gives the share of problems it solves within tau times the fastest arm, and the score is
+    the area under it up to tau = 4 (a missed target counts as infinite time).
+
+    \b
+    Example:
+        tinytrain profile --experiment optimizer-grid --experiment digits-grid --target 0.01 --target 0.1
+        tinytrain profile --sweep 3f2a9c... --sweep 81be07... --out profiles.pdf
+    """
+    import math
+
+    from tinytrain.reports import plot as figures
+    from tinytrain.reports import profiles as report
+    from tinytrain.tracking import read_sweep
+
+    targets = targets or (1e-3,)
+    bad = [target for target in targets if not (math.isfinite(target) and target > 0)]
+    if bad:
+        raise BadInput(f"--target must be a finite loss > 0, got {bad[0]!r}")
+    if out is not None:
+        try:
+            figures.figure_format(out)
+        except ValueError as error:
+            raise BadInput(str(error)) from None
+    uri = resolved_uri(tracking_uri)
+    sweeps = [read_sweep(uri, parent_run_id=sweep_id, with_losses=True) for sweep_id in sweep_ids]
+    sweeps += [read_sweep(uri, name, with_losses=True) for name in experiments]
+    if not sweeps:
+        sweeps = [read_sweep(uri, with_losses=True)]
+    result = report.profiles(sweeps, targets)
+    width = terminal_width() if output_format == "table" else None
+    click.echo(report.render_profiles(result, output_format, width), nl=False)
+    if out is not None:
+        path = figures.save_figure(report.plot_profiles(result), out, dpi)
+        click.echo(f"Wrote {path}", err=output_format not in ("table", "markdown"))
+
+
+@click.command()
+@experiment_option
+@sweep_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="curves.csv",
+    show_default=True,
+    help="The file: .csv, or .parquet (needs pyarrow).",
+)
+@tracking_uri_option
+@translate_errors
+def curves(experiment_name, sweep_id, out, tracking_uri):
+    """Export a sweep's per-step curves as one long table: run_id, optimizer, lr, seed, outcome, metric,
+    step, value (the loss at every step, and test_accuracy where the runs logged it).
+
+    \b
+    Example:
+        tinytrain curves --out curves.csv
+        tinytrain curves --experiment digits-grid --out digits.parquet
+    """
+    from tinytrain.reports import export
+    from tinytrain.tracking import read_sweep
+
+    try:
+        export.curve_format(out)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=True)
+    path, rows = export.write_curves(sweep, out)
+    click.echo(f"Wrote {path}: {rows} rows, {len(sweep.runs)} runs of sweep {sweep.parent_run_id} ({sweep.experiment})")
+    warn_missing_cells(sweep)
