@@ -216,3 +216,108 @@ seed = [0]
     # five seeds: the smallest two-sided p is 2/2**5 = 0.0625; six: 0.03125
     assert "Separated after 2 round(s), 6 seeds per arm." in result.output
     assert "adam is better than sgd on the training loss, p = 0.031, 6 seeds." in " ".join(result.output.split())
+
+
+# ---- compare at 100 columns, the plots' formats, profiles and curves, on the same store
+
+
+def test_compare_without_experiment_takes_the_latest_sweep_and_fits_100_columns(store, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    latest = invoke(["compare", "--tracking-uri", store["uri"]])  # not optimizer-grid: the store's latest sweep
+    assert latest.exit_code == 0, latest.output
+    assert latest.output.startswith(f"{NAME}: sweep {confirmation_parent(store)},")
+    result = invoke(["compare", "--sweep", store["tuning"], "--tracking-uri", store["uri"]])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 100 and "Rank 1 reaches a training loss <= 0.001" in result.output
+    diverged = [line for line in lines if " 1000 " in line]
+    assert len(diverged) == 2 and all("diverged" in line and "tied" not in line for line in diverged)
+    metric = invoke(["compare", "--sweep", store["tuning"], "--by", "final_loss", "--tracking-uri", store["uri"]])
+    assert "geomean final loss" in metric.output and "Rank 1 has the lowest geometric mean" in metric.output
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = invoke(["compare", "--sweep", store["tuning"], "--tracking-uri", store["uri"]])
+    assert max(map(len, narrow.output.splitlines())) <= 40  # stacked rows
+
+
+def test_plot_writes_the_format_its_suffix_names_at_the_dpi_asked(store, tmp_path):
+    def plot(*args: str):
+        return invoke(["plot", "--sweep", store["tuning"], "--tracking-uri", store["uri"], *args])
+
+    for kind in ("curves", "lr", "best-of-k"):
+        assert plot("--kind", kind, "--out", str(tmp_path / f"{kind}.pdf")).exit_code == 0
+        assert (tmp_path / f"{kind}.pdf").read_bytes().startswith(b"%PDF")
+    assert plot("--out", str(tmp_path / "c.svg")).exit_code == 0
+    assert b"<svg" in (tmp_path / "c.svg").read_bytes()[:500]
+    widths = []
+    for dpi in ("50", "100"):
+        assert plot("--kind", "lr", "--out", str(tmp_path / f"lr{dpi}.png"), "--dpi", dpi).exit_code == 0
+        header = (tmp_path / f"lr{dpi}.png").read_bytes()
+        assert header.startswith(b"\x89PNG")
+        widths.append(int.from_bytes(header[16:20], "big"))
+    assert widths[1] == pytest.approx(2 * widths[0], abs=2)
+    bad = plot("--out", str(tmp_path / "x.docx"))
+    assert bad.exit_code == 2 and bad.output.startswith("Error: --out ") and not (tmp_path / "x.docx").exists()
+
+
+def test_profile_scores_are_the_area_under_the_profile_from_the_steps_to_target(store):
+    tuning = [run for run in seed_runs(store["uri"]) if run.data.params["seed"] in ("0", "1")]
+    adam = [run for run in tuning if run.data.params["optimizer"] == "adam" and run.data.params["lr"] == "0.01"]
+    low = max(final(run) for run in adam) * 1.001  # both adam@0.01 seeds get there: a target some arm reaches
+    targets = (0.1, low)
+    result = invoke(
+        ["profile", "--sweep", store["tuning"], "--target", "0.1", "--target", repr(low), "--format", "json"]
+        + ["--tracking-uri", store["uri"]]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    # recomputed from the MLflow loss histories: per arm the fastest lr's median steps to each target
+    import mlflow
+
+    client = mlflow.MlflowClient(store["uri"])
+    ratios: dict[str, list[float]] = {}
+    for target in targets:
+        cells: dict[tuple[str, float], list[float]] = {}
+        for run in tuning:
+            losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+            diverged = run.data.tags["tinytrain.outcome"] == "diverged"
+            step = next((i for i, loss in enumerate(losses) if loss <= target), None)
+            key = (run.data.params["optimizer"], float(run.data.params["lr"]))
+            cells.setdefault(key, []).append(math.inf if diverged or step is None else step)
+        times: dict[str, float] = {}
+        for (arm, _lr), steps in cells.items():
+            times[arm] = min(times.get(arm, math.inf), float(np.median(steps)))
+        best = max(min(times.values()), 1.0)
+        for arm, time in times.items():
+            ratios.setdefault(arm, []).append(max(time, 1.0) / best)
+    taus = np.linspace(1, 4, 30001)
+    for row in rows:
+        rho = [np.mean([r <= tau for r in ratios[row["arm"]]]) for tau in taus]
+        assert row["score"] == pytest.approx(np.trapezoid(rho, taus) / 3, abs=1e-3)
+    no_target = invoke(["profile", "--sweep", store["tuning"], "--target", "1e-30", "--tracking-uri", store["uri"]])
+    assert no_target.exit_code == 2 and no_target.output.startswith("Error: no shared target: no arm reaches")
+
+
+def test_curves_export_every_loss_as_csv_and_parquet(store, tmp_path):
+    import pandas as pd
+
+    args = ["curves", "--sweep", store["tuning"], "--tracking-uri", store["uri"], "--out"]
+    assert invoke([*args, str(tmp_path / "c.csv")]).exit_code == 0
+    frame = pd.read_csv(tmp_path / "c.csv")
+    assert list(frame.columns) == ["run_id", "optimizer", "lr", "seed", "outcome", "metric", "step", "value"]
+    finished = [run for run in seed_runs(store["uri"]) if run.data.params["seed"] in ("0", "1")]
+    import mlflow
+
+    run = next(run for run in finished if run.data.tags["tinytrain.outcome"] == "finished")
+    history = sorted(
+        mlflow.MlflowClient(store["uri"]).get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step
+    )
+    mine = frame[(frame.run_id == run.info.run_id) & (frame.metric == "loss")].sort_values("step")
+    assert mine.value.tolist() == [m.value for m in history]
+    pytest.importorskip("pyarrow")
+    assert invoke([*args, str(tmp_path / "c.parquet")]).exit_code == 0
+    assert pd.read_parquet(tmp_path / "c.parquet").equals(frame)
+    bad = invoke([*args, str(tmp_path / "c.xlsx")])
+    assert (bad.exit_code, bad.output) == (
+        2,
+        f"Error: --out {tmp_path / 'c.xlsx'}: curves are written as .csv or .parquet\n",
+    )
