@@ -100,12 +100,11 @@ def terminal_table(
 def _stacked(header: Sequence[str], rows: Sequence[Sequence[str]], keep: list[int], width: int) -> list[str]:
     """Each row as a line of its kept columns, then one indented line per other column."""
     lines: list[str] = []
-    label = max(len(name) for name in header)
     for row in rows:
         lines += wrap("  ".join(row[index] for index in keep), width)
         for index, name in enumerate(header):
             if index not in keep:
-                lines += wrap(f"  {name:<{label}}  {row[index]}", width, indent=" " * (label + 4))
+                lines += wrap(f"  {name}: {row[index]}", width, indent="    ")
         lines.append("")
     return lines[:-1]
 
@@ -113,6 +112,7 @@ def _stacked(header: Sequence[str], rows: Sequence[Sequence[str]], keep: list[in
 def wrap(text: str, width: int, indent: str = "") -> list[str]:
     if not text:
         return []
+    indent = indent if len(indent) < width // 2 else ""
     return textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False) or [""]
 
 
