@@ -197,7 +197,7 @@ def confirm(
         click.echo(report.render_tuning(tuning, output_format, report.tuning_title(tuning, tuning_sweep), width))
         counts = outcome.counts
         click.echo(
-            f"Confirmation sweep {counts.parent_run_id}: {counts.total} runs ({counts.skipped} already done, "
+            f"Confirmation sweep {counts.parent_run_id}:\n{counts.total} runs ({counts.skipped} already done, "
             f"{counts.diverged} diverged, {counts.failed} failed) in {outcome.seconds:.1f} s\n"
         )
     record = read_sweep(uri, parent_run_id=outcome.counts.parent_run_id)

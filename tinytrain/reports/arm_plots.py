@@ -35,8 +35,8 @@ def plot_metric_against_lr(tuning: Tuning, sweep: SweepRecord) -> Figure:
     figure = _figure()
     ax = figure.subplots()
     colours = _arm_colours([arm.arm for arm in tuning.arms])
-    diverged_label = True
-    for arm in tuning.arms:
+    any_diverged = False
+    for index, arm in enumerate(tuning.arms):
         colour = colours[arm.arm]
         points = sorted((dict(result.setting)["lr"], result) for result in arm.settings)
         kept = [(lr, result) for lr, result in points if math.isfinite(result.median)]
@@ -53,18 +53,19 @@ def plot_metric_against_lr(tuning: Tuning, sweep: SweepRecord) -> Figure:
             ax.plot(lrs, medians, marker="o", markersize=4, color=colour, label=f"{arm.arm} ({arm.chosen_name})")
             ax.plot([arm.lr], [arm.median], marker="o", markersize=11, fillstyle="none", color=colour)
         gone = [lr for lr, result in points if math.isinf(result.median)]
-        if gone:
+        if gone:  # at the top, in the arm's colour, one row per arm so that arms diverging at one lr stay apart
+            any_diverged = True
             ax.plot(
                 gone,
-                [0.96] * len(gone),
+                [0.97 - 0.035 * index] * len(gone),
                 linestyle="none",
                 marker="x",
-                markersize=8,
+                markersize=7,
                 color=colour,
                 transform=ax.get_xaxis_transform(),
-                label="diverged (median seed)" if diverged_label else None,
             )
-            diverged_label = False
+    if any_diverged:
+        ax.plot([], [], linestyle="none", marker="x", color="black", label="diverged (median seed), at the top")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("learning rate (log scale)")
@@ -88,9 +89,11 @@ def plot_expected_best(tuning: Tuning, sweep: SweepRecord) -> Figure:
     for arm in tuning.arms:
         k = range(1, len(arm.expected_best) + 1)
         ax.plot(k, arm.expected_best, marker="o", markersize=3, color=colours[arm.arm], label=arm.arm)
-    ax.set_xscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
-    ax.set_xlabel("tuning trials k (runs drawn from the arm's lrs and seeds, log scale)")
+    ax.set_xlabel("tuning trials k (runs drawn from the arm's lrs and seeds)")
     ax.set_ylabel(f"expected best {tuning.metric.label}")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small", loc="best")

@@ -703,14 +703,14 @@ def render_verdict(result: Verdict, output_format: str = "table", title: str = "
             _interval(arm.median, arm.ci_low, arm.ci_high),
             arm.standing,
             _number(arm.p_value, ".2g"),
-            _interval(arm.p_improvement, arm.pi_low, arm.pi_high),
+            _interval(arm.p_improvement, arm.pi_low, arm.pi_high, ".2f"),
             str(arm.seeds),
             str(arm.diverged),
         )
         for arm in result.arms
     ]
     sentences = " ".join(f"{text}." for text in result.sentences)
-    text = _render(header, rows, {2, 4, 5, 6, 7}, title, caption, output_format, width, keep=(0, 2, 3, 4))
+    text = _render(header, rows, {2, 4, 5, 6, 7}, title, caption, output_format, width, keep=(0, 2, 3, 4, 5))
     if output_format == "latex" or not sentences:
         return text
     if output_format == "table" and width is not None:
