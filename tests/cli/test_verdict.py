@@ -321,3 +321,34 @@ def test_curves_export_every_loss_as_csv_and_parquet(store, tmp_path):
         2,
         f"Error: --out {tmp_path / 'c.xlsx'}: curves are written as .csv or .parquet\n",
     )
+
+
+def test_the_stores_latest_sweep_is_the_same_by_plain_sql_and_by_mlflows_search(store):
+    from tinytrain.tracking import Store
+    from tinytrain.tracking.read import _latest_sweep, _latest_sweep_sqlite
+
+    with Store(store["uri"]) as opened:
+        by_mlflow = _latest_sweep(opened, None)
+    assert by_mlflow == _latest_sweep_sqlite(store["uri"], None) == confirmation_parent(store)
+
+
+def test_a_confirmation_experiment_file_loads_back_to_its_cells_and_keeps_every_run_key():
+    from dataclasses import replace
+
+    from tinytrain.spec import ConfigError, load_experiment, validate
+
+    grid = validate({"grid": {"optimizer": ["adam", "sgd"], "lr": [0.01, 0.1], "seed": [5, 6]}})
+    narrowed = replace(grid, cells=(("adam", 0.01), ("sgd", 0.1)), confirms="abc")
+    again = load_experiment("x", text=narrowed.to_toml(), recorded=True)
+    assert (again.cells, again.confirms) == (narrowed.cells, "abc")
+    assert [spec.run_name for spec in again.specs()] == [
+        "adam-lr0.01-seed5",
+        "adam-lr0.01-seed6",
+        "sgd-lr0.1-seed5",
+        "sgd-lr0.1-seed6",
+    ]
+    full = {spec.run_name: spec.key for spec in grid.specs()}
+    assert all(full[spec.run_name] == spec.key for spec in again.specs())  # a filter: no run key changes
+    assert "cells" not in grid.to_toml() and "confirms" not in grid.to_toml()  # other sweeps' files as before
+    with pytest.raises(ConfigError, match="cells lists 'adam@1.0', which is not a cell of the grid"):
+        validate({"cells": ["adam@1.0"], "grid": {"optimizer": ["adam"], "lr": [0.01]}})
