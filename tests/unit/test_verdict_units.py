@@ -204,3 +204,13 @@ def test_latex_is_booktabs_with_its_caption_and_escapes():
         "\\end{table}",
     ]
     assert tables.csv_text(("a",), [("1",)], "t", "c") == "# t\n# c\na\n1\n"
+
+
+def test_a_median_pulled_by_a_diverged_seed_is_diverged_never_a_number_halfway():
+    half = [run("a", 0.1, seed, value) for seed, value in enumerate([1e-3, 2e-3, math.inf, math.inf])]
+    one = [run("b", 0.1, seed, value) for seed, value in enumerate([1e-3, 2e-3, 3e-3, math.inf])]
+    result = report.judge(sweep([*half, *one]))
+    b, a = result.arms
+    assert (b.arm, a.arm) == ("b", "a") and math.isinf(a.median) and math.isinf(a.ci_high)
+    assert b.median == pytest.approx(math.sqrt(2e-3 * 3e-3))  # the two middle seeds, on log10
+    assert math.isinf(b.ci_high) and b.ci_low == pytest.approx(1e-3)

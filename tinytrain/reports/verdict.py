@@ -439,6 +439,8 @@ def _arm_summary(
     settings = {setting_name(setting_of(run, tuned, axes)) for run in runs}
     logs = np.array([stats.LOG10_DIVERGED if run.diverged else _log10(metric.value(run)) for run in runs])
     median = float(np.median(logs))
+    finished = [log for log, run in zip(logs, runs, strict=True) if not run.diverged]
+    ceiling = max(finished, default=-math.inf)
     low = high = None
     if logs.size > 1:
         low, high = _bootstrap(logs, np.median)
@@ -447,14 +449,16 @@ def _arm_summary(
         setting=" / ".join(sorted(settings)),
         seeds=len(runs),
         diverged=sum(run.diverged for run in runs),
-        median=_from_log(median),
-        ci_low=None if low is None else _from_log(low),
-        ci_high=None if high is None else _from_log(high),
+        median=_from_log(median, ceiling),
+        ci_low=None if low is None else _from_log(low, ceiling),
+        ci_high=None if high is None else _from_log(high, ceiling),
     )
 
 
-def _from_log(value: float) -> float:
-    return math.inf if value >= stats.LOG10_DIVERGED else 10**value
+def _from_log(value: float, ceiling: float) -> float:
+    """A log10 median (or bound) back as a value; above the largest finite log of the arm it was pulled there
+    by a diverged seed (coded LOG10_DIVERGED, or halfway to it between two middle seeds): +inf, diverged."""
+    return math.inf if value > ceiling else 10**value
 
 
 def _bootstrap(values, statistic) -> tuple[float, float]:
