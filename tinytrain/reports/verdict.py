@@ -95,7 +95,7 @@ def measured(runs: Sequence[CellRun], metric: str) -> bool:
 def pick_metric(runs: Sequence[CellRun], preference: Sequence[str], given: str | None = None) -> Metric:
     """The given metric (checked), else the first of `preference` that every finished run measured."""
     if given is not None:
-        name = given if given.startswith("final_") or given in ("final_loss",) else f"final_{given}"
+        name = given if given.startswith("final_") else f"final_{given}"  # val_loss -> final_val_loss
         if not measured(runs, name):
             raise VerdictError(f"the runs have no {name}: use one they measured ({', '.join(_names(runs))})")
         return Metric(name)
