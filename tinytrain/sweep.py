@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tinytrain.executors import make_executor
 from tinytrain.reports.summary import SweepSummary
@@ -317,3 +318,108 @@ def sweep_until_separated(experiment: Experiment, uri: str, max_seeds: int, **op
             return Separation(rounds, not tied, best.name, tied, seeds, time.perf_counter() - started)
         experiment = replace(experiment, extra_seeds=extra)
         rounds.append(run_sweep(experiment, uri, **options))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# confirm: each arm's chosen setting on fresh seeds, as a sweep linked to the tuning sweep
+
+
+@dataclass
+class Confirmation:
+    """What `confirm` did: the tuning it read, each round's sweep on fresh seeds, and the verdict on them."""
+
+    tuning: Any  # reports.verdict.Tuning
+    rounds: list[SweepOutcome]
+    verdict: Any  # reports.verdict.Verdict
+    seeds: tuple[int, ...]
+    seconds: float
+
+
+def confirmation_experiment(
+    experiment: Experiment, arms: list, seeds: tuple[int, ...], tuning_sweep: str
+) -> Experiment:
+    """The tuning experiment narrowed to each arm's chosen cell, on `seeds`, naming the tuning sweep.
+
+    Settings, variants and the experiment's name stay the tuning sweep's: the runs of a chosen cell differ from
+    its tuning runs only by their seeds, and land in the same MLflow experiment.
+    """
+    from dataclasses import replace
+
+    cells = tuple(dict.fromkeys((arm.optimizer, arm.lr) for arm in arms))
+    grid = {
+        **experiment.grid,
+        "optimizer": list(dict.fromkeys(optimizer for optimizer, _lr in cells)),
+        "lr": sorted({lr for _optimizer, lr in cells}),
+        "seed": list(seeds),
+    }
+    return replace(experiment, grid=grid, cells=cells, confirms=tuning_sweep, extra_seeds={}, drawn=())
+
+
+def tuning_sweep_of(uri: str, experiment: str | None, sweep_id: str | None):
+    """The tuning sweep to confirm: the one given, else the latest (or, if that is a confirmation, its tuning
+    sweep). Refused: a confirmation sweep given by id."""
+    from tinytrain.reports.verdict import VerdictError
+    from tinytrain.tracking import read_sweep
+
+    sweep = read_sweep(uri, experiment, sweep_id)
+    if sweep.confirms and sweep_id is not None:
+        raise VerdictError(
+            f"sweep {sweep_id} is a confirmation sweep: give its tuning sweep (--sweep {sweep.confirms})"
+        )
+    if sweep.confirms:
+        sweep = read_sweep(uri, parent_run_id=sweep.confirms)
+    return sweep
+
+
+def confirm(
+    uri: str,
+    count: int,
+    *,
+    experiment: str | None = None,
+    sweep_id: str | None = None,
+    first_seed: int | None = None,
+    arms: list[str] | None = None,
+    tuning_metric: str | None = None,
+    metric: str | None = None,
+    until_separated: bool = False,
+    max_seeds: int = 20,
+    **options,
+) -> Confirmation:
+    """Run each arm's chosen setting on `count` fresh seeds and judge them; with until_separated, add one seed
+    to every arm and sweep again (paired, resumed) until the best differs from each other arm, or max_seeds.
+
+    Every check (a missing arm, an unknown arm, seeds that were tuning seeds) comes before anything is written.
+    """
+    from tinytrain.reports import verdict as report
+    from tinytrain.spec import load_experiment
+    from tinytrain.tracking import read_sweep, read_sweep_experiment
+
+    started = time.perf_counter()
+    tuning_sweep = tuning_sweep_of(uri, experiment, sweep_id)
+    parent = tuning_sweep.parent_run_id
+    tuning_experiment = load_experiment(f"run {parent}", text=read_sweep_experiment(uri, parent), recorded=True)
+    tuning = report.tune(tuning_sweep, tuning_metric)
+    chosen = report.confirmation_cells(tuning, arms)
+    report.check_armed(tuning_sweep, arms or [report.arm_of(spec) for spec in tuning_experiment.specs()])
+    tuning_seeds = {spec.seed for spec in tuning_experiment.specs()}
+    seeds = report.fresh_seeds(count, tuning_seeds, first_seed)
+    rounds: list[SweepOutcome] = []
+    while True:
+        narrowed = confirmation_experiment(tuning_experiment, chosen, seeds, parent)
+        rounds.append(run_sweep(narrowed, uri, **options))
+        outcome = rounds[-1]
+        if outcome.interrupted or outcome.counts.parent_run_id is None:
+            return Confirmation(tuning, rounds, None, seeds, time.perf_counter() - started)
+        record = read_sweep(uri, parent_run_id=outcome.counts.parent_run_id)
+        verdict = report.judge(record, metric)
+        more = until_separated and not verdict.separated and len(seeds) < max_seeds and not outcome.counts.failed
+        if not more:
+            return Confirmation(tuning, rounds, verdict, seeds, time.perf_counter() - started)
+        seeds = (*seeds, _next_fresh(seeds, tuning_seeds))
+
+
+def _next_fresh(seeds: tuple[int, ...], tuning_seeds: set[int]) -> int:
+    seed = max(seeds) + 1
+    while seed in tuning_seeds:
+        seed += 1
+    return seed

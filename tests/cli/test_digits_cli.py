@@ -112,7 +112,8 @@ def test_compare_on_test_accuracy_ranks_the_highest_mean_first(store):
     ranked = sorted(rows, key=lambda row: row["rank"])
     assert [row["geomean"] for row in ranked] == sorted(row["geomean"] for row in rows)
     table = invoke(["compare", "--experiment", NAME, "--metric", "test_accuracy", "--tracking-uri", store["uri"]])
-    assert "test error (1 - test accuracy)" in table.output and "geometric mean of final_loss" in table.output
+    assert "test error (1 - test accuracy)" in table.output and "geometric mean of test error" in table.output
+    assert "test error median [95% CI]" in table.output and "geomean test error" in table.output
 
 
 def test_compare_on_a_test_metric_of_a_one_sample_sweep_is_one_line(tmp_path):

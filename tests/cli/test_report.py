@@ -138,7 +138,11 @@ def test_a_second_sweep_that_skips_every_cell_compares_to_the_same_rows(store):
 
 
 def test_compare_csv_parses_to_the_json_rows(store):
-    rows = list(csv.DictReader(io.StringIO(compare(store, "--format", "csv"))))
+    text = compare(store, "--format", "csv")
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    document = json.loads(compare(store, "--format", "json"))
+    assert comments == [f"# {document['title']}", f"# {document['caption']}"]  # the csv carries its caption
+    rows = list(csv.DictReader(io.StringIO("".join(line + "\n" for line in text.splitlines()[2:]))))
     assert list(rows[0]) == list(report.COLUMNS)
     for parsed, row in zip(rows, compare_json(store), strict=True):
         for column, value in row.items():
@@ -156,6 +160,7 @@ def test_compare_table_and_markdown_render(store):
         "lr",
         "steps",
         "to",
+        "loss",
         "0.001",
         "final",
         "loss",
@@ -176,17 +181,17 @@ def test_compare_table_and_markdown_render(store):
     assert first[3:5] == ["not", "reached"]  # 3 steps: nothing gets to 1e-3
     assert first[6:9] == [f"{best['median']:.2g}", f"[{best['ci_low']:.2g},", f"{best['ci_high']:.2g}]"]
     assert first[-5:] == ["—", "—", "baseline", "2", "0"]
-    assert table[-1].startswith("Ranked by the median steps to a loss <= 0.001")
+    assert table[-1].startswith("Rank 1 reaches a training loss <= 0.001 in the fewest steps")
     assert table[-1].endswith("with 2 seeds (Holm-corrected p >= 0.05).")
     markdown = compare(store, "--format", "markdown").splitlines()
     assert markdown[2] == (
-        "| rank | optimizer | lr | steps to 0.001 | final loss median [95% CI] | IQM | p_better "
+        "| rank | optimizer | lr | steps to loss 0.001 | final loss median [95% CI] | IQM | p_better "
         "| p (Holm) | vs baseline | seeds | diverged |"
     )
     assert markdown[4].startswith(f"| 1 | {best['optimizer']} | {best['lr']:g} | not reached (2/2) | ")
     assert markdown[-4:-2] == [
-        "| — | sgd | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |",
-        "| — | adam | 1000 | not reached (2/2) | — | — | 0.00 | 1 | tied | 2 | 2 |",
+        "| — | sgd | 1000 | not reached (2/2) | — | — | 0.00 | 1 | diverged | 2 | 2 |",
+        "| — | adam | 1000 | not reached (2/2) | — | — | 0.00 | 1 | diverged | 2 | 2 |",
     ]
 
 
@@ -532,7 +537,7 @@ def test_markdown_of_hand_made_rows_is_exact():
     rows = report.summarize([cell_run("sgd", 0.01, 0, 0.25), cell_run("sgd", 0.01, 1, 0.0625)])
     assert report.render_compare(rows, "markdown", "title", "caption") == (
         "**title**\n\n"
-        "| rank | optimizer | lr | steps to 0.001 | final loss median [95% CI] | IQM | p_better | p (Holm) "
+        "| rank | optimizer | lr | steps to loss 0.001 | final loss median [95% CI] | IQM | p_better | p (Holm) "
         "| vs baseline | seeds | diverged |\n"
         "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|\n"
         "| 1 | sgd | 0.01 | not reached (2/2) | 0.12 [0.062, 0.25] | 0.12 | — | — | baseline | 2 | 0 |\n"

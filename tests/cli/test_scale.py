@@ -142,7 +142,7 @@ def test_an_empty_file_at_the_stores_path_is_a_new_store(cli_runner, experiment_
     assert result.exit_code == 0, result.output
     assert len(children(store_uri, "scale")) == 4
     compared = cli_runner.invoke(cli, ["compare", "--experiment", "scale", "--format", "csv"])
-    assert compared.exit_code == 0 and compared.output.count("\n") == 3, compared.output
+    assert compared.exit_code == 0 and compared.output.count("\n") == 5, compared.output
 
 
 @pytest.mark.parametrize("command", [["sweep", "--dry-run"], ["sweep", "--quiet"], ["compare"], ["plot"]])

@@ -164,7 +164,9 @@ def test_compare_over_http_gives_the_same_table_as_on_sqlite(swept):
             result = invoke(args)
             assert result.exit_code == 0, result.output
             outputs[store, output_format] = result.output
-    assert outputs["http", "csv"] == outputs["sqlite", "csv"]
+    http_csv, sqlite_csv = outputs["http", "csv"].splitlines(), outputs["sqlite", "csv"].splitlines()
+    assert http_csv[0] == f"# {NAME}: sweep {swept['http']}, final loss after 3 steps over 2 seeds"
+    assert http_csv[1:] == sqlite_csv[1:]  # the title line names each sweep's own parent run
     assert json.loads(outputs["http", "json"])["rows"] == json.loads(outputs["sqlite", "json"])["rows"]
     http_table, sqlite_table = outputs["http", "table"].splitlines(), outputs["sqlite", "table"].splitlines()
     assert http_table[0] == f"{NAME}: sweep {swept['http']}, final loss after 3 steps over 2 seeds"
@@ -189,6 +191,10 @@ def test_the_servers_store_reads_the_same_without_the_server(swept):
     over_http = invoke(["compare", "--experiment", NAME, "--format", "csv", "--tracking-uri", swept["url"]])
     assert direct.exit_code == 0, direct.output
     assert direct.output == over_http.output
+    # without --experiment: the store's latest sweep, by plain SQL on the file and by MLflow's search over http
+    latest = invoke(["compare", "--format", "csv", "--tracking-uri", store])
+    assert latest.output == invoke(["compare", "--format", "csv", "--tracking-uri", swept["url"]]).output
+    assert latest.exit_code == 0 and latest.output.startswith(f"# {NAME}: sweep ")
 
 
 def test_tinytrain_ui_starts_answers_and_stops_cleanly(swept, tmp_path):

@@ -300,19 +300,22 @@ def test_compare_caption_says_how_the_table_is_ranked_and_read():
     common = (
         "Median, 95% bootstrap CI and IQM (interquartile mean) are those of log10(final_loss) over the "
         "finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; p: "
-        "two-sided Wilcoxon signed-rank on paired log10 final losses, Holm-corrected. "
+        "two-sided Wilcoxon signed-rank on paired log10(final_loss), Holm-corrected. "
     )
     rows = [row("adam", baseline=True, seeds=6), row("sgd", rank=2, p_value=0.5, tied_with_best=True, seeds=6)]
     assert report.compare_caption(rows) == (
-        "Ranked by the median steps to a loss <= 0.001 over seeds (a seed that never gets there, or diverges, "
-        "counts as not reached). " + common + "1 cell cannot be told apart from the best (adam@0.01) with 6 seeds "
-        "(Holm-corrected p >= 0.05)."
-    )
-    assert report.compare_caption(rows, by="final_loss", target=0.1) == (
-        "Ranked by the geometric mean of final_loss. " + common + "1 cell cannot be told apart from the best "
+        "Rank 1 reaches a training loss <= 0.001 in the fewest steps (median over seeds; a seed that never gets "
+        "there, or diverges, counts as not reached). " + common + "1 cell cannot be told apart from the best "
         "(adam@0.01) with 6 seeds (Holm-corrected p >= 0.05)."
     )
+    assert report.compare_caption(rows, by="final_loss", target=0.1) == (
+        "Rank 1 has the lowest geometric mean of final loss over seeds. " + common + "1 cell cannot be told apart "
+        "from the best (adam@0.01) with 6 seeds (Holm-corrected p >= 0.05)."
+    )
     assert report.compare_caption([row("adam")]).endswith("Holm-corrected. ")  # no baseline: no sentence
+    accuracy = report.compare_caption(rows, by="final_loss", metric="test_accuracy")
+    assert accuracy.startswith("Rank 1 has the lowest geometric mean of test error over seeds. ")
+    assert "log10(1 - final_test_accuracy)" in accuracy and "final_loss" not in accuracy
 
 
 def test_the_terminal_table_aligns_numbers_right_and_names_left_without_padding_or_wrapping():
@@ -425,7 +428,7 @@ def test_the_smaller_corners_of_the_formats():
     assert "emoji:smile:" in text  # names are shown as written, never as emoji
     with pytest.raises(ValueError) as error:
         report.render_compare([row()], "xml")
-    assert str(error.value) == "unknown format 'xml': use one of table, csv, json, markdown"
+    assert str(error.value) == "unknown format 'xml': use one of table, csv, json, markdown, latex"
     three = [
         row("a", baseline=True, seeds=3),
         row("b", rank=2, p_value=0.01, tied_with_best=False, seeds=4),

@@ -170,7 +170,7 @@ BAD_INPUTS = [
     ),
     (
         {"stepz": 3},
-        "unknown key 'stepz' in <experiment>: known keys are batch_size, checkpoint_every, data_seed, "
+        "unknown key 'stepz' in <experiment>: known keys are batch_size, cells, checkpoint_every, confirms, data_seed, "
         "diverge_above, engine, eval_every, extra_seeds, grid, loss, mkldnn, name, optimizers, problem, "
         "problem_settings, steps, target_index, threads",
     ),

@@ -178,7 +178,8 @@ def test_a_baseline_by_name_and_the_sentence_that_reads_the_ties():
     slow = next(row for row in rows if row.optimizer == "slow")
     assert slow.baseline and slow.rank == 2
     sentence = report.ties_sentence(rows)
-    tied = sum(bool(row.tied_with_best) for row in rows)
+    tied = sum(report.verdict(row) == "tied" for row in rows)  # "gone" diverged at every seed: not tied
+    assert [report.verdict(row) for row in rows if row.optimizer == "gone"] == ["diverged"]
     assert sentence.startswith(f"{tied} cell") and "slow@0.1" in sentence and "with 1-6 seeds" in sentence
     with pytest.raises(ValueError, match="--vs adam@0.5 is not a cell of this sweep: use one of fast@0.1"):
         report.summarize(grid_runs(), vs=("adam", 0.5))

@@ -14,7 +14,7 @@ experiment_option = click.option(
     "experiment_name",
     metavar="NAME",
     default=None,
-    help="The MLflow experiment [default: optimizer-grid, or the experiment of --sweep].",
+    help="The MLflow experiment [default: the store's latest sweep's, or the experiment of --sweep].",
 )
 sweep_option = click.option(
     "--sweep",
@@ -23,6 +23,20 @@ sweep_option = click.option(
     default=None,
     help="A sweep's parent run id [default: the experiment's latest sweep].",
 )
+
+
+def terminal_width() -> int | None:
+    """The width a table must fit: $COLUMNS, else the terminal's; None in a pipe without $COLUMNS (unbounded)."""
+    import os
+    import shutil
+    import sys
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
 
 
 def warn_missing_cells(sweep) -> None:
@@ -143,7 +157,14 @@ def compare(
             raise BadInput(str(error)) from None
         rows = report.sort_rows(rows, sort or "rank")
         text = report.render_compare(
-            rows, output_format, report.compare_title(sweep, metric), report.compare_caption(rows, by, target), target
+            rows,
+            output_format,
+            report.compare_title(sweep, metric),
+            report.compare_caption(rows, by, target, metric),
+            target,
+            metric,
+            by,
+            terminal_width(),
         )
     click.echo(text, nl=False)
     warn_missing_cells(sweep)
@@ -158,6 +179,9 @@ def _baseline(vs: str | None) -> tuple[str, float] | None:
         raise BadInput(str(error)) from None
 
 
+PLOT_KINDS = ("curves", "lr", "best-of-k")
+
+
 @click.command()
 @experiment_option
 @sweep_option
@@ -167,29 +191,59 @@ def _baseline(vs: str | None) -> tuple[str, float] | None:
     type=click.Path(dir_okay=False, writable=True),
     default="loss-curves.png",
     show_default=True,
-    help="The PNG file to write.",
+    help="The file to write, in the format its suffix names: .png, .pdf, .svg, .eps, ... (any matplotlib writes).",
+)
+@click.option(
+    "--dpi",
+    type=click.FloatRange(min=10, max=2400),
+    default=None,
+    help="Resolution of raster formats (and raster parts of vector ones) [default: 120].",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(PLOT_KINDS),
+    default="curves",
+    show_default=True,
+    help="curves: loss per step; lr: each arm's tuning metric against lr; best-of-k: expected best after k trials.",
 )
 @tracking_uri_option
 @translate_errors
-def plot(experiment_name, sweep_id, out, tracking_uri):
-    """Plot a sweep's loss curves to a PNG: a panel per optimizer, a line per lr (log scale).
+def plot(experiment_name, sweep_id, out, dpi, kind, tracking_uri):
+    """Plot a sweep: its loss curves (a panel per optimizer, a line per lr, log scale), or per arm the tuning
+    metric against lr (--kind lr) or the expected best after k trials (--kind best-of-k).
 
-    Each line is the median over seeds, with a band from the lowest to the highest seed; diverged seeds
-    are left out and named in the legend.
+    Each curve is the median over seeds, with a band from the lowest to the highest seed; diverged seeds
+    are left out and named in the legend. The format follows the suffix of --out (pdf and svg for papers).
 
     \b
     Example:
         tinytrain plot --out docs/loss-curves.png
-        tinytrain plot --experiment one-step-adam --sweep 3f2a9c... --out one-step.png
+        tinytrain plot --kind lr --out lr.pdf
+        tinytrain plot --experiment one-step-adam --sweep 3f2a9c... --out one-step.svg --dpi 300
     """
     from tinytrain.reports import plot as curves
     from tinytrain.tracking import read_sweep
 
-    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=True)
+    try:
+        curves.figure_format(out)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    uri = resolved_uri(tracking_uri)
+    sweep = read_sweep(uri, experiment_name, sweep_id, with_losses=kind == "curves")
     if not sweep.runs:
         raise click.ClickException(f"sweep {sweep.parent_run_id} has no finished run to plot yet")
-    figure = curves.plot_loss_curves(sweep)
-    path = curves.save_figure(figure, out)
+    if kind == "curves":
+        figure = curves.plot_loss_curves(sweep)
+    else:
+        from tinytrain.reports import arm_plots
+        from tinytrain.reports import verdict as report
+
+        tuning_sweep = read_sweep(uri, parent_run_id=sweep.confirms) if sweep.confirms else sweep
+        tuning = report.tune(tuning_sweep)
+        draw = arm_plots.plot_metric_against_lr if kind == "lr" else arm_plots.plot_expected_best
+        figure = draw(tuning, tuning_sweep)
+        sweep = tuning_sweep
+    path = curves.save_figure(figure, out, dpi)
     lines = sum(len(ax.lines) for ax in figure.axes)
     click.echo(
         f"Wrote {path}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.parent_run_id} of {sweep.experiment}"

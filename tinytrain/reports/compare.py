@@ -21,12 +21,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from tinytrain.reports import stats
+from tinytrain.reports import stats, tables
 
 if TYPE_CHECKING:
     from tinytrain.tracking.read import CellRun, SweepRecord
 
-FORMATS = ("table", "csv", "json", "markdown")
+FORMATS = ("table", "csv", "json", "markdown", "latex")
 RANKINGS = ("target", "final_loss")  # --by: the median time to target, or the geometric mean of final_loss
 # The columns of the compare table, in order (csv, json); any of them sorts it (--sort).
 COLUMNS = (
@@ -221,7 +221,7 @@ def ties_sentence(rows: Sequence[CellSummary]) -> str:
         return ""
     who = f"the best ({baseline.name})" if baseline.rank == 1 else baseline.name
     tested = [row for row in rows if row.p_value is not None]
-    tied = sum(bool(row.tied_with_best) for row in tested)
+    tied = sum(verdict(row) == "tied" for row in tested)  # a cell whose every seed diverged is not tied
     counts = sorted({row.seeds for row in rows})
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     if not tested:
@@ -271,9 +271,12 @@ def _median_ci(row: CellSummary) -> str:
 
 
 def verdict(row: CellSummary) -> str:
-    """How a row stands against the baseline: baseline, tied, better, worse (— without shared seeds)."""
+    """How a row stands against the baseline: baseline, diverged (every seed: never "tied"), tied, better, worse
+    (— without shared seeds)."""
     if row.baseline:
         return "baseline"
+    if row.seeds and row.diverged == row.seeds:
+        return "diverged"
     if row.tied_with_best is None:
         return "—"
     if row.tied_with_best:
@@ -281,13 +284,13 @@ def verdict(row: CellSummary) -> str:
     return "better" if (row.p_better or 0) > 0.5 else "worse"
 
 
-def _headers(target: float) -> tuple[str, ...]:
+def _headers(target: float, metric: str = "final_loss", by: str = "target") -> tuple[str, ...]:
     return (
         "rank",
         "optimizer",
         "lr",
-        f"steps to {target:g}",
-        "final loss median [95% CI]",
+        f"steps to loss {target:g}" if by == "target" else f"geomean {_short_label(metric)}",
+        f"{_short_label(metric)} median [95% CI]",
         "IQM",
         "p_better",
         "p (Holm)",
@@ -297,12 +300,17 @@ def _headers(target: float) -> tuple[str, ...]:
     )
 
 
-def _cells(row: CellSummary) -> tuple[str, ...]:
+def _short_label(metric: str) -> str:
+    """A column's name for the metric: 'final loss', 'test loss', 'test error'."""
+    return "test error" if metric == "test_accuracy" else METRICS[metric][1]
+
+
+def _cells(row: CellSummary, by: str = "target") -> tuple[str, ...]:
     return (
         _number(row.rank, "d"),
         row.optimizer,
         f"{row.lr:g}",
-        _steps(row),
+        _steps(row) if by == "target" else _number(row.geomean, ".3g"),
         _median_ci(row),
         _number(row.iqm, ".2g"),
         _number(row.p_better, ".2f"),
@@ -319,10 +327,17 @@ def render_compare(
     title: str = "",
     caption: str = "",
     target: float = stats.TARGET,
+    metric: str = "final_loss",
+    by: str = "target",
+    width: int | None = None,
 ) -> str:
-    """The compare table as text: a rich table, markdown, csv (raw numbers) or json (raw numbers)."""
+    """The compare table as text: a rich table (fitted to `width` columns: fewer columns, or stacked rows),
+    markdown, LaTeX (booktabs), csv (raw numbers) or json (raw numbers); each with its title and caption.
+    The headers name the metric; the ranking's column (steps to target, or the geometric mean) is shown."""
     if output_format == "csv":
-        return _csv(COLUMNS, [[_raw(getattr(row, column)) for column in COLUMNS] for row in rows])
+        return tables.csv_text(
+            COLUMNS, [[_raw(getattr(row, column)) for column in COLUMNS] for row in rows], title, caption
+        )
     if output_format == "json":
         document = {
             "title": title,
@@ -331,12 +346,18 @@ def render_compare(
             "rows": [{column: getattr(row, column) for column in COLUMNS} for row in rows],
         }
         return json.dumps(document, indent=2) + "\n"
-    table = [_cells(row) for row in rows]
+    table = [_cells(row, by) for row in rows]
     right = {0, 2, 3, 4, 5, 6, 7, 9, 10}
+    header = _headers(target, metric, by)
     if output_format == "markdown":
-        return _markdown(_headers(target), table, right, title, caption)
+        return tables.markdown(header, table, right, title, caption)
+    if output_format == "latex":
+        return tables.latex(header, table, right, title, caption)
     if output_format == "table":
-        return _rich_table(_headers(target), table, right, title, caption)
+        if width is None:
+            return _rich_table(header, table, right, title, caption)
+        # kept when columns must go: the rank, the cell, the ranking's column and the standing
+        return tables.terminal_table(header, table, right, title, caption, width, keep=(0, 1, 2, 3, 8))
     raise ValueError(f"unknown format {output_format!r}: use one of {', '.join(FORMATS)}")
 
 
@@ -402,18 +423,22 @@ def compare_title(sweep: SweepRecord, metric: str = "final_loss") -> str:
     )
 
 
-def compare_caption(rows: Sequence[CellSummary], by: str = "target", target: float = stats.TARGET) -> str:
-    """How the table is ranked and read, and what the paired comparison says."""
+def compare_caption(
+    rows: Sequence[CellSummary], by: str = "target", target: float = stats.TARGET, metric: str = "final_loss"
+) -> str:
+    """How the table is ranked (its first sentence, one line) and read, and what the paired comparison says."""
+    name = METRICS[metric][0]
     ranking = (
-        f"Ranked by the median steps to a loss <= {target:g} over seeds (a seed that never gets there, "
-        "or diverges, counts as not reached)"
+        f"Rank 1 reaches a training loss <= {target:g} in the fewest steps (median over seeds; a seed that "
+        "never gets there, or diverges, counts as not reached)"
         if by == "target"
-        else "Ranked by the geometric mean of final_loss"
+        else f"Rank 1 has the lowest geometric mean of {_short_label(metric)} over seeds"
     )
+    what = f"log10({name})" if metric != "test_accuracy" else f"log10(1 - {name})"
     return (
-        f"{ranking}. Median, 95% bootstrap CI and IQM (interquartile mean) are those of log10(final_loss) "
+        f"{ranking}. Median, 95% bootstrap CI and IQM (interquartile mean) are those of {what} "
         "over the finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; "
-        "p: two-sided Wilcoxon signed-rank on paired log10 final losses, Holm-corrected. " + ties_sentence(rows)
+        f"p: two-sided Wilcoxon signed-rank on paired {what}, Holm-corrected. " + ties_sentence(rows)
     )
 
 
@@ -496,6 +521,8 @@ def render_before_after(rows: Sequence[BeforeAfter], output_format: str = "table
     right = {1, 2, 3, 5, 6}
     if output_format == "markdown":
         return _markdown(header, table, right, title, "")
+    if output_format == "latex":
+        return tables.latex(header, table, right, title, "")
     if output_format == "table":
         # a rule between cells, and above each cell's mean row
         ends = [

@@ -154,9 +154,31 @@ def _lr_colours(lrs: Sequence[float]) -> dict[float, Any]:
     return {lr: cmap(0.85 - 0.75 * index / (len(lrs) - 1)) for index, lr in enumerate(lrs)}
 
 
-def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write a figure as a PNG (creating its folder) and return the path."""
+DPI = 120  # a raster figure's default resolution
+
+
+def figure_format(path: str | Path, figure: Figure | None = None) -> str:
+    """The format a path's suffix names (pdf, svg, png, ...); ValueError, with the formats matplotlib writes,
+    for a suffix it cannot write (checked before anything is read or written)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    canvas = figure.canvas if figure is not None else FigureCanvasAgg(Figure())
+    formats = canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().removeprefix(".")
+    if suffix not in formats:
+        raise ValueError(
+            f"--out {path}: matplotlib writes no {suffix or 'suffix-less'} files; end it in one of "
+            f"{', '.join('.' + name for name in sorted(formats))}"
+        )
+    return suffix
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: float | None = None) -> Path:
+    """Write a figure in the format its suffix names (pdf, svg, png, ...; creating its folder) and return the
+    path. dpi: the resolution of raster formats and of raster parts in vector ones [default: DPI]."""
     path = Path(path)
+    file_format = figure_format(path, figure)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, format="png")
+    figure.savefig(path, dpi=dpi or DPI, format=file_format)
     return path

@@ -182,6 +182,10 @@ class Experiment:
     extra_seeds: dict[tuple[str, float], tuple[int, ...]] = field(default_factory=dict)  # (optimizer, lr) -> seeds
     problem_settings: dict[str, Any] = field(default_factory=dict)  # a plugin problem's settings, as given
     plugins: Plugins = field(default_factory=Plugins, compare=False)  # the plugins it names, resolved
+    # Only these (optimizer, lr) cells of the grid run (empty: all): a confirmation sweep runs each arm's
+    # chosen setting, not the product of the arms and their lrs. It filters the grid; no run key changes.
+    cells: tuple[tuple[str, float], ...] = ()
+    confirms: str | None = None  # the parent run id of the tuning sweep whose chosen settings this one confirms
 
     @property
     def name(self) -> str:
@@ -190,6 +194,8 @@ class Experiment:
     def specs(self) -> list[RunSpec]:
         """The grid's cells, in a stable order (optimizer, then lr, then seed), then the extra seeds of cells."""
         grid = itertools.product(self.grid["optimizer"], self.grid.get("lr", [None]), self.grid["seed"])
+        if self.cells:
+            grid = (cell for cell in grid if (cell[0], cell[1]) in self.cells)
         extra = [(optimizer, lr, seed) for (optimizer, lr), seeds in self.extra_seeds.items() for seed in seeds]
         return [self._spec(optimizer, lr, seed) for optimizer, lr, seed in [*grid, *extra]]
 
@@ -237,6 +243,10 @@ class Experiment:
         lines = [f"# tinytrain sweep --from-run <this run>   (resolved from {self.source})"]
         lines += [f"# drawn: {line}" for line in self.drawn]
         lines += [f"{key} = {_toml_value(value)}" for key, value in self.settings.items() if value is not None]
+        if self.confirms:  # a confirmation sweep: which tuning sweep, and the chosen cells
+            lines += [f"confirms = {_toml_value(self.confirms)}"]
+        if self.cells:
+            lines += [f"cells = {_toml_value([f'{o}@{lr!r}' for o, lr in self.cells])}"]
         lines += ["", "[grid]"]
         lines += [f"{axis} = {_toml_value(values)}" for axis, values in self.grid.items()]
         for name, variant in self.variants.items():
@@ -387,7 +397,9 @@ def validate(raw: dict[str, Any], source: str = "<experiment>", recorded: bool =
     """recorded: raw is a sweep's resolved file, whose [plugins] table says what its plugins' signatures
     said (nothing is imported); otherwise the plugins it names are imported and their signatures read."""
     known = (
-        set(DEFAULTS) | {"grid", "optimizers", "extra_seeds", "problem_settings"} | ({"plugins"} if recorded else set())
+        set(DEFAULTS)
+        | {"grid", "optimizers", "extra_seeds", "problem_settings", "cells", "confirms"}
+        | ({"plugins"} if recorded else set())
     )
     for key in raw:
         if key not in known:
@@ -438,11 +450,31 @@ def validate(raw: dict[str, Any], source: str = "<experiment>", recorded: bool =
         problem_settings=problem_settings,
         plugins=plugins,
     )
+    experiment = _check_cells(raw, experiment)
     if "lr" not in grid:
         for name in grid["optimizer"]:
             if experiment.resolve_optimizer(name)[1] is None:
                 raise ConfigError(f"optimizer {name} has no default lr (its constructor sets none): give [grid] lr")
     return replace(experiment, extra_seeds=_check_extra_seeds(raw.get("extra_seeds", {}), experiment))
+
+
+def _check_cells(raw: dict[str, Any], experiment: Experiment) -> Experiment:
+    # cells = ["OPTIMIZER@LR", ...]: only these cells of the grid (a confirmation sweep); confirms = "RUN_ID"
+    confirms = raw.get("confirms")
+    if confirms is not None and (not isinstance(confirms, str) or not confirms.strip()):
+        raise ConfigError(f"confirms must be the parent run id of a tuning sweep, got {confirms!r}")
+    names = raw.get("cells", [])
+    if not isinstance(names, list):
+        raise ConfigError('cells must be a list of "OPTIMIZER@LR" cells of the grid')
+    grid = {(spec.optimizer, spec.lr) for spec in experiment.specs()}
+    cells = []
+    for name in names:
+        optimizer, _, lr = str(name).rpartition("@")
+        cell = (optimizer, parse_value(lr))
+        if cell not in grid:
+            raise ConfigError(f'cells lists {name!r}, which is not a cell of the grid: write "OPTIMIZER@LR"')
+        cells.append(cell)
+    return replace(experiment, cells=tuple(cells), confirms=confirms)
 
 
 def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[tuple[str, float], tuple[int, ...]]:

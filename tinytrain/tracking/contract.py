@@ -18,6 +18,7 @@ OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, 
 ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"  # a diverged run's name says so: "adam-lr0.1-seed0 (diverged)"
+CONFIRMS = "tinytrain.confirms"  # on a confirmation sweep's parent run: the parent run id of the tuning sweep
 
 # the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
 FINISHED_OUTCOMES = ("finished", "diverged", "converged")

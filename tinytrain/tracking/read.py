@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from tinytrain.spec import DEFAULTS, Experiment, load_experiment
+from tinytrain.spec import Experiment, load_experiment
 from tinytrain.tracking.artifacts import local_artifact_file
 from tinytrain.tracking.contract import (
     EXPERIMENT_FILE,
@@ -30,6 +30,7 @@ from tinytrain.tracking.sqlite import (
     finished_runs_readonly,
     histories_readonly,
     latest_run_with_tag_readonly,
+    latest_sweep_readonly,
     query_sqlite,
     run_readonly,
     store_is_new,
@@ -227,6 +228,7 @@ class SweepRecord:
     cells: int  # cells in the sweep's grid
     runs: tuple[CellRun, ...]  # grid order: optimizer, then lr, then seed
     missing: tuple[str, ...]  # run names of the cells without a finished run (failed, killed, not yet run)
+    confirms: str | None = None  # a confirmation sweep: the parent run id of the tuning sweep it confirms
 
 
 def read_sweep(
@@ -234,7 +236,7 @@ def read_sweep(
 ) -> SweepRecord:
     """A sweep of the store: the given parent run, else the latest sweep of the experiment.
 
-    The experiment defaults to the default experiment file's (optimizer-grid), or to the parent run's.
+    Without an experiment nor a parent run: the store's latest sweep, of whichever experiment.
     A SQLite store is read with plain SQL in a few queries (sqlite.py), without importing MLflow; a server
     through MLflow's client.
     """
@@ -242,7 +244,7 @@ def read_sweep(
         check_store(uri)  # one line now, rather than MLflow's retries and a traceback
         with Store(uri) as store:
             if parent_run_id is None:
-                parent_run_id = _latest_sweep(store, experiment or DEFAULTS["name"])
+                parent_run_id = _latest_sweep(store, experiment)
             record = sweep_record(store, parent_run_id, with_losses=with_losses)
     else:
         if store_is_new(uri):  # opening it would create an empty store
@@ -250,7 +252,7 @@ def read_sweep(
                 f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store with --tracking-uri"
             )
         if parent_run_id is None:
-            parent_run_id = _latest_sweep_sqlite(uri, experiment or DEFAULTS["name"])
+            parent_run_id = _latest_sweep_sqlite(uri, experiment)
         record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses)
     if experiment is not None and record.experiment != experiment:
         raise TrackingError(
@@ -260,7 +262,12 @@ def read_sweep(
     return record
 
 
-def _latest_sweep_sqlite(uri: str, name: str) -> str:
+def _latest_sweep_sqlite(uri: str, name: str | None) -> str:
+    if name is None:
+        latest = latest_sweep_readonly(uri, KIND)
+        if latest is None:
+            raise TrackingError(f"no sweep in {uri} yet: run `tinytrain sweep` first, or check --tracking-uri")
+        return latest
     experiment_id = experiment_id_readonly(uri, name)
     if experiment_id is None:
         raise TrackingError(
@@ -272,8 +279,16 @@ def _latest_sweep_sqlite(uri: str, name: str) -> str:
     return latest
 
 
-def _latest_sweep(store: Store, name: str) -> str:
-    """The parent run id of the experiment's latest sweep."""
+def _latest_sweep(store: Store, name: str | None) -> str:
+    """The parent run id of the experiment's latest sweep (no name: the store's latest sweep)."""
+    if name is None:
+        ids = [experiment.experiment_id for experiment in store.client.search_experiments()]
+        latest = store.client.search_runs(
+            ids, f"tags.`{KIND}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+        if not latest:
+            raise TrackingError(f"no sweep in {store.uri} yet: run `tinytrain sweep` first, or check --tracking-uri")
+        return latest[0].info.run_id
     experiment_id = store.experiment_id(name, create=False)
     if experiment_id is None:
         raise TrackingError(
@@ -342,6 +357,7 @@ def sweep_record(
         len(runs) + len(missing),
         tuple(runs),
         tuple(missing),
+        experiment.confirms,
     )
 
 
@@ -424,4 +440,5 @@ def sweep_record_sqlite(
         len(runs) + len(missing),
         tuple(runs),
         tuple(missing),
+        experiment.confirms,
     )

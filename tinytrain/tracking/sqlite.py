@@ -244,6 +244,20 @@ def latest_run_with_tag_readonly(uri: str, experiment_id: str, tag: str, value: 
     return rows[0][0] if rows else None
 
 
+def latest_sweep_readonly(uri: str, tag: str) -> str | None:
+    """The active run of any active experiment with tag = "sweep" that started last: the store's latest sweep."""
+    rows = query_sqlite(
+        uri,
+        """SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid
+                                JOIN experiments ON experiments.experiment_id = runs.experiment_id
+                                WHERE runs.lifecycle_stage = 'active' AND experiments.lifecycle_stage = 'active'
+                                  AND tags.key = ? AND tags.value = 'sweep'
+                                ORDER BY runs.start_time DESC, runs.run_uuid ASC LIMIT 1""",
+        (tag,),
+    )
+    return rows[0][0] if rows else None
+
+
 def finished_runs_readonly(
     uri: str, experiment_id: str, names: dict[str, str]
 ) -> dict[str, tuple[str, str, dict[str, float]]]:

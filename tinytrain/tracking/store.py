@@ -17,6 +17,7 @@ from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.artifacts import ArtifactFolder, ServerArtifactsOnSqlite
 from tinytrain.tracking.contract import (
     CELL_SUMMARY,
+    CONFIRMS,
     ERROR,
     EXPERIMENT_FILE,
     FINISHED_OUTCOMES,
@@ -46,6 +47,11 @@ def model_name(spec: RunSpec, step: int | None = None) -> str:
 def diverged_run_name(spec: RunSpec) -> str:
     """The UI's name of a run that diverged: adam-lr0.1-seed0 (diverged)."""
     return f"{spec.run_name} (diverged)"
+
+
+def _link(experiment: Experiment) -> dict[str, str]:
+    """A confirmation sweep's tag naming the tuning sweep it confirms (none on other sweeps)."""
+    return {CONFIRMS: experiment.confirms} if experiment.confirms else {}
 
 
 class Store:
@@ -151,7 +157,7 @@ class Store:
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={KIND: "sweep", OWNER: process_owner(), "tinytrain.cells": str(cells), **tags},
+            tags={KIND: "sweep", OWNER: process_owner(), "tinytrain.cells": str(cells), **tags, **_link(experiment)},
         )
         run_id = run.info.run_id
         self.client.log_text(run_id, experiment.to_toml(), EXPERIMENT_FILE)
