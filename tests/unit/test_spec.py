@@ -128,7 +128,12 @@ def test_apply_override_puts_each_key_where_it_belongs(before, text, after):
             "optimizers.sgd-momentum.momentum=0.5",
         ),
         ("optimizers.m.momentum=0.5,0.9", "--set optimizers.m.momentum takes one value, got 2"),
-        ("steps=10,20", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
+        (
+                "name=a,b",
+                "--set name takes one value, got 2: only the grid axes (optimizer, lr, seed and steps, data_seed, "
+                "target_index, loss, batch_size, schedule, warmup, decay, step_size, gamma, weight_decay, "
+                "clip_grad_norm, validation) take a list",
+            ),
     ],
 )
 def test_apply_override_says_what_is_wrong(text, message):
@@ -159,7 +164,7 @@ CATALOGUE = (
 BAD_INPUTS = [
     (
         {"grid": {"optimizer": ["adamx"]}},
-        f"unknown optimizer 'adamx' in grid.optimizer: use one of {CATALOGUE}, "
+        f"unknown optimizer 'adamx' in grid.optimizer (did you mean 'adamax'?): use one of {CATALOGUE}, "
         "or define it as [optimizers.adamx] with a type",
     ),
     (
@@ -169,9 +174,10 @@ BAD_INPUTS = [
     ),
     (
         {"stepz": 3},
-        "unknown key 'stepz' in <experiment>: known keys are batch_size, checkpoint_every, data_seed, "
-        "diverge_above, engine, eval_every, extra_seeds, grid, loss, mkldnn, name, optimizers, problem, "
-        "steps, target_index, threads",
+        "unknown key 'stepz' in <experiment> (did you mean 'steps'?): known keys are batch_size, checkpoint_every, "
+        "clip_grad_norm, data_seed, decay, diverge_above, engine, eval_every, extra_seeds, gamma, grid, loss, "
+        "mkldnn, name, optimizers, problem, schedule, step_size, steps, target_index, threads, validation, warmup, "
+        "weight_decay",
     ),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
@@ -183,7 +189,12 @@ BAD_INPUTS = [
     ({"grid": {"seed": []}}, "grid.seed is empty: give at least one value"),
     ({"grid": {"seed": [-1]}}, "seed must be an integer >= 0, got -1 in grid.seed"),
     ({"grid": {"seed": [1, 1]}}, "grid.seed lists 1 more than once: list each value once"),
-    ({"grid": {"epochs": [1]}}, "unknown grid axis 'epochs': the axes are optimizer, lr, seed"),
+    (
+        {"grid": {"epochs": [1]}},
+        "unknown grid axis 'epochs': the axes are optimizer, lr, seed, a setting (steps, data_seed, target_index, "
+        "loss, batch_size, schedule, warmup, decay, step_size, gamma, weight_decay, clip_grad_norm, validation) or "
+        "a hyperparameter of the optimizers",
+    ),
     ({"target_index": 10}, "target_index must be an integer from 0 to 9, got 10"),
     ({"engine": "jax"}, "engine must be one of sequential, vmap, got 'jax'"),
     (
@@ -285,12 +296,18 @@ def test_each_bad_input_has_its_own_message(raw, message):
         ("steps10", "--set 'steps10' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
         ("=3", "--set '=3' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
         ("lr=0.1,", "--set 'lr=0.1,' has an empty value: give values separated by commas, e.g. lr=1,2"),
-        ("steps=1,2", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
+        (
+            "threads=1,2",
+            "--set threads takes one value, got 2: only the grid axes (optimizer, lr, seed and steps, data_seed, "
+            "target_index, loss, batch_size, schedule, warmup, decay, step_size, gamma, weight_decay, "
+            "clip_grad_norm, validation) take a list",
+        ),
         (
             "colour=red",
             "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
             "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
-            "eval_every, diverge_above) or optimizers.NAME.HYPERPARAMETER",
+            "eval_every, diverge_above, schedule, warmup, decay, step_size, gamma, weight_decay, clip_grad_norm, "
+            "validation) or optimizers.NAME.HYPERPARAMETER",
         ),
     ],
 )
@@ -624,7 +641,7 @@ def test_bad_toml_and_a_grid_that_is_not_a_table_are_one_exact_line(tmp_path):
     bad.write_text("steps = [\n")
     unknown.write_text("stepz = 1\n")
     assert load_error(bad).startswith(f"{bad} is not valid TOML: ")
-    assert load_error(unknown).startswith(f"unknown key 'stepz' in {unknown}: ")
+    assert load_error(unknown).startswith(f"unknown key 'stepz' in {unknown} (did you mean 'steps'?): ")
     assert load_error('grid = "adam"\n') == "grid must be a table: write [grid] with optimizer, lr and seed lists"
     assert load_error("[grid]\nseed = [1, 2, 1, 2]\n") == "grid.seed lists 1, 2 more than once: list each value once"
 
