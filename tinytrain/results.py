@@ -27,6 +27,9 @@ StateDict = dict[str, Any]  # parameter name -> tensor (torch.Tensor where train
 # Metrics that measure the machine, not the training: wall time is never the same twice, so `reproduce`
 # compares every logged metric but these.
 TIMING_METRICS = ("train_seconds",)
+# Metrics of the training recipe, at every step (the lr a step used, the gradient norm before clipping): a
+# curve, not a result, so no final_<name> of their own.
+STEP_METRICS = ("lr", "grad_norm")
 
 
 @dataclass
@@ -71,7 +74,7 @@ class RunResult:
         logged["train_seconds"] = [(0, self.train_seconds)]
         for name, series in self.metrics.items():
             logged[name] = sorted(series.items())
-            if series:
+            if series and name not in STEP_METRICS:
                 last = max(series)
                 logged[f"final_{name}"] = [(last, series[last])]
         return logged

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from tinytrain.model import LeNet
+from tinytrain.engines.recipe import Schedules
 from tinytrain.optimizers import build_optimizer
 from tinytrain.problems import loss_function as problem_loss
 from tinytrain.problems import make_problem
@@ -65,7 +66,9 @@ def evaluation_mode(optimizer) -> Iterator[None]:
 
 
 def train(spec: RunSpec) -> RunResult:
-    """Train one run: per step a minibatch, zero_grad, forward, loss, backward, step; then one more forward.
+    """Train one run: per step a minibatch, zero_grad, forward, loss, backward, clipping, step, the scheduler's
+    step; then one more forward. With a schedule the lr each step uses is logged as `lr` (before the step); with
+    clipping the gradients' total norm before clipping (clip_grad_norm_'s return) as `grad_norm`.
 
     That last forward (no update) is on the last step's minibatch: losses[steps] (final_loss) is the loss
     after the last update on the data the last step trained on, as in the blog's one-sample measurement.
@@ -77,6 +80,8 @@ def train(spec: RunSpec) -> RunResult:
     batches = problem.batches(spec.seed)
     net = initial_net(spec)
     optimizer = build_optimizer(spec.kind, list(net.named_parameters()), spec.lr, spec.optimizer_kwargs)
+    schedules = Schedules(optimizer, spec)
+    parameters = list(net.parameters())
     losses: list[float] = []
     checkpoints: dict[int, StateDict] = {}
     metrics: dict[str, dict[int, float]] = {}
@@ -108,7 +113,13 @@ def train(spec: RunSpec) -> RunResult:
         if diverges(losses[-1], losses[0], spec.diverge_above):
             return ended(DIVERGED)
         loss.backward()
+        if schedules.schedulers:
+            metrics.setdefault("lr", {})[step] = schedules.lr
+        if spec.clip_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(parameters, spec.clip_grad_norm)
+            metrics.setdefault("grad_norm", {})[step] = norm.item()
         optimizer.step()
+        schedules.step()
         done = step + 1
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
             with evaluation_mode(optimizer):

@@ -186,7 +186,7 @@ def check_engine(settings: dict[str, Any], kinds: dict[str, str]) -> None:
 
 def digits_training_images(validation: float) -> int:
     """The images digits trains on when `validation` of its training images are held out for validation."""
-    return DIGITS_TRAINING_IMAGES - round(validation * DIGITS_TRAINING_IMAGES)
+    return DIGITS_TRAINING_IMAGES - math.ceil(validation * DIGITS_TRAINING_IMAGES)  # as train_test_split rounds
 
 
 def check_recipe(settings: dict[str, Any]) -> None:
