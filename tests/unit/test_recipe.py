@@ -134,8 +134,16 @@ def test_recipe_mistakes_are_one_line_each():
         "weight_decay 0.1 applies to every optimizer, but 'rprop' (type rprop) takes none: drop weight_decay "
         "or that optimizer"
     )
-    assert wrong({"weight_decay": 0.1, "optimizers": {"a": {"type": "adam", "weight_decay": 0.3}}, "grid": {
-        "optimizer": ["a"]}}) == "optimizers.a fixes weight_decay and so does the setting weight_decay: drop one of the two"
+    assert (
+        wrong(
+            {
+                "weight_decay": 0.1,
+                "optimizers": {"a": {"type": "adam", "weight_decay": 0.3}},
+                "grid": {"optimizer": ["a"]},
+            }
+        )
+        == "optimizers.a fixes weight_decay and so does the setting weight_decay: drop one of the two"
+    )
     assert wrong({"gamma": 0}).startswith("gamma must be a number in (0, 1]")
 
 

@@ -129,11 +129,11 @@ def test_apply_override_puts_each_key_where_it_belongs(before, text, after):
         ),
         ("optimizers.m.momentum=0.5,0.9", "--set optimizers.m.momentum takes one value, got 2"),
         (
-                "name=a,b",
-                "--set name takes one value, got 2: only the grid axes (optimizer, lr, seed and steps, data_seed, "
-                "target_index, loss, batch_size, schedule, warmup, decay, step_size, gamma, weight_decay, "
-                "clip_grad_norm, validation) take a list",
-            ),
+            "name=a,b",
+            "--set name takes one value, got 2: only the grid axes (optimizer, lr, seed and steps, data_seed, "
+            "target_index, loss, batch_size, schedule, warmup, decay, step_size, gamma, weight_decay, "
+            "clip_grad_norm, validation) take a list",
+        ),
     ],
 )
 def test_apply_override_says_what_is_wrong(text, message):

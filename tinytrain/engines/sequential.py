@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import torch
 
-from tinytrain.model import LeNet
 from tinytrain.engines.recipe import Schedules
+from tinytrain.model import LeNet
 from tinytrain.optimizers import build_optimizer
 from tinytrain.problems import loss_function as problem_loss
 from tinytrain.problems import make_problem

@@ -26,7 +26,7 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
     Figure (drawn with the Agg canvas: no display, no pyplot state) for the caller to save."""
     from matplotlib.ticker import MaxNLocator
 
-    optimizers = list(dict.fromkeys(run.optimizer for run in sweep.runs))
+    optimizers = list(dict.fromkeys(run.arm_name for run in sweep.runs))  # an optimizer with its recipe
     lrs = sorted({run.lr for run in sweep.runs})
     colours = _lr_colours(lrs)
     accuracy = any(run.curves.get(ACCURACY_CURVE) for run in sweep.runs)
@@ -37,7 +37,7 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
     # which would cover the curves and cost most of the drawing (0.4 of 0.7 s at 1,000 runs and 20 lrs).
     shared_legend = len(lrs) > SHARED_LEGEND_ABOVE
     for index, optimizer in enumerate(optimizers):
-        cells = {lr: [run for run in sweep.runs if run.optimizer == optimizer and run.lr == lr] for lr in lrs}
+        cells = {lr: [run for run in sweep.runs if run.arm_name == optimizer and run.lr == lr] for lr in lrs}
         ax = loss_axes[index]
         diverged_everywhere = _draw_lines(ax, cells, colours, lambda run: (range(len(run.losses)), run.losses))
         ax.set_yscale("log")

@@ -325,7 +325,8 @@ class Experiment:
             lines += [f"{key} = {_toml_value(value)}" for key, value in variant.items()]
         if self.extra_seeds:  # written by --until-separated
             lines += ["", "[extra_seeds]"] + [
-                f"{json.dumps(cell_label(cell, exact=True))} = {_toml_value(seeds)}" for cell, seeds in self.extra_seeds.items()
+                f"{json.dumps(cell_label(cell, exact=True))} = {_toml_value(seeds)}"
+                for cell, seeds in self.extra_seeds.items()
             ]
         return "\n".join(lines) + "\n"
 
@@ -573,7 +574,9 @@ def _check_size(grid_raw: dict[str, Any], raw_variants: Any) -> None:
     cells = 0
     for name in optimizers:
         variant = raw_variants.get(name) if isinstance(name, str) else None
-        expansions = math.prod(_count(v) for v in variant.values() if isinstance(v, dict)) if isinstance(variant, dict) else 1
+        expansions = (
+            math.prod(_count(v) for v in variant.values() if isinstance(v, dict)) if isinstance(variant, dict) else 1
+        )
         lrs = _count(lr_raw.get(name, [None])) if per_optimizer else _count(lr_raw) if lr_raw is not None else 1
         cells += expansions * lrs
     for axis, values in grid_raw.items():
@@ -604,9 +607,7 @@ def _axis_values(axis: str, values: Any, variants: Variants) -> tuple[list[Any],
     return checked, drawn
 
 
-def _lr_ranges(
-    table: dict[str, Any], optimizers: Any, variants: Variants
-) -> tuple[dict[str, list[float]], list[str]]:
+def _lr_ranges(table: dict[str, Any], optimizers: Any, variants: Variants) -> tuple[dict[str, list[float]], list[str]]:
     """[grid.lr] keyed by optimizer: each optimizer's own learning rates, for every name it expands into."""
     names = optimizers if isinstance(optimizers, list) else [optimizers]
     ranges, drawn = {}, []

@@ -134,9 +134,8 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
     for key, allowed in (("problem", tuple(PROBLEMS)), ("loss", LOSSES), ("schedule", SCHEDULES)):
         if settings[key] not in allowed:
-            raise ConfigError(
-                f"{key} must be one of {', '.join(allowed)}, got {settings[key]!r}{did_you_mean(settings[key], allowed)}"
-            )
+            hint = did_you_mean(settings[key], allowed)
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {settings[key]!r}{hint}")
     check_recipe(settings)
     if settings["problem"] == "one-sample":
         for key in (*BATCH_SETTINGS, "validation"):
@@ -195,9 +194,7 @@ def check_recipe(settings: dict[str, Any]) -> None:
     for key in LENGTH_SETTINGS:
         value = settings[key]
         if not (is_int(value) and value >= 0) and not (isinstance(value, float) and 0 < value < 1):
-            raise ConfigError(
-                f"{key} must be steps (an integer >= 0) or a fraction of steps in (0, 1), got {value!r}"
-            )
+            raise ConfigError(f"{key} must be steps (an integer >= 0) or a fraction of steps in (0, 1), got {value!r}")
     used = SCHEDULE_SETTINGS[schedule]
     warmup, decay = (length_in_steps(settings[key], steps) for key in ("warmup", "decay"))
     if schedule in ("warmup", "warmup-cosine") and warmup < 1:
@@ -220,9 +217,7 @@ def check_recipe(settings: dict[str, Any]) -> None:
     if not is_number(gamma) or not 0 < gamma <= 1:
         raise ConfigError(f"gamma must be a number in (0, 1] (the step schedule's factor), got {gamma!r}")
     decay_value = settings["weight_decay"]
-    if decay_value is not None and (
-        not is_number(decay_value) or not math.isfinite(decay_value) or decay_value < 0
-    ):
+    if decay_value is not None and (not is_number(decay_value) or not math.isfinite(decay_value) or decay_value < 0):
         raise ConfigError(f"weight_decay must be a finite number >= 0, got {decay_value!r}")
     clip = settings["clip_grad_norm"]
     if not is_number(clip) or not math.isfinite(clip) or clip < 0:
