@@ -190,9 +190,10 @@ def show_plan(experiment, uri: str, force: bool) -> None:
     for cell in cells:
         status = "done" if cell.done_run_id and not force else "run"
         spec = cell.spec
+        arm = "".join(f"{axis}={value} " for axis, value in experiment.arm(spec))
         lines.append(
             f"{status:4}  {spec.optimizer:<14} lr={spec.lr:<8g} seed={spec.seed:<3} steps={spec.steps:<5} "
-            f"key={spec.key}\n"
+            f"{arm}key={spec.key}\n"
         )
     click.echo("".join(lines), nl=False)  # one write: 10,000 cells take one call, not 10,000
     to_run = len(cells) if force else len(cells) - done
