@@ -41,7 +41,7 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
         ax = loss_axes[index]
         diverged_everywhere = _draw_lines(ax, cells, colours, lambda run: (range(len(run.losses)), run.losses))
         ax.set_yscale("log")
-        ax.set_title(optimizer)
+        ax.set_title(optimizer.replace(" [", "\n[", 1), fontsize="medium")  # an arm's recipe on a line of its own
         if index % columns == 0:
             ax.set_ylabel("training loss (log scale)")
         notes = [f"diverged at every seed: lr {', '.join(diverged_everywhere)}"] if diverged_everywhere else []
@@ -57,7 +57,7 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
         if accuracy:
             ax = accuracy_axes[index]
             _draw_lines(ax, cells, colours, _accuracy_curve)
-            ax.set_title(f"{optimizer}: test accuracy")
+            ax.set_title(f"{optimizer}: test accuracy".replace(" [", "\n[", 1), fontsize="medium")
             if index % columns == 0:
                 ax.set_ylabel("test accuracy")
         for ax in [loss_axes[index]] + ([accuracy_axes[index]] if accuracy else []):
