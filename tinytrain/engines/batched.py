@@ -141,8 +141,8 @@ class _Batch:
         with torch.no_grad():
             if self.learning_rates.varies:
                 lrs = self.learning_rates.current()
-                for row, scheduler in enumerate(self.learning_rates.schedulers):
-                    if scheduler is not None and row in self.training:
+                for row in range(len(self.cells)):
+                    if self.learning_rates.scheduled(row) and row in self.training:
                         self.metrics[row].setdefault("lr", {})[step] = lrs[row]
                 for rows, update in self.updates:
                     update.set_lrs(lrs[rows])

@@ -12,7 +12,8 @@ and last lr, beside the optimizer's) decides what comes next: a run stopped at s
     linear         LinearLR(1 -> 0, total_iters=steps)
     step           StepLR(step_size, gamma)
 
-The batched engine steps these same schedulers, one per cell on a one-parameter optimizer, and feeds their
+The batched engine steps these same schedulers (one per distinct lr and schedule of its cells, each on an
+LrHolder, an optimizer of one parameter group) and feeds their
 floats to its stacked updates: both engines use the same Python floats.
 """
 
@@ -80,37 +81,65 @@ class Schedules:
             scheduler.load_state_dict(state)
 
 
+class LrHolder(torch.optim.Optimizer):
+    """A torch optimizer with one parameter group and no parameters: what a scheduler needs to hold an lr.
+
+    torch.optim.Optimizer's own __init__ is skipped: the first optimizer a process builds imports torch's
+    compiler stack (about a second of CPU), which the batched engine otherwise never needs. A scheduler reads
+    and writes only param_groups, and wraps step()."""
+
+    def __init__(self, lr: float):  # noqa: D107 - no super().__init__: see the class docstring
+        self.defaults = {"lr": lr}
+        self.state = {}
+        self.param_groups = [{"params": [], "lr": lr}]
+
+    def step(self, closure=None) -> None:
+        return None
+
+
 class LearningRates:
-    """The lr of each cell of a batch at each step, from a real torch scheduler per cell on a one-parameter
-    optimizer: the floats the sequential engine's optimizer would hold."""
+    """The lr of each cell of a batch at each step, from a real torch scheduler on a one-parameter optimizer:
+    the floats the sequential engine's optimizer would hold. Cells with the same lr and schedule share one."""
 
     def __init__(self, specs: list[RunSpec]):
-        self.optimizers: list[torch.optim.Optimizer | None] = []
-        self.schedulers: list[lr_scheduler.LRScheduler | None] = []
+        self.rows: list[int | None] = []  # each cell's scheduler (an index in self.schedulers), None: constant
         self.constant = [spec.lr for spec in specs]
+        self.optimizers: list[LrHolder] = []
+        self.schedulers: list[lr_scheduler.LRScheduler] = []
+        shared: dict[tuple, int] = {}
         for spec in specs:
-            dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=spec.lr)
-            scheduler = make_scheduler(dummy, spec)
-            self.optimizers.append(dummy if scheduler is not None else None)
-            self.schedulers.append(scheduler)
+            if spec.schedule == "constant":
+                self.rows.append(None)
+                continue
+            schedule = (spec.lr, spec.steps, spec.schedule, spec.warmup, spec.decay, spec.step_size, spec.gamma)
+            if schedule not in shared:
+                dummy = LrHolder(spec.lr)
+                shared[schedule] = len(self.schedulers)
+                self.optimizers.append(dummy)
+                self.schedulers.append(make_scheduler(dummy, spec))
+            self.rows.append(shared[schedule])
+        self.stepped = False
 
     @property
     def varies(self) -> bool:
-        return any(scheduler is not None for scheduler in self.schedulers)
+        return bool(self.schedulers)
+
+    def scheduled(self, row: int) -> bool:
+        return self.rows[row] is not None
 
     def current(self) -> list[float]:
-        return [
-            lr if optimizer is None else optimizer.param_groups[0]["lr"]
-            for lr, optimizer in zip(self.constant, self.optimizers, strict=True)
-        ]
+        lrs = [optimizer.param_groups[0]["lr"] for optimizer in self.optimizers]
+        return [lr if index is None else lrs[index] for lr, index in zip(self.constant, self.rows, strict=True)]
 
     def step(self) -> None:
-        for optimizer, scheduler in zip(self.optimizers, self.schedulers, strict=True):
-            if scheduler is not None:
-                optimizer.step()  # no gradient: changes nothing, and the scheduler sees a step before its own
-                scheduler.step()
+        if not self.stepped:  # torch warns of a scheduler stepped before its optimizer: it changes nothing here
+            for optimizer in self.optimizers:
+                optimizer.step()
+            self.stepped = True
+        for scheduler in self.schedulers:
+            scheduler.step()
 
     def keep(self, rows: list[int]) -> None:
-        self.optimizers = [self.optimizers[row] for row in rows]
-        self.schedulers = [self.schedulers[row] for row in rows]
+        """Go on with these cells only (a scheduler no kept cell uses goes on stepping: it is cheap)."""
+        self.rows = [self.rows[row] for row in rows]
         self.constant = [self.constant[row] for row in rows]
