@@ -844,3 +844,19 @@ def test_extra_seeds_name_cells_with_their_other_axes():
     assert [(s.schedule, s.seed) for s in experiment.specs()] == [("constant", 0), ("cosine", 0), ("cosine", 3)]
     again = load_experiment(text=experiment.to_toml())
     assert again.extra_seeds == experiment.extra_seeds
+
+
+def test_batch_size_loss_and_validation_are_axes_of_a_digits_grid():
+    experiment = validate(
+        {
+            "problem": "digits",
+            "grid": {"batch_size": [32, 64], "loss": ["mse", "cross_entropy"], "validation": [0.0, 0.2]},
+        }
+    )
+    specs = experiment.specs()
+    assert len({spec.key for spec in specs}) == 8 and experiment.axes == ("batch_size", "loss", "validation")
+    assert {(s.batch_size, s.loss, s.validation) for s in specs} == {
+        (b, loss, v) for b in (32, 64) for loss in ("mse", "cross_entropy") for v in (0.0, 0.2)
+    }
+    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1, got 0"):
+        validate({"problem": "digits", "grid": {"batch_size": [32, 0]}})
