@@ -223,7 +223,7 @@ class Separation:
 def next_seeds(experiment: Experiment, rows: list, max_seeds: int) -> dict[tuple, tuple[int, ...]]:
     """One more seed for the best cell and every cell tied with it that has fewer than max_seeds: the
     smallest integer none of them has run yet, so that the new runs pair by seed."""
-    cells = [row.cell for row in rows if row.baseline or row.tied_with_best]
+    cells = [(row.optimizer, row.lr, *getattr(row, "arm", ())) for row in rows if row.baseline or row.tied_with_best]
     seeds: dict[tuple, set[int]] = {cell: set() for cell in cells}
     for spec in experiment.specs():
         if experiment.cell(spec) in seeds:
