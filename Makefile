@@ -10,7 +10,7 @@ DOCS_PORT ?= 8000
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep one-step digits test ui server cluster cluster-stop bench lint docs docs-serve lock clean clean-store
+.PHONY: help setup sweep one-step digits recipe test ui server cluster cluster-stop bench lint docs docs-serve lock clean clean-store
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ one-step: $(STAMP) ## The blog's one-step Adam measurement over ten seeds, as a 
 digits: $(STAMP) ## The digits grid (real images, 54 runs x 300 steps, a few minutes), then its test-accuracy table
 	$(BIN)/tinytrain sweep experiments/digits-grid.toml --quiet $(ARGS)
 	$(BIN)/tinytrain compare --experiment digits-grid --metric test_accuracy
+
+recipe: $(STAMP) ## The recipe grid (digits: constant vs warmup-cosine, weight decay 0/0.01, each optimizer its own lrs; 48 runs, a few minutes), then its validation and test tables
+	$(BIN)/tinytrain sweep experiments/recipe-grid.toml --quiet --jobs 2 $(ARGS)
+	$(BIN)/tinytrain compare --experiment recipe-grid --metric val_accuracy
+	$(BIN)/tinytrain compare --experiment recipe-grid --metric test_accuracy
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)

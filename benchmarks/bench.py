@@ -12,12 +12,16 @@ in the same run, because this machine is shared and noisy:
   (f) vmap training, 2 workers  the grid as sub-batches on two worker processes (--jobs 2), no tracking
   (g) tinytrain sweep, digits  experiments/digits-grid.toml (real images), full tracking and checkpoints
   (h) plain training, digits   the same digits cells trained by plain_training.py, no tracking
+  (i) tinytrain sweep, recipe  the default grid under a recipe (--recipe-set: warmup then cosine), full tracking
+  (j) tinytrain sweep --engine vmap, recipe   the same, on the vmap engine
 
 Usage: python benchmarks/bench.py [--repeat 3] [--experiment FILE] [--skip-naive] [--variants abcdefgh]
-       [--digits FILE] [--digits-set KEY=V ...] [--skip-digits | --digits-only]
+       [--digits FILE] [--digits-set KEY=V ...] [--skip-digits | --digits-only] [--recipe-set KEY=V ...]
 
 The vmap engine's figures alone, (d) and (e) against (a) and (b), without the minutes of (c), (g), (h):
   python benchmarks/bench.py --variants abde
+The vmap engine under a training recipe (target: i/j >= 1.4):
+  python benchmarks/bench.py --variants ij
 A quick check of the digits variants on a tiny grid (seconds, not minutes):
   python benchmarks/bench.py --repeat 1 --digits-only --digits-set steps=5 --digits-set optimizer=adam,sgd
 """
@@ -108,14 +112,18 @@ NAMES = {
     "f": "vmap training, 2 worker processes",
     "g": "tinytrain sweep, digits (full tracking)",
     "h": "plain training, digits, no tracking",
+    "i": "tinytrain sweep, recipe (full tracking)",
+    "j": "tinytrain sweep --engine vmap, recipe (full tracking)",
 }
 TRAINING = "bdfh"  # the variants that report their training time and model-steps
-SWEEPS = "aeg"  # the variants with a writer process, which reports its own CPU time
+SWEEPS = "aegij"  # the variants with a writer process, which reports its own CPU time
 
 
-def commands(keys: str, experiment: str, store: Path, with_naive: bool, digits: list[str]) -> dict[str, list[str]]:
+def commands(
+    keys: str, experiment: str, store: Path, with_naive: bool, digits: list[str], recipe: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
     """The command of each chosen variant for one round, its stores under `store`; `digits` is the digits
-    experiment and its --set options."""
+    experiment and its --set options, `recipe` the --set options of (i) and (j)."""
     python, tinytrain = str(BIN / "python"), str(BIN / "tinytrain")
     plain = str(ROOT / "benchmarks" / "plain_training.py")
     every = {
@@ -141,6 +149,18 @@ def commands(keys: str, experiment: str, store: Path, with_naive: bool, digits: 
         "f": [python, plain, experiment, "--engine", "vmap", "--jobs", "2"],
         "g": [tinytrain, "sweep", *digits, "--quiet", "--tracking-uri", str(store / "g" / "mlflow.db")],
         "h": [python, plain, *digits],
+        "i": [tinytrain, "sweep", experiment, *recipe, "--quiet", "--tracking-uri", str(store / "i" / "mlflow.db")],
+        "j": [
+            tinytrain,
+            "sweep",
+            experiment,
+            *recipe,
+            "--quiet",
+            "--engine",
+            "vmap",
+            "--tracking-uri",
+            str(store / "j" / "mlflow.db"),
+        ],
     }
     if "c" in keys and with_naive:
         (store / "c").mkdir(parents=True)
@@ -160,7 +180,7 @@ def writer_cpu(usage_file: Path) -> float:
 
 
 def measure(
-    keys: str, experiment: str, repeat: int, skip_naive: bool, digits: list[str]
+    keys: str, experiment: str, repeat: int, skip_naive: bool, digits: list[str], recipe: tuple[str, ...] = ()
 ) -> tuple[dict, dict, dict, dict]:
     """Every chosen variant, `repeat` rounds in alternating order (the naive script in the first only)."""
     walls: dict[str, list[float]] = {key: [] for key in keys}
@@ -175,7 +195,12 @@ def measure(
         create_store_from_template(resolve_tracking_uri(str(scratch_path / "warm-up" / "mlflow.db")))
         for round_number in range(repeat):
             variants = commands(
-                keys, experiment, scratch_path / f"round{round_number}", round_number == 0 and not skip_naive, digits
+                keys,
+                experiment,
+                scratch_path / f"round{round_number}",
+                round_number == 0 and not skip_naive,
+                digits,
+                recipe,
             )
             order = list(variants) if round_number % 2 == 0 else list(reversed(variants))
             for key in order:
@@ -235,6 +260,7 @@ def print_ratios(walls: dict, training: dict) -> None:
         ("e", "d", "the vmap sweep's tracking cost: whole sweep over vmap training"),
         ("b", "f", "vmap engine on 2 workers, whole process"),
         ("g", "h", "tracking's cost on digits: whole sweep over plain training (goal <= 1.3)"),
+        ("i", "j", "under the recipe: whole sweep, sequential over vmap engine (target >= 1.4)"),
     ]
     for top, bottom, meaning in lines:
         if top in median and bottom in median:
@@ -273,7 +299,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--experiment", default=str(ROOT / "experiments" / "optimizer-grid.toml"))
     parser.add_argument("--skip-naive", action="store_true", help="skip (c), which takes minutes")
-    parser.add_argument("--variants", default="abcdefgh", help="the variants to run, e.g. abde (default: all)")
+    parser.add_argument("--variants", default="abcdefghij", help="the variants to run, e.g. abde (default: all)")
     parser.add_argument("--digits", default=str(ROOT / "experiments" / "digits-grid.toml"))
     parser.add_argument(
         "--digits-set",
@@ -284,7 +310,16 @@ def main() -> None:
     )
     parser.add_argument("--skip-digits", action="store_true", help="skip (g) and (h), which take minutes")
     parser.add_argument("--digits-only", action="store_true", help="only (g) and (h)")
+    parser.add_argument(
+        "--recipe-set",
+        action="append",
+        default=None,
+        metavar="KEY=V",
+        help="the recipe of (i) and (j), as `tinytrain sweep --set` [default: schedule=warmup-cosine, warmup=0.1]",
+    )
     args = parser.parse_args()
+    recipe_set = args.recipe_set or ["schedule=warmup-cosine", "warmup=0.1"]
+    recipe = tuple(part for value in recipe_set for part in ("--set", value))
     chosen = "gh" if args.digits_only else args.variants
     keys = "".join(key for key in NAMES if key in chosen and not (args.skip_digits and key in "gh"))
     digits = [str(Path(args.digits).resolve()), *(part for value in args.digits_set for part in ("--set", value))]
@@ -296,7 +331,7 @@ def main() -> None:
     peak_gflops, bandwidth = matmul_gflops(), copy_bandwidth()
     print(f"one core, float32 1024x1024 matmul: {peak_gflops:.1f} GFLOP/s; copy of 64 MiB: {bandwidth:.1f} GB/s")
     walls, peaks, training, writers = measure(
-        keys, str(Path(args.experiment).resolve()), args.repeat, args.skip_naive, digits
+        keys, str(Path(args.experiment).resolve()), args.repeat, args.skip_naive, digits, recipe
     )
     print("\n| variant | median wall (s) | runs | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
     for key, values in walls.items():

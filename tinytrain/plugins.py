@@ -19,7 +19,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from tinytrain.errors import ConfigError
+from tinytrain.errors import ConfigError, did_you_mean
 
 OPTIMIZER_GROUP = "tinytrain.optimizers"
 PROBLEM_GROUP = "tinytrain.problems"
@@ -179,14 +179,6 @@ def provenance(path: str, role: str) -> dict[str, str]:
         with open(source, "rb") as file:
             found["source_sha256"] = hashlib.sha256(file.read()).hexdigest()
     return {f"plugin.{role}.{key}": value for key, value in found.items()}
-
-
-def did_you_mean(value: Any, choices: Any) -> str:
-    """': did you mean 'x'?' for the closest choice (difflib), or ''."""
-    import difflib
-
-    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _first_line(error: BaseException) -> str:

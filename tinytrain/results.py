@@ -44,6 +44,11 @@ def steps_to_target(losses: Sequence[float], target: float) -> int | None:
     return next((step for step, loss in enumerate(losses) if loss <= target), None)
 
 
+# Metrics of the training recipe, at every step (the lr a step used, the gradient norm before clipping): a
+# curve, not a result, so no final_<name> of their own.
+STEP_METRICS = ("lr", "grad_norm")
+
+
 @dataclass
 class RunResult:
     """What a run produced: the loss at every step, its outcome and the weights to checkpoint."""
@@ -97,7 +102,7 @@ class RunResult:
         logged["train_seconds"] = [(0, self.train_seconds)]
         for name, series in self.metrics.items():
             logged[name] = sorted(series.items())
-            if series:
+            if series and name not in STEP_METRICS:
                 last = max(series)
                 logged[f"final_{name}"] = [(last, series[last])]
         return logged

@@ -273,14 +273,14 @@ class Separation:
         return sum(outcome.counts.total - outcome.counts.skipped for outcome in self.rounds[1:])
 
 
-def next_seeds(experiment: Experiment, rows: list, max_seeds: int) -> dict[tuple[str, float], tuple[int, ...]]:
+def next_seeds(experiment: Experiment, rows: list, max_seeds: int) -> dict[tuple, tuple[int, ...]]:
     """One more seed for the best cell and every cell tied with it that has fewer than max_seeds: the
     smallest integer none of them has run yet, so that the new runs pair by seed."""
-    cells = [(row.optimizer, row.lr) for row in rows if row.baseline or row.tied_with_best]
-    seeds: dict[tuple[str, float], set[int]] = {cell: set() for cell in cells}
+    cells = [(row.optimizer, row.lr, *getattr(row, "arm", ())) for row in rows if row.baseline or row.tied_with_best]
+    seeds: dict[tuple, set[int]] = {cell: set() for cell in cells}
     for spec in experiment.specs():
-        if (spec.optimizer, spec.lr) in seeds:
-            seeds[(spec.optimizer, spec.lr)].add(spec.seed)
+        if experiment.cell(spec) in seeds:
+            seeds[experiment.cell(spec)].add(spec.seed)
     growing = [cell for cell in cells if len(seeds[cell]) < max_seeds]
     used = set().union(*(seeds[cell] for cell in cells)) if cells else set()
     seed = next(value for value in range(len(used) + 1) if value not in used)

@@ -253,7 +253,11 @@ def test_compare_errors_are_one_line(store):
             "Error: --vs adam@0.5 is not a cell of this sweep: use one of sgd@0.001, sgd@0.01, "
             "sgd@1000, adam@0.001, adam@0.01, adam@1000\n",
         ),
-        (["--vs", "adam"], "Error: --vs 'adam' must name a cell as OPTIMIZER@LR, for example adam@0.001\n"),
+        (
+            ["--vs", "adam"],
+            "Error: --vs 'adam' must name a cell as OPTIMIZER@LR, for example adam@0.001 (with other axes: "
+            "adam@0.001[schedule=cosine])\n",
+        ),
         (["--target", "0"], "Error: --target must be a finite loss > 0, got 0.0\n"),
     ]:
         result = invoke(["compare", "--experiment", NAME, "--tracking-uri", store["uri"], *args])

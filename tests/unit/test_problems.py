@@ -16,6 +16,7 @@ from tinytrain.problems import digits, loss_function, make_problem
 from tinytrain.problems.one_sample import loss_fn, make_input, make_target
 from tinytrain.spec import load_experiment, validate
 from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, TEST_METRICS
+from tinytrain.spec.settings import digits_training_images
 
 
 def digits_spec(**settings):
@@ -31,7 +32,7 @@ def digits_spec(**settings):
 def test_digits_are_scaled_upsampled_and_split_80_20_stratified():
     from sklearn.datasets import load_digits
 
-    (train_x, train_y), (test_x, test_y) = digits.load(0)
+    (train_x, train_y), _no_validation, (test_x, test_y) = digits.load(0)
     assert train_x.shape == (DIGITS_TRAINING_IMAGES, 1, 32, 32) and test_x.shape == (360, 1, 32, 32)
     assert train_x.dtype == torch.float32 and train_x.min() >= 0 and train_x.max() <= 1
     everything = Counter(load_digits().target.tolist())
@@ -49,8 +50,8 @@ def test_the_split_is_decided_by_data_seed_alone():
     torch.manual_seed(6)
     again = digits.load.__wrapped__(0)
     other = digits.load.__wrapped__(1)
-    assert torch.equal(first[1][1], again[1][1]) and torch.equal(first[0][0], again[0][0])
-    assert not torch.equal(first[1][1], other[1][1])
+    assert torch.equal(first[2][1], again[2][1]) and torch.equal(first[0][0], again[0][0])
+    assert not torch.equal(first[2][1], other[2][1])
 
 
 def test_a_runs_batches_depend_on_its_seed_only():
@@ -67,7 +68,7 @@ def test_a_runs_batches_depend_on_its_seed_only():
 
 def test_an_epoch_is_a_permutation_of_the_training_images_cut_into_full_batches():
     batches = make_problem(digits_spec(batch_size=64)).batches(2)
-    (train_x, _train_y), _ = digits.load(0)
+    (train_x, _train_y), _, _ = digits.load(0)
     generator = torch.Generator().manual_seed(2 + digits.BATCH_SEED_OFFSET)
     order = torch.randperm(DIGITS_TRAINING_IMAGES, generator=generator)
     per_epoch = DIGITS_TRAINING_IMAGES // 64  # 22 batches; the last 29 images of the permutation are dropped
@@ -101,7 +102,7 @@ def test_test_metrics_every_eval_every_steps_and_at_the_end():
     result = train(digits_spec(steps=5, eval_every=2))
     assert set(result.metrics) == set(TEST_METRICS)
     assert sorted(result.metrics["test_accuracy"]) == [0, 2, 4, 5]
-    (_, _), (test_x, test_y) = digits.load(0)
+    _, _, (test_x, test_y) = digits.load(0)
     net = LeNet()
     net.load_state_dict(result.final_weights)
     with torch.no_grad():
@@ -205,3 +206,33 @@ def test_gradcheck_passes_on_a_fixed_digits_minibatch(loss):
 
     checks = gradient_check(problem="digits", loss=loss, batch_size=4, entries_per_tensor=8)
     assert len(checks) == 10 and all(check.passed(1e-4) for check in checks)
+
+
+def test_a_validation_split_comes_out_of_the_training_images_and_leaves_the_test_set_as_it_was():
+    """validation = 0 is the split runs had before it existed; above 0 it holds images out of the 1,437 training
+    images only, stratified and decided by data_seed, so the test set of a run with validation is the same."""
+    (train_x, train_y), none, (test_x, test_y) = digits.load(0)
+    (fewer_x, fewer_y), (val_x, val_y), (same_test_x, same_test_y) = digits.load(0, 0.2)
+    assert none is None and torch.equal(test_x, same_test_x) and torch.equal(test_y, same_test_y)
+    assert len(fewer_y) == digits_training_images(0.2) and len(fewer_y) + len(val_y) == DIGITS_TRAINING_IMAGES
+    rows = {tuple(image.flatten().tolist()) for image in train_x}
+    assert all(tuple(image.flatten().tolist()) in rows for image in val_x)  # out of the training images
+    assert not {tuple(image.flatten().tolist()) for image in val_x} & {tuple(i.flatten().tolist()) for i in fewer_x}
+    for label, count in Counter(val_y.tolist()).items():  # stratified
+        assert abs(count - 0.2 * Counter(train_y.tolist())[label]) <= 1
+
+
+def test_a_digits_run_with_validation_measures_both_sets_and_one_without_keeps_its_key():
+    from tinytrain.engines.sequential import train
+    from tinytrain.spec import validate
+
+    raw = {"problem": "digits", "steps": 4, "eval_every": 2, "grid": {"optimizer": ["adam"]}}
+    old, new = validate(raw).specs()[0], validate({**raw, "validation": 0.2}).specs()[0]
+    assert "validation" not in str(old.key) and old.key != new.key
+    assert old.key == validate({**raw, "validation": 0.0}).specs()[0].key  # the default: the key without it
+    result = train(new)
+    assert set(result.metrics) == {"val_loss", "val_accuracy", "test_loss", "test_accuracy"}
+    assert sorted(result.metrics["val_loss"]) == [0, 2, 4]
+    logged = result.logged_metrics()
+    assert logged["final_val_accuracy"] == [(4, result.metrics["val_accuracy"][4])]
+    assert set(train(old).metrics) == {"test_loss", "test_accuracy"}

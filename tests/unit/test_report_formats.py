@@ -187,17 +187,33 @@ def test_as_metric_puts_the_metric_in_place_of_the_final_loss_and_an_accuracy_as
     assert [run.losses for run in report.as_metric(runs, "test_accuracy")] == [run.losses for run in runs]
 
 
-@pytest.mark.parametrize("text, cell", [("adam@0.001", ("adam", 0.001)), ("sgd-momentum@1e-2", ("sgd-momentum", 0.01))])
+@pytest.mark.parametrize(
+    "text, cell",
+    [
+        ("adam@0.001", ("adam", 0.001)),
+        ("sgd-momentum@1e-2", ("sgd-momentum", 0.01)),
+        ("a@b@0.1", ("a@b", 0.1)),  # a variant's name may hold an @: the lr is after the last one
+        (
+            "adam@0.01[schedule=cosine,weight_decay=0.01]",
+            ("adam", 0.01, ("schedule", "cosine"), ("weight_decay", 0.01)),
+        ),
+    ],
+)
 def test_parse_cell(text, cell):
     assert report.parse_cell(text) == cell
     assert report.parse_cell(report.cell_name(*cell)) == cell
 
 
-@pytest.mark.parametrize("text", ["adam", "@0.1", "adam@", "adam@fast", "adam@inf", "adam@nan", "a@b@0.1"])
+@pytest.mark.parametrize(
+    "text", ["adam", "@0.1", "adam@", "adam@fast", "adam@inf", "adam@nan", "adam@0.1[schedule]", "adam@0.1[=x]"]
+)
 def test_parse_cell_refuses_what_is_not_optimizer_at_lr(text):
     with pytest.raises(ValueError) as error:
         report.parse_cell(text)
-    assert str(error.value) == f"--vs {text!r} must name a cell as OPTIMIZER@LR, for example adam@0.001"
+    assert str(error.value) == (
+        f"--vs {text!r} must name a cell as OPTIMIZER@LR, for example adam@0.001 (with other axes: "
+        "adam@0.001[schedule=cosine])"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -128,7 +128,12 @@ def test_apply_override_puts_each_key_where_it_belongs(before, text, after):
             "optimizers.sgd-momentum.momentum=0.5",
         ),
         ("optimizers.m.momentum=0.5,0.9", "--set optimizers.m.momentum takes one value, got 2"),
-        ("steps=10,20", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
+        (
+            "name=a,b",
+            "--set name takes one value, got 2: only the grid axes (optimizer, lr, seed and steps, data_seed, "
+            "target_index, loss, batch_size, schedule, warmup, decay, step_size, gamma, weight_decay, "
+            "clip_grad_norm, validation) take a list",
+        ),
     ],
 )
 def test_apply_override_says_what_is_wrong(text, message):
@@ -170,9 +175,10 @@ BAD_INPUTS = [
     ),
     (
         {"stepz": 3},
-        "unknown key 'stepz' in <experiment>: known keys are batch_size, cells, checkpoint_every, confirms, data_seed, "
-        "diverge_above, engine, eval_every, extra_seeds, grid, loss, mkldnn, name, optimizers, problem, "
-        "problem_settings, steps, target_index, threads",
+        "unknown key 'stepz' in <experiment> (did you mean 'steps'?): known keys are batch_size, cells, "
+        "checkpoint_every, clip_grad_norm, confirms, data_seed, decay, diverge_above, engine, eval_every, extra_seeds, "
+        "gamma, grid, loss, mkldnn, name, optimizers, problem, problem_settings, schedule, step_size, steps, "
+        "target_index, threads, validation, warmup, weight_decay",
     ),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
@@ -184,7 +190,12 @@ BAD_INPUTS = [
     ({"grid": {"seed": []}}, "grid.seed is empty: give at least one value"),
     ({"grid": {"seed": [-1]}}, "seed must be an integer >= 0, got -1 in grid.seed"),
     ({"grid": {"seed": [1, 1]}}, "grid.seed lists 1 more than once: list each value once"),
-    ({"grid": {"epochs": [1]}}, "unknown grid axis 'epochs': the axes are optimizer, lr, seed"),
+    (
+        {"grid": {"epochs": [1]}},
+        "unknown grid axis 'epochs': the axes are optimizer, lr, seed, a setting (steps, data_seed, target_index, "
+        "loss, batch_size, schedule, warmup, decay, step_size, gamma, weight_decay, clip_grad_norm, validation) or "
+        "a hyperparameter of the optimizers",
+    ),
     ({"target_index": 10}, "target_index must be an integer from 0 to 9, got 10"),
     ({"engine": "jax"}, "engine must be one of sequential, vmap, got 'jax'"),
     (
@@ -297,12 +308,18 @@ def test_each_bad_input_has_its_own_message(raw, message):
         ("steps10", "--set 'steps10' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
         ("=3", "--set '=3' must look like KEY=V1,V2 (for example --set lr=0.1,0.01)"),
         ("lr=0.1,", "--set 'lr=0.1,' has an empty value: give values separated by commas, e.g. lr=1,2"),
-        ("steps=1,2", "--set steps takes one value, got 2: only the grid axes (optimizer, lr, seed) take a list"),
+        (
+            "threads=1,2",
+            "--set threads takes one value, got 2: only the grid axes (optimizer, lr, seed and steps, data_seed, "
+            "target_index, loss, batch_size, schedule, warmup, decay, step_size, gamma, weight_decay, "
+            "clip_grad_norm, validation) take a list",
+        ),
         (
             "colour=red",
             "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
             "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
-            "eval_every, diverge_above) or optimizers.NAME.HYPERPARAMETER",
+            "eval_every, diverge_above, schedule, warmup, decay, step_size, gamma, weight_decay, clip_grad_norm, "
+            "validation) or optimizers.NAME.HYPERPARAMETER",
         ),
     ],
 )
@@ -636,7 +653,7 @@ def test_bad_toml_and_a_grid_that_is_not_a_table_are_one_exact_line(tmp_path):
     bad.write_text("steps = [\n")
     unknown.write_text("stepz = 1\n")
     assert load_error(bad).startswith(f"{bad} is not valid TOML: ")
-    assert load_error(unknown).startswith(f"unknown key 'stepz' in {unknown}: ")
+    assert load_error(unknown).startswith(f"unknown key 'stepz' in {unknown} (did you mean 'steps'?): ")
     assert load_error('grid = "adam"\n') == "grid must be a table: write [grid] with optimizer, lr and seed lists"
     assert load_error("[grid]\nseed = [1, 2, 1, 2]\n") == "grid.seed lists 1, 2 more than once: list each value once"
 
@@ -680,3 +697,178 @@ def test_a_recorded_experiment_keeps_its_bound_and_one_without_it_has_none():
     assert load_experiment(text=recorded, recorded=True).specs()[0].diverge_above == 50.0
     old = "\n".join(line for line in recorded.splitlines() if not line.startswith("diverge_above"))
     assert load_experiment(text=old, recorded=True).specs()[0].diverge_above is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe and any setting as a grid axis
+
+
+def test_keys_written_before_the_recipe_settings_stay_the_same():
+    """The keys main gave these cells before schedule, weight_decay, clip_grad_norm and validation existed
+    (computed with that code): a setting at its default does not enter the key."""
+    from tinytrain.spec import PROJECT_ROOT
+
+    grid = load_experiment(PROJECT_ROOT / "experiments/optimizer-grid.toml").specs()
+    digits = load_experiment(PROJECT_ROOT / "experiments/digits-grid.toml").specs()
+    assert [spec.key for spec in grid[:2]] == ["2471ad22449aebe4", "ff36b8100ef7efc6"]
+    assert [spec.key for spec in digits[:2]] == ["226647b7b8ff814a", "05598dd38da3675a"]
+    with_defaults = load_experiment(
+        PROJECT_ROOT / "experiments/optimizer-grid.toml",
+        ["schedule=constant", "clip_grad_norm=0", "warmup=10", "validation=0"],
+    )
+    assert [spec.key for spec in with_defaults.specs()] == [spec.key for spec in grid]
+
+
+def test_every_setting_axis_is_a_column_of_the_cell_a_param_and_part_of_the_key():
+    raw = {
+        "steps": 20,
+        "warmup": 0.1,
+        "grid": {
+            "optimizer": ["adam", "sgd"],
+            "lr": [0.01],
+            "schedule": ["constant", "warmup-cosine"],
+            "weight_decay": [0.0, 0.01],
+            "clip_grad_norm": [0, 1.0],
+            "steps": [20, 30],
+        },
+    }
+    experiment = validate(raw)
+    specs = experiment.specs()
+    assert len(specs) == 2 * 2 * 2 * 2 * 2 and len({spec.key for spec in specs}) == len(specs)
+    assert experiment.axes == ("schedule", "weight_decay", "clip_grad_norm", "steps")
+    spec = next(s for s in specs if s.schedule == "warmup-cosine" and s.clip_grad_norm == 1.0 and s.steps == 30)
+    assert experiment.arm(spec)[0] == ("schedule", "warmup-cosine")
+    params = spec.params()
+    assert {k: params[k] for k in ("schedule", "warmup", "clip_grad_norm", "steps")} == {
+        "schedule": "warmup-cosine",
+        "warmup": "0.1",
+        "clip_grad_norm": "1.0",
+        "steps": "30",
+    }
+    assert "weight_decay" in params and RunSpec.from_params(params) == spec
+    constant = next(s for s in specs if s.schedule == "constant")
+    assert constant.warmup == 0 and "warmup" not in constant.params()  # a constant lr reads no warmup
+    again = load_experiment(text=experiment.to_toml())
+    assert [s.key for s in again.specs()] == [s.key for s in specs]
+
+
+def test_a_warmup_axis_under_a_schedule_without_warmup_gives_one_cell_not_one_per_warmup():
+    experiment = validate({"grid": {"schedule": ["constant", "warmup"], "warmup": [5, 10]}})
+    assert [(spec.schedule, spec.warmup) for spec in experiment.specs()] == [
+        ("constant", 0),
+        ("warmup", 5),
+        ("warmup", 10),
+    ]
+
+
+def test_a_hyperparameter_shared_by_several_variants_is_an_axis():
+    raw = {
+        "optimizers": {
+            "heavy": {"type": "sgd", "momentum": 0.9},
+            "nest": {"type": "sgd", "nesterov": True, "momentum": 0.5},
+        },
+        "grid": {"optimizer": ["adam", "adamw"], "betas": [[0.9, 0.999], [0.95, 0.99]]},
+    }
+    experiment = validate(raw)
+    assert [spec.optimizer_kwargs["betas"] for spec in experiment.specs()] == [(0.9, 0.999), (0.95, 0.99)] * 2
+    with pytest.raises(ConfigError, match="grid.momentum: optimizer 'adam' \\(type adam\\) takes no momentum"):
+        validate({"grid": {"optimizer": ["adam"], "momentum": [0.5]}})
+    with pytest.raises(ConfigError, match="grid.momentum: variant 'heavy' fixes momentum itself"):
+        validate({**raw, "grid": {"optimizer": ["heavy"], "momentum": [0.5]}})
+
+
+def test_each_optimizer_has_its_own_lr_range_listed_or_drawn():
+    raw = {
+        "grid": {
+            "optimizer": ["adam", "sgd"],
+            "lr": {"adam": [1e-4, 1e-3], "sgd": {"log_uniform": [0.01, 1.0], "count": 3}},
+            "seed": [0, 1],
+        }
+    }
+    experiment = validate(raw)
+    lrs = {}
+    for spec in experiment.specs():
+        lrs.setdefault(spec.optimizer, set()).add(spec.lr)
+    assert lrs["adam"] == {1e-4, 1e-3} and len(lrs["sgd"]) == 3 and all(0.01 <= lr <= 1 for lr in lrs["sgd"])
+    assert len(experiment.specs()) == (2 + 3) * 2
+    assert any(line.startswith("grid.lr.sgd: log_uniform") for line in experiment.drawn)
+    again = load_experiment(text=experiment.to_toml())
+    assert [s.key for s in again.specs()] == [s.key for s in experiment.specs()]
+    alone = validate({"grid": {"lr": {"adamw": [0.001], "sgd": [0.1]}}})  # the table names the optimizers
+    assert [(s.optimizer, s.lr) for s in alone.specs()] == [("adamw", 0.001), ("sgd", 0.1)]
+    with pytest.raises(ConfigError, match="grid.lr has no learning rates for optimizer 'sgd': add \"sgd\""):
+        validate({"grid": {"optimizer": ["adam", "sgd"], "lr": {"adam": [0.1]}}})
+    with pytest.raises(ConfigError, match="grid.lr.adamm names no optimizer of grid.optimizer \\(did you mean 'adam'"):
+        validate({"grid": {"optimizer": ["adam"], "lr": {"adam": [0.1], "adamm": [0.1]}}})
+
+
+def test_a_huge_grid_is_refused_before_anything_is_drawn():
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as error:
+        validate({"grid": {"lr": {"log_uniform": [0.001, 0.1], "count": 100_000_000}}})
+    assert time.perf_counter() - started < 1
+    assert str(error.value) == (
+        "the grid has 100,000,000 cells, more than 1,000,000: check the counts and lists of [grid] "
+        "(or pass --allow-huge to sweep it anyway)"
+    )
+    with pytest.raises(ConfigError, match="the grid has 2,000,000 cells"):
+        validate({"grid": {"seed": list(range(1000)), "lr": {"uniform": [0.1, 1], "count": 2000}}})
+    assert len(validate({"grid": {"seed": list(range(1001)), "lr": [0.1] * 1}}).specs()) == 1001
+
+
+def test_an_unquoted_dotted_variant_name_says_how_to_quote_it():
+    import tomllib
+
+    raw = tomllib.loads('[optimizers.adam.wd]\ntype = "adamw"\n[grid]\noptimizer = ["adam.wd"]\n')
+    with pytest.raises(ConfigError) as error:
+        validate(raw)
+    assert str(error.value) == (
+        "[optimizers.adam.wd] is read as a table 'wd' inside 'adam': quote a dotted variant name, "
+        '[optimizers."adam.wd"], or name it adam-wd'
+    )
+    quoted = tomllib.loads('[optimizers."adam.wd"]\ntype = "adamw"\n[grid]\noptimizer = ["adam.wd"]\n')
+    assert validate(quoted).specs()[0].kind == "adamw"
+
+
+def test_misspelt_names_get_a_did_you_mean():
+    for raw, hint in [
+        ({"schedul": "cosine"}, "(did you mean 'schedule'?)"),
+        ({"grid": {"weight_decai": [0.1]}}, "(did you mean 'weight_decay'?)"),
+        ({"schedule": "warmup-cosin", "warmup": 5}, "(did you mean 'warmup-cosine'?)"),
+        ({"grid": {"optimizer": ["adamw2"]}}, "(did you mean 'adamw'?)"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            validate(raw)
+        assert hint in str(error.value) and "\n" not in str(error.value)
+
+
+def test_set_with_several_values_of_a_setting_makes_it_a_grid_axis():
+    experiment = load_experiment(text="", overrides=["weight_decay=0,0.01", "schedule=constant,cosine"])
+    assert experiment.axes == ("weight_decay", "schedule") and len(experiment.specs()) == 4
+
+
+def test_extra_seeds_name_cells_with_their_other_axes():
+    raw = {"grid": {"optimizer": ["adam"], "lr": [0.01], "schedule": ["constant", "cosine"]}}
+    experiment = validate({**raw, "extra_seeds": {"adam@0.01[schedule=cosine]": [3]}})
+    assert experiment.extra_seeds == {("adam", 0.01, ("schedule", "cosine")): (3,)}
+    assert [(s.schedule, s.seed) for s in experiment.specs()] == [("constant", 0), ("cosine", 0), ("cosine", 3)]
+    again = load_experiment(text=experiment.to_toml())
+    assert again.extra_seeds == experiment.extra_seeds
+
+
+def test_batch_size_loss_and_validation_are_axes_of_a_digits_grid():
+    experiment = validate(
+        {
+            "problem": "digits",
+            "grid": {"batch_size": [32, 64], "loss": ["mse", "cross_entropy"], "validation": [0.0, 0.2]},
+        }
+    )
+    specs = experiment.specs()
+    assert len({spec.key for spec in specs}) == 8 and experiment.axes == ("batch_size", "loss", "validation")
+    assert {(s.batch_size, s.loss, s.validation) for s in specs} == {
+        (b, loss, v) for b in (32, 64) for loss in ("mse", "cross_entropy") for v in (0.0, 0.2)
+    }
+    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1, got 0"):
+        validate({"problem": "digits", "grid": {"batch_size": [32, 0]}})

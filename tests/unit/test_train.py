@@ -112,7 +112,7 @@ def test_checkpoints_every_n_steps():
 
 def test_a_run_that_raises_becomes_a_failed_result():
     spec = one_spec(steps=2)
-    broken = spec.__class__(**{**spec.__dict__, "kind": "no-such-optimizer"})
+    broken = replace(spec, kind="no-such-optimizer")
     result = train_safely(broken)
     assert result.outcome == FAILED and result.losses == []
     assert result.error.startswith("PluginError: optimizer 'no-such-optimizer' is no entry point")  # a plugin's name

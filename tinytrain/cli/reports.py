@@ -62,7 +62,11 @@ def warn_missing_cells(sweep) -> None:
     help="table for a terminal; markdown, csv and json for documents and scripts.",
 )
 @click.option(
-    "--sort", type=click.Choice(COLUMNS), default=None, help="Order the rows by this column, ascending [default: rank]."
+    "--sort",
+    metavar="COLUMN",
+    default=None,
+    help=f"Order the rows by this column, ascending [default: rank]: one of {', '.join(COLUMNS)}, or another axis "
+    "of the grid (schedule, weight_decay, ...).",
 )
 @click.option(
     "--target",
@@ -84,15 +88,17 @@ def warn_missing_cells(sweep) -> None:
     type=click.Choice(list(METRICS)),
     default="final_loss",
     show_default=True,
-    help="What the statistics are of: final_loss (training), or the test set's test_loss or "
-    "test_accuracy (digits; compared as its error, 1 - accuracy, lower is better).",
+    help="What the statistics are of: final_loss (training), the test set's test_loss or test_accuracy, or the "
+    "validation set's val_loss or val_accuracy (digits; an accuracy is compared as its error, 1 - accuracy, lower "
+    "is better).",
 )
 @click.option(
     "--vs",
     "vs",
     metavar="OPTIMIZER@LR",
     default=None,
-    help="The baseline of the paired comparison [default: the best-ranked cell], e.g. adam@0.001.",
+    help="The baseline of the paired comparison [default: the best-ranked cell], e.g. adam@0.001, or with the "
+    "grid's other axes adam@0.001[schedule=cosine].",
 )
 @click.option(
     "--before-after",
@@ -146,16 +152,24 @@ def compare(
     else:
         untested = [run for run in sweep.runs if not run.diverged and math.isnan(report.metric_value(run, metric))]
         if untested:
+            why = (
+                "digits holds no validation set out unless validation > 0"
+                if metric.startswith("val_")
+                else "the one-sample problem has no test set"
+            )
             raise BadInput(
-                f"sweep {sweep.parent_run_id} has no {metric} for {len(untested)} of its runs (the "
-                "one-sample problem has no test set): compare --metric final_loss"
+                f"sweep {sweep.parent_run_id} has no {metric} for {len(untested)} of its runs ({why}): "
+                "compare --metric final_loss"
             )
         by = by or ("target" if metric == "final_loss" else "final_loss")
         try:
             rows = report.summarize(report.as_metric(sweep.runs, metric), target, by, baseline)
         except ValueError as error:
             raise BadInput(str(error)) from None
-        rows = report.sort_rows(rows, sort or "rank")
+        try:
+            rows = report.sort_rows(rows, sort or "rank")
+        except ValueError as error:
+            raise BadInput(f"--sort: {error}") from None
         text = report.render_compare(
             rows,
             output_format,
@@ -170,7 +184,7 @@ def compare(
     warn_missing_cells(sweep)
 
 
-def _baseline(vs: str | None) -> tuple[str, float] | None:
+def _baseline(vs: str | None) -> tuple | None:
     from tinytrain.reports import compare as report
 
     try:

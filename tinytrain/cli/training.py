@@ -77,6 +77,9 @@ from tinytrain.spec.catalogue import PROBLEMS
     help="With --until-separated: stop when the tied cells have N seeds [default: 10].",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--allow-huge", is_flag=True, help="Sweep a grid of more than a million cells (refused otherwise, as a typo)."
+)
 @translate_errors
 def sweep(
     file,
@@ -92,6 +95,7 @@ def sweep(
     until_separated,
     max_seeds,
     quiet,
+    allow_huge,
 ):
     """Train every cell of an experiment's grid (default: experiments/optimizer-grid.toml) and log it.
 
@@ -109,7 +113,7 @@ def sweep(
         raise BadInput("--until-separated picks its seeds from the results: drop --dry-run and --force")
     overrides = list(overrides) + ([f"engine={engine}"] if engine else [])
     uri = resolved_uri(tracking_uri)
-    experiment = experiment_of(file, from_run, overrides, uri)
+    experiment = experiment_of(file, from_run, overrides, uri, allow_huge)
     if dry_run:
         show_plan(experiment, uri, force)
         return
@@ -143,10 +147,10 @@ def sweep(
         sys.exit(EXIT_RUNS_FAILED)
 
 
-def experiment_of(file: str | None, from_run: str | None, overrides: list[str], uri: str):
+def experiment_of(file: str | None, from_run: str | None, overrides: list[str], uri: str, allow_huge: bool = False):
     """The experiment of a FILE (or the default one), or the one a sweep's parent run keeps (--from-run)."""
     if not from_run:
-        return load_experiment(file, overrides)
+        return load_experiment(file, overrides, allow_huge=allow_huge)
     if file:
         raise BadInput("give either FILE or --from-run, not both")
     from tinytrain.tracking import read_sweep_experiment
@@ -185,9 +189,10 @@ def show_plan(experiment, uri: str, force: bool) -> None:
     for cell in cells:
         status = "done" if cell.done_run_id and not force else "run"
         spec = cell.spec
+        arm = "".join(f"{axis}={value} " for axis, value in experiment.arm(spec))
         lines.append(
             f"{status:4}  {spec.optimizer:<14} lr={spec.lr:<8g} seed={spec.seed:<3} steps={spec.steps:<5} "
-            f"key={spec.key}\n"
+            f"{arm}key={spec.key}\n"
         )
     click.echo("".join(lines), nl=False)  # one write: 10,000 cells take one call, not 10,000
     to_run = len(cells) if force else len(cells) - done

@@ -37,6 +37,7 @@ from tinytrain.engines.batched_net import (  # noqa: F401 - the row layout, re-e
 )
 from tinytrain.engines.batched_updates import UPDATE_RULE_OF_KIND, UPDATE_RULES
 from tinytrain.engines.planner import BatchSetting, batch_setting
+from tinytrain.engines.recipe import LearningRates
 from tinytrain.engines.sequential import StateDict, configure_runtime, runtime_settings
 from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
 from tinytrain.spec import RunSpec
@@ -98,6 +99,9 @@ class _Batch:
         self.weights = initial_weights(self.cells)
         self.updates = [(rows, UPDATE_RULES[rule](self.cells[rows])) for rule, rows in rule_slices(self.cells)]
         self.losses: list[list[float]] = [[] for _ in self.cells]
+        self.metrics: list[dict[str, dict[int, float]]] = [{} for _ in self.cells]  # lr, grad_norm
+        self.learning_rates = LearningRates(self.cells)
+        self.step_count = 0
         self.checkpoints: list[dict[int, StateDict]] = [{} for _ in self.cells]
         self.training = set(range(len(self.cells)))
         self.runtime = runtime_settings() | {
@@ -127,13 +131,29 @@ class _Batch:
             self.checkpoints[row] if converged else {},
             seconds,
             runtime=dict(self.runtime),
+            metrics=self.metrics[row],
         )
 
     def update(self, gradients: torch.Tensor) -> None:
-        """One step of every row (a row whose cell ended at this step too: drop_ended removes it next)."""
+        """One step of every row (a row whose cell ended at this step too: drop_ended removes it next): as
+        train.train, each cell's lr from its scheduler, its gradients clipped, the update, the scheduler's step."""
+        step, self.step_count = self.step_count, self.step_count + 1
         with torch.no_grad():
+            if self.learning_rates.varies:
+                lrs = self.learning_rates.current()
+                for row in range(len(self.cells)):
+                    if self.learning_rates.scheduled(row) and row in self.training:
+                        self.metrics[row].setdefault("lr", {})[step] = lrs[row]
+                for rows, update in self.updates:
+                    update.set_lrs(lrs[rows])
+            for row, cell in enumerate(self.cells):
+                if cell.clip_grad_norm:
+                    norm = clip_row(gradients[row], cell.clip_grad_norm)
+                    if row in self.training:  # a cell handed over at this step logs nothing more
+                        self.metrics[row].setdefault("grad_norm", {})[step] = norm
             for rows, update in self.updates:
                 update.step(self.weights[rows], gradients[rows])
+            self.learning_rates.step()
 
     def drop_ended(self) -> None:
         """Go on with the rows of the cells still training only, in their order (each rule's stay contiguous)."""
@@ -151,6 +171,8 @@ class _Batch:
         self.updates = updates
         self.order, self.cells = [self.order[row] for row in keep], [self.cells[row] for row in keep]
         self.losses, self.checkpoints = [self.losses[row] for row in keep], [self.checkpoints[row] for row in keep]
+        self.metrics = [self.metrics[row] for row in keep]
+        self.learning_rates.keep(keep)
         self.training = set(range(len(keep)))
 
     def checkpoint(self, done: int) -> None:
@@ -159,6 +181,15 @@ class _Batch:
             every = self.cells[row].checkpoint_every
             if every and done % every == 0 and done < self.cells[row].steps:
                 self.checkpoints[row][done] = cell_state_dict(self.weights[row])
+
+
+def clip_row(gradient_row: torch.Tensor, max_norm: float) -> float:
+    """torch.nn.utils.clip_grad_norm_ on one cell's gradient row: the same per-parameter norms (over views of
+    the parameters' shapes), their norm, and the same clamped factor; returns the norm before clipping."""
+    total = torch.nn.utils.get_total_norm(list(cell_parameters(gradient_row).values()), 2.0)
+    factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    gradient_row.mul_(factor)  # the padding is 0 and stays 0
+    return total.item()
 
 
 def _shared_setting(specs: Sequence[RunSpec]) -> BatchSetting:

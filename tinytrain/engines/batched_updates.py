@@ -90,6 +90,17 @@ class StackedUpdate:
     def values(self, name: str) -> list[Any]:
         return [hyperparameters[name] for hyperparameters in self.hyperparameters]
 
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        """The lr each cell's next step uses (a schedule's, as a Python float): what depends on it, anew."""
+        if list(lrs) == self.lrs:
+            return
+        self.lrs = list(lrs)
+        self.neg_lr = column([-lr for lr in self.lrs])
+        self.lrs_changed()
+
+    def lrs_changed(self) -> None:
+        """Recompute what a rule derives from the lrs beside neg_lr (AdamW's decay factor)."""
+
     def column_unless_zero(self, name: str) -> torch.Tensor | None:
         """The hyperparameter as a column, or None when every cell has it at 0 (torch skips the branch)."""
         values = self.values(name)
@@ -181,11 +192,9 @@ class StackedAdam(StackedUpdate):
         decay = self.values("weight_decay")
         coupled_decay = [0.0 if is_decoupled else wd for wd, is_decoupled in zip(decay, decoupled, strict=True)]
         self.weight_decay = column(coupled_decay) if any(coupled_decay) else None  # grad.add(param, alpha=wd)
-        decay_factors = [
-            1 - lr * wd if is_decoupled else 1.0  # param.mul_(1 - lr * weight_decay)
-            for lr, wd, is_decoupled in zip(self.lrs, decay, decoupled, strict=True)
-        ]
-        self.decay_factor = column(decay_factors) if any(factor != 1.0 for factor in decay_factors) else None
+        self.decoupled = decoupled
+        self.decay_factor: torch.Tensor | None = None
+        self.lrs_changed()
         self.beta1s = [betas[0] for betas in self.values("betas")]
         self.beta2s = [betas[1] for betas in self.values("betas")]
         self.one_minus_beta1 = column([1 - beta1 for beta1 in self.beta1s])
@@ -198,6 +207,13 @@ class StackedAdam(StackedUpdate):
         self.exp_avg: torch.Tensor | None = None
         self.exp_avg_sq: torch.Tensor | None = None
         self.max_exp_avg_sq: torch.Tensor | None = None
+
+    def lrs_changed(self) -> None:
+        decay_factors = [
+            1 - lr * wd if is_decoupled else 1.0  # param.mul_(1 - lr * weight_decay)
+            for lr, wd, is_decoupled in zip(self.lrs, self.values("weight_decay"), self.decoupled, strict=True)
+        ]
+        self.decay_factor = column(decay_factors) if any(factor != 1.0 for factor in decay_factors) else None
 
     def step(self, weights: torch.Tensor, gradients: torch.Tensor) -> None:
         if self.exp_avg is None or self.exp_avg_sq is None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from tinytrain import plugins
+from tinytrain.engines.recipe import Schedules
 from tinytrain.model import LeNet
 from tinytrain.optimizers import OPTIMIZERS, build_optimizer, plugin_class_path
 from tinytrain.problems import Problem, has_test_set, make_net, make_problem, problem_class_path
@@ -77,7 +78,9 @@ def evaluation_mode(optimizer) -> Iterator[None]:
 
 
 def train(spec: RunSpec) -> RunResult:
-    """Train one run: per step a minibatch, zero_grad, forward, loss, backward, step; then one more forward.
+    """Train one run: per step a minibatch, zero_grad, forward, loss, backward, clipping, step, the scheduler's
+    step; then one more forward. With a schedule the lr each step uses is logged as `lr` (before the step); with
+    clipping the gradients' total norm before clipping (clip_grad_norm_'s return) as `grad_norm`.
 
     That last forward (no update) is on the last step's minibatch: losses[steps] (final_loss) is the loss
     after the last update on the data the last step trained on, as in the blog's one-sample measurement.
@@ -90,6 +93,8 @@ def train(spec: RunSpec) -> RunResult:
     evaluated = has_test_set(problem)
     net = initial_net(spec, problem)
     optimizer = build_optimizer(spec.kind, list(net.named_parameters()), spec.lr, spec.optimizer_kwargs)
+    schedules = Schedules(optimizer, spec)
+    parameters = list(net.parameters())
     losses: list[float] = []
     provenance = plugin_provenance(spec)
     checkpoints: dict[int, StateDict] = {}
@@ -122,7 +127,13 @@ def train(spec: RunSpec) -> RunResult:
         if diverges(losses[-1], losses[0], spec.diverge_above):
             return ended(DIVERGED)
         loss.backward()
+        if schedules.schedulers:
+            metrics.setdefault("lr", {})[step] = schedules.lr
+        if spec.clip_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(parameters, spec.clip_grad_norm)
+            metrics.setdefault("grad_norm", {})[step] = norm.item()
         optimizer.step()
+        schedules.step()
         done = step + 1
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
             with evaluation_mode(optimizer):

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from tinytrain.reports import stats, tables
+from tinytrain.spec.experiment import cell_label, parse_cell_label
 
 if TYPE_CHECKING:
     from tinytrain.tracking.read import CellRun, SweepRecord
@@ -59,6 +60,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "final_loss": ("final_loss", "final loss"),
     "test_loss": ("final_test_loss", "test loss"),
     "test_accuracy": ("final_test_accuracy", "test error (1 - test accuracy)"),
+    "val_loss": ("final_val_loss", "validation loss"),
+    "val_accuracy": ("final_val_accuracy", "validation error (1 - validation accuracy)"),
 }
 
 
@@ -90,10 +93,19 @@ class CellSummary:
     p_value: float | None = None  # Holm-corrected over the table's cells
     tied_with_best: bool | None = None  # corrected p >= 0.05 against the baseline; None for the baseline
     baseline: bool = False
+    arm: tuple[tuple[str, Any], ...] = ()  # the cell's value of each of the grid's other axes
+
+    @property
+    def cell(self) -> tuple:
+        return (self.optimizer, self.lr, *self.arm)
 
     @property
     def name(self) -> str:
-        return cell_name(self.optimizer, self.lr)
+        return cell_name(*self.cell)
+
+    def value(self, column: str) -> Any:
+        """A column's value: a field, or one of the grid's other axes."""
+        return dict(self.arm)[column] if column in dict(self.arm) else getattr(self, column)
 
 
 def metric_value(run: CellRun, metric: str = "final_loss") -> float:
@@ -110,31 +122,31 @@ def as_metric(runs: Iterable[CellRun], metric: str) -> list[CellRun]:
         return list(runs)
     value = (
         (lambda run: 1.0 - metric_value(run, metric))
-        if metric == "test_accuracy"
+        if metric.endswith("accuracy")
         else (lambda run: metric_value(run, metric))
     )
     return [replace(run, final_loss=value(run)) for run in runs]
 
 
-def cell_name(optimizer: str, lr: float) -> str:
-    """How --vs names a cell: OPTIMIZER@LR."""
-    return f"{optimizer}@{lr:g}"
+def cell_name(optimizer: str, lr: float, *arm: tuple[str, Any]) -> str:
+    """How --vs names a cell: OPTIMIZER@LR, then [AXIS=VALUE,...] where the grid has other axes."""
+    return cell_label((optimizer, lr, *arm))
 
 
-def parse_cell(text: str) -> tuple[str, float]:
-    """'adam@0.001' -> ('adam', 0.001); ValueError with the fix otherwise."""
-    optimizer, at, lr = text.partition("@")
+def parse_cell(text: str) -> tuple:
+    """'adam@0.001' -> ('adam', 0.001), 'adam@0.001[schedule=cosine]' -> ('adam', 0.001, ('schedule',
+    'cosine')); ValueError with the fix otherwise."""
     try:
-        value = float(lr)
+        return parse_cell_label(text)
     except ValueError:
-        value = math.nan
-    if not at or not optimizer or not math.isfinite(value):
-        raise ValueError(f"--vs {text!r} must name a cell as OPTIMIZER@LR, for example adam@0.001")
-    return optimizer, value
+        raise ValueError(
+            f"--vs {text!r} must name a cell as OPTIMIZER@LR, for example adam@0.001 (with other axes: "
+            "adam@0.001[schedule=cosine])"
+        ) from None
 
 
 def summarize(
-    runs: Iterable[CellRun], target: float = stats.TARGET, by: str = "target", vs: tuple[str, float] | None = None
+    runs: Iterable[CellRun], target: float = stats.TARGET, by: str = "target", vs: tuple | None = None
 ) -> list[CellSummary]:
     """Aggregate the runs of a sweep per (optimizer, lr), ranked, and compared with a baseline.
 
@@ -144,14 +156,14 @@ def summarize(
     if by not in RANKINGS:
         raise ValueError(f"unknown ranking {by!r}: use one of {', '.join(RANKINGS)}")
     cells = _by_cell(runs)
-    unranked = [_summarize_cell(optimizer, lr, cell, target) for (optimizer, lr), cell in cells.items()]
+    unranked = [_summarize_cell(key, cell, target) for key, cell in cells.items()]
     ranked = sorted((row for row in unranked if row.geomean is not None), key=_rank_key(by))
     ranks = {id(row): rank for rank, row in enumerate(ranked, start=1)}
     rows = [replace(row, rank=ranks.get(id(row))) for row in unranked]
     if vs is not None and vs not in cells:
         names = ", ".join(cell_name(*cell) for cell in cells)
         raise ValueError(f"--vs {cell_name(*vs)} is not a cell of this sweep: use one of {names}")
-    baseline = vs or ((ranked[0].optimizer, ranked[0].lr) if ranked else None)
+    baseline = vs or (ranked[0].cell if ranked else None)
     return rows if baseline is None else _against(rows, cells, baseline)
 
 
@@ -161,17 +173,15 @@ def _rank_key(by: str):
     return lambda row: (row.steps_to_target is None, row.steps_to_target or 0, row.not_reached, row.median)
 
 
-def _against(
-    rows: list[CellSummary], cells: dict[tuple[str, float], list[CellRun]], baseline: tuple[str, float]
-) -> list[CellSummary]:
+def _against(rows: list[CellSummary], cells: dict[tuple, list[CellRun]], baseline: tuple) -> list[CellSummary]:
     """Each row's paired numbers against the baseline cell, p-values Holm-corrected over the table."""
-    others = [row for row in rows if (row.optimizer, row.lr) != baseline]
-    comparisons = [stats.paired(cells[(row.optimizer, row.lr)], cells[baseline]) for row in others]
+    others = [row for row in rows if row.cell != baseline]
+    comparisons = [stats.paired(cells[row.cell], cells[baseline]) for row in others]
     corrected = dict(zip(map(id, others), stats.holm([c.p_value for c in comparisons]), strict=True))
     better = {id(row): c.p_better for row, c in zip(others, comparisons, strict=True)}
     result = []
     for row in rows:
-        if (row.optimizer, row.lr) == baseline:
+        if row.cell == baseline:
             result.append(replace(row, baseline=True))
             continue
         p_value = corrected[id(row)]
@@ -186,15 +196,16 @@ def _against(
     return result
 
 
-def _by_cell(runs: Iterable[CellRun]) -> dict[tuple[str, float], list[CellRun]]:
-    """The runs grouped per (optimizer, lr), in the order the cells first appear (the grid's)."""
-    cells: dict[tuple[str, float], list[CellRun]] = {}
+def _by_cell(runs: Iterable[CellRun]) -> dict[tuple, list[CellRun]]:
+    """The runs grouped per cell (optimizer, lr and the other axes), in the order the cells first appear."""
+    cells: dict[tuple, list[CellRun]] = {}
     for run in runs:
-        cells.setdefault((run.optimizer, run.lr), []).append(run)
+        cells.setdefault(run.cell, []).append(run)
     return cells
 
 
-def _summarize_cell(optimizer: str, lr: float, runs: list[CellRun], target: float) -> CellSummary:
+def _summarize_cell(cell: tuple, runs: list[CellRun], target: float) -> CellSummary:
+    optimizer, lr, *arm = cell
     losses = [run.final_loss for run in runs if not run.diverged]
     logs = [stats.log10_loss(loss) for loss in losses]
     numbers = stats.cell_stats(runs, target)
@@ -211,6 +222,7 @@ def _summarize_cell(optimizer: str, lr: float, runs: list[CellRun], target: floa
         seeds=len(runs),
         diverged=sum(run.diverged for run in runs),
         **asdict(numbers),
+        arm=tuple(arm),
     )
 
 
@@ -232,13 +244,20 @@ def ties_sentence(rows: Sequence[CellSummary]) -> str:
     return f"{cells} be told apart from {who} with {seeds} seeds (Holm-corrected p >= {stats.ALPHA:g})."
 
 
+def columns_of(rows: Sequence[CellSummary]) -> tuple[str, ...]:
+    """COLUMNS, with the grid's other axes (schedule, weight_decay, ...) after lr."""
+    axes = tuple(axis for axis, _value in rows[0].arm) if rows else ()
+    at = COLUMNS.index("lr") + 1
+    return COLUMNS[:at] + axes + COLUMNS[at:]
+
+
 def sort_rows(rows: Sequence[CellSummary], column: str = "rank") -> list[CellSummary]:
     """Rows ordered by a column, ascending; empty values last, ties in rank order."""
-    if column not in COLUMNS:
-        raise ValueError(f"unknown column {column!r}: use one of {', '.join(COLUMNS)}")
+    if column not in columns_of(rows):
+        raise ValueError(f"unknown column {column!r}: use one of {', '.join(columns_of(rows))}")
 
     def missing_last(row: CellSummary) -> tuple[bool, Any]:
-        value = getattr(row, column)
+        value = row.value(column)
         return value is None, 0 if value is None else value
 
     by_rank = sorted(rows, key=lambda row: (row.rank is None, row.rank or 0))
@@ -284,11 +303,14 @@ def verdict(row: CellSummary) -> str:
     return "better" if (row.p_better or 0) > 0.5 else "worse"
 
 
-def _headers(target: float, metric: str = "final_loss", by: str = "target") -> tuple[str, ...]:
+def _headers(
+    target: float, metric: str = "final_loss", by: str = "target", axes: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     return (
         "rank",
         "optimizer",
         "lr",
+        *axes,
         f"steps to loss {target:g}" if by == "target" else f"geomean {_short_label(metric)}",
         f"{_short_label(metric)} median [95% CI]",
         "IQM",
@@ -310,6 +332,7 @@ def _cells(row: CellSummary, by: str = "target") -> tuple[str, ...]:
         _number(row.rank, "d"),
         row.optimizer,
         f"{row.lr:g}",
+        *(f"{value:g}" if isinstance(value, float) else str(value) for _axis, value in row.arm),
         _steps(row) if by == "target" else _number(row.geomean, ".3g"),
         _median_ci(row),
         _number(row.iqm, ".2g"),
@@ -334,21 +357,24 @@ def render_compare(
     """The compare table as text: a rich table (fitted to `width` columns: fewer columns, or stacked rows),
     markdown, LaTeX (booktabs), csv (raw numbers) or json (raw numbers); each with its title and caption.
     The headers name the metric; the ranking's column (steps to target, or the geometric mean) is shown."""
+    columns = columns_of(rows)
     if output_format == "csv":
         return tables.csv_text(
-            COLUMNS, [[_raw(getattr(row, column)) for column in COLUMNS] for row in rows], title, caption
+            columns, [[_raw(row.value(column)) for column in columns] for row in rows], title, caption
         )
     if output_format == "json":
         document = {
             "title": title,
             "target": target,
             "caption": caption,
-            "rows": [{column: getattr(row, column) for column in COLUMNS} for row in rows],
+            "rows": [{column: row.value(column) for column in columns} for row in rows],
         }
         return json.dumps(document, indent=2) + "\n"
     table = [_cells(row, by) for row in rows]
-    right = {0, 2, 3, 4, 5, 6, 7, 9, 10}
-    header = _headers(target, metric, by)
+    axes = tuple(axis for axis, _value in rows[0].arm) if rows else ()
+    header = _headers(target, metric, by, axes)
+    left = {"optimizer", "vs baseline", *axes}
+    right = {index for index, name in enumerate(header) if name not in left}
     if output_format == "markdown":
         return tables.markdown(header, table, right, title, caption)
     if output_format == "latex":
@@ -356,8 +382,11 @@ def render_compare(
     if output_format == "table":
         if width is None:
             return _rich_table(header, table, right, title, caption)
-        # kept when columns must go: the rank, the cell, the ranking's column and the standing
-        return tables.terminal_table(header, table, right, title, caption, width, keep=(0, 1, 2, 3, 8))
+        # kept when columns must go: the rank, the cell (its optimizer, lr and axes), the ranking's column and
+        # the standing
+        n = len(axes)
+        keep = (0, 1, 2, *range(3, 3 + n), 3 + n, 8 + n)
+        return tables.terminal_table(header, table, right, title, caption, width, keep=keep)
     raise ValueError(f"unknown format {output_format!r}: use one of {', '.join(FORMATS)}")
 
 
@@ -471,7 +500,8 @@ class BeforeAfter:
 def before_after(runs: Iterable[CellRun]) -> list[BeforeAfter]:
     """Per run initial -> final loss, each (optimizer, lr) cell followed by its mean over finished seeds."""
     rows: list[BeforeAfter] = []
-    for (optimizer, lr), cell in _by_cell(runs).items():
+    for (optimizer, lr, *arm), cell in _by_cell(runs).items():
+        optimizer = cell[0].arm_name if arm else optimizer
         rows += [BeforeAfter(optimizer, lr, run.seed, run.initial_loss, run.final_loss, run.outcome) for run in cell]
         finished = [run for run in cell if not run.diverged]
         if finished:

@@ -41,12 +41,12 @@ def cell_summary_runs(sweep: SweepRecord, target: float = stats.TARGET) -> list[
     """One summary run per cell, in rank order: its compare row as metrics, its median curve as steps."""
     import numpy as np
 
-    runs_by_cell: dict[tuple[str, float], list] = {}
+    runs_by_cell: dict[tuple, list] = {}
     for run in sweep.runs:
-        runs_by_cell.setdefault((run.optimizer, run.lr), []).append(run)
+        runs_by_cell.setdefault(run.cell, []).append(run)
     summaries = []
     for row in compare.sort_rows(compare.summarize(sweep.runs, target)):
-        finished = [run.losses for run in runs_by_cell[(row.optimizer, row.lr)] if not run.diverged and run.losses]
+        finished = [run.losses for run in runs_by_cell[row.cell] if not run.diverged and run.losses]
         curves_by_name: dict[str, list[float]] = {}
         if finished:
             losses = np.array([curve[: min(map(len, finished))] for curve in finished])
@@ -68,10 +68,11 @@ def cell_summary_runs(sweep: SweepRecord, target: float = stats.TARGET) -> list[
         }
         summaries.append(
             CellSummaryRun(
-                name=f"{row.optimizer}-lr{row.lr:g}-median",
+                name=f"{row.optimizer}{''.join(f'-{axis}{value}' for axis, value in row.arm)}-lr{row.lr:g}-median",
                 params={
                     "optimizer": row.optimizer,
                     "lr": repr(row.lr),
+                    **{axis: str(value) for axis, value in row.arm},
                     "target": repr(target),
                     "seeds": str(row.seeds),
                 },

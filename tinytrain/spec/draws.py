@@ -27,6 +27,11 @@ def is_draw(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+def is_draw_table(value: Any) -> bool:
+    """A table that draws (names a distribution or a count), not one keyed by optimizer ([grid.lr])."""
+    return isinstance(value, dict) and any(key in value for key in (*DISTRIBUTIONS, "count"))
+
+
 def draw(where: str, table: dict[str, Any]) -> list[float]:
     """The values of a draw table such as {log_uniform = [1e-4, 1.0], count = 20}."""
     example = f"{where} = {{ log_uniform = [1e-4, 1.0], count = 20 }}"

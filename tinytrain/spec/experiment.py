@@ -7,6 +7,7 @@ the store. This module imports neither torch nor MLflow: `--dry-run` and `--help
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import itertools
@@ -18,19 +19,21 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from tinytrain.errors import ConfigError
+from tinytrain.errors import ConfigError, did_you_mean
 from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
-from tinytrain.plugins import did_you_mean
 from tinytrain.spec import draws, hyperparameters
 from tinytrain.spec.catalogue import PROBLEMS
 from tinytrain.spec.plugins import Plugins, check_problem, from_json, to_json
 from tinytrain.spec.settings import (
+    AXIS_SETTINGS,
     BATCH_SETTINGS,
     DEFAULTS,
     ENGINES,
     GRID_AXES,
     GRID_DEFAULTS,
     LATER_SETTINGS,
+    MAX_CELLS,
+    SCHEDULE_SETTINGS,
     check_engine,
     check_settings,
     is_int,
@@ -65,6 +68,13 @@ class RunSpec:
     eval_every: int = DEFAULTS["eval_every"]
     # None: a run recorded before the bound existed, where only a non-finite loss was divergence
     diverge_above: float | None = DEFAULTS["diverge_above"]
+    schedule: str = DEFAULTS["schedule"]
+    warmup: int | float = DEFAULTS["warmup"]  # steps, or a fraction of steps
+    decay: int | float = DEFAULTS["decay"]
+    step_size: int | float = DEFAULTS["step_size"]
+    gamma: float = DEFAULTS["gamma"]
+    clip_grad_norm: float = DEFAULTS["clip_grad_norm"]
+    validation: float = DEFAULTS["validation"]
     checkpoint_every: int = field(default=DEFAULTS["checkpoint_every"], compare=False)
     problem_settings: tuple[tuple[str, Any], ...] = ()  # a plugin problem's own settings, every one, sorted
 
@@ -91,6 +101,10 @@ class RunSpec:
         }
         if self.problem != "one-sample":
             params.update({name: str(getattr(self, name)) for name in BATCH_SETTINGS})
+            params["validation"] = repr(self.validation)
+        params["schedule"] = self.schedule
+        params.update({name: repr(getattr(self, name)) for name in SCHEDULE_SETTINGS[self.schedule]})
+        params["clip_grad_norm"] = repr(self.clip_grad_norm)
         if self.kind == "muon":  # which parameters each of its two optimizers trains
             params["muon_parameters"] = ",".join(MUON_PARAMETERS)
             params["adamw_parameters"] = ",".join(ADAMW_WITH_MUON)
@@ -136,7 +150,14 @@ class RunSpec:
 
     @property
     def run_name(self) -> str:
-        return f"{self.optimizer}-lr{self.lr:g}-seed{self.seed}"
+        """OPTIMIZER-lrLR-seedSEED, with the recipe where it is not the default (a schedule, decay, clipping)."""
+        recipe = "" if self.schedule == DEFAULTS["schedule"] else f"-{self.schedule}"
+        decay = self.optimizer_kwargs.get("weight_decay")
+        if decay is not None and decay != OPTIMIZERS[self.kind][2].get("weight_decay"):
+            recipe += f"-wd{decay:g}"
+        if self.clip_grad_norm:
+            recipe += f"-clip{self.clip_grad_norm:g}"
+        return f"{self.optimizer}{recipe}-lr{self.lr:g}-seed{self.seed}"
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> RunSpec:
@@ -166,42 +187,130 @@ class RunSpec:
             problem=params.get("problem", DEFAULTS["problem"]),  # runs logged before problems were a setting
             loss=params.get("loss", DEFAULTS["loss"]),
             **{name: int(params.get(name, DEFAULTS[name])) for name in BATCH_SETTINGS},
+            schedule=params.get("schedule", DEFAULTS["schedule"]),  # runs logged before the recipe: constant
+            **{
+                name: ast.literal_eval(params[name]) if name in params else DEFAULTS[name]
+                for name in ("warmup", "decay", "step_size", "gamma")
+            },
+            clip_grad_norm=float(params.get("clip_grad_norm", DEFAULTS["clip_grad_norm"])),
+            validation=float(params.get("validation", DEFAULTS["validation"])),
             problem_settings=tuple(sorted((name, from_json(value)) for name, value in problem_settings.items())),
         )
 
 
+Cell = tuple  # (optimizer, lr, *arm): a cell of the grid, its seeds aside; arm: ((axis, value), ...)
+
+
+def cell_label(cell: Cell, exact: bool = False) -> str:
+    """How a cell is named in [extra_seeds] and --vs: OPTIMIZER@LR, then [AXIS=VALUE,...] where other axes vary
+    (exact: the lr with every digit, as a file keeps it)."""
+    optimizer, lr, *arm = cell
+    label = f"{optimizer}@{lr!r}" if exact else f"{optimizer}@{lr:g}"
+    return label + ("[" + ",".join(f"{axis}={value}" for axis, value in arm) + "]" if arm else "")
+
+
+def parse_cell_label(text: str) -> Cell:
+    """cell_label's text back as a cell; ValueError where it is not one."""
+    text = str(text)
+    arm: list[tuple[str, Any]] = []
+    if text.endswith("]") and "[" in text:
+        text, _, inside = text[:-1].rpartition("[")
+        for item in inside.split(","):
+            axis, equals, value = item.partition("=")
+            if not equals or not axis:
+                raise ValueError(text)
+            arm.append((axis.strip(), parse_value(value)))
+    optimizer, at, lr = text.rpartition("@")
+    value = parse_value(lr)
+    if not at or not optimizer or not is_number(value) or not math.isfinite(value):
+        raise ValueError(text)
+    return (optimizer, float(value), *arm)
+
+
 @dataclass(frozen=True)
 class Experiment:
-    """A resolved experiment: its settings, its optimizer variants and its grid, all validated."""
+    """A resolved experiment: its settings, its optimizer variants and its grid, all validated.
+
+    grid holds optimizer, lr and seed, and any other axis: a setting (AXIS_SETTINGS) or a hyperparameter
+    that the grid's optimizers share. Its lr is one list for every optimizer, or a table of one list per
+    optimizer (each optimizer over its own range).
+    """
 
     settings: dict[str, Any]
-    grid: dict[str, list[Any]]
+    grid: dict[str, Any]
     variants: dict[str, dict[str, Any]]
     source: str  # where it came from, for messages
     drawn: tuple[str, ...] = ()  # how drawn values were drawn, one line each (kept in to_toml as comments)
-    extra_seeds: dict[tuple[str, float], tuple[int, ...]] = field(default_factory=dict)  # (optimizer, lr) -> seeds
+    extra_seeds: dict[Cell, tuple[int, ...]] = field(default_factory=dict)  # (optimizer, lr, *arm) -> seeds
     problem_settings: dict[str, Any] = field(default_factory=dict)  # a plugin problem's settings, as given
     plugins: Plugins = field(default_factory=Plugins, compare=False)  # the plugins it names, resolved
-    # Only these (optimizer, lr) cells of the grid run (empty: all): a confirmation sweep runs each arm's
-    # chosen setting, not the product of the arms and their lrs. It filters the grid; no run key changes.
-    cells: tuple[tuple[str, float], ...] = ()
+    # Only these cells of the grid run (empty: all): a confirmation sweep runs each arm's chosen setting, not
+    # the product of the arms and their lrs. Each is (optimizer, lr, *arm) or (optimizer, lr); it filters the
+    # grid, and no run key changes.
+    cells: tuple[tuple[Any, ...], ...] = ()
     confirms: str | None = None  # the parent run id of the tuning sweep whose chosen settings this one confirms
 
     @property
     def name(self) -> str:
         return self.settings["name"]
 
-    def specs(self) -> list[RunSpec]:
-        """The grid's cells, in a stable order (optimizer, then lr, then seed), then the extra seeds of cells."""
-        grid = itertools.product(self.grid["optimizer"], self.grid.get("lr", [None]), self.grid["seed"])
-        if self.cells:
-            grid = (cell for cell in grid if (cell[0], cell[1]) in self.cells)
-        extra = [(optimizer, lr, seed) for (optimizer, lr), seeds in self.extra_seeds.items() for seed in seeds]
-        return [self._spec(optimizer, lr, seed) for optimizer, lr, seed in [*grid, *extra]]
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The grid's axes besides optimizer, lr and seed: what makes an optimizer an arm of the comparison."""
+        return tuple(axis for axis in self.grid if axis not in GRID_AXES)
 
-    def _spec(self, optimizer: str, lr: float | None, seed: int) -> RunSpec:
+    def lrs(self, optimizer: str) -> list[float | None]:
+        """The learning rates the grid sweeps for an optimizer (None: its default)."""
+        lrs = self.grid.get("lr")
+        if lrs is None:
+            return [None]
+        return lrs[optimizer] if isinstance(lrs, dict) else lrs
+
+    def specs(self) -> list[RunSpec]:
+        """The grid's cells, in a stable order (optimizer, then the other axes, then lr, then seed), then the
+        extra seeds of cells. Cells that come out the same (a warmup axis under a schedule without warmup)
+        are listed once."""
+        axes = self.axes
+        specs: dict[str, RunSpec] = {}
+        for optimizer in self.grid["optimizer"]:
+            for values in itertools.product(*(self.grid[axis] for axis in axes)):
+                setting = dict(zip(axes, values, strict=True))
+                for lr in self.lrs(optimizer):
+                    for seed in self.grid["seed"]:
+                        spec = self._spec(optimizer, lr, seed, setting)
+                        specs.setdefault(spec.key, spec)
+        for (optimizer, lr, *arm), seeds in self.extra_seeds.items():
+            for seed in seeds:
+                spec = self._spec(optimizer, lr, seed, dict(arm))
+                specs.setdefault(spec.key, spec)
+        if self.cells:  # a confirmation sweep: only the chosen cells
+            return [spec for spec in specs.values() if {self.cell(spec), (spec.optimizer, spec.lr)} & set(self.cells)]
+        return list(specs.values())
+
+    def arm(self, spec: RunSpec) -> tuple[tuple[str, Any], ...]:
+        """The spec's value of each of the grid's other axes (as the spec has it, a hyperparameter as used)."""
+        used = spec.optimizer_kwargs
+        return tuple(
+            (axis, used.get(axis) if axis == "weight_decay" or axis not in AXIS_SETTINGS else getattr(spec, axis))
+            for axis in self.axes
+        )
+
+    def cell(self, spec: RunSpec) -> Cell:
+        return (spec.optimizer, spec.lr, *self.arm(spec))
+
+    def _spec(self, optimizer: str, lr: float | None, seed: int, setting: dict[str, Any] | None = None) -> RunSpec:
+        setting = setting or {}
         kind, default_lr, hyperparameters = self.resolve_optimizer(optimizer)
-        settings, bound = self.settings, self.settings["diverge_above"]
+        settings = {**self.settings, **{k: v for k, v in setting.items() if k in DEFAULTS}}
+        for name, value in setting.items():  # a hyperparameter axis: every optimizer of the grid takes it
+            if name not in DEFAULTS:
+                hyperparameters[name] = value
+        if settings["weight_decay"] is not None:
+            hyperparameters["weight_decay"] = float(settings["weight_decay"])
+        for name in ("warmup", "decay", "step_size", "gamma"):  # what the schedule does not read: its default
+            if name not in SCHEDULE_SETTINGS[settings["schedule"]]:
+                settings[name] = DEFAULTS[name]
+        bound = settings["diverge_above"]
         return RunSpec(
             optimizer=optimizer,
             kind=kind,
@@ -216,7 +325,9 @@ class Experiment:
             engine=settings["engine"],
             diverge_above=None if bound is None else float(bound),
             checkpoint_every=settings["checkpoint_every"],
-            **{name: settings[name] for name in LATER_SETTINGS},
+            **{name: settings[name] for name in LATER_SETTINGS if name not in ("clip_grad_norm", "validation")},
+            clip_grad_norm=float(settings["clip_grad_norm"]),
+            validation=float(settings["validation"]),
             problem_settings=self.problem_settings_used(),
         )
 
@@ -261,7 +372,8 @@ class Experiment:
         )
         if self.extra_seeds:  # written by --until-separated
             lines += ["", "[extra_seeds]"] + [
-                f'"{o}@{lr!r}" = {_toml_value(seeds)}' for (o, lr), seeds in self.extra_seeds.items()
+                f"{json.dumps(cell_label(cell, exact=True))} = {_toml_value(seeds)}"
+                for cell, seeds in self.extra_seeds.items()
             ]
         return "\n".join(lines) + "\n"
 
@@ -273,6 +385,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(key)} = {_toml_value(item)}" for key, item in value.items()) + " }"
     return "[" + ", ".join(_toml_value(item) for item in value) + "]"
 
 
@@ -305,9 +419,11 @@ def load_experiment(
     overrides: tuple[str, ...] | list[str] = (),
     text: str | None = None,
     recorded: bool = False,
+    allow_huge: bool = False,
 ) -> Experiment:
     """Read an experiment file (or its text), apply `--set` overrides, validate everything. recorded: the text
-    is a sweep's to_toml, which lists every setting; one without diverge_above predates the bound."""
+    is a sweep's to_toml, which lists every setting; one without diverge_above predates the bound. allow_huge:
+    sweep a grid of more than MAX_CELLS cells."""
     if text is not None:
         source = str(path or "<text>")
         try:
@@ -320,7 +436,7 @@ def load_experiment(
         raw = read_experiment_file(path)
     for override in overrides:
         apply_override(raw, override)
-    experiment = validate(raw, source, recorded=recorded)
+    experiment = validate(raw, source, recorded=recorded, allow_huge=allow_huge or recorded)
     if recorded and "diverge_above" not in raw:
         experiment.settings["diverge_above"] = None
     return experiment
@@ -352,10 +468,19 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def axis_names() -> set[str]:
+    """Every name a grid axis may have: optimizer, lr, seed, a setting of AXIS_SETTINGS, a hyperparameter."""
+    hyperparameter_names = {name for _class, _lr, defaults in OPTIMIZERS.values() for name in defaults}
+    return set(GRID_AXES) | set(AXIS_SETTINGS) | hyperparameter_names
+
+
 def apply_override(raw: dict[str, Any], text: str) -> None:
-    """Apply one `--set` to the raw experiment: a grid axis, a top-level key or optimizers.NAME.KEY."""
+    """Apply one `--set` to the raw experiment: a grid axis, a top-level key or optimizers.NAME.KEY.
+
+    A setting given several values (--set weight_decay=0,0.01) becomes a grid axis."""
     key, values = parse_override(text)
-    if key in GRID_AXES or key.startswith("grid."):
+    axes = axis_names()
+    if key in GRID_AXES or key.startswith("grid.") or (key in axes and len(values) > 1):
         axis = key.removeprefix("grid.")
         raw.setdefault("grid", {})[axis] = values[0] if len(values) == 1 and draws.is_draw(values[0]) else values
         return
@@ -379,13 +504,13 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
         if len(values) != 1:
             raise ConfigError(
                 f"--set {key} takes one value, got {len(values)}: only the grid axes "
-                f"({', '.join(GRID_AXES)}) take a list"
+                f"({', '.join(GRID_AXES)} and {', '.join(AXIS_SETTINGS)}) take a list"
             )
         raw[key] = values[0]
         return
     raise ConfigError(
-        f"--set {key}: unknown key; use a grid axis ({', '.join(GRID_AXES)}), "
-        f"a setting ({', '.join(DEFAULTS)}) or optimizers.NAME.HYPERPARAMETER"
+        f"--set {key}: unknown key{did_you_mean(key, [*GRID_AXES, *DEFAULTS])}; use a grid axis "
+        f"({', '.join(GRID_AXES)}), a setting ({', '.join(DEFAULTS)}) or optimizers.NAME.HYPERPARAMETER"
     )
 
 
@@ -393,9 +518,12 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
 # Validation: every message names the bad value and says how to fix it, on one line.
 
 
-def validate(raw: dict[str, Any], source: str = "<experiment>", recorded: bool = False) -> Experiment:
+def validate(
+    raw: dict[str, Any], source: str = "<experiment>", recorded: bool = False, allow_huge: bool = False
+) -> Experiment:
     """recorded: raw is a sweep's resolved file, whose [plugins] table says what its plugins' signatures
-    said (nothing is imported); otherwise the plugins it names are imported and their signatures read."""
+    said (nothing is imported); otherwise the plugins it names are imported and their signatures read.
+    allow_huge: no limit on the number of cells."""
     known = (
         set(DEFAULTS)
         | {"grid", "optimizers", "extra_seeds", "problem_settings", "cells", "confirms"}
@@ -403,44 +531,64 @@ def validate(raw: dict[str, Any], source: str = "<experiment>", recorded: bool =
     )
     for key in raw:
         if key not in known:
-            hint = ""
+            hint = did_you_mean(key, known)
             if key == "plugins":
                 hint = " (tinytrain writes it into a sweep's record; name plugins by import path or entry point)"
             raise ConfigError(f"unknown key '{key}' in {source}{hint}: known keys are {', '.join(sorted(known))}")
     settings = {key: raw.get(key, default) for key, default in DEFAULTS.items()}
-    check_settings(settings)
     plugins = Plugins(raw.get("plugins", {}) if recorded else None)
-    problem_settings = check_problem(settings["problem"], raw.get("problem_settings"), plugins)
-
-    variants = check_variants(raw.get("optimizers", {}), plugins)
     grid_raw = raw.get("grid", {})
     if not isinstance(grid_raw, dict):
         raise ConfigError("grid must be a table: write [grid] with optimizer, lr and seed lists")
+    check_settings({**settings, **_first_values(grid_raw)})
+    raw_variants = raw.get("optimizers", {})
+    _check_dotted_names(raw_variants)
+    allowed = axis_names()
     for axis in grid_raw:
-        if axis not in GRID_AXES:
-            raise ConfigError(f"unknown grid axis '{axis}': the axes are {', '.join(GRID_AXES)}")
-    grid: dict[str, list[Any]] = {}
+        if axis not in allowed:
+            raise ConfigError(
+                f"unknown grid axis '{axis}'{did_you_mean(axis, sorted(allowed))}: the axes are "
+                f"{', '.join(GRID_AXES)}, a setting ({', '.join(AXIS_SETTINGS)}) or a hyperparameter of the optimizers"
+            )
+    if not allow_huge:
+        _check_size(grid_raw, raw_variants)
+
+    problem_settings = check_problem(settings["problem"], raw.get("problem_settings"), plugins)
+    variants = check_variants(raw_variants, plugins)
+    grid: dict[str, Any] = {}
     drawn = list(variants.drawn)
+    lr_raw = grid_raw.get("lr")
+    per_optimizer = isinstance(lr_raw, dict) and not draws.is_draw_table(lr_raw)
+    if "optimizer" not in grid_raw and per_optimizer:
+        grid_raw = {"optimizer": list(lr_raw), **grid_raw}  # [grid.lr] alone names the optimizers
     for axis in GRID_AXES:
         if axis not in grid_raw:
             if axis in GRID_DEFAULTS:
                 grid[axis] = list(GRID_DEFAULTS[axis])
             continue
-        values = grid_raw[axis]
-        if axis == "lr" and draws.is_draw(values):
-            table, values = values, draws.draw("grid.lr", values)
-            drawn.append(f"grid.lr: {draws.describe(table)}")
-        values = list(values) if isinstance(values, list) else [values]
-        if not values:
-            raise ConfigError(f"grid.{axis} is empty: give at least one value")
-        grid[axis] = [_check_axis_value(axis, value, variants) for value in values]
-        duplicates = sorted({repr(v) for v in grid[axis] if grid[axis].count(v) > 1})
-        if duplicates:
-            raise ConfigError(f"grid.{axis} lists {', '.join(duplicates)} more than once: list each value once")
+        if axis == "lr" and per_optimizer:
+            continue
+        grid[axis], how = _axis_values(axis, grid_raw[axis], variants)
+        drawn += how
         if axis == "optimizer":
             grid[axis] = [expanded for name in grid[axis] for expanded in variants.names(name)]
-    used = {name: variants.tables[name] for name in grid["optimizer"] if name in variants.tables}
-    check_engine(settings, {name: used.get(name, {"type": name})["type"] for name in grid["optimizer"]})
+    if per_optimizer:
+        grid["lr"], how = _lr_ranges(lr_raw, grid_raw["optimizer"], variants)
+        drawn += how
+    used = {name: variants.tables.get(name, {"type": name}) for name in grid["optimizer"]}
+    for axis, values in grid_raw.items():
+        if axis in GRID_AXES:
+            continue
+        if axis in DEFAULTS:
+            grid[axis], _ = _axis_values(axis, values, variants)
+        else:
+            grid[axis] = _hyperparameter_axis(axis, values, used, plugins)
+    setting_axes = [axis for axis in grid if axis in DEFAULTS]
+    for values in itertools.product(*(grid[axis] for axis in setting_axes)):
+        combined = {**settings, **dict(zip(setting_axes, values, strict=True))}
+        check_settings(combined)
+        _check_weight_decay(combined["weight_decay"], used, plugins)
+    check_engine(settings, {name: variant["type"] for name, variant in used.items()})
     experiment = Experiment(
         settings=settings,
         grid=grid,
@@ -450,47 +598,205 @@ def validate(raw: dict[str, Any], source: str = "<experiment>", recorded: bool =
         problem_settings=problem_settings,
         plugins=plugins,
     )
-    experiment = _check_cells(raw, experiment)
     if "lr" not in grid:
         for name in grid["optimizer"]:
             if experiment.resolve_optimizer(name)[1] is None:
                 raise ConfigError(f"optimizer {name} has no default lr (its constructor sets none): give [grid] lr")
-    return replace(experiment, extra_seeds=_check_extra_seeds(raw.get("extra_seeds", {}), experiment))
+    experiment = replace(experiment, extra_seeds=_check_extra_seeds(raw.get("extra_seeds", {}), experiment))
+    return _check_cells(raw, experiment)
 
 
 def _check_cells(raw: dict[str, Any], experiment: Experiment) -> Experiment:
-    # cells = ["OPTIMIZER@LR", ...]: only these cells of the grid (a confirmation sweep); confirms = "RUN_ID"
+    # cells = ["OPTIMIZER@LR[axis=value,...]", ...]: only these cells of the grid (a confirmation sweep);
+    # confirms = "RUN_ID", the tuning sweep it confirms
     confirms = raw.get("confirms")
     if confirms is not None and (not isinstance(confirms, str) or not confirms.strip()):
         raise ConfigError(f"confirms must be the parent run id of a tuning sweep, got {confirms!r}")
     names = raw.get("cells", [])
     if not isinstance(names, list):
         raise ConfigError('cells must be a list of "OPTIMIZER@LR" cells of the grid')
-    grid = {(spec.optimizer, spec.lr) for spec in experiment.specs()}
+    specs = experiment.specs()
+    grid = {experiment.cell(spec) for spec in specs} | {(spec.optimizer, spec.lr) for spec in specs}
     cells = []
     for name in names:
-        optimizer, _, lr = str(name).rpartition("@")
-        cell = (optimizer, parse_value(lr))
+        try:
+            cell = parse_cell_label(str(name))
+        except ValueError:
+            cell = None
         if cell not in grid:
             raise ConfigError(f'cells lists {name!r}, which is not a cell of the grid: write "OPTIMIZER@LR"')
         cells.append(cell)
     return replace(experiment, cells=tuple(cells), confirms=confirms)
 
 
-def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[tuple[str, float], tuple[int, ...]]:
+def _first_values(grid_raw: dict[str, Any]) -> dict[str, Any]:
+    """The first value of each setting axis: the settings checked once before the grid is expanded."""
+    first = {}
+    for axis, values in grid_raw.items():
+        if axis in AXIS_SETTINGS and isinstance(values, list) and values:
+            first[axis] = values[0]
+    return first
+
+
+def _check_dotted_names(raw_variants: Any) -> None:
+    """[optimizers.adam.wd] unquoted is TOML for a table adam holding a table wd: say how to name it."""
+    if not isinstance(raw_variants, dict):
+        return
+    for name, variant in raw_variants.items():
+        if isinstance(variant, dict) and "type" not in variant:
+            nested = [key for key, value in variant.items() if isinstance(value, dict) and "type" in value]
+            if nested:
+                raise ConfigError(
+                    f"[optimizers.{name}.{nested[0]}] is read as a table {nested[0]!r} inside {name!r}: quote a "
+                    f'dotted variant name, [optimizers."{name}.{nested[0]}"], or name it {name}-{nested[0]}'
+                )
+
+
+def _count(values: Any) -> int:
+    """How many values an axis lists or draws, without drawing them."""
+    if isinstance(values, list):
+        return len(values)
+    if isinstance(values, dict) and draws.is_draw_table(values):
+        count = values.get("count", 1)
+        return count if is_int(count) and count > 0 else 1
+    return 1
+
+
+def _check_size(grid_raw: dict[str, Any], raw_variants: Any) -> None:
+    """Refuse a grid of more than MAX_CELLS cells before anything is expanded or drawn."""
+    raw_variants = raw_variants if isinstance(raw_variants, dict) else {}
+    optimizers = grid_raw.get("optimizer", GRID_DEFAULTS["optimizer"])
+    lr_raw = grid_raw.get("lr")
+    per_optimizer = isinstance(lr_raw, dict) and not draws.is_draw_table(lr_raw)
+    if per_optimizer and "optimizer" not in grid_raw:
+        optimizers = list(lr_raw)
+    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+    cells = 0
+    for name in optimizers:
+        variant = raw_variants.get(name) if isinstance(name, str) else None
+        expansions = (
+            math.prod(_count(v) for v in variant.values() if isinstance(v, dict)) if isinstance(variant, dict) else 1
+        )
+        lrs = _count(lr_raw.get(name, [None])) if per_optimizer else _count(lr_raw) if lr_raw is not None else 1
+        cells += expansions * lrs
+    for axis, values in grid_raw.items():
+        if axis not in ("optimizer", "lr"):
+            cells *= _count(values)
+    if cells > MAX_CELLS:
+        raise ConfigError(
+            f"the grid has {cells:,} cells, more than {MAX_CELLS:,}: check the counts and lists of [grid] "
+            "(or pass --allow-huge to sweep it anyway)"
+        )
+
+
+def _axis_values(axis: str, values: Any, variants: Variants) -> tuple[list[Any], list[str]]:
+    """An axis' checked values, and how they were drawn (for the resolved file)."""
+    drawn = []
+    if draws.is_draw(values):
+        if axis not in ("lr", "weight_decay", "clip_grad_norm", "gamma"):
+            raise ConfigError(f"grid.{axis} cannot be drawn, only numbers that vary smoothly can: list its values")
+        table, values = values, draws.draw(f"grid.{axis}", values)
+        drawn.append(f"grid.{axis}: {draws.describe(table)}")
+    values = list(values) if isinstance(values, list) else [values]
+    if not values:
+        raise ConfigError(f"grid.{axis} is empty: give at least one value")
+    checked = [_check_axis_value(axis, value, variants) for value in values]
+    duplicates = sorted({repr(v) for v in checked if checked.count(v) > 1})
+    if duplicates:
+        raise ConfigError(f"grid.{axis} lists {', '.join(duplicates)} more than once: list each value once")
+    return checked, drawn
+
+
+def _lr_ranges(table: dict[str, Any], optimizers: Any, variants: Variants) -> tuple[dict[str, list[float]], list[str]]:
+    """[grid.lr] keyed by optimizer: each optimizer's own learning rates, for every name it expands into."""
+    names = optimizers if isinstance(optimizers, list) else [optimizers]
+    ranges, drawn = {}, []
+    for name in table:
+        if name not in names:
+            raise ConfigError(
+                f"grid.lr.{name} names no optimizer of grid.optimizer{did_you_mean(name, names)}: "
+                f"give lrs for {', '.join(map(str, names))}"
+            )
+    for name in names:
+        if name not in table:
+            raise ConfigError(
+                f'grid.lr has no learning rates for optimizer {name!r}: add "{name}" = [...] to [grid.lr]'
+            )
+        where = f"grid.lr.{name}"
+        values = table[name]
+        if draws.is_draw(values):
+            drawn.append(f"{where}: {draws.describe(values)}")
+            values = draws.draw(where, values)
+        values = list(values) if isinstance(values, list) else [values]
+        if not values:
+            raise ConfigError(f"{where} is empty: give at least one learning rate")
+        checked = [_check_axis_value("lr", value, variants, where) for value in values]
+        if len(set(checked)) != len(checked):
+            raise ConfigError(f"{where} lists a learning rate more than once: list each value once")
+        for expanded in variants.names(name):
+            ranges[expanded] = checked
+    return ranges, drawn
+
+
+def _hyperparameter_axis(axis: str, values: Any, used: dict[str, dict[str, Any]], plugins: Plugins) -> list[Any]:
+    """A hyperparameter as an axis: every optimizer of the grid takes it, and no variant fixes it."""
+    values = list(values) if isinstance(values, list) else [values]
+    if not values:
+        raise ConfigError(f"grid.{axis} is empty: give at least one value")
+    checked: list[Any] = []
+    for name, variant in used.items():
+        defaults = _defaults_of(variant["type"], plugins)
+        if axis not in defaults:
+            raise ConfigError(
+                f"grid.{axis}: optimizer {name!r} (type {variant['type']}) takes no {axis}: sweep {axis} only over "
+                "optimizers that take it"
+            )
+        if axis in variant:
+            raise ConfigError(f"grid.{axis}: variant {name!r} fixes {axis} itself: drop one of the two")
+        checked = [hyperparameters.check(f"grid.{axis}", axis, value, defaults[axis]) for value in values]
+    if len({repr(v) for v in checked}) != len(checked):
+        raise ConfigError(f"grid.{axis} lists a value more than once: list each value once")
+    return checked
+
+
+def _defaults_of(kind: str, plugins: Plugins) -> dict[str, Any]:
+    """An optimizer type's hyperparameters and their defaults: the catalogue's, or a plugin's signature."""
+    return OPTIMIZERS[kind][2] if kind in OPTIMIZERS else plugins.optimizer(kind).defaults
+
+
+def _check_weight_decay(weight_decay: Any, used: dict[str, dict[str, Any]], plugins: Plugins) -> None:
+    """The weight_decay setting applies to every optimizer of the grid: each must take it, no variant fix it."""
+    if weight_decay is None:
+        return
+    for name, variant in used.items():
+        if "weight_decay" not in _defaults_of(variant["type"], plugins):
+            raise ConfigError(
+                f"weight_decay {weight_decay!r} applies to every optimizer, but {name!r} (type {variant['type']}) "
+                "takes none: drop weight_decay or that optimizer"
+            )
+        if "weight_decay" in variant:
+            raise ConfigError(
+                f"optimizers.{name} fixes weight_decay and so does the setting weight_decay: drop one of the two"
+            )
+
+
+def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[Cell, tuple[int, ...]]:
     # [extra_seeds] "OPTIMIZER@LR" = [seeds]: more seeds for cells of the grid (written by --until-separated)
-    cells = {(spec.optimizer, spec.lr) for spec in experiment.specs()}
+    cells = {experiment.cell(spec) for spec in experiment.specs()}
     extra = {}
     for name, seeds in raw.items() if isinstance(raw, dict) else [(raw, None)]:
-        optimizer, _, lr = str(name).rpartition("@")
-        cell = (optimizer, parse_value(lr))
+        try:
+            cell = parse_cell_label(name)
+        except ValueError:
+            cell = None
         if cell not in cells or not isinstance(seeds, list) or not all(is_int(s) and s >= 0 for s in seeds):
             raise ConfigError(f'extra_seeds.{name} must name a cell of the grid as "OPTIMIZER@LR" = [seeds >= 0]')
         extra[cell] = tuple(sorted(set(seeds) - set(experiment.grid["seed"])))
     return extra
 
 
-def _check_axis_value(axis: str, value: Any, variants: Variants) -> Any:
+def _check_axis_value(axis: str, value: Any, variants: Variants, where: str | None = None) -> Any:
+    where = where or f"grid.{axis}"
     if axis == "optimizer":
         if not isinstance(value, str) or not variants.known(value):
             names = variants.choices()
@@ -501,8 +807,10 @@ def _check_axis_value(axis: str, value: Any, variants: Variants) -> Any:
         return value
     if axis == "lr":
         if not is_number(value) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"lr must be a finite number > 0, got {value!r} in grid.lr")
+            raise ConfigError(f"lr must be a finite number > 0, got {value!r} in {where}")
         return float(value)
-    if not is_int(value) or value < 0:  # seed
-        raise ConfigError(f"seed must be an integer >= 0, got {value!r} in grid.seed")
-    return value
+    if axis == "seed":
+        if not is_int(value) or value < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {value!r} in grid.seed")
+        return value
+    return value  # a setting: checked with the others, per combination of the grid's settings

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinytrain import plugins
-from tinytrain.errors import ConfigError
-from tinytrain.plugins import OPTIMIZER_GROUP, PROBLEM_GROUP, REQUIRED, did_you_mean
+from tinytrain.errors import ConfigError, did_you_mean
+from tinytrain.plugins import OPTIMIZER_GROUP, PROBLEM_GROUP, REQUIRED
 from tinytrain.spec.catalogue import PROBLEMS
 
 

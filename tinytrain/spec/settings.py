@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tinytrain.errors import ConfigError
+from tinytrain.errors import ConfigError, did_you_mean
 from tinytrain.optimizers import VMAP_KINDS
 from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES
 
@@ -24,15 +24,73 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 64,  # digits: training images per step
     "eval_every": 50,  # digits: test metrics every N steps (0: at the end only), and always at the end
     "diverge_above": 1e3,  # a loss above this many times the run's initial loss (or non-finite) is divergence
+    # The training recipe (docs/recipes.md): the learning-rate schedule and its lengths, weight decay, clipping
+    "schedule": "constant",  # SCHEDULES: how the lr changes over the run (torch.optim.lr_scheduler)
+    "warmup": 0,  # linear warmup of warmup, warmup-cosine and wsd: steps (an integer) or a fraction of steps
+    "decay": 0.2,  # wsd's final decay: steps or a fraction of steps
+    "step_size": 0.3,  # step: the lr is multiplied by gamma every step_size steps (or fraction of steps)
+    "gamma": 0.1,  # step: the factor
+    "weight_decay": None,  # one value for every optimizer that takes it (None: each optimizer's own default)
+    "clip_grad_norm": 0.0,  # clip the gradients' total 2-norm to this (clip_grad_norm_); 0: no clipping
+    "validation": 0.0,  # digits: the fraction of the training images held out for validation (0: none)
 }
 # Settings added after run keys were first written: they enter a run's key only when they differ from
 # their default, so that every run key written before them (a one-sample run at the defaults) stays valid.
-LATER_SETTINGS = ("problem", "loss", "batch_size", "eval_every")
+LATER_SETTINGS = (
+    "problem",
+    "loss",
+    "batch_size",
+    "eval_every",
+    "schedule",
+    "warmup",
+    "decay",
+    "step_size",
+    "gamma",
+    "clip_grad_norm",
+    "validation",
+)
+SCHEDULES = ("constant", "warmup", "cosine", "warmup-cosine", "wsd", "linear", "step")
+# The settings each schedule reads besides the lr; the others are left at their defaults in its run specs
+# (so that, say, a warmup axis crossed with a constant schedule gives one cell, not one per warmup).
+SCHEDULE_SETTINGS = {
+    "constant": (),
+    "warmup": ("warmup",),
+    "cosine": (),
+    "warmup-cosine": ("warmup",),
+    "wsd": ("warmup", "decay"),
+    "linear": (),
+    "step": ("step_size", "gamma"),
+}
+LENGTH_SETTINGS = ("warmup", "decay", "step_size")  # steps, or a fraction of the run's steps
+# The settings a grid may also sweep (besides optimizer, lr, seed and a hyperparameter that optimizers share)
+AXIS_SETTINGS = (
+    "steps",
+    "data_seed",
+    "target_index",
+    "loss",
+    "batch_size",
+    "schedule",
+    "warmup",
+    "decay",
+    "step_size",
+    "gamma",
+    "weight_decay",
+    "clip_grad_norm",
+    "validation",
+)
 BATCH_SETTINGS = ("batch_size", "eval_every")  # used only by problems with a data set (not one-sample)
 GRID_AXES = ("optimizer", "lr", "seed")
 GRID_DEFAULTS: dict[str, list[Any]] = {"optimizer": ["adam"], "seed": [0]}  # lr: each optimizer's default
 ENGINES = ("sequential", "vmap")
 MAX_TARGET_INDEX = 9
+MAX_CELLS = 10**6  # more cells than this is almost surely a typo: refused unless --allow-huge
+
+
+def length_in_steps(value: int | float, steps: int) -> int:
+    """A schedule length as steps: an integer is steps, a fraction in (0, 1) that share of steps, rounded."""
+    if isinstance(value, float):
+        return round(value * steps)
+    return value
 
 
 def is_int(value: Any) -> bool:
@@ -66,10 +124,13 @@ def check_settings(settings: dict[str, Any]) -> None:
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
     # problem: a built-in (catalogue.PROBLEMS) or a plugin, checked by spec/plugins.py's check_problem
-    if settings["loss"] not in LOSSES:
-        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {settings['loss']!r}")
+    for key, allowed in (("loss", LOSSES), ("schedule", SCHEDULES)):
+        if settings[key] not in allowed:
+            hint = did_you_mean(settings[key], allowed)
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {settings[key]!r}{hint}")
+    check_recipe(settings)
     if settings["problem"] == "one-sample":
-        for key in BATCH_SETTINGS:
+        for key in (*BATCH_SETTINGS, "validation"):
             if settings[key] != DEFAULTS[key]:
                 raise ConfigError(
                     f"{key} applies to problem digits; one-sample trains on its one input and has "
@@ -81,9 +142,10 @@ def check_settings(settings: dict[str, Any]) -> None:
                 f"target_index is the one-sample problem's label; problem {settings['problem']} "
                 "has its own labels: drop target_index"
             )
-        if settings["problem"] == "digits" and settings["batch_size"] > DIGITS_TRAINING_IMAGES:
+        training_images = digits_training_images(settings["validation"])
+        if settings["problem"] == "digits" and settings["batch_size"] > training_images:
             raise ConfigError(
-                f"batch_size must be at most the {DIGITS_TRAINING_IMAGES} training images of "
+                f"batch_size must be at most the {training_images} training images of "
                 f"digits, got {settings['batch_size']}"
             )
     if settings["engine"] == "vmap" and (settings["threads"] != 1 or settings["mkldnn"]):
@@ -111,3 +173,51 @@ def check_engine(settings: dict[str, Any], kinds: dict[str, str]) -> None:
                 f"engine vmap has no stacked update for {kind} (optimizer {name}): use engine "
                 f"sequential, or one of {', '.join(VMAP_KINDS)}"
             )
+
+
+def digits_training_images(validation: float) -> int:
+    """The images digits trains on when `validation` of its training images are held out for validation."""
+    return DIGITS_TRAINING_IMAGES - math.ceil(validation * DIGITS_TRAINING_IMAGES)  # as train_test_split rounds
+
+
+def check_recipe(settings: dict[str, Any]) -> None:
+    """The schedule's lengths fit the run, weight decay and clipping are numbers of the right sign."""
+    steps, schedule = settings["steps"], settings["schedule"]
+    for key in LENGTH_SETTINGS:
+        value = settings[key]
+        if not (is_int(value) and value >= 0) and not (isinstance(value, float) and 0 < value < 1):
+            raise ConfigError(f"{key} must be steps (an integer >= 0) or a fraction of steps in (0, 1), got {value!r}")
+    used = SCHEDULE_SETTINGS[schedule]
+    warmup, decay = (length_in_steps(settings[key], steps) for key in ("warmup", "decay"))
+    if schedule in ("warmup", "warmup-cosine") and warmup < 1:
+        raise ConfigError(
+            f"schedule {schedule!r} needs a warmup: set warmup to steps or a fraction of steps, e.g. warmup = 0.05"
+        )
+    if "warmup" in used and warmup >= steps:
+        raise ConfigError(
+            f"warmup {settings['warmup']!r} ({warmup} steps) is not shorter than the run's {steps} steps: "
+            "give fewer steps or a fraction below 1, e.g. warmup = 0.05"
+        )
+    if schedule == "wsd" and (decay < 1 or warmup + decay > steps):
+        raise ConfigError(
+            f"wsd's decay {settings['decay']!r} ({decay} steps) must be at least a step and, with the warmup "
+            f"of {warmup}, fit in the run's {steps} steps: give e.g. decay = 0.2"
+        )
+    if schedule == "step" and length_in_steps(settings["step_size"], steps) < 1:
+        raise ConfigError(f"step_size must be at least a step, got {settings['step_size']!r}: e.g. step_size = 0.3")
+    gamma = settings["gamma"]
+    if not is_number(gamma) or not 0 < gamma <= 1:
+        raise ConfigError(f"gamma must be a number in (0, 1] (the step schedule's factor), got {gamma!r}")
+    decay_value = settings["weight_decay"]
+    if decay_value is not None and (not is_number(decay_value) or not math.isfinite(decay_value) or decay_value < 0):
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {decay_value!r}")
+    clip = settings["clip_grad_norm"]
+    if not is_number(clip) or not math.isfinite(clip) or clip < 0:
+        raise ConfigError(
+            f"clip_grad_norm must be a finite number >= 0 (the largest gradient norm; 0: no clipping), got {clip!r}"
+        )
+    validation = settings["validation"]
+    if not is_number(validation) or not 0 <= validation < 1:
+        raise ConfigError(
+            f"validation must be the fraction of digits' training images held out, in [0, 1), got {validation!r}"
+        )

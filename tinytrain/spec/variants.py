@@ -17,9 +17,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from tinytrain.errors import ConfigError
+from tinytrain.errors import ConfigError, did_you_mean
 from tinytrain.optimizers import OPTIMIZERS
-from tinytrain.plugins import OPTIMIZER_GROUP, REQUIRED, did_you_mean
+from tinytrain.plugins import OPTIMIZER_GROUP, REQUIRED
 from tinytrain.spec import draws, hyperparameters
 from tinytrain.spec.plugins import Plugins, check_value
 

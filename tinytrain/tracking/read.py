@@ -11,6 +11,7 @@ import math
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 from tinytrain.spec import Experiment, load_experiment
 from tinytrain.tracking.artifacts import local_artifact_file
@@ -211,10 +212,25 @@ class CellRun:
     losses: tuple[float, ...] = ()  # `loss` at steps 0..steps (shorter if it diverged); read on request
     metrics: dict[str, float] = field(default_factory=dict)  # the run's metrics, each at its last step
     curves: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)  # CURVES: (step, value)
+    arm: tuple[tuple[str, Any], ...] = ()  # the run's value of each of the grid's other axes (schedule, ...)
 
     @property
     def diverged(self) -> bool:
         return self.outcome == "diverged"
+
+    @property
+    def cell(self) -> tuple:
+        """(optimizer, lr, *arm): what compare groups seeds by."""
+        return (self.optimizer, self.lr, *self.arm)
+
+    @property
+    def arm_name(self) -> str:
+        """The optimizer with its arm's axes, e.g. adam [schedule=cosine, weight_decay=0.01]."""
+        return arm_name(self.optimizer, self.arm)
+
+
+def arm_name(optimizer: str, arm: tuple[tuple[str, Any], ...]) -> str:
+    return optimizer + (" [" + ", ".join(f"{axis}={value}" for axis, value in arm) + "]" if arm else "")
 
 
 @dataclass(frozen=True)
@@ -337,6 +353,7 @@ def sweep_record(
                 optimizer=spec.optimizer,
                 lr=spec.lr,
                 seed=spec.seed,
+                arm=experiment.arm(spec),
                 outcome=run.data.tags[OUTCOME],
                 initial_loss=metrics.get("initial_loss", math.nan),
                 final_loss=metrics.get("final_loss", math.nan),
@@ -422,6 +439,7 @@ def sweep_record_sqlite(
                 optimizer=spec.optimizer,
                 lr=spec.lr,
                 seed=spec.seed,
+                arm=experiment.arm(spec),
                 outcome=outcome,
                 initial_loss=metrics.get("initial_loss", math.nan),
                 final_loss=metrics.get("final_loss", math.nan),
