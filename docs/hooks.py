@@ -73,7 +73,8 @@ def check_settings_table(markdown: str) -> None:
     if missing or unknown:
         raise ValueError(f"experiment-files.md settings table: missing {missing}, not settings {unknown}")
     for name, cell in rows.items():
-        if tomllib.loads(f"value = {cell}")["value"] != DEFAULTS[name]:
+        value = None if cell == "unset" else tomllib.loads(f"value = {cell}")["value"]
+        if value != DEFAULTS[name]:
             raise ValueError(f"experiment-files.md: the default of {name} is {DEFAULTS[name]!r}, the table says {cell}")
 
 

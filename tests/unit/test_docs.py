@@ -19,8 +19,8 @@ import pytest
 from tinytrain.cli import cli
 from tinytrain.errors import ConfigError
 from tinytrain.optimizers import OPTIMIZERS
-from tinytrain.spec.experiment import apply_override, validate
-from tinytrain.spec.settings import DEFAULTS, GRID_AXES
+from tinytrain.spec.experiment import apply_override, axis_names, validate
+from tinytrain.spec.settings import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -161,7 +161,7 @@ def toml_problems(block: str) -> list[str]:
     problems = []
     for key, value in raw.items():
         if key == "grid":
-            problems += [f"grid.{axis} is not a grid axis" for axis in value if axis not in GRID_AXES]
+            problems += [f"grid.{axis} is not a grid axis" for axis in value if axis not in axis_names()]
         elif key == "optimizers":
             for name, variant in value.items():
                 kind = variant.get("type")
