@@ -164,7 +164,7 @@ def check_table(where: str, given: dict[str, Any], defaults: dict[str, Any], res
     for key, value in given.items():
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
-            hint = " (set by tinytrain)" if key in reserved else did_you_mean(key, defaults)
+            hint = " (set by tinytrain)" if key in reserved else did_you_mean(key, defaults, cutoff=0.6)
             raise ConfigError(f"unknown setting '{key}' in {where}{hint}: its constructor takes {known}")
         checked[key] = check_value(f"{where}.{key}", value, defaults[key])
     missing = [key for key, default in defaults.items() if default == REQUIRED and key not in checked]

@@ -101,7 +101,7 @@ def check_variants(raw_variants: Any, plugins: Plugins | None = None) -> Variant
             if key == "lr":
                 raise ConfigError(f"optimizers.{name} sets lr: the learning rate is a grid axis, set it in [grid]")
             if key not in defaults:
-                hint = did_you_mean(key, defaults)
+                hint = did_you_mean(key, defaults, cutoff=0.6)
                 raise ConfigError(
                     f"unknown hyperparameter '{key}' for optimizer '{name}' (type {kind}){hint}: "
                     f"known ones are {', '.join(sorted(defaults))}"
