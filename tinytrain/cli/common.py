@@ -10,9 +10,7 @@ import functools
 
 import click
 
-from tinytrain.executors.base import ExecutorError
-from tinytrain.spec import ConfigError
-from tinytrain.tracking.contract import TrackingError
+from tinytrain.api import ConfigError, ExecutorError, TrackingError
 
 EXIT_RUNS_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -49,6 +47,6 @@ tracking_uri_option = click.option(
 
 
 def resolved_uri(tracking_uri: str | None) -> str:
-    from tinytrain.tracking import resolve_tracking_uri
+    from tinytrain.api import store_uri
 
-    return resolve_tracking_uri(tracking_uri)
+    return store_uri(tracking_uri)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import click
 
+from tinytrain import api
 from tinytrain.cli.common import BadInput, resolved_uri, tracking_uri_option, translate_errors
-from tinytrain.reports.compare import COLUMNS, FORMATS, METRICS, RANKINGS
 
 experiment_option = click.option(
     "--experiment",
@@ -42,13 +40,16 @@ def warn_missing_cells(sweep) -> None:
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(FORMATS),
+    type=click.Choice(api.FORMATS),
     default="table",
     show_default=True,
     help="table for a terminal; markdown, csv and json for documents and scripts.",
 )
 @click.option(
-    "--sort", type=click.Choice(COLUMNS), default=None, help="Order the rows by this column, ascending [default: rank]."
+    "--sort",
+    type=click.Choice(api.COMPARE_COLUMNS),
+    default=None,
+    help="Order the rows by this column, ascending [default: rank].",
 )
 @click.option(
     "--target",
@@ -60,14 +61,14 @@ def warn_missing_cells(sweep) -> None:
 )
 @click.option(
     "--by",
-    type=click.Choice(RANKINGS),
+    type=click.Choice(api.RANKINGS),
     default=None,
     help="Rank by the median steps to --target, or by the geometric mean of final_loss (of --metric) "
     "[default: target; final_loss with --metric].",
 )
 @click.option(
     "--metric",
-    type=click.Choice(list(METRICS)),
+    type=click.Choice(list(api.COMPARE_METRICS)),
     default="final_loss",
     show_default=True,
     help="What the statistics are of: final_loss (training), or the test set's test_loss or "
@@ -116,46 +117,17 @@ def compare(
         tinytrain compare --sweep 3f2a9c... --by final_loss --sort lr
         tinytrain compare --experiment digits-grid --metric test_accuracy
     """
-    from tinytrain.reports import compare as report
-
     if before_after and (sort or vs):
         raise BadInput("--sort and --vs are for the compare table; --before-after lists the runs in grid order")
-    if not (math.isfinite(target) and target > 0):
-        raise BadInput(f"--target must be a finite loss > 0, got {target!r}")
-    baseline = _baseline(vs)
-    from tinytrain.tracking import read_sweep
-
-    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=not before_after)
+    api.check_compare_options(target, vs)  # bad options fail before the store is read
+    store = api.open_store(resolved_uri(tracking_uri))
+    sweep = store.sweep(experiment_name, sweep_id, with_curves=not before_after)
     if before_after:
-        runs = report.before_after(sweep.runs)
-        text = report.render_before_after(runs, output_format, report.before_after_title(sweep))
+        text = sweep.before_after_text(output_format)
     else:
-        untested = [run for run in sweep.runs if not run.diverged and math.isnan(report.metric_value(run, metric))]
-        if untested:
-            raise BadInput(
-                f"sweep {sweep.parent_run_id} has no {metric} for {len(untested)} of its runs (the "
-                "one-sample problem has no test set): compare --metric final_loss"
-            )
-        by = by or ("target" if metric == "final_loss" else "final_loss")
-        try:
-            rows = report.summarize(report.as_metric(sweep.runs, metric), target, by, baseline)
-        except ValueError as error:
-            raise BadInput(str(error)) from None
-        rows = report.sort_rows(rows, sort or "rank")
-        text = report.render_compare(
-            rows, output_format, report.compare_title(sweep, metric), report.compare_caption(rows, by, target), target
-        )
+        text = sweep.compare_text(output_format, target, by, metric, vs, sort or "rank")
     click.echo(text, nl=False)
     warn_missing_cells(sweep)
-
-
-def _baseline(vs: str | None) -> tuple[str, float] | None:
-    from tinytrain.reports import compare as report
-
-    try:
-        return report.parse_cell(vs) if vs else None
-    except ValueError as error:
-        raise BadInput(str(error)) from None
 
 
 @click.command()
@@ -182,16 +154,10 @@ def plot(experiment_name, sweep_id, out, tracking_uri):
         tinytrain plot --out docs/loss-curves.png
         tinytrain plot --experiment one-step-adam --sweep 3f2a9c... --out one-step.png
     """
-    from tinytrain.reports import plot as curves
-    from tinytrain.tracking import read_sweep
-
-    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=True)
-    if not sweep.runs:
-        raise click.ClickException(f"sweep {sweep.parent_run_id} has no finished run to plot yet")
-    figure = curves.plot_loss_curves(sweep)
-    path = curves.save_figure(figure, out)
+    sweep = api.open_store(resolved_uri(tracking_uri)).sweep(experiment_name, sweep_id, with_curves=True)
+    figure = sweep.plot(out)
     lines = sum(len(ax.lines) for ax in figure.axes)
     click.echo(
-        f"Wrote {path}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.parent_run_id} of {sweep.experiment}"
+        f"Wrote {out}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.sweep_id} of {sweep.experiment}"
     )
     warn_missing_cells(sweep)

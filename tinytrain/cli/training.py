@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from tinytrain import api
 from tinytrain.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_RUNS_FAILED,
@@ -14,10 +15,6 @@ from tinytrain.cli.common import (
     tracking_uri_option,
     translate_errors,
 )
-from tinytrain.executors.base import EXECUTORS
-from tinytrain.spec import ENGINES, load_experiment
-from tinytrain.spec.catalogue import PROBLEMS
-from tinytrain.tracking.location import is_http
 
 
 @click.command()
@@ -42,7 +39,7 @@ from tinytrain.tracking.location import is_http
 )
 @click.option(
     "--executor",
-    type=click.Choice(EXECUTORS),
+    type=click.Choice(api.EXECUTORS),
     default=None,
     help="Where runs execute [default: inprocess, or pool when --jobs > 1].",
 )
@@ -54,7 +51,7 @@ from tinytrain.tracking.location import is_http
 )
 @click.option(
     "--engine",
-    type=click.Choice(ENGINES),
+    type=click.Choice(api.ENGINES),
     default=None,
     help="sequential: one run at a time; vmap: the cells in one batched net (one per --jobs worker).",
 )
@@ -117,15 +114,13 @@ def sweep(
     if scheduler and executor not in (None, "dask"):
         raise BadInput(f"--scheduler names a Dask scheduler: use it with --executor dask, not {executor}")
     executor = executor or ("dask" if scheduler else None)  # --scheduler alone means the Dask executor
-    from tinytrain.sweep import run_sweep, sweep_until_separated
-
     options = {"executor": executor or "inprocess", "jobs": jobs, "scheduler": scheduler, "progress": not quiet}
     try:
         if until_separated:
-            separation = sweep_until_separated(experiment, uri, max_seeds or 10, **options)
+            separation = api.sweep_until_separated(experiment, uri, max_seeds or 10, **options)
             outcome = separation.rounds[-1]
         else:
-            outcome = run_sweep(experiment, uri, force=force, **options)
+            outcome = api.run_sweep(experiment, uri, force=force, **options)
     except KeyboardInterrupt:  # before the first run: nothing to mark
         click.echo("Interrupted before any run started.", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -147,12 +142,10 @@ def sweep(
 def experiment_of(file: str | None, from_run: str | None, overrides: list[str], uri: str):
     """The experiment of a FILE (or the default one), or the one a sweep's parent run keeps (--from-run)."""
     if not from_run:
-        return load_experiment(file, overrides)
+        return api.load_experiment(file, overrides)
     if file:
         raise BadInput("give either FILE or --from-run, not both")
-    from tinytrain.tracking import read_sweep_experiment
-
-    return load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run), recorded=True)
+    return api.open_store(uri).sweep_experiment(from_run, overrides)
 
 
 def show_separation(separation, max_seeds: int) -> None:
@@ -178,9 +171,7 @@ def show_separation(separation, max_seeds: int) -> None:
 
 
 def show_plan(experiment, uri: str, force: bool) -> None:
-    from tinytrain.sweep import plan
-
-    cells = plan(experiment, uri)
+    cells = api.open_store(uri).plan(experiment)
     done = sum(cell.done_run_id is not None for cell in cells)
     lines = [f"drawn {line}\n" for line in experiment.drawn]
     for cell in cells:
@@ -200,7 +191,7 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
 def browse_line(outcome) -> str:
     """Where to see the runs in the UI: a sweep's cells (charts), and every run of it, one row each."""
-    opening = "open" if is_http(outcome.uri) else "`make ui`, then open"
+    opening = "open" if api.is_http(outcome.uri) else "`make ui`, then open"
     if outcome.cells_url is None:
         return f"Browse: {opening} {outcome.runs_url}"
     return f"Browse: {opening} {outcome.cells_url}\n  every run of this sweep: {outcome.runs_url}"
@@ -246,7 +237,7 @@ def show_summary(outcome) -> None:
 )
 @click.option(
     "--problem",
-    type=click.Choice(list(PROBLEMS)),
+    type=click.Choice(list(api.PROBLEMS)),
     default=None,
     help="What the run learns [default: the experiment file's].",
 )
@@ -263,12 +254,11 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
     overrides += [f"lr={lr!r}"] if lr is not None else []
     overrides += [f"steps={steps}"] if steps is not None else []
     overrides += [f"problem={problem}"] if problem is not None else []
-    experiment = load_experiment(file, overrides)
+    experiment = api.load_experiment(file, overrides)
     if lr is None:
-        experiment.grid.pop("lr", None)  # the optimizer's own default
-    from tinytrain.sweep import run_sweep
-
-    outcome = run_sweep(experiment, resolved_uri(tracking_uri), force=True, with_parent=False, progress=False)
+        experiment = api.without_lr_axis(experiment)  # the optimizer's own default
+    store = api.open_store(resolved_uri(tracking_uri))
+    outcome = store.run_sweep(experiment, force=True, with_parent=False, progress=False)
     if outcome.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     (run_id,) = outcome.counts.run_ids.values()
@@ -276,10 +266,7 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
     if outcome.counts.failed:  # it raised: no loss to show, the error is the news (also in tinytrain.error)
         click.echo(f"{spec.run_name}: failed: {outcome.failures[0].partition(': ')[2]}; run {run_id}", err=True)
         sys.exit(EXIT_RUNS_FAILED)
-    from tinytrain.tracking import Store
-
-    with Store(outcome.uri) as store:
-        losses, accuracy = store.losses(run_id), store.get_run(run_id).data.metrics.get("final_test_accuracy")
+    losses, accuracy = store.losses(run_id), store.run_metrics(run_id).get("final_test_accuracy")
     verdict = "diverged" if outcome.counts.diverged else "finished"
     tested = f", test accuracy {accuracy:.4g}" if accuracy is not None else ""
     click.echo(

@@ -26,11 +26,14 @@ from tinytrain.tracking.contract import (
 from tinytrain.tracking.location import check_store, is_http, sqlite_path
 from tinytrain.tracking.sqlite import (
     experiment_id_readonly,
+    experiments_readonly,
     finished_runs_readonly,
     histories_readonly,
     latest_run_with_tag_readonly,
+    params_readonly,
     query_sqlite,
     run_readonly,
+    runs_with_tag_readonly,
     store_is_new,
 )
 from tinytrain.tracking.store import Store
@@ -125,6 +128,7 @@ class CellRun:
     losses: tuple[float, ...] = ()  # `loss` at steps 0..steps (shorter if it diverged); read on request
     metrics: dict[str, float] = field(default_factory=dict)  # the run's metrics, each at its last step
     curves: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)  # CURVES: (step, value)
+    params: dict[str, str] = field(default_factory=dict)  # the run's params as logged (strings), in name order
 
     @property
     def diverged(self) -> bool:
@@ -247,6 +251,7 @@ def sweep_record(
                     for name in CURVES
                     if with_losses and name in metrics
                 },
+                params=dict(sorted(run.data.params.items())),
             )
         )
     return SweepRecord(
@@ -296,6 +301,7 @@ def sweep_record_sqlite(
         **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
     }
     finished = finished_runs_readonly(uri, experiment_id, names)
+    params = params_readonly(uri, experiment_id, names)
     specs = experiment.specs()
     losses: dict[str, list[tuple[int, float]]] = {}
     if with_losses and any(spec.key in finished and spec.key not in known_losses for spec in specs):
@@ -329,6 +335,7 @@ def sweep_record_sqlite(
                 else (),
                 metrics=dict(metrics),
                 curves={name: tuple(history.get(run_id, ())) for name, history in curves.items() if name in metrics},
+                params=params.get(run_id, {}),
             )
         )
     return SweepRecord(
@@ -340,3 +347,107 @@ def sweep_record_sqlite(
         tuple(runs),
         tuple(missing),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The readers of the Python API: a sweep's curves as long rows, and the sweeps of a store. On a SQLite store
+# in plain SQL (one query a metric); on a server through MLflow's client. Tests hold both routes equal.
+
+CurveRow = tuple[str, int, str, float]  # (run id, step, metric, value)
+
+
+def read_curves(uri: str, sweep: SweepRecord, metrics: tuple[str, ...] = (LOSS,)) -> list[CurveRow]:
+    """(run id, step, metric, value) of the metrics' histories of the sweep's runs, in the sweep's run order,
+    then metric, then step."""
+    if is_http(uri):
+        with Store(uri) as store:
+            return curves_mlflow(store, sweep, metrics)
+    return curves_sqlite(uri, sweep, metrics)
+
+
+def curves_sqlite(uri: str, sweep: SweepRecord, metrics: tuple[str, ...]) -> list[CurveRow]:
+    names = {
+        "key_tag": RUN_KEY,
+        "outcome_tag": OUTCOME,
+        **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
+    }
+    histories = {metric: histories_readonly(uri, sweep.experiment_id, names, metric) for metric in metrics}
+    return [
+        (run.run_id, step, metric, value)
+        for run in sweep.runs
+        for metric in metrics
+        for step, value in histories[metric].get(run.run_id, ())
+    ]
+
+
+def curves_mlflow(store: Store, sweep: SweepRecord, metrics: tuple[str, ...]) -> list[CurveRow]:
+    """MLflow's own route: one get_metric_history per run and metric."""
+    return [
+        (run.run_id, step, metric, value)
+        for run in sweep.runs
+        for metric in metrics
+        for step, value in store.history(run.run_id, metric)
+    ]
+
+
+SweepRow = tuple[str, str, str, str, str, int, int | None]  # id, run name, experiment id and name, status, start, end
+
+
+def read_sweeps(uri: str, experiment: str | None = None) -> list[SweepRow]:
+    """The sweeps (parent runs) of the store, or of one experiment, the latest first."""
+    if is_http(uri):
+        check_store(uri)
+        with Store(uri) as store:
+            return sweeps_mlflow(store, experiment)
+    if store_is_new(uri):
+        return []
+    return runs_with_tag_readonly(uri, KIND, "sweep", experiment)
+
+
+def sweeps_mlflow(store: Store, experiment: str | None = None) -> list[SweepRow]:
+    """MLflow's own route: search_runs over the active experiments."""
+    from mlflow.entities import ViewType
+
+    experiments = store.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+    names = {item.experiment_id: item.name for item in experiments if experiment in (None, item.name)}
+    if not names:
+        return []
+    runs, token = [], None
+    while True:
+        page = store.client.search_runs(
+            list(names), f"tags.`{KIND}` = 'sweep'", max_results=1000, page_token=token, order_by=["start_time DESC"]
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    runs.sort(key=lambda run: (-run.info.start_time, run.info.run_id))
+    return [
+        (
+            run.info.run_id,
+            run.info.run_name,
+            run.info.experiment_id,
+            names[run.info.experiment_id],
+            run.info.status,
+            run.info.start_time,
+            run.info.end_time,
+        )
+        for run in runs
+    ]
+
+
+def read_experiments(uri: str) -> list[tuple[str, str]]:
+    """(experiment id, name) of the active experiments that hold runs."""
+    if not is_http(uri):
+        return experiments_readonly(uri)
+    check_store(uri)
+    with Store(uri) as store:
+        return experiments_mlflow(store)
+
+
+def experiments_mlflow(store: Store) -> list[tuple[str, str]]:
+    from mlflow.entities import ViewType
+
+    experiments = store.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+    held = [item for item in experiments if store.client.search_runs([item.experiment_id], max_results=1)]
+    return sorted(((item.experiment_id, item.name) for item in held), key=lambda pair: int(pair[0]))

@@ -288,3 +288,38 @@ def histories_readonly(
     for run_id, step, value, is_nan in rows:
         histories.setdefault(run_id, []).append((step, math.nan if is_nan else value))
     return histories
+
+
+def params_readonly(uri: str, experiment_id: str, names: dict[str, str]) -> dict[str, dict[str, str]]:
+    """run id -> {param: value}, in name order, of every finished run of the experiment (one query)."""
+    rows = query_sqlite(
+        uri,
+        f"""SELECT params.run_uuid, params.key, params.value FROM params
+            WHERE params.run_uuid IN (SELECT runs.run_uuid {_FINISHED_RUNS})
+            ORDER BY params.run_uuid, params.key""",
+        {"experiment_id": experiment_id, **names},
+    )
+    params: dict[str, dict[str, str]] = {}
+    for run_id, key, value in rows:
+        params.setdefault(run_id, {})[key] = value
+    return params
+
+
+def runs_with_tag_readonly(
+    uri: str, tag: str, value: str, experiment_name: str | None = None
+) -> list[tuple[str, str, str, str, str, int, int | None]]:
+    """(run id, run name, experiment id, experiment name, status, start ms, end ms) of the active runs of active
+    experiments with this tag value, the latest started first (as search_runs orders by start_time DESC)."""
+    rows = query_sqlite(
+        uri,
+        """SELECT runs.run_uuid, runs.name, runs.experiment_id, experiments.name, runs.status, runs.start_time,
+                  runs.end_time
+           FROM runs
+           JOIN experiments ON experiments.experiment_id = runs.experiment_id
+           JOIN tags ON tags.run_uuid = runs.run_uuid AND tags.key = :tag AND tags.value = :value
+           WHERE runs.lifecycle_stage = 'active' AND experiments.lifecycle_stage = 'active'
+             AND (:name IS NULL OR experiments.name = :name)
+           ORDER BY runs.start_time DESC, runs.run_uuid ASC""",
+        {"tag": tag, "value": value, "name": experiment_name},
+    )
+    return [(run_id, name, str(experiment_id), *rest) for run_id, name, experiment_id, *rest in rows]
