@@ -33,6 +33,9 @@ from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
 from tinytrain.reports.compare import COLUMNS as COMPARE_COLUMNS
 from tinytrain.reports.compare import FORMATS, RANKINGS
 from tinytrain.reports.compare import METRICS as COMPARE_METRICS
+from tinytrain.reports.stats import ALPHA as COMPARE_ALPHA
+from tinytrain.reports.stats import TARGET as COMPARE_TARGET
+from tinytrain.results import DIVERGED, FAILED, FINISHED
 from tinytrain.spec import DEFAULTS, ENGINES, Experiment, RunSpec
 from tinytrain.spec import load_experiment as _load_experiment
 from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
@@ -74,8 +77,10 @@ __all__ = [
     # the catalogue and the choices of the command line's options
     "ADAMW_WITH_MUON",
     "CLUSTER_FOLDER",
+    "COMPARE_ALPHA",
     "COMPARE_COLUMNS",
     "COMPARE_METRICS",
+    "COMPARE_TARGET",
     "DEFAULTS",
     "DIGITS_TRAINING_IMAGES",
     "ENGINES",
@@ -86,6 +91,10 @@ __all__ = [
     "OPTIMIZERS",
     "PROBLEMS",
     "RANKINGS",
+    # the outcomes of a run
+    "DIVERGED",
+    "FAILED",
+    "FINISHED",
     "check_compare_options",
     "is_http",
 ]
@@ -380,7 +389,7 @@ class Sweep:
 
     def compare_rows(
         self,
-        target: float = 1e-3,
+        target: float = COMPARE_TARGET,
         by: str | None = None,
         metric: str = "final_loss",
         vs: str | tuple[str, float] | None = None,
@@ -407,7 +416,7 @@ class Sweep:
 
     def compare(
         self,
-        target: float = 1e-3,
+        target: float = COMPARE_TARGET,
         by: str | None = None,
         metric: str = "final_loss",
         vs: str | tuple[str, float] | None = None,
@@ -440,7 +449,7 @@ class Sweep:
     def compare_text(
         self,
         output_format: str = "table",
-        target: float = 1e-3,
+        target: float = COMPARE_TARGET,
         by: str | None = None,
         metric: str = "final_loss",
         vs: str | tuple[str, float] | None = None,

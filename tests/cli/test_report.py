@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import invoke
 from tinytrain.reports import compare as report
 from tinytrain.reports import plot as curves
-from tinytrain.reports import summary
+from tinytrain.reports import stats, summary
 from tinytrain.tracking import CellRun, Recorder, SweepRecord, read_sweep, resolve_tracking_uri
 
 NAME = "compare-e2e"
@@ -518,7 +518,7 @@ def test_summarize_uses_log10_for_the_geometric_mean_and_spread():
 
 def test_a_zero_final_loss_counts_as_the_floor_in_log10():
     (row,) = report.summarize([cell_run("adam", 0.1, 0, 0.0), cell_run("adam", 0.1, 1, 1e-5)])
-    assert row.geomean == pytest.approx(math.sqrt(report.LOSS_FLOOR * 1e-5))
+    assert row.geomean == pytest.approx(math.sqrt(stats.LOSS_FLOOR * 1e-5))
 
 
 def test_markdown_of_hand_made_rows_is_exact():

@@ -54,7 +54,7 @@ def warn_missing_cells(sweep) -> None:
 @click.option(
     "--target",
     type=float,
-    default=1e-3,
+    default=api.COMPARE_TARGET,
     show_default=True,
     metavar="LOSS",
     help="Time to target: the first step whose loss is at or below LOSS.",

@@ -159,7 +159,7 @@ def show_separation(separation, max_seeds: int) -> None:
     if separation.separated:
         click.echo(
             f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
-            f"p < 0.05 with up to {separation.seeds} seeds ({spent})."
+            f"p < {api.COMPARE_ALPHA:g} with up to {separation.seeds} seeds ({spent})."
         )
     else:
         tied = ", ".join(separation.tied)
@@ -267,7 +267,7 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
         click.echo(f"{spec.run_name}: failed: {outcome.failures[0].partition(': ')[2]}; run {run_id}", err=True)
         sys.exit(EXIT_RUNS_FAILED)
     losses, accuracy = store.losses(run_id), store.run_metrics(run_id).get("final_test_accuracy")
-    verdict = "diverged" if outcome.counts.diverged else "finished"
+    verdict = api.DIVERGED if outcome.counts.diverged else api.FINISHED
     tested = f", test accuracy {accuracy:.4g}" if accuracy is not None else ""
     click.echo(
         f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s){tested}, "

@@ -13,10 +13,8 @@ from tinytrain.optimizers import build_optimizer
 from tinytrain.problems import loss_function as problem_loss
 from tinytrain.problems import make_problem
 from tinytrain.problems.one_sample import loss_fn, make_input, make_target
-from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
+from tinytrain.results import DIVERGED, FINISHED, RunResult, StateDict, diverges, failed_result
 from tinytrain.spec import RunSpec
-
-StateDict = dict[str, torch.Tensor]
 
 
 def configure_runtime(threads: int, mkldnn: bool) -> None:

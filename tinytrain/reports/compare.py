@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from tinytrain.reports import stats
+from tinytrain.results import DIVERGED
 
 if TYPE_CHECKING:
     from tinytrain.tracking.read import CellRun, SweepRecord
@@ -52,7 +53,6 @@ COLUMNS = (
     "seeds",
     "diverged",
 )
-LOSS_FLOOR = stats.LOSS_FLOOR
 # What compare can compare: metric -> (the run's metric, its label in tables). The statistics work on a value
 # where lower is better and that spans decades: a loss as it is, an accuracy as its error (1 - accuracy).
 METRICS: dict[str, tuple[str, str]] = {
@@ -435,7 +435,7 @@ class BeforeAfter:
 
     @property
     def diverged(self) -> bool:
-        return self.outcome == "diverged"
+        return self.outcome == DIVERGED
 
     @property
     def change(self) -> float:

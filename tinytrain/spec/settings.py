@@ -36,6 +36,7 @@ MAX_TARGET_INDEX = 9
 
 
 def is_int(value: Any) -> bool:
+    """An integer of TOML or Python, not a bool (True is an int to Python, not to an experiment file)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tinytrain.results import DIVERGED, FINISHED, LEGACY_FINISHED
+
 # Tag names
 RUN_KEY = "tinytrain.run_key"
 OUTCOME = "tinytrain.outcome"
@@ -19,7 +21,7 @@ ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"
 
 # the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
-FINISHED_OUTCOMES = ("finished", "diverged", "converged")
+FINISHED_OUTCOMES = (FINISHED, DIVERGED, LEGACY_FINISHED)
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
 # A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (weights_pickle.py).
 MLMODEL = "MLmodel"

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+from tinytrain.results import DIVERGED
 from tinytrain.spec import DEFAULTS, Experiment, load_experiment
 from tinytrain.tracking.artifacts import local_artifact_file
 from tinytrain.tracking.contract import (
@@ -110,6 +111,12 @@ def read_sweep_experiment(uri: str, parent_run_id: str) -> str:
         return store.read_text(parent_run_id, EXPERIMENT_FILE)
 
 
+# The parameters of sqlite.py's finished-runs queries: the tags they join and the outcomes that count as finished
+FINISHED_RUNS_SQL = {
+    "key_tag": RUN_KEY,
+    "outcome_tag": OUTCOME,
+    **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
+}
 CURVES = ("test_accuracy",)  # histories besides the loss that reports plot
 
 
@@ -132,7 +139,7 @@ class CellRun:
 
     @property
     def diverged(self) -> bool:
-        return self.outcome == "diverged"
+        return self.outcome == DIVERGED
 
 
 @dataclass(frozen=True)
@@ -295,11 +302,7 @@ def sweep_record_sqlite(
         local = local_artifact_file(uri, artifact_uri, EXPERIMENT_FILE)  # None: artifacts elsewhere
         text = local.read_text() if local is not None and local.is_file() else read_sweep_experiment(uri, parent_run_id)
         experiment = load_experiment(f"run {parent_run_id}", text=text, recorded=True)
-    names = {
-        "key_tag": RUN_KEY,
-        "outcome_tag": OUTCOME,
-        **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
-    }
+    names = FINISHED_RUNS_SQL
     finished = finished_runs_readonly(uri, experiment_id, names)
     params = params_readonly(uri, experiment_id, names)
     specs = experiment.specs()
@@ -366,12 +369,7 @@ def read_curves(uri: str, sweep: SweepRecord, metrics: tuple[str, ...] = (LOSS,)
 
 
 def curves_sqlite(uri: str, sweep: SweepRecord, metrics: tuple[str, ...]) -> list[CurveRow]:
-    names = {
-        "key_tag": RUN_KEY,
-        "outcome_tag": OUTCOME,
-        **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
-    }
-    histories = {metric: histories_readonly(uri, sweep.experiment_id, names, metric) for metric in metrics}
+    histories = {metric: histories_readonly(uri, sweep.experiment_id, FINISHED_RUNS_SQL, metric) for metric in metrics}
     return [
         (run.run_id, step, metric, value)
         for run in sweep.runs
