@@ -104,7 +104,7 @@ class ArtifactFolder:
 
     Where the artifacts are local files (a SQLite store's artifacts/ folder) it is their folder itself:
     files are written where they stay, without the staging copy and the artifact repository that MLflow's
-    log_artifacts builds on every call (about 8 ms of the writer's 40 a run). Files written in place are
+    log_artifacts builds on every call (a good part of the writer's time a run). Files written in place are
     not all-or-nothing: a run that fails midway can leave partial files in its own folder, under its
     FAILED run (as a log_artifacts cut short would). Anywhere else (a server) it is a temporary folder,
     uploaded through the client at the end of the block.

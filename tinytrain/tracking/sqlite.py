@@ -28,7 +28,7 @@ class TunedConnections:
     """WAL journal and synchronous=NORMAL on the connections this process opens to one SQLite store.
 
     MLflow commits about 25 transactions per run; in SQLite's default rollback-journal mode each one
-    creates, fsyncs and deletes a journal file (4 ms here: a third of the writer's time). In WAL mode
+    creates, fsyncs and deletes a journal file (much of the writer's time). In WAL mode
     with synchronous=NORMAL a commit is an append: a killed process loses nothing it committed, and
     the database stays consistent; only an OS crash or power cut may roll back the last commits.
 
@@ -80,8 +80,8 @@ def template_cache() -> Path:
 def create_store_from_template(uri: str) -> bool:
     """Make a new SQLite store as a copy of an empty store that MLflow migrated once; False if not done.
 
-    MLflow builds a new database by running every Alembic migration since its first schema: 1.1 s of the
-    2.9 s a fresh sweep's writer spent before its first run. The result depends only on the MLflow
+    MLflow builds a new database by running every Alembic migration since its first schema: a large part
+    of what a fresh sweep's writer spends before its first run. The result depends only on the MLflow
     version, so it is made once per version (in the user's cache) and copied. The template has no Default
     experiment: MLflow creates it when it opens the copy, with this store's own artifact location, so
     the copy is what MLflow would have made here (a test compares the two). The template is keyed by the
