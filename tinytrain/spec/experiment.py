@@ -273,8 +273,8 @@ def load_experiment(
     for override in overrides:
         apply_override(raw, override)
     experiment = validate(raw, source)
-    if recorded and "diverge_above" not in raw:
-        experiment.settings["diverge_above"] = None
+    if recorded and "diverge_above" not in raw:  # a new record: the experiment's own settings stay as validated
+        experiment = replace(experiment, settings={**experiment.settings, "diverge_above": None})
     return experiment
 
 
