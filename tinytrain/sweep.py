@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
-from tinytrain.reports.summary import SweepSummary
+from tinytrain.reports.summary import SweepSummaryMaker
 from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.tracking import (
     Recorder,
@@ -155,8 +155,8 @@ def _recorder(uri: str, background: bool) -> SweepRecorder:
     if background:
         from tinytrain.tracking.background import BackgroundRecorder
 
-        return BackgroundRecorder(uri, SweepSummary())
-    return Recorder(uri, SweepSummary())
+        return BackgroundRecorder(uri, SweepSummaryMaker())
+    return Recorder(uri, SweepSummaryMaker())
 
 
 class _progress:

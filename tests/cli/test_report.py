@@ -416,7 +416,7 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
         ("empty", "FINISHED", []),
         ("finished", "FINISHED", [result]),
     ):
-        recorder = Recorder(uri, summary.SweepSummary())
+        recorder = Recorder(uri, summary.SweepSummaryMaker())
         recorder.open(experiment, experiment.specs(), finished={}, force=True)
         for each in results:
             recorder.run_started(each.spec)
@@ -446,7 +446,7 @@ def test_the_writer_logs_the_summary_the_sweeps_process_made_or_tags_why_it_coul
     from tinytrain.spec import load_experiment
     from tinytrain.tracking.background import BackgroundRecorder
 
-    class Broken(summary.SweepSummary):
+    class Broken(summary.SweepSummaryMaker):
         def write(self, sweep, folder):
             raise RuntimeError("no room for the picture")
 
@@ -455,8 +455,8 @@ def test_the_writer_logs_the_summary_the_sweeps_process_made_or_tags_why_it_coul
     uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
     parents, counts = {}, {}
     for case, made_by in (
-        ("in process", Recorder(uri, summary.SweepSummary())),
-        ("background", BackgroundRecorder(uri, summary.SweepSummary())),
+        ("in process", Recorder(uri, summary.SweepSummaryMaker())),
+        ("background", BackgroundRecorder(uri, summary.SweepSummaryMaker())),
         ("broken", BackgroundRecorder(uri, Broken())),
     ):
         made_by.open(experiment, experiment.specs()[:2], finished={}, force=True)

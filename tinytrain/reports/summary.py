@@ -86,8 +86,8 @@ def cell_summary_runs(sweep: SweepRecord, target: float = stats.TARGET) -> list[
     return summaries
 
 
-class SweepSummary:
-    """tracking's SweepSummary: what a sweep logs to its parent run at its end, as the sweep hands it in."""
+class SweepSummaryMaker:
+    """tracking's SummaryMaker: makes what a sweep logs to its parent run at its end, as the sweep hands it in."""
 
     def warm_up(self) -> None:
         """Import the plotting and statistics stack ahead of the sweep's end, where it would add to its time."""

@@ -9,7 +9,7 @@
     weights_pickle.py  the pickle module through which MLflow loads a checkpoint's state dict as the LeNet
     read.py        the read models of sweeps (SweepRecord, CellRun) and their readers
     logged.py      LoggedRun: one run's whole record, weights included, read weights-only for reproduce
-    recorder.py    Recorder: the single writing path of a sweep (SweepRecorder, SweepSummary)
+    recorder.py    Recorder: the single writing path of a sweep (SweepRecorder, SummaryMaker)
     background.py  BackgroundRecorder: a Recorder in a writer process of its own
 
 The names of the data contract are imported from contract.py itself. Nothing here imports MLflow at module
@@ -38,7 +38,7 @@ from tinytrain.tracking.read import (
     read_sweep_experiment,
     sweep_record,
 )
-from tinytrain.tracking.recorder import CellSummaryRun, Recorder, SweepCounts, SweepRecorder, SweepSummary
+from tinytrain.tracking.recorder import CellSummaryRun, Recorder, SummaryMaker, SweepCounts, SweepRecorder
 from tinytrain.tracking.sqlite import create_store_from_template, experiments_readonly, template_cache
 from tinytrain.tracking.store import Store
 
@@ -51,7 +51,7 @@ __all__ = [
     "SweepCounts",
     "SweepRecord",
     "SweepRecorder",
-    "SweepSummary",
+    "SummaryMaker",
     "TrackingError",
     "artifact_root",
     "check_store",
