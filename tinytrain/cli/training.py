@@ -8,9 +8,8 @@ import click
 
 from tinytrain import api
 from tinytrain.cli.common import (
-    EXIT_INTERRUPTED,
-    EXIT_RUNS_FAILED,
     BadInput,
+    ExitCode,
     resolved_uri,
     tracking_uri_option,
     translate_errors,
@@ -123,7 +122,7 @@ def sweep(
             outcome = api.run_sweep(experiment, uri, force=force, **options)
     except KeyboardInterrupt:  # before the first run: nothing to mark
         click.echo("Interrupted before any run started.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     if outcome.interrupted:
         counts = outcome.counts
         click.echo(
@@ -131,12 +130,12 @@ def sweep(
             "KILLED; run the same command again to resume.",
             err=True,
         )
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     show_summary(outcome)
     if until_separated:
         show_separation(separation, max_seeds or 10)
     if outcome.counts.failed:
-        sys.exit(EXIT_RUNS_FAILED)
+        sys.exit(ExitCode.FAILED)
 
 
 def experiment_of(file: str | None, from_run: str | None, overrides: list[str], uri: str):
@@ -260,12 +259,12 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
     store = api.open_store(resolved_uri(tracking_uri))
     outcome = store.run_sweep(experiment, force=True, with_parent=False, progress=False)
     if outcome.interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     (run_id,) = outcome.counts.run_ids.values()
     spec = experiment.specs()[0]
     if outcome.counts.failed:  # it raised: no loss to show, the error is the news (also in tinytrain.error)
         click.echo(f"{spec.run_name}: failed: {outcome.failures[0].partition(': ')[2]}; run {run_id}", err=True)
-        sys.exit(EXIT_RUNS_FAILED)
+        sys.exit(ExitCode.FAILED)
     losses, accuracy = store.losses(run_id), store.run_metrics(run_id).get("final_test_accuracy")
     verdict = api.DIVERGED if outcome.counts.diverged else api.FINISHED
     tested = f", test accuracy {accuracy:.4g}" if accuracy is not None else ""

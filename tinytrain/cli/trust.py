@@ -10,7 +10,7 @@ import sys
 import click
 
 from tinytrain import api
-from tinytrain.cli.common import BadInput, resolved_uri, tracking_uri_option, translate_errors
+from tinytrain.cli.common import BadInput, ExitCode, resolved_uri, tracking_uri_option, translate_errors
 
 
 @click.command()
@@ -32,7 +32,7 @@ def reproduce(run_id, tracking_uri):
     for note in verdict.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(verdict.describe())
-    sys.exit(0 if verdict.identical else 1)
+    sys.exit(ExitCode.OK if verdict.identical else ExitCode.FAILED)
 
 
 @click.command()
@@ -110,7 +110,7 @@ def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
         if failed
         else f"gradcheck passed: every tensor within {tolerance:g}"
     )
-    sys.exit(1 if failed else 0)
+    sys.exit(ExitCode.FAILED if failed else ExitCode.OK)
 
 
 @click.command()
