@@ -262,11 +262,12 @@ class MLflowStore:
 
     def sweep_experiment(self, sweep_id: str, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Experiment:
         """The resolved experiment a sweep's parent run keeps (to run it again), with overrides applied."""
+        from tinytrain.tracking.legacy import recorded_experiment
         from tinytrain.tracking.read import read_sweep_experiment
 
         text = read_sweep_experiment(self.uri, sweep_id)
         texts = [_override_text(k, v) for k, v in overrides.items()] if isinstance(overrides, Mapping) else overrides
-        return _load_experiment(f"run {sweep_id}", list(texts), text=text, recorded=True)
+        return recorded_experiment(text, f"run {sweep_id}", list(texts))
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """A run's metrics, each at its last step."""

@@ -6,7 +6,8 @@
     provenance.py  the environment of a run and the process that writes it
     artifacts.py   artifacts written in place on a local store; server artifacts on a SQLite store
     store.py       Store: every write, through MLflow's client
-    weights_pickle.py  the pickle module through which MLflow loads a checkpoint's state dict as the LeNet
+    model_files.py the files of a checkpoint's LoggedModel: its weights' bytes, the LeNet's Unpickler
+    weights_pickle.py  the pickle module (by that name) through which MLflow loads a checkpoint as the LeNet
     read.py        the read models of sweeps (SweepRecord, CellRun) and their readers
     logged.py      LoggedRun: one run's whole record, weights included, read weights-only for reproduce
     recorder.py    Recorder: the single writing path of a sweep (SweepRecorder, SummaryMaker)

@@ -30,6 +30,7 @@ from tinytrain.results import RunResult
 from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import TrackingError
+from tinytrain.tracking.model_files import save_weights
 from tinytrain.tracking.read import SweepRecord
 from tinytrain.tracking.recorder import (
     MadeSummary,
@@ -39,7 +40,6 @@ from tinytrain.tracking.recorder import (
     error_reason,
     make_summary,
 )
-from tinytrain.tracking.weights_file import save_weights
 
 # ---------------------------------------------------------------------------------------------------------
 # The messages
@@ -213,7 +213,7 @@ def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, 
 
 
 def _for_the_writer(result: RunResult) -> RunResult:
-    """A result whose weights travel as the bytes of their files (weights_file.SavedWeights).
+    """A result whose weights travel as the bytes of their files (model_files.SavedWeights).
 
     Saved here, where torch already is, so that the writer never imports it. Bytes also keep the message
     whole by itself: torch makes tensors in a multiprocessing queue share memory through file descriptors

@@ -20,16 +20,12 @@ OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, 
 ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"
 
-# the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
+# the outcomes of a cell that needs no new run; converged: a finished run of an older store (legacy.py)
 FINISHED_OUTCOMES = (FINISHED, DIVERGED, LEGACY_FINISHED)
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
-# A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (weights_pickle.py).
+# A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (model_files.py).
 MLMODEL = "MLmodel"
 MODEL_DATA = Path("data") / "model.pth"
-# Stores written before that also kept each checkpoint's state dict in the run's checkpoints/ folder
-# (final.pt, step-NNNNNN.pt), beside a LoggedModel that pickled the whole net: reproduce reads those.
-CHECKPOINTS = "checkpoints"
-FINAL_CHECKPOINT = f"{CHECKPOINTS}/final.pt"
 LOSS = "loss"
 
 

@@ -195,7 +195,7 @@ class Store:
 
         The model's `data/model.pth` is the checkpoint's only copy of the weights: a plain state dict,
         which `reproduce` loads with weights_only=True (no code unpickled) and `mlflow.pytorch.load_model`
-        turns into the LeNet (weights_pickle.py).
+        turns into the LeNet (model_files.py).
         """
         self.artifact_uris.pop(run_id, None)
         if result.final_weights is None:
@@ -303,7 +303,7 @@ class ModelFiles:
     against the installed packages, the same for every model. So it runs once, on a LeNet, into a template;
     each model then gets the template's files as they are, its own MLmodel (the template's, as MLflow's
     Model class wrote it, with this model's ids and time put in as YAML strings, cheaper than dumping the
-    YAML again) and its weights as a plain state dict, saved by the sweep's process (weights_file).
+    YAML again) and its weights as a plain state dict, saved by the sweep's process (model_files.py).
     The pickle module the template names (weights_pickle) makes `mlflow.pytorch.load_model` give back the
     LeNet.
 
@@ -398,7 +398,7 @@ class ModelFiles:
         import datetime
         import json
 
-        from tinytrain.tracking.weights_file import weights_file_bytes
+        from tinytrain.tracking.model_files import weights_file_bytes
 
         for relative, content in self.files.items():
             path = folder / relative
