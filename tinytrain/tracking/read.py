@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from tinytrain.results import DIVERGED
-from tinytrain.spec import DEFAULTS, Experiment, load_experiment
+from tinytrain.spec import DEFAULTS, Experiment
 from tinytrain.tracking.artifacts import local_artifact_file
 from tinytrain.tracking.contract import (
     EXPERIMENT_FILE,
@@ -24,14 +24,15 @@ from tinytrain.tracking.contract import (
     RUN_KEY,
     TrackingError,
 )
+from tinytrain.tracking.legacy import recorded_experiment
 from tinytrain.tracking.location import check_store, is_http, sqlite_path
 from tinytrain.tracking.sqlite import (
     experiment_id_readonly,
     experiments_readonly,
     finished_runs_readonly,
-    histories_readonly,
+    histories_of_runs_readonly,
     latest_run_with_tag_readonly,
-    params_readonly,
+    params_of_runs_readonly,
     query_sqlite,
     run_readonly,
     runs_with_tag_readonly,
@@ -231,7 +232,7 @@ def sweep_record(
         raise _not_a_sweep(parent_run_id)
     if experiment is None:
         text = store.read_text(parent_run_id, EXPERIMENT_FILE)
-        experiment = load_experiment(f"run {parent_run_id}", text=text, recorded=True)
+        experiment = recorded_experiment(text, f"run {parent_run_id}")
     experiment_id = parent.info.experiment_id
     finished = store.finished_runs_by_key(experiment_id)
     runs, missing = [], []
@@ -301,18 +302,19 @@ def sweep_record_sqlite(
     if experiment is None:
         local = local_artifact_file(uri, artifact_uri, EXPERIMENT_FILE)  # None: artifacts elsewhere
         text = local.read_text() if local is not None and local.is_file() else read_sweep_experiment(uri, parent_run_id)
-        experiment = load_experiment(f"run {parent_run_id}", text=text, recorded=True)
-    names = FINISHED_RUNS_SQL
-    finished = finished_runs_readonly(uri, experiment_id, names)
-    params = params_readonly(uri, experiment_id, names)
+        experiment = recorded_experiment(text, f"run {parent_run_id}")
+    finished = finished_runs_readonly(uri, experiment_id, FINISHED_RUNS_SQL)
     specs = experiment.specs()
+    run_ids = [finished[spec.key][0] for spec in specs if spec.key in finished]  # the sweep's runs, grid order
+    params = params_of_runs_readonly(uri, run_ids)
     losses: dict[str, list[tuple[int, float]]] = {}
     if with_losses and any(spec.key in finished and spec.key not in known_losses for spec in specs):
-        losses = histories_readonly(uri, experiment_id, names, LOSS)
+        unknown = [finished[spec.key][0] for spec in specs if spec.key in finished and spec.key not in known_losses]
+        losses = histories_of_runs_readonly(uri, unknown, LOSS)
     curves = {}
     if with_losses:
         curves = {
-            name: histories_readonly(uri, experiment_id, names, name)
+            name: histories_of_runs_readonly(uri, run_ids, name)
             for name in CURVES
             if any(name in metrics for _run_id, _outcome, metrics in finished.values())
         }
@@ -369,7 +371,8 @@ def read_curves(uri: str, sweep: SweepRecord, metrics: tuple[str, ...] = (LOSS,)
 
 
 def curves_sqlite(uri: str, sweep: SweepRecord, metrics: tuple[str, ...]) -> list[CurveRow]:
-    histories = {metric: histories_readonly(uri, sweep.experiment_id, FINISHED_RUNS_SQL, metric) for metric in metrics}
+    run_ids = [run.run_id for run in sweep.runs]
+    histories = {metric: histories_of_runs_readonly(uri, run_ids, metric) for metric in metrics}
     return [
         (run.run_id, step, metric, value)
         for run in sweep.runs

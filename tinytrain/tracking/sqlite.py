@@ -272,37 +272,38 @@ def finished_runs_readonly(
     return {key: (run_id, outcome, metrics.get(run_id, {})) for run_id, key, outcome in runs}
 
 
-def histories_readonly(
-    uri: str, experiment_id: str, names: dict[str, str], metric: str
-) -> dict[str, list[tuple[int, float]]]:
-    """run id -> (step, value) of the metric in step order, of every finished run of the experiment (one query)."""
+def params_of_runs_readonly(uri: str, run_ids: list[str]) -> dict[str, dict[str, str]]:
+    """run id -> {param: value}, in name order, of the given runs (one query)."""
+    import json
+
     rows = query_sqlite(
         uri,
-        f"""SELECT metrics.run_uuid, metrics.step, metrics.value, metrics.is_nan FROM metrics
-                                 WHERE metrics.key = :metric
-                                   AND metrics.run_uuid IN (SELECT runs.run_uuid {_FINISHED_RUNS})
-                                 ORDER BY metrics.run_uuid, metrics.step, metrics.timestamp""",
-        {"experiment_id": experiment_id, "metric": metric, **names},
+        """SELECT params.run_uuid, params.key, params.value
+           FROM json_each(?) AS wanted JOIN params ON params.run_uuid = wanted.value""",
+        (json.dumps(run_ids),),
+    )
+    params: dict[str, dict[str, str]] = {}
+    for run_id, key, value in rows:
+        params.setdefault(run_id, {})[key] = value
+    return {run_id: dict(sorted(values.items())) for run_id, values in params.items()}
+
+
+def histories_of_runs_readonly(uri: str, run_ids: list[str], metric: str) -> dict[str, list[tuple[int, float]]]:
+    """run id -> (step, value) of the metric in step order, of the given runs (one query)."""
+    import json
+
+    # CROSS JOIN and +key: look each run up by its run_uuid index, not by scanning every run's metric rows
+    rows = query_sqlite(
+        uri,
+        """SELECT metrics.run_uuid, metrics.step, metrics.value, metrics.is_nan
+           FROM json_each(?) AS wanted CROSS JOIN metrics ON metrics.run_uuid = wanted.value AND +metrics.key = ?
+           ORDER BY wanted.key, metrics.step, metrics.timestamp""",
+        (json.dumps(run_ids), metric),
     )
     histories: dict[str, list[tuple[int, float]]] = {}
     for run_id, step, value, is_nan in rows:
         histories.setdefault(run_id, []).append((step, math.nan if is_nan else value))
     return histories
-
-
-def params_readonly(uri: str, experiment_id: str, names: dict[str, str]) -> dict[str, dict[str, str]]:
-    """run id -> {param: value}, in name order, of every finished run of the experiment (one query)."""
-    rows = query_sqlite(
-        uri,
-        f"""SELECT params.run_uuid, params.key, params.value FROM params
-            WHERE params.run_uuid IN (SELECT runs.run_uuid {_FINISHED_RUNS})
-            ORDER BY params.run_uuid, params.key""",
-        {"experiment_id": experiment_id, **names},
-    )
-    params: dict[str, dict[str, str]] = {}
-    for run_id, key, value in rows:
-        params.setdefault(run_id, {})[key] = value
-    return params
 
 
 def runs_with_tag_readonly(
