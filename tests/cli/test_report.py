@@ -13,21 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import invoke
+from tests.conftest import experiment_toml, invoke
 from tinytrain.reports import compare as report
 from tinytrain.reports import plot as curves
 from tinytrain.reports import stats, summary
 from tinytrain.tracking import CellRun, Recorder, SweepRecord, read_sweep, resolve_tracking_uri
 
 NAME = "compare-e2e"
-GRID = f"""# tinytrain sweep grid.toml
-name = "{NAME}"
-steps = 3
-[grid]
-optimizer = ["sgd", "adam"]
-lr = [0.001, 0.01, 1000.0]   # 1000: every seed diverges, for both
-seed = [0, 1]
-"""
+# lr 1000: every seed diverges, for both optimizers
+GRID = experiment_toml(
+    {"name": NAME, "steps": 3, "grid": {"optimizer": ["sgd", "adam"], "lr": [0.001, 0.01, 1000.0], "seed": [0, 1]}}
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,14 +13,7 @@ import torch
 from tests.conftest import children, client, runs_of
 from tinytrain.cli import cli
 
-GRID = """# tinytrain sweep grid.toml
-name = "scale"
-steps = 4
-[grid]
-optimizer = ["sgd", "adam"]
-lr = [0.01, 1000.0]
-seed = [0, 1]
-"""
+GRID = {"name": "scale", "steps": 4, "grid": {"optimizer": ["sgd", "adam"], "lr": [0.01, 1000.0], "seed": [0, 1]}}
 
 
 def comparable(record):
@@ -42,17 +35,14 @@ def swept_twice(cli_runner, experiment_file, store_uri):
     return path
 
 
-DIGITS = """# tinytrain sweep digits.toml
-name = "scale-digits"
-problem = "digits"
-steps = 4
-batch_size = 8
-eval_every = 2
-[grid]
-optimizer = ["adam"]
-lr = [0.01, 1000.0]
-seed = [0]
-"""
+DIGITS = {
+    "name": "scale-digits",
+    "problem": "digits",
+    "steps": 4,
+    "batch_size": 8,
+    "eval_every": 2,
+    "grid": {"optimizer": ["adam"], "lr": [0.01, 1000.0], "seed": [0]},
+}
 
 
 def test_the_plain_sql_reads_give_what_mlflows_own_reads_give_on_digits(cli_runner, experiment_file, store_uri):
@@ -133,7 +123,7 @@ def test_an_empty_file_at_the_stores_path_is_a_new_store(cli_runner, experiment_
     database = Path(store_uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True)
     database.touch()  # as `touch` or the sqlite3 shell leaves it
-    path = experiment_file(GRID.replace("lr = [0.01, 1000.0]", "lr = [0.01]"), "grid.toml")
+    path = experiment_file({**GRID, "grid": {**GRID["grid"], "lr": [0.01]}}, "grid.toml")
     dry = cli_runner.invoke(cli, ["sweep", path, "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert dry.output.endswith("scale: 4 runs, 4 to run, 0 already done (dry run: nothing written)\n")
