@@ -2,6 +2,7 @@
 
     contract.py    the names of the data contract (tags, artifacts) and TrackingError
     location.py    tracking URIs, the store check, the UI's runs page, the `mlflow server` command
+    mlflow_private.py  the only uses of MLflow's private APIs, each with why
     sqlite.py      SQLite beside MLflow: connection tuning, the store template, WAL checkpoint, plain reads
     provenance.py  the environment of a run and the process that writes it
     artifacts.py   artifacts written in place on a local store; server artifacts on a SQLite store
@@ -9,6 +10,7 @@
     model_files.py the files of a checkpoint's LoggedModel: its weights' bytes, the LeNet's Unpickler
     weights_pickle.py  the pickle module (by that name) through which MLflow loads a checkpoint as the LeNet
     read.py        the read models of sweeps (SweepRecord, CellRun) and their readers
+    legacy.py      what stores written by earlier versions hold, read in one place
     logged.py      LoggedRun: one run's whole record, weights included, read weights-only for reproduce
     recorder.py    Recorder: the single writing path of a sweep (SweepRecorder, SummaryMaker)
     background.py  BackgroundRecorder: a Recorder in a writer process of its own

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from tinytrain.tracking.location import sqlite_path
+from tinytrain.tracking.mlflow_private import register_artifact_repository, restore_artifact_repository
 
 SERVER_ARTIFACTS_SCHEME = "mlflow-artifacts"
 
@@ -32,7 +33,8 @@ class ServerArtifactsOnSqlite:
     URI names artifacts/<path>; over HTTP, MLflow's own repository answers as before.
 
     MLflow has no public way to add a repository for one client, so this replaces the scheme's entry in
-    MLflow's registry of this process from install() until remove(), which puts the previous one back.
+    MLflow's registry of this process (mlflow_private.py) from install() until remove(), which puts the
+    previous one back.
     """
 
     def __init__(self, store_uri: str):
@@ -41,10 +43,7 @@ class ServerArtifactsOnSqlite:
         self._installed = False
 
     def install(self) -> ServerArtifactsOnSqlite:
-        from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry as registry
-
-        self._previous = registry._registry.get(SERVER_ARTIFACTS_SCHEME)
-        registry.register(
+        self._previous = register_artifact_repository(
             SERVER_ARTIFACTS_SCHEME, functools.partial(_server_artifacts_repository, store_uri=self.store_uri)
         )
         self._installed = True
@@ -53,12 +52,7 @@ class ServerArtifactsOnSqlite:
     def remove(self) -> None:
         if not self._installed:
             return
-        from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry as registry
-
-        if self._previous is None:
-            registry._registry.pop(SERVER_ARTIFACTS_SCHEME, None)
-        else:
-            registry.register(SERVER_ARTIFACTS_SCHEME, self._previous)
+        restore_artifact_repository(SERVER_ARTIFACTS_SCHEME, self._previous)
         self._installed = False
 
 

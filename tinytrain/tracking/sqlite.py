@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tinytrain.tracking.contract import TrackingError
 from tinytrain.tracking.location import is_http, sqlite_path
+from tinytrain.tracking.mlflow_private import create_migrated_database
 
 # A switch for tests and benchmarks: leave every SQLite setting and the store's creation to MLflow.
 SQLITE_DEFAULTS_ENV = "TINYTRAIN_SQLITE_DEFAULTS"
@@ -135,10 +136,7 @@ def _store_template() -> Path:
     template.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=template.parent) as folder:
         staged = Path(folder) / "store.db"
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        store = SqlAlchemyStore(f"sqlite:///{staged}", Path(folder, "artifacts").as_uri())
-        store.engine.dispose()
+        create_migrated_database(f"sqlite:///{staged}", Path(folder, "artifacts").as_uri())
         connection = sqlite3.connect(staged)
         try:
             with connection:
