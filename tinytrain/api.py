@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from tinytrain.reports.compare import CellSummary
     from tinytrain.reproduce import Verdict
     from tinytrain.sweep import CellStatus, Separation, SweepOutcome
-    from tinytrain.tracking.read import SweepRecord
+    from tinytrain.tracking.sweep_records import SweepRecord
 
 __all__ = [
     # stores, sweeps, runs and curves
@@ -203,7 +203,7 @@ class MLflowStore:
         """
         import pandas as pd
 
-        from tinytrain.tracking.read import read_experiments
+        from tinytrain.tracking.sweep_records import read_experiments
 
         return pd.DataFrame(read_experiments(self.uri), columns=["experiment_id", "name"])
 
@@ -219,7 +219,7 @@ class MLflowStore:
         """
         import pandas as pd
 
-        from tinytrain.tracking.read import read_sweeps
+        from tinytrain.tracking.sweep_records import read_sweeps
 
         columns = ["sweep_id", "run_name", "experiment_id", "experiment", "status", "start_time", "end_time"]
         frame = pd.DataFrame(read_sweeps(self.uri, experiment), columns=columns)
@@ -245,7 +245,7 @@ class MLflowStore:
         Raises:
             TrackingError: No such store, experiment or sweep (one line that says what to do).
         """
-        from tinytrain.tracking.read import read_sweep
+        from tinytrain.tracking.sweep_records import read_sweep
 
         record = read_sweep(self.uri, experiment, sweep_id, with_losses=with_curves)
         return Sweep(self.uri, record, record if with_curves else None)
@@ -263,7 +263,7 @@ class MLflowStore:
     def sweep_experiment(self, sweep_id: str, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Experiment:
         """The resolved experiment a sweep's parent run keeps (to run it again), with overrides applied."""
         from tinytrain.tracking.legacy import recorded_experiment
-        from tinytrain.tracking.read import read_sweep_experiment
+        from tinytrain.tracking.sweep_records import read_sweep_experiment
 
         text = read_sweep_experiment(self.uri, sweep_id)
         texts = [_override_text(k, v) for k, v in overrides.items()] if isinstance(overrides, Mapping) else overrides
@@ -278,7 +278,7 @@ class MLflowStore:
 
     def losses(self, run_id: str) -> list[float]:
         """A run's logged `loss`, in step order (loss[i] before step i's update)."""
-        from tinytrain.tracking.read import read_losses
+        from tinytrain.tracking.sweep_records import read_losses
 
         return read_losses(self.uri, run_id)
 
@@ -289,7 +289,7 @@ class MLflowStore:
             The verdict: `identical`, `differences`, and `describe()` for one line.
         """
         from tinytrain.reproduce import reproduce
-        from tinytrain.tracking.logged import read_logged_run
+        from tinytrain.tracking.logged_runs import read_logged_run
 
         return reproduce(read_logged_run(self.uri, run_id))
 
@@ -383,7 +383,7 @@ class Sweep:
         """
         import pandas as pd
 
-        from tinytrain.tracking.read import read_curves
+        from tinytrain.tracking.sweep_records import read_curves
 
         rows = read_curves(self.uri, self.record, tuple(metrics))
         return pd.DataFrame(rows, columns=["run_id", "step", "metric", "value"])
@@ -493,7 +493,7 @@ class Sweep:
     def _curves(self) -> SweepRecord:
         """The record with every run's loss curve (read once)."""
         if self._with_curves is None:
-            from tinytrain.tracking.read import read_sweep
+            from tinytrain.tracking.sweep_records import read_sweep
 
             self._with_curves = read_sweep(self.uri, parent_run_id=self.sweep_id, with_losses=True)
         return self._with_curves

@@ -14,7 +14,7 @@ import pytest
 import tinytrain
 from tests.conftest import invoke
 from tinytrain.tracking import Store
-from tinytrain.tracking.read import (
+from tinytrain.tracking.sweep_records import (
     curves_mlflow,
     curves_sqlite,
     experiments_mlflow,

@@ -48,7 +48,7 @@ DIGITS = {
 def test_the_plain_sql_reads_give_what_mlflows_own_reads_give_on_digits(cli_runner, experiment_file, store_uri):
     """Test metrics and the test-accuracy curves that plot draws come back the same too."""
     from tinytrain.tracking import Store
-    from tinytrain.tracking.read import _latest_sweep, sweep_record, sweep_record_sqlite
+    from tinytrain.tracking.sweep_records import _latest_sweep, sweep_record, sweep_record_sqlite
 
     result = cli_runner.invoke(cli, ["sweep", experiment_file(DIGITS, "digits.toml"), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -61,7 +61,7 @@ def test_the_plain_sql_reads_give_what_mlflows_own_reads_give_on_digits(cli_runn
 
 def test_the_plain_sql_reads_give_what_mlflows_own_reads_give(swept_twice, store_uri):
     from tinytrain.tracking import Store, read_sweep
-    from tinytrain.tracking.read import _latest_sweep, _latest_sweep_sqlite, sweep_record, sweep_record_sqlite
+    from tinytrain.tracking.sweep_records import _latest_sweep, _latest_sweep_sqlite, sweep_record, sweep_record_sqlite
 
     with Store(store_uri) as store:
         latest = _latest_sweep(store, "scale")

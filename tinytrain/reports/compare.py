@@ -25,7 +25,7 @@ from tinytrain.reports import stats
 from tinytrain.results import DIVERGED
 
 if TYPE_CHECKING:
-    from tinytrain.tracking.read import CellRun, SweepRecord
+    from tinytrain.tracking.sweep_records import CellRun, SweepRecord
 
 FORMATS = ("table", "csv", "json", "markdown")
 RANKINGS = ("target", "final_loss")  # --by: the median time to target, or the geometric mean of final_loss

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from tinytrain.tracking.read import CellRun, SweepRecord
+    from tinytrain.tracking.sweep_records import CellRun, SweepRecord
 
 SHARED_LEGEND_ABOVE = 6  # learning rates: with more, the loss curves get one legend, not one a panel
 

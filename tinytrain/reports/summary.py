@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tinytrain.reports import compare, plot, stats
-from tinytrain.tracking.read import SweepRecord
 from tinytrain.tracking.recorder import CellSummaryRun
+from tinytrain.tracking.sweep_records import SweepRecord
 
 SUMMARY_FILES = ("compare.md", "compare.csv", "loss-curves.png")  # what a sweep logs to its parent run
 

@@ -31,7 +31,6 @@ from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import TrackingError
 from tinytrain.tracking.model_files import save_weights
-from tinytrain.tracking.read import SweepRecord
 from tinytrain.tracking.recorder import (
     MadeSummary,
     Recorder,
@@ -40,6 +39,7 @@ from tinytrain.tracking.recorder import (
     error_reason,
     make_summary,
 )
+from tinytrain.tracking.sweep_records import SweepRecord
 
 # ---------------------------------------------------------------------------------------------------------
 # The messages

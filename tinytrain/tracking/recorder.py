@@ -23,9 +23,9 @@ from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import ERROR
 from tinytrain.tracking.location import is_http
 from tinytrain.tracking.provenance import environment
-from tinytrain.tracking.read import SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.sqlite import checkpoint_sqlite
 from tinytrain.tracking.store import Store
+from tinytrain.tracking.sweep_records import SweepRecord, sweep_record, sweep_record_sqlite
 
 
 @dataclass
