@@ -351,24 +351,19 @@ class Sweep:
         import pandas as pd
 
         runs = self.record.runs
-        params = sorted({name for run in runs for name in run.params})
-        metrics = sorted({name for run in runs for name in run.metrics})
-        rows = [
-            (
-                run.run_id,
-                run.key,
-                run.optimizer,
-                run.lr,
-                run.seed,
-                run.outcome,
-                *(run.params.get(name) for name in params),
-                *(run.metrics.get(name, math.nan) for name in metrics),
-            )
-            for run in runs
-        ]
-        columns = ["run_id", "run_key", "optimizer", "lr", "seed", "outcome"]
-        columns += [f"params.{name}" for name in params] + [f"metrics.{name}" for name in metrics]
-        return pd.DataFrame(rows, columns=columns)
+        columns: dict[str, list[Any]] = {
+            "run_id": [run.run_id for run in runs],
+            "run_key": [run.key for run in runs],
+            "optimizer": [run.optimizer for run in runs],
+            "lr": [run.lr for run in runs],
+            "seed": [run.seed for run in runs],
+            "outcome": [run.outcome for run in runs],
+        }
+        for name in sorted({name for run in runs for name in run.params}):
+            columns[f"params.{name}"] = [run.params.get(name) for run in runs]
+        for name in sorted({name for run in runs for name in run.metrics}):
+            columns[f"metrics.{name}"] = [run.metrics.get(name, math.nan) for run in runs]
+        return pd.DataFrame(columns)
 
     def curves(self, metrics: Sequence[str] = (LOSS,)) -> pd.DataFrame:
         """The sweep's curves as one long table.

@@ -286,6 +286,23 @@ def params_of_runs_readonly(uri: str, run_ids: list[str]) -> dict[str, dict[str,
     return {run_id: dict(sorted(values.items())) for run_id, values in params.items()}
 
 
+def curves_of_runs_readonly(uri: str, run_ids: list[str], metrics: list[str]) -> list[tuple[str, int, str, float]]:
+    """(run id, step, metric, value) of the given runs' metrics: runs in the order given, then metrics in the
+    order given, then step (one query)."""
+    import json
+
+    rows = query_sqlite(
+        uri,
+        """SELECT metrics.run_uuid, metrics.step, metrics.key, metrics.value, metrics.is_nan
+           FROM json_each(:runs) AS wanted CROSS JOIN metrics ON metrics.run_uuid = wanted.value
+           JOIN json_each(:metrics) AS wanted_metric ON +metrics.key = wanted_metric.value
+           ORDER BY wanted.key, wanted_metric.key, metrics.step, metrics.timestamp""",
+        {"runs": json.dumps(run_ids), "metrics": json.dumps(metrics)},
+    )
+    nan = math.nan
+    return [(run_id, step, key, nan if is_nan else value) for run_id, step, key, value, is_nan in rows]
+
+
 def histories_of_runs_readonly(uri: str, run_ids: list[str], metric: str) -> dict[str, list[tuple[int, float]]]:
     """run id -> (step, value) of the metric in step order, of the given runs (one query)."""
     import json

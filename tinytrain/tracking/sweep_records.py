@@ -27,6 +27,7 @@ from tinytrain.tracking.contract import (
 from tinytrain.tracking.legacy import recorded_experiment
 from tinytrain.tracking.location import check_store, is_http, sqlite_path
 from tinytrain.tracking.sqlite import (
+    curves_of_runs_readonly,
     experiment_id_readonly,
     experiments_readonly,
     finished_runs_readonly,
@@ -371,14 +372,7 @@ def read_curves(uri: str, sweep: SweepRecord, metrics: tuple[str, ...] = (LOSS,)
 
 
 def curves_sqlite(uri: str, sweep: SweepRecord, metrics: tuple[str, ...]) -> list[CurveRow]:
-    run_ids = [run.run_id for run in sweep.runs]
-    histories = {metric: histories_of_runs_readonly(uri, run_ids, metric) for metric in metrics}
-    return [
-        (run.run_id, step, metric, value)
-        for run in sweep.runs
-        for metric in metrics
-        for step, value in histories[metric].get(run.run_id, ())
-    ]
+    return curves_of_runs_readonly(uri, [run.run_id for run in sweep.runs], list(metrics))
 
 
 def curves_mlflow(store: Store, sweep: SweepRecord, metrics: tuple[str, ...]) -> list[CurveRow]:
