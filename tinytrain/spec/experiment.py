@@ -383,6 +383,8 @@ def validate(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
 
 def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[tuple[str, float], tuple[int, ...]]:
     # [extra_seeds] "OPTIMIZER@LR" = [seeds]: more seeds for cells of the grid (written by --until-separated)
+    if isinstance(raw, dict) and not raw:
+        return {}
     cells = {(spec.optimizer, spec.lr) for spec in experiment.specs()}
     extra = {}
     for name, seeds in raw.items() if isinstance(raw, dict) else [(raw, None)]:

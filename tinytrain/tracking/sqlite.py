@@ -11,7 +11,9 @@ import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tinytrain.tracking.contract import TrackingError
 from tinytrain.tracking.location import is_http, sqlite_path
@@ -182,20 +184,46 @@ def store_is_new(uri: str) -> bool:
     return not path.exists() or path.stat().st_size == 0
 
 
+_SHARED: dict[tuple[int, Path], Any] = {}  # (thread, database) -> the connection of a one_connection block
+
+
+@contextlib.contextmanager
+def one_connection(uri: str) -> Iterator[None]:
+    """The plain reads of this thread inside the block share one connection to the store, rather than each
+    opening (and parsing MLflow's schema) anew: for a read of many queries, such as a whole sweep."""
+    import sqlite3
+    import threading
+
+    key = (threading.get_ident(), sqlite_path(uri))
+    if is_http(uri) or key in _SHARED or store_is_new(uri):
+        yield
+        return
+    connection = sqlite3.connect(key[1], timeout=20)  # not mode=ro: it cannot always read a WAL database
+    _SHARED[key] = connection
+    try:
+        yield
+    finally:
+        del _SHARED[key]
+        connection.close()
+
+
 def query_sqlite(uri: str, query: str, parameters: tuple | dict = (), timeout: float = 20) -> list[tuple]:
     """A SELECT (or PRAGMA) on a SQLite store, outside MLflow; nothing if the store does not exist yet."""
     import sqlite3
+    import threading
 
     path = sqlite_path(uri)
     if store_is_new(uri):
         return []
-    connection = sqlite3.connect(path, timeout=timeout)  # not mode=ro: it cannot always read a WAL database
+    shared = _SHARED.get((threading.get_ident(), path))
+    connection = shared or sqlite3.connect(path, timeout=timeout)  # not mode=ro: it cannot always read a WAL db
     try:
         return connection.execute(query, parameters).fetchall()
     except sqlite3.Error as error:
         raise TrackingError(f"cannot read the store {path}: {error}") from None
     finally:
-        connection.close()
+        if shared is None:
+            connection.close()
 
 
 # ---------------------------------------------------------------------------------------------------------

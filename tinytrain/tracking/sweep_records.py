@@ -33,6 +33,7 @@ from tinytrain.tracking.sqlite import (
     finished_runs_readonly,
     histories_of_runs_readonly,
     latest_run_with_tag_readonly,
+    one_connection,
     params_of_runs_readonly,
     query_sqlite,
     run_readonly,
@@ -177,9 +178,10 @@ def read_sweep(
             raise TrackingError(
                 f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store with --tracking-uri"
             )
-        if parent_run_id is None:
-            parent_run_id = _latest_sweep_sqlite(uri, experiment or DEFAULTS["name"])
-        record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses)
+        with one_connection(uri):
+            if parent_run_id is None:
+                parent_run_id = _latest_sweep_sqlite(uri, experiment or DEFAULTS["name"])
+            record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses)
     if experiment is not None and record.experiment != experiment:
         raise TrackingError(
             f"run {parent_run_id} is a sweep of experiment '{record.experiment}', not "
