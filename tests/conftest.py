@@ -1,20 +1,26 @@
 """Every test runs in its own folder with its own SQLite store; a test that leaks an active MLflow run fails.
 
-The helpers the test modules share live here too (free_port, invoke, client, runs_of, children).
+The helpers the test modules share live here too (free_port, invoke, client, runs_of, children), with the one
+way tests call the command line (invoke, or the cli_runner fixture: unexpected exceptions surface) and the
+one way they write experiment files (the experiment_file fixture, from keyword arguments or a dict).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 120  # seconds for an mlflow server to answer; about 10-20 s on two busy cores
@@ -77,13 +83,50 @@ def group_alive(group: int) -> bool:
     return True
 
 
-def invoke(args: list[str]):
-    """The tinytrain command in this process (click's runner), as a user types it."""
-    from click.testing import CliRunner
+class Invoker(CliRunner):
+    """click's runner, except that an exception other than SystemExit (click's own exits, exit codes) is raised
+    in the test rather than kept in result.exception: a traceback a user would see fails the test as one."""
 
+    def invoke(self, cli, args=None, **options):
+        options.setdefault("catch_exceptions", False)
+        return super().invoke(cli, args, **options)
+
+
+def invoke(args: list[str], **options):
+    """The tinytrain command in this process, as a user types it (see Invoker)."""
     from tinytrain.cli import cli
 
-    return CliRunner().invoke(cli, args)
+    return Invoker().invoke(cli, list(args), **options)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
+    return "[" + ", ".join(toml_value(item) for item in value) + "]"
+
+
+def experiment_toml(experiment: Mapping[str, Any]) -> str:
+    """An experiment file's TOML from a dict: settings first, then [grid], [optimizers."NAME"], [extra_seeds]."""
+    lines = [f"{key} = {toml_value(value)}" for key, value in experiment.items() if not isinstance(value, Mapping)]
+    for table, values in experiment.items():
+        if not isinstance(values, Mapping):
+            continue
+        if table == "optimizers":
+            for name, variant in values.items():
+                lines += ["", f'[optimizers."{name}"]'] + [
+                    f"{key} = {toml_value(item)}" for key, item in variant.items()
+                ]
+        else:
+            lines += ["", f"[{table}]"] + [
+                f"{json.dumps(str(key))} = {toml_value(item)}" for key, item in values.items()
+            ]
+    return "\n".join(lines) + "\n"
 
 
 def client(uri: str):
@@ -179,10 +222,14 @@ def store_uri(isolated_store) -> str:
 
 @pytest.fixture
 def experiment_file(tmp_path):
-    """Write a small experiment file and return its path."""
+    """Write an experiment file and return its path: from keyword arguments and tables as dicts
+    (`experiment_file(name="e2e", steps=3, grid={"optimizer": ["adam"], "seed": [0, 1]})`), a dict of them,
+    or, where the text itself is the point (bad TOML, comments), a string. `filename` names the file."""
 
-    def write(text: str, name: str = "exp.toml") -> str:
-        path = tmp_path / name
+    def write(text: str | Mapping[str, Any] | None = None, filename: str = "exp.toml", **experiment: Any) -> str:
+        if text is None or isinstance(text, Mapping):
+            text = experiment_toml({**(text or {}), **experiment})
+        path = tmp_path / filename
         path.write_text(text)
         return str(path)
 
@@ -191,9 +238,8 @@ def experiment_file(tmp_path):
 
 @pytest.fixture
 def cli_runner():
-    from click.testing import CliRunner
-
-    return CliRunner()
+    """The command line's runner for tests that call `cli_runner.invoke(cli, args)` (see Invoker)."""
+    return Invoker()
 
 
 STORE_FIXTURES = {"store", "store_uri", "logged", "server", "swept", "dask_cluster", "one_run"}

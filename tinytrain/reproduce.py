@@ -14,20 +14,19 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from tinytrain import plugins
 from tinytrain.engines.sequential import plugin_provenance, train
-from tinytrain.results import FINISHED, TIMING_METRICS, VIEW_METRICS, RunResult, current_outcome
+from tinytrain.results import FINISHED, TIMING_METRICS, VIEW_METRICS, RunResult, StateDict, current_outcome
 from tinytrain.spec import RunSpec
 
 # What MLflow keeps of a non-finite metric: NaN as NaN, +-inf as +-the largest float.
 STORED_INF = sys.float_info.max
 
 History = list[tuple[int, float]]  # [(step, value)] in step order
-StateDict = dict[str, Any]
 
 
 class Record(Protocol):

@@ -1,10 +1,10 @@
 """exit_now: end a tinytrain process as sys.exit would, without the interpreter's teardown.
 
-With torch loaded, Python's own finalization (freeing every object of every module) takes 0.7 s on this
-project's machine (`python -c "import torch"`: 1.84 s; 1.11 s when it ends with os._exit), and everything a
-command writes is written by then. The exit handlers still run (multiprocessing's children and semaphores,
-logging, MLflow's) and the streams are flushed; only the freeing of memory the operating system takes back
-anyway is skipped. Used by the `tinytrain` command and by the sweep's writer process.
+With torch loaded, Python's own finalization (freeing every object of every module) is a large share of a
+short command's time, and everything a command writes is written by then. The exit handlers still run
+(multiprocessing's children and semaphores, logging, MLflow's) and the streams are flushed; only the freeing
+of memory the operating system takes back anyway is skipped. Used by the `tinytrain` command and by the
+sweep's writer process.
 
 It does what Python's shutdown does before that teardown, in its order: join the non-daemon threads (and run
 the callbacks registered for then, such as concurrent.futures' own), run the atexit handlers, flush.

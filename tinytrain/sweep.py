@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinytrain.executors import make_executor
-from tinytrain.reports.summary import SweepSummary
+from tinytrain.reports.summary import SweepSummaryMaker
 from tinytrain.results import DIVERGED
 from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.tracking import (
@@ -180,8 +180,8 @@ def _recorder(uri: str, background: bool) -> SweepRecorder:
     if background:
         from tinytrain.tracking.background import BackgroundRecorder
 
-        return BackgroundRecorder(uri, SweepSummary())
-    return Recorder(uri, SweepSummary())
+        return BackgroundRecorder(uri, SweepSummaryMaker())
+    return Recorder(uri, SweepSummaryMaker())
 
 
 class _progress:

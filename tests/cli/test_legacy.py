@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinytrain.cli import cli
+from tests.conftest import invoke as invoke_cli
 from tinytrain.engines.sequential import train
 from tinytrain.spec import validate
 
@@ -84,9 +84,7 @@ def legacy_store(store_uri, tmp_path):
 
 
 def invoke(*args: str):
-    from click.testing import CliRunner
-
-    return CliRunner().invoke(cli, list(args))
+    return invoke_cli(list(args))
 
 
 def test_an_old_store_compares_and_reproduces(legacy_store):

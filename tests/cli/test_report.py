@@ -13,21 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import invoke
+from tests.conftest import experiment_toml, invoke
 from tinytrain.reports import compare as report
 from tinytrain.reports import plot as curves
-from tinytrain.reports import summary
+from tinytrain.reports import stats, summary
 from tinytrain.tracking import CellRun, Recorder, SweepRecord, read_sweep, resolve_tracking_uri
 
 NAME = "compare-e2e"
-GRID = f"""# tinytrain sweep grid.toml
-name = "{NAME}"
-steps = 3
-[grid]
-optimizer = ["sgd", "adam"]
-lr = [0.001, 0.01, 1000.0]   # 1000: every seed diverges, for both
-seed = [0, 1]
-"""
+# lr 1000: every seed diverges, for both optimizers
+GRID = experiment_toml(
+    {"name": NAME, "steps": 3, "grid": {"optimizer": ["sgd", "adam"], "lr": [0.001, 0.01, 1000.0], "seed": [0, 1]}}
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -432,7 +428,7 @@ def test_no_summary_for_an_interrupted_sweep_or_one_without_finished_cells(tmp_p
         ("empty", "FINISHED", []),
         ("finished", "FINISHED", [result]),
     ):
-        recorder = Recorder(uri, summary.SweepSummary())
+        recorder = Recorder(uri, summary.SweepSummaryMaker())
         recorder.open(experiment, experiment.specs(), finished={}, force=True)
         for each in results:
             recorder.run_started(each.spec)
@@ -462,7 +458,7 @@ def test_the_writer_logs_the_summary_the_sweeps_process_made_or_tags_why_it_coul
     from tinytrain.spec import load_experiment
     from tinytrain.tracking.background import BackgroundRecorder
 
-    class Broken(summary.SweepSummary):
+    class Broken(summary.SweepSummaryMaker):
         def write(self, sweep, folder):
             raise RuntimeError("no room for the picture")
 
@@ -471,8 +467,8 @@ def test_the_writer_logs_the_summary_the_sweeps_process_made_or_tags_why_it_coul
     uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
     parents, counts = {}, {}
     for case, made_by in (
-        ("in process", Recorder(uri, summary.SweepSummary())),
-        ("background", BackgroundRecorder(uri, summary.SweepSummary())),
+        ("in process", Recorder(uri, summary.SweepSummaryMaker())),
+        ("background", BackgroundRecorder(uri, summary.SweepSummaryMaker())),
         ("broken", BackgroundRecorder(uri, Broken())),
     ):
         made_by.open(experiment, experiment.specs()[:2], finished={}, force=True)
@@ -534,7 +530,7 @@ def test_summarize_uses_log10_for_the_geometric_mean_and_spread():
 
 def test_a_zero_final_loss_counts_as_the_floor_in_log10():
     (row,) = report.summarize([cell_run("adam", 0.1, 0, 0.0), cell_run("adam", 0.1, 1, 1e-5)])
-    assert row.geomean == pytest.approx(math.sqrt(report.LOSS_FLOOR * 1e-5))
+    assert row.geomean == pytest.approx(math.sqrt(stats.LOSS_FLOOR * 1e-5))
 
 
 def test_markdown_of_hand_made_rows_is_exact():

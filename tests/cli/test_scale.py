@@ -13,14 +13,7 @@ import torch
 from tests.conftest import children, client, runs_of
 from tinytrain.cli import cli
 
-GRID = """# tinytrain sweep grid.toml
-name = "scale"
-steps = 4
-[grid]
-optimizer = ["sgd", "adam"]
-lr = [0.01, 1000.0]
-seed = [0, 1]
-"""
+GRID = {"name": "scale", "steps": 4, "grid": {"optimizer": ["sgd", "adam"], "lr": [0.01, 1000.0], "seed": [0, 1]}}
 
 
 def comparable(record):
@@ -42,23 +35,20 @@ def swept_twice(cli_runner, experiment_file, store_uri):
     return path
 
 
-DIGITS = """# tinytrain sweep digits.toml
-name = "scale-digits"
-problem = "digits"
-steps = 4
-batch_size = 8
-eval_every = 2
-[grid]
-optimizer = ["adam"]
-lr = [0.01, 1000.0]
-seed = [0]
-"""
+DIGITS = {
+    "name": "scale-digits",
+    "problem": "digits",
+    "steps": 4,
+    "batch_size": 8,
+    "eval_every": 2,
+    "grid": {"optimizer": ["adam"], "lr": [0.01, 1000.0], "seed": [0]},
+}
 
 
 def test_the_plain_sql_reads_give_what_mlflows_own_reads_give_on_digits(cli_runner, experiment_file, store_uri):
     """Test metrics and the test-accuracy curves that plot draws come back the same too."""
     from tinytrain.tracking import Store
-    from tinytrain.tracking.read import _latest_sweep, sweep_record, sweep_record_sqlite
+    from tinytrain.tracking.sweep_records import _latest_sweep, sweep_record, sweep_record_sqlite
 
     result = cli_runner.invoke(cli, ["sweep", experiment_file(DIGITS, "digits.toml"), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -71,7 +61,7 @@ def test_the_plain_sql_reads_give_what_mlflows_own_reads_give_on_digits(cli_runn
 
 def test_the_plain_sql_reads_give_what_mlflows_own_reads_give(swept_twice, store_uri):
     from tinytrain.tracking import Store, read_sweep
-    from tinytrain.tracking.read import _latest_sweep, _latest_sweep_sqlite, sweep_record, sweep_record_sqlite
+    from tinytrain.tracking.sweep_records import _latest_sweep, _latest_sweep_sqlite, sweep_record, sweep_record_sqlite
 
     with Store(store_uri) as store:
         latest = _latest_sweep(store, "scale")
@@ -133,7 +123,7 @@ def test_an_empty_file_at_the_stores_path_is_a_new_store(cli_runner, experiment_
     database = Path(store_uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True)
     database.touch()  # as `touch` or the sqlite3 shell leaves it
-    path = experiment_file(GRID.replace("lr = [0.01, 1000.0]", "lr = [0.01]"), "grid.toml")
+    path = experiment_file({**GRID, "grid": {**GRID["grid"], "lr": [0.01]}}, "grid.toml")
     dry = cli_runner.invoke(cli, ["sweep", path, "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert dry.output.endswith("scale: 4 runs, 4 to run, 0 already done (dry run: nothing written)\n")

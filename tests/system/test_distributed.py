@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, invoke
 from tinytrain.cli import cli
 from tinytrain.executors import ExecutorError
 from tinytrain.spec import load_experiment
@@ -88,10 +88,8 @@ def grid_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def in_process_losses(grid_file, tmp_path_factory) -> dict[str, list[str]]:
     """The reference: the same grid, run in this process, into a store of its own."""
-    from click.testing import CliRunner
-
     uri = f"sqlite:///{tmp_path_factory.mktemp('in-process') / 'mlflow.db'}"
-    result = CliRunner().invoke(cli, ["sweep", str(grid_file), "--tracking-uri", uri, "--quiet"])
+    result = invoke(["sweep", str(grid_file), "--tracking-uri", uri, "--quiet"])
     assert result.exit_code == 0, result.output
     losses = losses_by_cell(uri)
     assert len(losses) == CELLS

@@ -17,7 +17,7 @@ import torch
 from tinytrain import reproduce
 from tinytrain.engines.sequential import train
 from tinytrain.spec import load_experiment
-from tinytrain.tracking.logged import LoggedRun
+from tinytrain.tracking.logged_runs import LoggedRun
 
 CONVERGING = ["optimizer=adam", "lr=0.01", "seed=0", "steps=6", "checkpoint_every=4"]
 DIVERGING = ["optimizer=sgd", "lr=100", "seed=0", "steps=6", "checkpoint_every=2"]

@@ -1,27 +1,31 @@
 """What every command module shares: exit codes, the one-line errors at the edge, the store option.
 
-The library raises its own errors; only the CLI turns them into one-line messages and exit codes (2 for bad
-input, 1 for a store or cluster that cannot be used or runs that failed, 130 for Ctrl-C).
+The library raises its own errors; only the CLI turns them into one-line messages and exit codes (ExitCode).
 """
 
 from __future__ import annotations
 
 import functools
+from enum import IntEnum
 
 import click
 
-from tinytrain.executors.base import ExecutorError
-from tinytrain.spec import ConfigError
-from tinytrain.tracking.contract import TrackingError
+from tinytrain.api import ConfigError, ExecutorError, TrackingError
 
-EXIT_RUNS_FAILED = 1
-EXIT_INTERRUPTED = 130
+
+class ExitCode(IntEnum):
+    """How a tinytrain command ends."""
+
+    OK = 0
+    FAILED = 1  # runs failed, a store or cluster cannot be used, a run does not reproduce, a gradient check fails
+    BAD_INPUT = 2  # nothing was written (click's own usage errors exit 2 too)
+    INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 class BadInput(click.ClickException):
     """Bad input: one line, exit code 2."""
 
-    exit_code = 2
+    exit_code = ExitCode.BAD_INPUT
 
 
 def translate_errors(command):
@@ -49,6 +53,6 @@ tracking_uri_option = click.option(
 
 
 def resolved_uri(tracking_uri: str | None) -> str:
-    from tinytrain.tracking import resolve_tracking_uri
+    from tinytrain.api import store_uri
 
-    return resolve_tracking_uri(tracking_uri)
+    return store_uri(tracking_uri)

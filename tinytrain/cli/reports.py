@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import click
 
+from tinytrain import api
 from tinytrain.cli.common import BadInput, resolved_uri, tracking_uri_option, translate_errors
-from tinytrain.reports.compare import COLUMNS, FORMATS, METRICS, RANKINGS
 
 experiment_option = click.option(
     "--experiment",
@@ -56,7 +54,7 @@ def warn_missing_cells(sweep) -> None:
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(FORMATS),
+    type=click.Choice(api.FORMATS),
     default="table",
     show_default=True,
     help="table for a terminal; markdown, csv and json for documents and scripts.",
@@ -65,27 +63,27 @@ def warn_missing_cells(sweep) -> None:
     "--sort",
     metavar="COLUMN",
     default=None,
-    help=f"Order the rows by this column, ascending [default: rank]: one of {', '.join(COLUMNS)}, or another axis "
-    "of the grid (schedule, weight_decay, ...).",
+    help=f"Order the rows by this column, ascending [default: rank]: one of {', '.join(api.COMPARE_COLUMNS)}, "
+    "or another axis of the grid (schedule, weight_decay, ...).",
 )
 @click.option(
     "--target",
     type=float,
-    default=1e-3,
+    default=api.COMPARE_TARGET,
     show_default=True,
     metavar="LOSS",
     help="Time to target: the first step whose loss is at or below LOSS.",
 )
 @click.option(
     "--by",
-    type=click.Choice(RANKINGS),
+    type=click.Choice(api.RANKINGS),
     default=None,
     help="Rank by the median steps to --target, or by the geometric mean of final_loss (of --metric) "
     "[default: target; final_loss with --metric].",
 )
 @click.option(
     "--metric",
-    type=click.Choice(list(METRICS)),
+    type=click.Choice(list(api.COMPARE_METRICS)),
     default="final_loss",
     show_default=True,
     help="What the statistics are of: final_loss (training), the test set's test_loss or test_accuracy, or the "
@@ -136,64 +134,20 @@ def compare(
         tinytrain compare --sweep 3f2a9c... --by final_loss --sort lr
         tinytrain compare --experiment digits-grid --metric test_accuracy
     """
-    from tinytrain.reports import compare as report
-
     if before_after and (sort or vs):
         raise BadInput("--sort and --vs are for the compare table; --before-after lists the runs in grid order")
-    if not (math.isfinite(target) and target > 0):
-        raise BadInput(f"--target must be a finite loss > 0, got {target!r}")
-    baseline = _baseline(vs)
-    from tinytrain.tracking import read_sweep
-
-    sweep = read_sweep(resolved_uri(tracking_uri), experiment_name, sweep_id, with_losses=not before_after)
+    api.check_compare_options(target, vs)  # bad options fail before the store is read
+    store = api.open_store(resolved_uri(tracking_uri))
+    sweep = store.sweep(experiment_name, sweep_id, with_curves=not before_after)
     if before_after:
-        runs = report.before_after(sweep.runs)
-        text = report.render_before_after(runs, output_format, report.before_after_title(sweep))
+        text = sweep.before_after_text(output_format)
     else:
-        untested = [run for run in sweep.runs if not run.diverged and math.isnan(report.metric_value(run, metric))]
-        if untested:
-            why = (
-                "digits holds no validation set out unless validation > 0"
-                if metric.startswith("val_")
-                else "the one-sample problem has no test set"
-            )
-            raise BadInput(
-                f"sweep {sweep.parent_run_id} has no {metric} for {len(untested)} of its runs ({why}): "
-                "compare --metric final_loss"
-            )
-        by = by or ("target" if metric == "final_loss" else "final_loss")
-        try:
-            rows = report.summarize(report.as_metric(sweep.runs, metric), target, by, baseline)
-        except ValueError as error:
-            raise BadInput(str(error)) from None
-        try:
-            rows = report.sort_rows(rows, sort or "rank")
-        except ValueError as error:
-            raise BadInput(f"--sort: {error}") from None
-        text = report.render_compare(
-            rows,
-            output_format,
-            report.compare_title(sweep, metric),
-            report.compare_caption(rows, by, target, metric),
-            target,
-            metric,
-            by,
-            terminal_width(),
-        )
+        text = sweep.compare_text(output_format, target, by, metric, vs, sort or "rank", width=terminal_width())
     click.echo(text, nl=False)
     warn_missing_cells(sweep)
 
 
-def _baseline(vs: str | None) -> tuple | None:
-    from tinytrain.reports import compare as report
-
-    try:
-        return report.parse_cell(vs) if vs else None
-    except ValueError as error:
-        raise BadInput(str(error)) from None
-
-
-PLOT_KINDS = ("curves", "lr", "best-of-k")
+PLOT_KINDS = api.PLOT_KINDS
 
 
 @click.command()
@@ -235,31 +189,11 @@ def plot(experiment_name, sweep_id, out, dpi, kind, tracking_uri):
         tinytrain plot --kind lr --out lr.pdf
         tinytrain plot --experiment one-step-adam --sweep 3f2a9c... --out one-step.svg --dpi 300
     """
-    from tinytrain.reports import plot as curves
-    from tinytrain.tracking import read_sweep
-
-    try:
-        curves.figure_format(out)
-    except ValueError as error:
-        raise BadInput(str(error)) from None
-    uri = resolved_uri(tracking_uri)
-    sweep = read_sweep(uri, experiment_name, sweep_id, with_losses=kind == "curves")
-    if not sweep.runs:
-        raise click.ClickException(f"sweep {sweep.parent_run_id} has no finished run to plot yet")
-    if kind == "curves":
-        figure = curves.plot_loss_curves(sweep)
-    else:
-        from tinytrain.reports import arm_plots
-        from tinytrain.reports import verdict as report
-
-        tuning_sweep = read_sweep(uri, parent_run_id=sweep.confirms) if sweep.confirms else sweep
-        tuning = report.tune(tuning_sweep)
-        draw = arm_plots.plot_metric_against_lr if kind == "lr" else arm_plots.plot_expected_best
-        figure = draw(tuning, tuning_sweep)
-        sweep = tuning_sweep
-    path = curves.save_figure(figure, out, dpi)
+    api.check_figure_format(out)  # before the store is read
+    sweep = api.open_store(resolved_uri(tracking_uri)).sweep(experiment_name, sweep_id, with_curves=kind == "curves")
+    figure = sweep.plot(out, kind=kind, dpi=dpi)
     lines = sum(len(ax.lines) for ax in figure.axes)
     click.echo(
-        f"Wrote {path}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.parent_run_id} of {sweep.experiment}"
+        f"Wrote {out}: {len(figure.axes)} panel(s), {lines} line(s), sweep {sweep.sweep_id} of {sweep.experiment}"
     )
     warn_missing_cells(sweep)

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from tinytrain import api
 from tinytrain.cli.common import resolved_uri, tracking_uri_option, translate_errors
 
 
@@ -23,20 +24,16 @@ def ui(tracking_uri, port, host):
     """
     import os
 
-    from tinytrain.tracking import latest_sweeps, runs_page_url, server_command
-    from tinytrain.tracking.location import ui_address
-    from tinytrain.tracking.views import sweep_links
-
-    uri = resolved_uri(tracking_uri)
-    command, env = server_command(uri, host, port)
-    address = ui_address(host, port)
-    click.echo(f"MLflow UI on {uri} at {address} (it takes a few seconds to start; Ctrl-C stops it)")
-    for sweep in latest_sweeps(uri):
+    store = api.open_store(resolved_uri(tracking_uri))
+    command, env = store.server_command(host, port)
+    address = api.ui_address(host, port)
+    click.echo(f"MLflow UI on {store.uri} at {address} (it takes a few seconds to start; Ctrl-C stops it)")
+    for sweep in api.latest_sweeps(store.uri):
         if sweep.has_views:
             click.echo(f"  {sweep.name}, its latest sweep (run {sweep.parent_run_id}):")
-            click.echo("\n".join(sweep_links(address, sweep.experiment_id, sweep.parent_run_id).lines()))
+            click.echo("\n".join(api.sweep_links(address, sweep.experiment_id, sweep.parent_run_id).lines()))
         else:
-            click.echo(f"  {sweep.name}: {runs_page_url(uri, sweep.experiment_id, address)}")
+            click.echo(f"  {sweep.name}: {store.runs_page(sweep.experiment_id, address)}")
     sys.stdout.flush()
     os.execve(command[0], command, env)
 
@@ -66,22 +63,19 @@ def cluster(port, workers, stop):
         tinytrain sweep --executor dask --scheduler tcp://127.0.0.1:8786
         tinytrain cluster --stop
     """
-    from tinytrain.executors.cluster import CLUSTER_FOLDER, start_cluster, stop_cluster
-
+    folder = api.CLUSTER_FOLDER
     if stop:
-        found = CLUSTER_FOLDER.exists()
-        stopped = stop_cluster(CLUSTER_FOLDER)
+        found = folder.exists()
+        stopped = api.stop_cluster()
         if stopped:
-            click.echo(f"Stopped the Dask cluster ({stopped} process(es)); removed {CLUSTER_FOLDER}/.")
+            click.echo(f"Stopped the Dask cluster ({stopped} process(es)); removed {folder}/.")
         else:
             click.echo(
                 "No Dask cluster running from this folder"
-                + (f"; removed what was left in {CLUSTER_FOLDER}/." if found else f" (no {CLUSTER_FOLDER}/).")
+                + (f"; removed what was left in {folder}/." if found else f" (no {folder}/).")
             )
         return
-    state = start_cluster(port, workers, CLUSTER_FOLDER)
-    click.echo(
-        f"Dask scheduler at {state.address} with {state.workers} worker(s), one thread each (logs in {CLUSTER_FOLDER}/)"
-    )
+    state = api.start_cluster(port, workers)
+    click.echo(f"Dask scheduler at {state.address} with {state.workers} worker(s), one thread each (logs in {folder}/)")
     click.echo(f"Use it:  tinytrain sweep --executor dask --scheduler {state.address}")
     click.echo("Stop it: tinytrain cluster --stop   (or make cluster-stop)")

@@ -6,17 +6,14 @@ import sys
 
 import click
 
+from tinytrain import api
 from tinytrain.cli.common import (
-    EXIT_INTERRUPTED,
-    EXIT_RUNS_FAILED,
     BadInput,
+    ExitCode,
     resolved_uri,
     tracking_uri_option,
     translate_errors,
 )
-from tinytrain.executors.base import EXECUTORS
-from tinytrain.spec import ENGINES, load_experiment
-from tinytrain.spec.catalogue import PROBLEMS
 
 
 @click.command()
@@ -41,7 +38,7 @@ from tinytrain.spec.catalogue import PROBLEMS
 )
 @click.option(
     "--executor",
-    type=click.Choice(EXECUTORS),
+    type=click.Choice(api.EXECUTORS),
     default=None,
     help="Where runs execute [default: inprocess, or pool when --jobs > 1].",
 )
@@ -53,7 +50,7 @@ from tinytrain.spec.catalogue import PROBLEMS
 )
 @click.option(
     "--engine",
-    type=click.Choice(ENGINES),
+    type=click.Choice(api.ENGINES),
     default=None,
     help="sequential: one run at a time; vmap: the cells in one batched net (one per --jobs worker).",
 )
@@ -120,18 +117,16 @@ def sweep(
     if scheduler and executor not in (None, "dask"):
         raise BadInput(f"--scheduler names a Dask scheduler: use it with --executor dask, not {executor}")
     executor = executor or ("dask" if scheduler else None)  # --scheduler alone means the Dask executor
-    from tinytrain.sweep import run_sweep, sweep_until_separated
-
     options = {"executor": executor or "inprocess", "jobs": jobs, "scheduler": scheduler, "progress": not quiet}
     try:
         if until_separated:
-            separation = sweep_until_separated(experiment, uri, max_seeds or 10, **options)
+            separation = api.sweep_until_separated(experiment, uri, max_seeds or 10, **options)
             outcome = separation.rounds[-1]
         else:
-            outcome = run_sweep(experiment, uri, force=force, **options)
+            outcome = api.run_sweep(experiment, uri, force=force, **options)
     except KeyboardInterrupt:  # before the first run: nothing to mark
         click.echo("Interrupted before any run started.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     if outcome.interrupted:
         counts = outcome.counts
         click.echo(
@@ -139,23 +134,21 @@ def sweep(
             "KILLED; run the same command again to resume.",
             err=True,
         )
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     show_summary(outcome)
     if until_separated:
         show_separation(separation, max_seeds or 10)
     if outcome.counts.failed:
-        sys.exit(EXIT_RUNS_FAILED)
+        sys.exit(ExitCode.FAILED)
 
 
 def experiment_of(file: str | None, from_run: str | None, overrides: list[str], uri: str, allow_huge: bool = False):
     """The experiment of a FILE (or the default one), or the one a sweep's parent run keeps (--from-run)."""
     if not from_run:
-        return load_experiment(file, overrides, allow_huge=allow_huge)
+        return api.load_experiment(file, overrides, allow_huge=allow_huge)
     if file:
         raise BadInput("give either FILE or --from-run, not both")
-    from tinytrain.tracking import read_sweep_experiment
-
-    return load_experiment(f"run {from_run}", overrides, text=read_sweep_experiment(uri, from_run), recorded=True)
+    return api.open_store(uri).sweep_experiment(from_run, overrides)
 
 
 def show_separation(separation, max_seeds: int) -> None:
@@ -169,7 +162,7 @@ def show_separation(separation, max_seeds: int) -> None:
     if separation.separated:
         click.echo(
             f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
-            f"p < 0.05 with up to {separation.seeds} seeds ({spent})."
+            f"p < {api.COMPARE_ALPHA:g} with up to {separation.seeds} seeds ({spent})."
         )
     else:
         tied = ", ".join(separation.tied)
@@ -181,9 +174,7 @@ def show_separation(separation, max_seeds: int) -> None:
 
 
 def show_plan(experiment, uri: str, force: bool) -> None:
-    from tinytrain.sweep import plan
-
-    cells = plan(experiment, uri)
+    cells = api.open_store(uri).plan(experiment)
     done = sum(cell.done_run_id is not None for cell in cells)
     lines = [f"drawn {line}\n" for line in experiment.drawn]
     for cell in cells:
@@ -204,9 +195,7 @@ def show_plan(experiment, uri: str, force: bool) -> None:
 
 def browse_line(outcome) -> str:
     """Where to see the runs in the UI: a sweep's prepared views (its charts, every run, its cell summaries)."""
-    from tinytrain.tracking.location import ui_command
-
-    command = ui_command(outcome.uri)
+    command = api.ui_command(outcome.uri)
     opening = f"`{command}`, then open" if command else "open"
     if outcome.links is None:
         return f"Browse: {opening} {outcome.runs_url}"
@@ -219,9 +208,7 @@ def show_done(outcome) -> None:
         f"{outcome.experiment.name}: every cell is done ({outcome.counts.total} runs in {outcome.uri}); "
         "nothing trained, nothing written (--force trains them again)."
     )
-    from tinytrain.tracking.location import ui_command
-
-    command = ui_command(outcome.uri)
+    command = api.ui_command(outcome.uri)
     opening = f"`{command}`, then open" if command else "open"
     for parent in outcome.made_by.parents:
         if parent in outcome.made_by.with_views:
@@ -276,7 +263,7 @@ def show_summary(outcome) -> None:
     "--problem",
     default=None,
     metavar="NAME",
-    help=f"What the run learns: {', '.join(PROBLEMS)} or a plugin problem (an entry-point name or "
+    help=f"What the run learns: {', '.join(api.PROBLEMS)} or a plugin problem (an entry-point name or "
     "package.module:Class) [default: the experiment file's].",
 )
 @tracking_uri_option
@@ -292,24 +279,20 @@ def run(optimizer, lr, seed, steps, file, problem, tracking_uri):
     overrides += [f"lr={lr!r}"] if lr is not None else []
     overrides += [f"steps={steps}"] if steps is not None else []
     overrides += [f"problem={problem}"] if problem is not None else []
-    experiment = load_experiment(file, overrides)
+    experiment = api.load_experiment(file, overrides)
     if lr is None:
-        experiment.grid.pop("lr", None)  # the optimizer's own default
-    from tinytrain.sweep import run_sweep
-
-    outcome = run_sweep(experiment, resolved_uri(tracking_uri), force=True, with_parent=False, progress=False)
+        experiment = api.without_lr_axis(experiment)  # the optimizer's own default
+    store = api.open_store(resolved_uri(tracking_uri))
+    outcome = store.run_sweep(experiment, force=True, with_parent=False, progress=False)
     if outcome.interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     (run_id,) = outcome.counts.run_ids.values()
     spec = experiment.specs()[0]
     if outcome.counts.failed:  # it raised: no loss to show, the error is the news (also in tinytrain.error)
         click.echo(f"{spec.run_name}: failed: {outcome.failures[0].partition(': ')[2]}; run {run_id}", err=True)
-        sys.exit(EXIT_RUNS_FAILED)
-    from tinytrain.tracking import Store
-
-    with Store(outcome.uri) as store:
-        losses, accuracy = store.losses(run_id), store.get_run(run_id).data.metrics.get("final_test_accuracy")
-    verdict = "diverged" if outcome.counts.diverged else "finished"
+        sys.exit(ExitCode.FAILED)
+    losses, accuracy = store.losses(run_id), store.run_metrics(run_id).get("final_test_accuracy")
+    verdict = api.DIVERGED if outcome.counts.diverged else api.FINISHED
     tested = f", test accuracy {accuracy:.4g}" if accuracy is not None else ""
     click.echo(
         f"{spec.run_name}: loss {losses[0]:.6g} -> {losses[-1]:.6g} after {len(losses) - 1} step(s){tested}, "

@@ -9,9 +9,8 @@ import sys
 
 import click
 
-from tinytrain.cli.common import BadInput, resolved_uri, tracking_uri_option, translate_errors
-from tinytrain.spec import DEFAULTS
-from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES
+from tinytrain import api
+from tinytrain.cli.common import BadInput, ExitCode, resolved_uri, tracking_uri_option, translate_errors
 
 
 @click.command()
@@ -29,14 +28,11 @@ def reproduce(run_id, tracking_uri):
     Example:
         tinytrain reproduce 3f2a9c...   # a run id from the UI or `tinytrain compare`
     """
-    from tinytrain.reproduce import reproduce as retrain_and_compare
-    from tinytrain.tracking import read_logged_run
-
-    verdict = retrain_and_compare(read_logged_run(resolved_uri(tracking_uri), run_id))
+    verdict = api.open_store(resolved_uri(tracking_uri)).reproduce(run_id)
     for note in verdict.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(verdict.describe())
-    sys.exit(0 if verdict.identical else 1)
+    sys.exit(ExitCode.OK if verdict.identical else ExitCode.FAILED)
 
 
 @click.command()
@@ -51,16 +47,16 @@ def reproduce(run_id, tracking_uri):
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest relative error that passes.")
 @click.option(
     "--problem",
-    default=DEFAULTS["problem"],
+    default=api.DEFAULTS["problem"],
     show_default=True,
     metavar="NAME",
     help="Whose data: one-sample (its input), digits (the first training images), or a plugin problem (an "
     "entry-point name or package.module:Class: its fixed_batch() at its default settings, its own net if any).",
 )
-@click.option("--loss", type=click.Choice(LOSSES), default=DEFAULTS["loss"], show_default=True)
+@click.option("--loss", type=click.Choice(api.LOSSES), default=api.DEFAULTS["loss"], show_default=True)
 @click.option(
     "--batch-size",
-    type=click.IntRange(1, DIGITS_TRAINING_IMAGES),
+    type=click.IntRange(1, api.DIGITS_TRAINING_IMAGES),
     default=16,
     show_default=True,
     help="Images in the digits minibatch.",
@@ -81,9 +77,7 @@ def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
     from rich.console import Console
     from rich.table import Table
 
-    from tinytrain.gradcheck import gradient_check
-
-    checks = gradient_check(
+    checks = api.check_gradients(
         seed=seed,
         entries_per_tensor=None if entries == "all" else int(entries),
         problem=problem,
@@ -117,7 +111,7 @@ def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
         if failed
         else f"gradcheck passed: every tensor within {tolerance:g}"
     )
-    sys.exit(1 if failed else 0)
+    sys.exit(ExitCode.FAILED if failed else ExitCode.OK)
 
 
 @click.command()
@@ -132,9 +126,7 @@ def optimizers():
     Example:
         tinytrain optimizers
     """
-    from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
-
-    for name, (class_path, default_lr, defaults) in OPTIMIZERS.items():
+    for name, (class_path, default_lr, defaults) in api.OPTIMIZERS.items():
         source = (
             class_path.replace("pytorch_optimizer.", "pytorch-optimizer ")
             if "." in class_path
@@ -143,9 +135,8 @@ def optimizers():
         click.echo(f"{name:<19} {source:<37} lr={default_lr:g}")
         click.echo("    " + ", ".join(f"{key}={value}" for key, value in defaults.items()))
     click.echo(
-        f"muon trains {', '.join(MUON_PARAMETERS)} and its AdamW (adamw_*) the other {len(ADAMW_WITH_MUON)} tensors."
+        f"muon trains {', '.join(api.MUON_PARAMETERS)} and its AdamW (adamw_*) the other "
+        f"{len(api.ADAMW_WITH_MUON)} tensors."
     )
-    from tinytrain.plugins import OPTIMIZER_GROUP, entry_points
-
-    for name, path in sorted(entry_points(OPTIMIZER_GROUP).items()):  # read from metadata: nothing imported
-        click.echo(f"{name:<19} {path} (plugin, entry point of {OPTIMIZER_GROUP})")
+    for name, path in sorted(api.entry_points(api.OPTIMIZER_GROUP).items()):  # from metadata: nothing imported
+        click.echo(f"{name:<19} {path} (plugin, entry point of {api.OPTIMIZER_GROUP})")

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from tinytrain import api
 from tinytrain.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_RUNS_FAILED,
@@ -66,8 +67,8 @@ def verdict(experiment_name, sweep_id, output_format, tuning_metric, metric, tra
         tinytrain verdict
         tinytrain verdict --experiment digits-grid --format latex
     """
-    from tinytrain.reports import verdict as report
-    from tinytrain.tracking import read_sweep
+    report = api.verdict
+    read_sweep = api.read_sweep
 
     uri = resolved_uri(tracking_uri)
     sweep = read_sweep(uri, experiment_name, sweep_id)
@@ -164,9 +165,9 @@ def confirm(
     """
     if max_seeds is not None and not until_separated:
         raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")
-    from tinytrain.reports import verdict as report
-    from tinytrain.sweep import confirm as run_confirmation
-    from tinytrain.tracking import read_sweep
+    report = api.verdict
+    run_confirmation = api.confirm
+    read_sweep = api.read_sweep
 
     uri = resolved_uri(tracking_uri)
     try:
@@ -246,9 +247,9 @@ def profile(sweep_ids, experiments, targets, out, dpi, output_format, tracking_u
     """
     import math
 
-    from tinytrain.reports import plot as figures
-    from tinytrain.reports import profiles as report
-    from tinytrain.tracking import read_sweep
+    figures = api.figures
+    report = api.profiles
+    read_sweep = api.read_sweep
 
     targets = targets or (1e-3,)
     bad = [target for target in targets if not (math.isfinite(target) and target > 0)]
@@ -293,8 +294,8 @@ def curves(experiment_name, sweep_id, out, tracking_uri):
         tinytrain curves --out curves.csv
         tinytrain curves --experiment digits-grid --out digits.parquet
     """
-    from tinytrain.reports import export
-    from tinytrain.tracking import read_sweep
+    export = api.export
+    read_sweep = api.read_sweep
 
     try:
         export.curve_format(out)

@@ -38,8 +38,8 @@ from tinytrain.engines.batched_net import (  # noqa: F401 - the row layout, re-e
 from tinytrain.engines.batched_updates import UPDATE_RULE_OF_KIND, UPDATE_RULES
 from tinytrain.engines.planner import BatchSetting, batch_setting
 from tinytrain.engines.recipe import LearningRates
-from tinytrain.engines.sequential import StateDict, configure_runtime, runtime_settings
-from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
+from tinytrain.engines.sequential import configure_runtime, runtime_settings
+from tinytrain.results import DIVERGED, FINISHED, RunResult, StateDict, diverges, failed_result
 from tinytrain.spec import RunSpec
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinytrain.engines.sequential import StateDict, initial_net
+from tinytrain.engines.sequential import initial_net
 from tinytrain.model import LeNet
 from tinytrain.problems.one_sample import make_input, make_target
+from tinytrain.results import StateDict
 from tinytrain.spec import RunSpec
 
 aten = torch.ops.aten

@@ -1,4 +1,10 @@
-"""train(spec) -> RunResult: one run of the experiment, in plain torch (no MLflow, no click)."""
+"""train(spec) -> RunResult: one run of the experiment, in plain torch (no MLflow, no click).
+
+The one use of a private torch API in tinytrain is here (configure_runtime): torch._C._set_deterministic_algorithms,
+the switch eager kernels read. The public torch.use_deterministic_algorithms sets it too, but also sets
+inductor's flag for torch.compile (which tinytrain never uses), and importing inductor costs about a second of
+CPU in every process that trains; both give the same bits.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,9 @@ from tinytrain.optimizers import OPTIMIZERS, build_optimizer, plugin_class_path
 from tinytrain.problems import Problem, has_test_set, make_net, make_problem, problem_class_path
 from tinytrain.problems import loss_function as problem_loss
 from tinytrain.problems.one_sample import loss_fn, make_input, make_target
-from tinytrain.results import DIVERGED, FINISHED, RunResult, diverges, failed_result
+from tinytrain.results import DIVERGED, FINISHED, RunResult, StateDict, diverges, failed_result
 from tinytrain.spec import RunSpec
 from tinytrain.spec.catalogue import PROBLEMS
-
-StateDict = dict[str, torch.Tensor]
 
 
 def configure_runtime(threads: int, mkldnn: bool) -> None:
@@ -28,9 +32,7 @@ def configure_runtime(threads: int, mkldnn: bool) -> None:
         torch.set_num_threads(threads)
     torch.backends.mkldnn.enabled = mkldnn
     if not torch.are_deterministic_algorithms_enabled():
-        # The switch eager kernels read. torch.use_deterministic_algorithms also sets inductor's flag, for
-        # torch.compile, which tinytrain never uses, and importing inductor costs a second of CPU per process.
-        torch._C._set_deterministic_algorithms(True)
+        torch._C._set_deterministic_algorithms(True)  # private: see the module's docstring
 
 
 def runtime_settings() -> dict[str, str]:

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from tinytrain.reports import stats, tables
+from tinytrain.results import DIVERGED
 from tinytrain.spec.experiment import cell_label, parse_cell_label
 
 if TYPE_CHECKING:
-    from tinytrain.tracking.read import CellRun, SweepRecord
+    from tinytrain.tracking.sweep_records import CellRun, SweepRecord
 
 FORMATS = ("table", "csv", "json", "markdown", "latex")
 RANKINGS = ("target", "final_loss")  # --by: the median time to target, or the geometric mean of final_loss
@@ -53,7 +54,6 @@ COLUMNS = (
     "seeds",
     "diverged",
 )
-LOSS_FLOOR = stats.LOSS_FLOOR
 # What compare can compare: metric -> (the run's metric, its label in tables). The statistics work on a value
 # where lower is better and that spans decades: a loss as it is, an accuracy as its error (1 - accuracy).
 METRICS: dict[str, tuple[str, str]] = {
@@ -463,7 +463,7 @@ def compare_caption(
         if by == "target"
         else f"Rank 1 has the lowest geometric mean of {_short_label(metric)} over seeds"
     )
-    what = f"log10({name})" if metric != "test_accuracy" else f"log10(1 - {name})"
+    what = f"log10(1 - {name})" if metric.endswith("accuracy") else f"log10({name})"
     return (
         f"{ranking}. Median, 95% bootstrap CI and IQM (interquartile mean) are those of {what} "
         "over the finished seeds; p_better: share of shared seeds where the cell ends lower than the baseline; "
@@ -489,7 +489,7 @@ class BeforeAfter:
 
     @property
     def diverged(self) -> bool:
-        return self.outcome == "diverged"
+        return self.outcome == DIVERGED
 
     @property
     def change(self) -> float:

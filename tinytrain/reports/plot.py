@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from tinytrain.tracking.read import CellRun, SweepRecord
+    from tinytrain.tracking.sweep_records import CellRun, SweepRecord
 
 SHARED_LEGEND_ABOVE = 6  # learning rates: with more, the loss curves get one legend, not one a panel
 
@@ -34,7 +34,7 @@ def plot_loss_curves(sweep: SweepRecord) -> Figure:
     figure, loss_axes, accuracy_axes = _panels(len(optimizers), columns, accuracy)
     seeds = len({run.seed for run in sweep.runs})
     # Many learning rates: one legend for the figure (the colours are the same in every panel), not one a panel,
-    # which would cover the curves and cost most of the drawing (0.4 of 0.7 s at 1,000 runs and 20 lrs).
+    # which would cover the curves and cost most of the drawing at 1,000 runs and 20 lrs.
     shared_legend = len(lrs) > SHARED_LEGEND_ABOVE
     for index, optimizer in enumerate(optimizers):
         cells = {lr: [run for run in sweep.runs if run.arm_name == optimizer and run.lr == lr] for lr in lrs}

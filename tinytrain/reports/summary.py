@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tinytrain.reports import compare, plot, stats
-from tinytrain.tracking.read import SweepRecord
 from tinytrain.tracking.recorder import CellSummaryRun
+from tinytrain.tracking.sweep_records import SweepRecord
 
 SUMMARY_FILES = ("compare.md", "compare.csv", "loss-curves.png")  # what a sweep logs to its parent run
 
@@ -84,8 +84,8 @@ def cell_summary_runs(sweep: SweepRecord, target: float = stats.TARGET) -> list[
     return summaries
 
 
-class SweepSummary:
-    """tracking's SweepSummary: what a sweep logs to its parent run at its end, as the sweep hands it in."""
+class SweepSummaryMaker:
+    """tracking's SummaryMaker: makes what a sweep logs to its parent run at its end, as the sweep hands it in."""
 
     def warm_up(self) -> None:
         """Import the plotting and statistics stack ahead of the sweep's end, where it would add to its time."""

@@ -437,8 +437,8 @@ def load_experiment(
     for override in overrides:
         apply_override(raw, override)
     experiment = validate(raw, source, recorded=recorded, allow_huge=allow_huge or recorded)
-    if recorded and "diverge_above" not in raw:
-        experiment.settings["diverge_above"] = None
+    if recorded and "diverge_above" not in raw:  # a new record: the experiment's own settings stay as validated
+        experiment = replace(experiment, settings={**experiment.settings, "diverge_above": None})
     return experiment
 
 
@@ -782,6 +782,8 @@ def _check_weight_decay(weight_decay: Any, used: dict[str, dict[str, Any]], plug
 
 def _check_extra_seeds(raw: Any, experiment: Experiment) -> dict[Cell, tuple[int, ...]]:
     # [extra_seeds] "OPTIMIZER@LR" = [seeds]: more seeds for cells of the grid (written by --until-separated)
+    if isinstance(raw, dict) and not raw:
+        return {}
     cells = {experiment.cell(spec) for spec in experiment.specs()}
     extra = {}
     for name, seeds in raw.items() if isinstance(raw, dict) else [(raw, None)]:

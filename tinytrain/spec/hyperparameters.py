@@ -14,18 +14,11 @@ from typing import Any
 
 from tinytrain.errors import ConfigError
 from tinytrain.optimizers import CHOICES
+from tinytrain.spec.settings import is_int, is_number
 
 
 class HyperparameterError(ConfigError):
     """A value that the hyperparameter's default does not allow; the message says which and why."""
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check(where: str, key: str, value: Any, default: Any) -> Any:

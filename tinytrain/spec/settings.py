@@ -94,6 +94,7 @@ def length_in_steps(value: int | float, steps: int) -> int:
 
 
 def is_int(value: Any) -> bool:
+    """An integer of TOML or Python, not a bool (True is an int to Python, not to an experiment file)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from tinytrain.tracking.location import sqlite_path
+from tinytrain.tracking.mlflow_private import register_artifact_repository, restore_artifact_repository
 
 SERVER_ARTIFACTS_SCHEME = "mlflow-artifacts"
 
@@ -32,7 +33,8 @@ class ServerArtifactsOnSqlite:
     URI names artifacts/<path>; over HTTP, MLflow's own repository answers as before.
 
     MLflow has no public way to add a repository for one client, so this replaces the scheme's entry in
-    MLflow's registry of this process from install() until remove(), which puts the previous one back.
+    MLflow's registry of this process (mlflow_private.py) from install() until remove(), which puts the
+    previous one back.
     """
 
     def __init__(self, store_uri: str):
@@ -41,10 +43,7 @@ class ServerArtifactsOnSqlite:
         self._installed = False
 
     def install(self) -> ServerArtifactsOnSqlite:
-        from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry as registry
-
-        self._previous = registry._registry.get(SERVER_ARTIFACTS_SCHEME)
-        registry.register(
+        self._previous = register_artifact_repository(
             SERVER_ARTIFACTS_SCHEME, functools.partial(_server_artifacts_repository, store_uri=self.store_uri)
         )
         self._installed = True
@@ -53,12 +52,7 @@ class ServerArtifactsOnSqlite:
     def remove(self) -> None:
         if not self._installed:
             return
-        from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry as registry
-
-        if self._previous is None:
-            registry._registry.pop(SERVER_ARTIFACTS_SCHEME, None)
-        else:
-            registry.register(SERVER_ARTIFACTS_SCHEME, self._previous)
+        restore_artifact_repository(SERVER_ARTIFACTS_SCHEME, self._previous)
         self._installed = False
 
 
@@ -104,7 +98,7 @@ class ArtifactFolder:
 
     Where the artifacts are local files (a SQLite store's artifacts/ folder) it is their folder itself:
     files are written where they stay, without the staging copy and the artifact repository that MLflow's
-    log_artifacts builds on every call (about 8 ms of the writer's 40 a run). Files written in place are
+    log_artifacts builds on every call (a good part of the writer's time a run). Files written in place are
     not all-or-nothing: a run that fails midway can leave partial files in its own folder, under its
     FAILED run (as a log_artifacts cut short would). Anywhere else (a server) it is a temporary folder,
     uploaded through the client at the end of the block.

@@ -30,16 +30,16 @@ from tinytrain.results import RunResult
 from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import TrackingError
-from tinytrain.tracking.read import SweepRecord
+from tinytrain.tracking.model_files import save_weights
 from tinytrain.tracking.recorder import (
     MadeSummary,
     Recorder,
+    SummaryMaker,
     SweepCounts,
-    SweepSummary,
     error_reason,
     make_summary,
 )
-from tinytrain.tracking.weights_file import save_weights
+from tinytrain.tracking.sweep_records import SweepRecord
 
 # ---------------------------------------------------------------------------------------------------------
 # The messages
@@ -119,7 +119,7 @@ class Request:
 def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Queue, in_flight: Any = None) -> None:
     """The writer process: apply each message to a Recorder; report the first error and stop writing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it sends Close(KILLED)
-    recorder = Recorder(uri)  # no SweepSummary: the sweep's process makes the summary (ReadForSummary)
+    recorder = Recorder(uri)  # no SummaryMaker: the sweep's process makes the summary (ReadForSummary)
     state = {"failed": False, "waiting_since": None}
     lock = threading.Lock()  # held while a message is applied
     threading.Thread(target=_close_when_orphaned, args=(recorder, state, lock), daemon=True).start()
@@ -213,7 +213,7 @@ def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, 
 
 
 def _for_the_writer(result: RunResult) -> RunResult:
-    """A result whose weights travel as the bytes of their files (weights_file.SavedWeights).
+    """A result whose weights travel as the bytes of their files (model_files.SavedWeights).
 
     Saved here, where torch already is, so that the writer never imports it. Bytes also keep the message
     whole by itself: torch makes tensors in a multiprocessing queue share memory through file descriptors
@@ -262,7 +262,7 @@ class BackgroundRecorder:
     the next sweep marks them FAILED (Store.recover_abandoned) and trains their cells again.
     """
 
-    def __init__(self, uri: str, summary: SweepSummary | None = None):
+    def __init__(self, uri: str, summary: SummaryMaker | None = None):
         self.summary = summary  # made here at the end (see close), logged by the writer
         context = multiprocessing.get_context("spawn")
         self.requests: multiprocessing.Queue = context.Queue()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tinytrain.results import DIVERGED, FINISHED, LEGACY_FINISHED
+
 # Tag names
 RUN_KEY = "tinytrain.run_key"
 OUTCOME = "tinytrain.outcome"
@@ -20,16 +22,12 @@ PARENT = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"  # a diverged run's name says so: "adam-lr0.1-seed0 (diverged)"
 CONFIRMS = "tinytrain.confirms"  # on a confirmation sweep's parent run: the parent run id of the tuning sweep
 
-# the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
-FINISHED_OUTCOMES = ("finished", "diverged", "converged")
+# the outcomes of a cell that needs no new run; converged: a finished run of an older store (legacy.py)
+FINISHED_OUTCOMES = (FINISHED, DIVERGED, LEGACY_FINISHED)
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
-# A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (weights_pickle.py).
+# A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (model_files.py).
 MLMODEL = "MLmodel"
 MODEL_DATA = Path("data") / "model.pth"
-# Stores written before that also kept each checkpoint's state dict in the run's checkpoints/ folder
-# (final.pt, step-NNNNNN.pt), beside a LoggedModel that pickled the whole net: reproduce reads those.
-CHECKPOINTS = "checkpoints"
-FINAL_CHECKPOINT = f"{CHECKPOINTS}/final.pt"
 LOSS = "loss"
 
 

@@ -2,7 +2,7 @@
 
 The sweep drives any SweepRecorder the same way: this Recorder in its own process, or the BackgroundRecorder
 (background.py) that runs one in a writer process. What the sweep logs to its parent run at its end (the
-compare table and the loss curves) is the sweep's to decide: it hands a SweepSummary in, and tracking never
+compare table and the loss curves) is the sweep's to decide: it hands a SummaryMaker in, and tracking never
 imports the reports. The summary is made from the sweep as the store holds it (summary_input) into a
 MadeSummary (make_summary), which close() logs: all three in this process, or, behind a BackgroundRecorder,
 the reading and the logging in the writer and the making in the sweep's process (the writer's core is the
@@ -23,9 +23,9 @@ from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import ERROR
 from tinytrain.tracking.location import is_http
 from tinytrain.tracking.provenance import environment
-from tinytrain.tracking.read import SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.sqlite import checkpoint_sqlite
 from tinytrain.tracking.store import Store
+from tinytrain.tracking.sweep_records import SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.views import view_tags
 
 
@@ -66,8 +66,8 @@ class CellSummaryRun:
     curves: dict[str, list[float]]  # metric -> value at steps 0, 1, ...
 
 
-class SweepSummary(Protocol):
-    """What a sweep logs to its parent run once it has run to its end (report.SweepSummary)."""
+class SummaryMaker(Protocol):
+    """Makes what a sweep logs to its parent run once it has run to its end (reports.summary.SweepSummaryMaker)."""
 
     def warm_up(self) -> None:
         """Load what write() needs, ahead of time (the sweep does it while its writer logs the last runs)."""
@@ -94,7 +94,7 @@ class MadeSummary:
     error: str | None = None
 
 
-def make_summary(summary: SweepSummary, sweep: SweepRecord) -> MadeSummary:
+def make_summary(summary: SummaryMaker, sweep: SweepRecord) -> MadeSummary:
     """The summary of a sweep (its files and its cell runs); an error becomes the reason, never an exception."""
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -131,7 +131,7 @@ class Recorder:
     runs in this process or, behind background.BackgroundRecorder, in a process of its own.
     """
 
-    def __init__(self, uri: str, summary: SweepSummary | None = None):
+    def __init__(self, uri: str, summary: SummaryMaker | None = None):
         self.uri = uri
         self.summary = summary
         self.store: Store | None = None
@@ -226,7 +226,7 @@ class Recorder:
         """End the runs still open (KILLED when interrupted) and the parent run; return the counts.
 
         A sweep that ran to its end, with any finished cell, first gets its summary (table and loss curves):
-        `made` if the sweep made it (from summary_input), else made here with this Recorder's SweepSummary.
+        `made` if the sweep made it (from summary_input), else made here with this Recorder's SummaryMaker.
         """
         for run_id in self.run_ids.values():
             if reason:

@@ -11,10 +11,13 @@ import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tinytrain.tracking.contract import TrackingError
 from tinytrain.tracking.location import is_http, sqlite_path
+from tinytrain.tracking.mlflow_private import create_migrated_database
 
 # A switch for tests and benchmarks: leave every SQLite setting and the store's creation to MLflow.
 SQLITE_DEFAULTS_ENV = "TINYTRAIN_SQLITE_DEFAULTS"
@@ -28,7 +31,7 @@ class TunedConnections:
     """WAL journal and synchronous=NORMAL on the connections this process opens to one SQLite store.
 
     MLflow commits about 25 transactions per run; in SQLite's default rollback-journal mode each one
-    creates, fsyncs and deletes a journal file (4 ms here: a third of the writer's time). In WAL mode
+    creates, fsyncs and deletes a journal file (much of the writer's time). In WAL mode
     with synchronous=NORMAL a commit is an append: a killed process loses nothing it committed, and
     the database stays consistent; only an OS crash or power cut may roll back the last commits.
 
@@ -80,8 +83,8 @@ def template_cache() -> Path:
 def create_store_from_template(uri: str) -> bool:
     """Make a new SQLite store as a copy of an empty store that MLflow migrated once; False if not done.
 
-    MLflow builds a new database by running every Alembic migration since its first schema: 1.1 s of the
-    2.9 s a fresh sweep's writer spent before its first run. The result depends only on the MLflow
+    MLflow builds a new database by running every Alembic migration since its first schema: a large part
+    of what a fresh sweep's writer spends before its first run. The result depends only on the MLflow
     version, so it is made once per version (in the user's cache) and copied. The template has no Default
     experiment: MLflow creates it when it opens the copy, with this store's own artifact location, so
     the copy is what MLflow would have made here (a test compares the two). The template is keyed by the
@@ -135,10 +138,7 @@ def _store_template() -> Path:
     template.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=template.parent) as folder:
         staged = Path(folder) / "store.db"
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        store = SqlAlchemyStore(f"sqlite:///{staged}", Path(folder, "artifacts").as_uri())
-        store.engine.dispose()
+        create_migrated_database(f"sqlite:///{staged}", Path(folder, "artifacts").as_uri())
         connection = sqlite3.connect(staged)
         try:
             with connection:
@@ -184,20 +184,46 @@ def store_is_new(uri: str) -> bool:
     return not path.exists() or path.stat().st_size == 0
 
 
+_SHARED: dict[tuple[int, Path], Any] = {}  # (thread, database) -> the connection of a one_connection block
+
+
+@contextlib.contextmanager
+def one_connection(uri: str) -> Iterator[None]:
+    """The plain reads of this thread inside the block share one connection to the store, rather than each
+    opening (and parsing MLflow's schema) anew: for a read of many queries, such as a whole sweep."""
+    import sqlite3
+    import threading
+
+    key = (threading.get_ident(), sqlite_path(uri))
+    if is_http(uri) or key in _SHARED or store_is_new(uri):
+        yield
+        return
+    connection = sqlite3.connect(key[1], timeout=20)  # not mode=ro: it cannot always read a WAL database
+    _SHARED[key] = connection
+    try:
+        yield
+    finally:
+        del _SHARED[key]
+        connection.close()
+
+
 def query_sqlite(uri: str, query: str, parameters: tuple | dict = (), timeout: float = 20) -> list[tuple]:
     """A SELECT (or PRAGMA) on a SQLite store, outside MLflow; nothing if the store does not exist yet."""
     import sqlite3
+    import threading
 
     path = sqlite_path(uri)
     if store_is_new(uri):
         return []
-    connection = sqlite3.connect(path, timeout=timeout)  # not mode=ro: it cannot always read a WAL database
+    shared = _SHARED.get((threading.get_ident(), path))
+    connection = shared or sqlite3.connect(path, timeout=timeout)  # not mode=ro: it cannot always read a WAL db
     try:
         return connection.execute(query, parameters).fetchall()
     except sqlite3.Error as error:
         raise TrackingError(f"cannot read the store {path}: {error}") from None
     finally:
-        connection.close()
+        if shared is None:
+            connection.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,19 +312,72 @@ def finished_runs_readonly(
     return {key: (run_id, outcome, metrics.get(run_id, {})) for run_id, key, outcome in runs}
 
 
-def histories_readonly(
-    uri: str, experiment_id: str, names: dict[str, str], metric: str
-) -> dict[str, list[tuple[int, float]]]:
-    """run id -> (step, value) of the metric in step order, of every finished run of the experiment (one query)."""
+def params_of_runs_readonly(uri: str, run_ids: list[str]) -> dict[str, dict[str, str]]:
+    """run id -> {param: value}, in name order, of the given runs (one query)."""
+    import json
+
     rows = query_sqlite(
         uri,
-        f"""SELECT metrics.run_uuid, metrics.step, metrics.value, metrics.is_nan FROM metrics
-                                 WHERE metrics.key = :metric
-                                   AND metrics.run_uuid IN (SELECT runs.run_uuid {_FINISHED_RUNS})
-                                 ORDER BY metrics.run_uuid, metrics.step, metrics.timestamp""",
-        {"experiment_id": experiment_id, "metric": metric, **names},
+        """SELECT params.run_uuid, params.key, params.value
+           FROM json_each(?) AS wanted JOIN params ON params.run_uuid = wanted.value""",
+        (json.dumps(run_ids),),
+    )
+    params: dict[str, dict[str, str]] = {}
+    for run_id, key, value in rows:
+        params.setdefault(run_id, {})[key] = value
+    return {run_id: dict(sorted(values.items())) for run_id, values in params.items()}
+
+
+def curves_of_runs_readonly(uri: str, run_ids: list[str], metrics: list[str]) -> list[tuple[str, int, str, float]]:
+    """(run id, step, metric, value) of the given runs' metrics: runs in the order given, then metrics in the
+    order given, then step (one query)."""
+    import json
+
+    rows = query_sqlite(
+        uri,
+        """SELECT metrics.run_uuid, metrics.step, metrics.key, metrics.value, metrics.is_nan
+           FROM json_each(:runs) AS wanted CROSS JOIN metrics ON metrics.run_uuid = wanted.value
+           JOIN json_each(:metrics) AS wanted_metric ON +metrics.key = wanted_metric.value
+           ORDER BY wanted.key, wanted_metric.key, metrics.step, metrics.timestamp""",
+        {"runs": json.dumps(run_ids), "metrics": json.dumps(metrics)},
+    )
+    nan = math.nan
+    return [(run_id, step, key, nan if is_nan else value) for run_id, step, key, value, is_nan in rows]
+
+
+def histories_of_runs_readonly(uri: str, run_ids: list[str], metric: str) -> dict[str, list[tuple[int, float]]]:
+    """run id -> (step, value) of the metric in step order, of the given runs (one query)."""
+    import json
+
+    # CROSS JOIN and +key: look each run up by its run_uuid index, not by scanning every run's metric rows
+    rows = query_sqlite(
+        uri,
+        """SELECT metrics.run_uuid, metrics.step, metrics.value, metrics.is_nan
+           FROM json_each(?) AS wanted CROSS JOIN metrics ON metrics.run_uuid = wanted.value AND +metrics.key = ?
+           ORDER BY wanted.key, metrics.step, metrics.timestamp""",
+        (json.dumps(run_ids), metric),
     )
     histories: dict[str, list[tuple[int, float]]] = {}
     for run_id, step, value, is_nan in rows:
         histories.setdefault(run_id, []).append((step, math.nan if is_nan else value))
     return histories
+
+
+def runs_with_tag_readonly(
+    uri: str, tag: str, value: str, experiment_name: str | None = None
+) -> list[tuple[str, str, str, str, str, int, int | None]]:
+    """(run id, run name, experiment id, experiment name, status, start ms, end ms) of the active runs of active
+    experiments with this tag value, the latest started first (as search_runs orders by start_time DESC)."""
+    rows = query_sqlite(
+        uri,
+        """SELECT runs.run_uuid, runs.name, runs.experiment_id, experiments.name, runs.status, runs.start_time,
+                  runs.end_time
+           FROM runs
+           JOIN experiments ON experiments.experiment_id = runs.experiment_id
+           JOIN tags ON tags.run_uuid = runs.run_uuid AND tags.key = :tag AND tags.value = :value
+           WHERE runs.lifecycle_stage = 'active' AND experiments.lifecycle_stage = 'active'
+             AND (:name IS NULL OR experiments.name = :name)
+           ORDER BY runs.start_time DESC, runs.run_uuid ASC""",
+        {"tag": tag, "value": value, "name": experiment_name},
+    )
+    return [(run_id, name, str(experiment_id), *rest) for run_id, name, experiment_id, *rest in rows]

@@ -215,7 +215,7 @@ class Store:
 
         The model's `data/model.pth` is the checkpoint's only copy of the weights: a plain state dict,
         which `reproduce` loads with weights_only=True (no code unpickled) and `mlflow.pytorch.load_model`
-        turns into the LeNet (weights_pickle.py).
+        turns into the LeNet (model_files.py).
         """
         self.artifact_uris.pop(run_id, None)
         if result.final_weights is None:
@@ -319,18 +319,18 @@ class Store:
 class ModelFiles:
     """The files of an MLflow pytorch model of the LeNet whose data/model.pth is a state dict.
 
-    `mlflow.pytorch.save_model` costs 9-13 ms a model here, most of it checking the pip requirements
+    `mlflow.pytorch.save_model` is slow for a model this small, most of it checking the pip requirements
     against the installed packages, the same for every model. So it runs once, on a LeNet, into a template;
     each model then gets the template's files as they are, its own MLmodel (the template's, as MLflow's
-    Model class wrote it, with this model's ids and time put in as YAML strings: dumping the YAML again
-    would cost 1.5 ms) and its weights as a plain state dict, saved by the sweep's process (weights_file).
+    Model class wrote it, with this model's ids and time put in as YAML strings, cheaper than dumping the
+    YAML again) and its weights as a plain state dict, saved by the sweep's process (model_files.py).
     The pickle module the template names (weights_pickle) makes `mlflow.pytorch.load_model` give back the
     LeNet.
 
     The template depends only on the versions of MLflow, torch and Python (which its MLmodel and
     environment files name) and on how tinytrain makes it (TEMPLATE_RECIPE), so it is made once per
     combination and kept in the user's cache beside the store template: a writer that finds it never
-    imports torch or mlflow.pytorch (1.4 s of CPU at its start). Without a cache folder it is made in memory.
+    imports torch or mlflow.pytorch (seconds of CPU at its start). Without a cache folder it is made in memory.
     """
 
     FIELDS = ("artifact_path", "model_uuid", "model_id", "run_id", "utc_time_created", "model_size_bytes")
@@ -387,7 +387,7 @@ class ModelFiles:
         requirements = [f"torch=={torch.__version__.split('+')[0]}", "tinytrain"]
         with tempfile.TemporaryDirectory() as folder:
             template = Path(folder) / "model"
-            # pickle: 0.06 s a model against 0.2 s for pt2; explicit requirements: inference costs seconds.
+            # pickle: a fraction of pt2's time a model; explicit requirements: inferring them costs seconds.
             mlflow.pytorch.save_model(
                 LeNet(),
                 str(template),
@@ -418,7 +418,7 @@ class ModelFiles:
         import datetime
         import json
 
-        from tinytrain.tracking.weights_file import weights_file_bytes
+        from tinytrain.tracking.model_files import weights_file_bytes
 
         for relative, content in self.files.items():
             path = folder / relative

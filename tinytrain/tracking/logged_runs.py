@@ -1,9 +1,8 @@
 """What `reproduce` reads of a logged run: its params, tags, every metric's history and every weight it keeps.
 
 A checkpoint is a LoggedModel of the run at its step, whose data/model.pth is a plain state dict (its only
-copy of the weights). Stores written before that also kept each checkpoint as a state dict in the run's
-checkpoints/ folder (final.pt, step-NNNNNN.pt), beside a LoggedModel that pickled the whole net: both are read
-there (`legacy`). Weights come back without unpickling any code from the store: everything is read with
+copy of the weights). Older stores' checkpoint files and pickled nets are read through legacy.py (`legacy`).
+Weights come back without unpickling any code from the store: everything is read with
 torch.load(weights_only=True), which builds only tensors, plain containers and, for an old model, the few
 classes of the net that the running tinytrain allows (its own LeNet and torch's layers), never a callable the
 file names.
@@ -17,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tinytrain.spec import RunSpec
+from tinytrain.tracking import legacy
 from tinytrain.tracking.artifacts import local_artifact_file
 from tinytrain.tracking.contract import (
-    CHECKPOINTS,
-    FINAL_CHECKPOINT,
     KIND,
     LOSS,
     MODEL_DATA,
@@ -85,31 +83,9 @@ def read_logged_run(uri: str, run_id: str) -> LoggedRun:
             for name in sorted(run.data.metrics)
         }
         record = LoggedRun(run_id, spec, tags, metrics)
-        _read_checkpoints(store, record)
+        legacy.read_checkpoint_files(store, record, _reason)
         _read_models(store, run, record)
     return record
-
-
-def _read_checkpoints(store: Store, record: LoggedRun) -> None:
-    """step -> state dict of every checkpoint file the run keeps (final.pt is at the spec's last step)."""
-    import torch
-
-    final_name = Path(FINAL_CHECKPOINT).name
-    names = [Path(item.path).name for item in store.client.list_artifacts(record.run_id, CHECKPOINTS)]
-    if not names:
-        return
-    record.legacy = True
-    with tempfile.TemporaryDirectory() as folder:
-        local = Path(store.client.download_artifacts(record.run_id, CHECKPOINTS, folder))
-        for name in names:
-            try:
-                step = record.spec.steps if name == final_name else int(name.removeprefix("step-").removesuffix(".pt"))
-            except ValueError:
-                continue  # not a file of tinytrain's naming: nothing a reader of the run relies on
-            try:
-                record.checkpoints[step] = torch.load(local / name, weights_only=True)
-            except Exception as error:  # noqa: BLE001 - a damaged file is a finding, not a crash
-                record.unreadable["checkpoint", step] = f"{CHECKPOINTS}/{name}: {_reason(error)}"
 
 
 def _read_models(store: Store, run: Any, record: LoggedRun) -> None:
@@ -144,20 +120,18 @@ def _model_file(store_uri: str, artifact_location: str, folder: Path) -> Path:
 def load_model_weights(path: Path) -> tuple[dict, bool]:
     """A LoggedModel's weights, loaded weights-only, and whether they were a pickled net (an older store).
 
-    tinytrain's models keep a plain state dict (weights_pickle.py). Older ones pickled the LeNet itself:
-    torch's weights-only unpickler builds nothing but tensors and containers, and instances of the classes
-    allowed here, whose state it sets with torch's own Module.__setstate__: no code of the file runs. Anything
-    else (another net, a dict of other things) is refused.
+    tinytrain's models keep a plain state dict (model_files.py). Older ones pickled the LeNet itself
+    (legacy.py): torch's weights-only unpickler builds nothing but tensors and containers, and instances of the
+    classes allowed there, whose state it sets with torch's own Module.__setstate__: no code of the file runs.
+    Anything else (another net, a dict of other things) is refused.
     """
     import torch
 
-    from tinytrain.model import LeNet
-
-    allowed = [LeNet, torch.nn.Conv2d, torch.nn.Linear]  # the classes a pickled LeNet names
-    with torch.serialization.safe_globals(allowed):
+    with torch.serialization.safe_globals(legacy.pickled_net_classes()):
         loaded = torch.load(path, weights_only=True)
-    if isinstance(loaded, LeNet):
-        return {name: tensor.detach() for name, tensor in loaded.state_dict().items()}, True
+    pickled = legacy.pickled_net_weights(loaded)
+    if pickled is not None:
+        return pickled, True
     if isinstance(loaded, dict) and all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
     ):

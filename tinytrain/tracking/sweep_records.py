@@ -13,7 +13,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinytrain.spec import Experiment, load_experiment
+from tinytrain.results import DIVERGED
+from tinytrain.spec import Experiment
 from tinytrain.tracking.artifacts import local_artifact_file
 from tinytrain.tracking.contract import (
     EXPERIMENT_FILE,
@@ -25,15 +26,21 @@ from tinytrain.tracking.contract import (
     RUN_KEY,
     TrackingError,
 )
+from tinytrain.tracking.legacy import recorded_experiment
 from tinytrain.tracking.location import check_store, is_http, sqlite_path
 from tinytrain.tracking.sqlite import (
+    curves_of_runs_readonly,
     experiment_id_readonly,
+    experiments_readonly,
     finished_runs_readonly,
-    histories_readonly,
+    histories_of_runs_readonly,
     latest_run_with_tag_readonly,
     latest_sweep_readonly,
+    one_connection,
+    params_of_runs_readonly,
     query_sqlite,
     run_readonly,
+    runs_with_tag_readonly,
     store_is_new,
 )
 from tinytrain.tracking.store import Store
@@ -194,6 +201,12 @@ def read_sweep_experiment(uri: str, parent_run_id: str) -> str:
         return store.read_text(parent_run_id, EXPERIMENT_FILE)
 
 
+# The parameters of sqlite.py's finished-runs queries: the tags they join and the outcomes that count as finished
+FINISHED_RUNS_SQL = {
+    "key_tag": RUN_KEY,
+    "outcome_tag": OUTCOME,
+    **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
+}
 CURVES = ("test_accuracy",)  # histories besides the loss that reports plot
 
 
@@ -213,10 +226,11 @@ class CellRun:
     metrics: dict[str, float] = field(default_factory=dict)  # the run's metrics, each at its last step
     curves: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)  # CURVES: (step, value)
     arm: tuple[tuple[str, Any], ...] = ()  # the run's value of each of the grid's other axes (schedule, ...)
+    params: dict[str, str] = field(default_factory=dict)  # the run's params as logged (strings), in name order
 
     @property
     def diverged(self) -> bool:
-        return self.outcome == "diverged"
+        return self.outcome == DIVERGED
 
     @property
     def cell(self) -> tuple:
@@ -267,9 +281,10 @@ def read_sweep(
             raise TrackingError(
                 f"no store at {sqlite_path(uri)}: run `tinytrain sweep` first, or give the store with --tracking-uri"
             )
-        if parent_run_id is None:
-            parent_run_id = _latest_sweep_sqlite(uri, experiment)
-        record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses)
+        with one_connection(uri):
+            if parent_run_id is None:
+                parent_run_id = _latest_sweep_sqlite(uri, experiment)
+            record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses)
     if experiment is not None and record.experiment != experiment:
         raise TrackingError(
             f"run {parent_run_id} is a sweep of experiment '{record.experiment}', not "
@@ -336,7 +351,7 @@ def sweep_record(
         raise _not_a_sweep(parent_run_id)
     if experiment is None:
         text = store.read_text(parent_run_id, EXPERIMENT_FILE)
-        experiment = load_experiment(f"run {parent_run_id}", text=text, recorded=True)
+        experiment = recorded_experiment(text, f"run {parent_run_id}")
     experiment_id = parent.info.experiment_id
     finished = store.finished_runs_by_key(experiment_id)
     runs, missing = [], []
@@ -364,6 +379,7 @@ def sweep_record(
                     for name in CURVES
                     if with_losses and name in metrics
                 },
+                params=dict(sorted(run.data.params.items())),
             )
         )
     return SweepRecord(
@@ -407,21 +423,19 @@ def sweep_record_sqlite(
     if experiment is None:
         local = local_artifact_file(uri, artifact_uri, EXPERIMENT_FILE)  # None: artifacts elsewhere
         text = local.read_text() if local is not None and local.is_file() else read_sweep_experiment(uri, parent_run_id)
-        experiment = load_experiment(f"run {parent_run_id}", text=text, recorded=True)
-    names = {
-        "key_tag": RUN_KEY,
-        "outcome_tag": OUTCOME,
-        **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
-    }
-    finished = finished_runs_readonly(uri, experiment_id, names)
+        experiment = recorded_experiment(text, f"run {parent_run_id}")
+    finished = finished_runs_readonly(uri, experiment_id, FINISHED_RUNS_SQL)
     specs = experiment.specs()
+    run_ids = [finished[spec.key][0] for spec in specs if spec.key in finished]  # the sweep's runs, grid order
+    params = params_of_runs_readonly(uri, run_ids)
     losses: dict[str, list[tuple[int, float]]] = {}
     if with_losses and any(spec.key in finished and spec.key not in known_losses for spec in specs):
-        losses = histories_readonly(uri, experiment_id, names, LOSS)
+        unknown = [finished[spec.key][0] for spec in specs if spec.key in finished and spec.key not in known_losses]
+        losses = histories_of_runs_readonly(uri, unknown, LOSS)
     curves = {}
     if with_losses:
         curves = {
-            name: histories_readonly(uri, experiment_id, names, name)
+            name: histories_of_runs_readonly(uri, run_ids, name)
             for name in CURVES
             if any(name in metrics for _run_id, _outcome, metrics in finished.values())
         }
@@ -448,6 +462,7 @@ def sweep_record_sqlite(
                 else (),
                 metrics=dict(metrics),
                 curves={name: tuple(history.get(run_id, ())) for name, history in curves.items() if name in metrics},
+                params=params.get(run_id, {}),
             )
         )
     return SweepRecord(
@@ -460,3 +475,96 @@ def sweep_record_sqlite(
         tuple(missing),
         experiment.confirms,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The readers of the Python API: a sweep's curves as long rows, and the sweeps of a store. On a SQLite store
+# in plain SQL (one query a metric); on a server through MLflow's client. Tests hold both routes equal.
+
+CurveRow = tuple[str, int, str, float]  # (run id, step, metric, value)
+
+
+def read_curves(uri: str, sweep: SweepRecord, metrics: tuple[str, ...] = (LOSS,)) -> list[CurveRow]:
+    """(run id, step, metric, value) of the metrics' histories of the sweep's runs, in the sweep's run order,
+    then metric, then step."""
+    if is_http(uri):
+        with Store(uri) as store:
+            return curves_mlflow(store, sweep, metrics)
+    return curves_sqlite(uri, sweep, metrics)
+
+
+def curves_sqlite(uri: str, sweep: SweepRecord, metrics: tuple[str, ...]) -> list[CurveRow]:
+    return curves_of_runs_readonly(uri, [run.run_id for run in sweep.runs], list(metrics))
+
+
+def curves_mlflow(store: Store, sweep: SweepRecord, metrics: tuple[str, ...]) -> list[CurveRow]:
+    """MLflow's own route: one get_metric_history per run and metric."""
+    return [
+        (run.run_id, step, metric, value)
+        for run in sweep.runs
+        for metric in metrics
+        for step, value in store.history(run.run_id, metric)
+    ]
+
+
+SweepRow = tuple[str, str, str, str, str, int, int | None]  # id, run name, experiment id and name, status, start, end
+
+
+def read_sweeps(uri: str, experiment: str | None = None) -> list[SweepRow]:
+    """The sweeps (parent runs) of the store, or of one experiment, the latest first."""
+    if is_http(uri):
+        check_store(uri)
+        with Store(uri) as store:
+            return sweeps_mlflow(store, experiment)
+    if store_is_new(uri):
+        return []
+    return runs_with_tag_readonly(uri, KIND, "sweep", experiment)
+
+
+def sweeps_mlflow(store: Store, experiment: str | None = None) -> list[SweepRow]:
+    """MLflow's own route: search_runs over the active experiments."""
+    from mlflow.entities import ViewType
+
+    experiments = store.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+    names = {item.experiment_id: item.name for item in experiments if experiment in (None, item.name)}
+    if not names:
+        return []
+    runs, token = [], None
+    while True:
+        page = store.client.search_runs(
+            list(names), f"tags.`{KIND}` = 'sweep'", max_results=1000, page_token=token, order_by=["start_time DESC"]
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    runs.sort(key=lambda run: (-run.info.start_time, run.info.run_id))
+    return [
+        (
+            run.info.run_id,
+            run.info.run_name,
+            run.info.experiment_id,
+            names[run.info.experiment_id],
+            run.info.status,
+            run.info.start_time,
+            run.info.end_time,
+        )
+        for run in runs
+    ]
+
+
+def read_experiments(uri: str) -> list[tuple[str, str]]:
+    """(experiment id, name) of the active experiments that hold runs."""
+    if not is_http(uri):
+        return experiments_readonly(uri)
+    check_store(uri)
+    with Store(uri) as store:
+        return experiments_mlflow(store)
+
+
+def experiments_mlflow(store: Store) -> list[tuple[str, str]]:
+    from mlflow.entities import ViewType
+
+    experiments = store.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+    held = [item for item in experiments if store.client.search_runs([item.experiment_id], max_results=1)]
+    return sorted(((item.experiment_id, item.name) for item in held), key=lambda pair: int(pair[0]))
