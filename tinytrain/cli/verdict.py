@@ -10,9 +10,8 @@ import click
 
 from tinytrain import api
 from tinytrain.cli.common import (
-    EXIT_INTERRUPTED,
-    EXIT_RUNS_FAILED,
     BadInput,
+    ExitCode,
     resolved_uri,
     tracking_uri_option,
     translate_errors,
@@ -186,11 +185,11 @@ def confirm(
         )
     except KeyboardInterrupt:
         click.echo("Interrupted before any run started.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     outcome = confirmation.rounds[-1]
     if outcome.interrupted or confirmation.verdict is None:
         click.echo("Interrupted: run the same command again to resume.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     width = terminal_width() if output_format == "table" else None
     if output_format in ("table", "markdown"):
         tuning = confirmation.tuning
@@ -208,7 +207,7 @@ def confirm(
         state = "Separated" if result.separated else "Not separated"
         click.echo(f"\n{state} after {len(confirmation.rounds)} round(s), {len(confirmation.seeds)} seeds per arm.")
     if outcome.counts.failed:
-        sys.exit(EXIT_RUNS_FAILED)
+        sys.exit(ExitCode.FAILED)
 
 
 @click.command()
