@@ -8,12 +8,15 @@ imports the engines) does not load the API, and `import tinytrain` loads neither
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # `from tinytrain import plugins`: the module
+        return importlib.import_module(f"{__name__}.{name}")
     api = importlib.import_module("tinytrain.api")
     if name in api.__all__:
         return getattr(api, name)
