@@ -30,6 +30,7 @@ from tinytrain.errors import ConfigError
 from tinytrain.executors.base import EXECUTORS, ExecutorError
 from tinytrain.executors.cluster import CLUSTER_FOLDER
 from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
+from tinytrain.plugins import OPTIMIZER_GROUP, entry_points
 from tinytrain.reports.compare import COLUMNS as COMPARE_COLUMNS
 from tinytrain.reports.compare import FORMATS, RANKINGS
 from tinytrain.reports.compare import METRICS as COMPARE_METRICS
@@ -40,7 +41,8 @@ from tinytrain.spec import DEFAULTS, ENGINES, Experiment, RunSpec
 from tinytrain.spec import load_experiment as _load_experiment
 from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
 from tinytrain.tracking.contract import LOSS, TrackingError
-from tinytrain.tracking.location import is_http, resolve_tracking_uri
+from tinytrain.tracking.location import is_http, resolve_tracking_uri, ui_address, ui_command
+from tinytrain.tracking.views import sweep_links
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,7 +98,19 @@ __all__ = [
     "FAILED",
     "FINISHED",
     "check_compare_options",
+    "check_figure_format",
     "is_http",
+    "PLOT_KINDS",
+    # the links of the MLflow UI, and plugins
+    "latest_sweeps",
+    "sweep_links",
+    "ui_address",
+    "ui_command",
+    "OPTIMIZER_GROUP",
+    "entry_points",
+    # the verdict: records of a sweep, a confirmation sweep (the report modules load on first use)
+    "read_sweep",
+    "confirm",
 ]
 
 
