@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tinytrain.executors import make_executor
 from tinytrain.reports.summary import SweepSummary
+from tinytrain.results import RunResult
 from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.tracking import (
     Recorder,
@@ -23,6 +25,7 @@ from tinytrain.tracking import (
     runs_page_url,
     sweep_search,
 )
+from tinytrain.tracking.store import TAKEN, WON
 
 
 @dataclass
@@ -112,7 +115,13 @@ def run_sweep(
     try:
         recorder.open(experiment, specs, finished, force, with_parent)
         with _progress(len(specs), len(specs) - len(todo), enabled=progress) as advance:
-            for result in runner.run(todo, recorder.run_started):
+            shared = not force and executor != "dask"  # a Dask sweep hands the cluster every cell at once
+            results = (
+                shared_results(todo, runner, recorder, _wave(experiment, executor, jobs, len(todo)), advance)
+                if shared
+                else runner.run(todo, recorder.run_started)
+            )
+            for result in results:
                 recorder.run_finished(result)
                 if result.error:
                     failures.append(f"{result.spec.run_name}: {result.error}")
@@ -131,6 +140,51 @@ def run_sweep(
     return SweepOutcome(
         experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures, engines, notes
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sweeps that share a grid: each cell is claimed before it trains (tracking: Store.claim_cell)
+
+CLAIM_POLL_SECONDS = 2.0  # how often a sweep with nothing left to claim looks again at the cells others hold
+
+
+def shared_results(
+    todo: list[RunSpec], runner, recorder: SweepRecorder, wave: int, advance=lambda: None
+) -> Iterator[RunResult]:
+    """The results of the cells this sweep claims, as the executor yields them, until the grid is done.
+
+    Cells are claimed `wave` at a time (one per worker), in grid order, and trained; a cell another sweep
+    holds is left to it and looked at again once nothing else is left: finished by then, it is theirs
+    (the sweep counts it); if their lease lapsed, this sweep takes it over. The sweep ends when every cell
+    is finished, by it or by another, or failed in its own hands.
+    """
+    pending = list(todo)
+    while pending:
+        held: list[RunSpec] = []
+        while pending:
+            batch: list[RunSpec] = []
+            while pending and len(batch) < wave:
+                spec = pending.pop(0)
+                claim = recorder.claim(spec)
+                if claim.state == WON:
+                    batch.append(spec)
+                elif claim.state == TAKEN:
+                    held.append(spec)
+                else:
+                    advance()  # another sweep finished it
+            if batch:
+                yield from runner.run(batch, recorder.run_started)
+        if held:
+            time.sleep(CLAIM_POLL_SECONDS)
+            pending = held
+
+
+def _wave(experiment: Experiment, executor: str, jobs: int, cells: int) -> int:
+    """How many cells a sweep claims at once: one per worker; for the vmap engine, batches of a quarter of
+    the grid (a batched net trains many cells at once, and another sweep still gets its share)."""
+    if experiment.settings["engine"] == "vmap":
+        return max(jobs, -(-cells // 4))
+    return jobs if executor == "pool" or jobs > 1 else 1
 
 
 def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:

@@ -39,6 +39,7 @@ from tinytrain.tracking.recorder import (
     error_reason,
     make_summary,
 )
+from tinytrain.tracking.store import Claim
 from tinytrain.tracking.weights_file import save_weights
 
 # ---------------------------------------------------------------------------------------------------------
@@ -63,6 +64,16 @@ class RunStarted:
 
     def apply(self, recorder: Recorder) -> None:
         recorder.run_started(self.spec)
+
+
+@dataclass(frozen=True)
+class ClaimCell:
+    """Claim a cell before it trains; the reply is the store's Claim (won, taken by another sweep, done)."""
+
+    spec: RunSpec
+
+    def apply(self, recorder: Recorder) -> Claim:
+        return recorder.claim(self.spec)
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,7 @@ class Stop:
     """The sweep has its reply to Close: everything is committed, the writer may go."""
 
 
-Message = Open | RunStarted | RunFinished | ReadForSummary | Close | Stop
+Message = Open | ClaimCell | RunStarted | RunFinished | ReadForSummary | Close | Stop
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Q
     while True:
         if state["waiting_since"] is None:
             state["waiting_since"] = time.monotonic()
+        _renew_leases(recorder, state, lock, replies)
         try:
             request: Request = requests.get(timeout=0.25)
         except queue.Empty:
@@ -149,7 +161,7 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         _report_usage()
         exit_now(0)  # without the second it takes to tear down MLflow and torch
     if state["failed"] and not isinstance(message, Close):
-        return
+        return  # the sweep learns of the failure from the error sent first (a Claim waiting reads that)
     try:
         result = message.apply(recorder)
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which turns it into a message
@@ -158,6 +170,18 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         return
     if request.wants_reply:
         replies.put(("ok", result))
+
+
+def _renew_leases(recorder: Recorder, state: dict, lock: threading.Lock, replies: multiprocessing.Queue) -> None:
+    """Keep the claims this sweep holds while their cells train (a lapsed one is another sweep's to take)."""
+    if state["failed"] or recorder.store is None:
+        return
+    with lock:
+        try:
+            recorder.renew_leases()
+        except Exception as error:  # noqa: BLE001 - the store is gone: as any failed write
+            state["failed"] = True
+            replies.put(("error", error_reason(error)))
 
 
 MAX_RESULTS_IN_FLIGHT = 32  # results sent to the writer and not yet written (about 250 KB of weights each)
@@ -353,6 +377,11 @@ class BackgroundRecorder:
         with_parent: bool = True,
     ) -> None:
         self._send(Open(experiment, specs, finished, force, with_parent))
+
+    def claim(self, spec: RunSpec) -> Claim:
+        if self.died is not None:
+            raise self.died
+        return self._call(ClaimCell(spec))
 
     def run_started(self, spec: RunSpec) -> None:
         self._send(RunStarted(spec))
