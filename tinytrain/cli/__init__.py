@@ -1,7 +1,7 @@
 """The tinytrain command line: a thin click layer over the library (`import tinytrain`).
 
 Each module holds a family of commands: training.py (sweep, run), reports.py (compare, plot), trust.py
-(reproduce, gradcheck, optimizers), services.py (ui, cluster); common.py turns the library's errors into
+(reproduce, gradcheck, optimizers), services.py (ui, server, cluster); common.py turns the library's errors into
 one-line messages and exit codes. Neither torch nor MLflow (nor scipy) is imported at module level, so
 `tinytrain --help` is instant.
 """
@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 
 from tinytrain.cli.reports import compare, plot
-from tinytrain.cli.services import cluster, ui
+from tinytrain.cli.services import cluster, server, ui
 from tinytrain.cli.training import run, sweep
 from tinytrain.cli.trust import gradcheck, optimizers, reproduce
 from tinytrain.shutdown import exit_now
@@ -31,7 +31,7 @@ def cli() -> None:
     """
 
 
-for command in (sweep, run, compare, plot, reproduce, gradcheck, optimizers, ui, cluster):
+for command in (sweep, run, compare, plot, reproduce, gradcheck, optimizers, ui, server, cluster):
     cli.add_command(command)
 
 

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tinytrain.spec import ConfigError
 from tinytrain.tracking.contract import CELL_SUMMARY, KIND, PARENT, TrackingError
 
 DEFAULT_STORE = Path("mlruns") / "mlflow.db"
@@ -113,7 +114,51 @@ def sweep_search(parent_run_id: str, cells_only: bool = False) -> str:
     return search + f" and tags.`{KIND}` = '{CELL_SUMMARY}'" if cells_only else search
 
 
-def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict[str, str]]:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DATABASE_SCHEMES = ("postgresql+psycopg://", "postgresql://", "sqlite:///")
+POSTGRES_HINT = "pip install -e '.[postgres]'"
+
+
+def exposure_warning(host: str, allowed_hosts: str | None, basic_auth: bool) -> str | None:
+    """Check a server's --host before it starts: off loopback it needs --allowed-hosts (MLflow answers 403
+    to any Host header it does not list); the warning to print when nobody has to log in, else None."""
+    if host in LOOPBACK:
+        return None
+    if not allowed_hosts:
+        raise ConfigError(
+            f"--host {host} serves other machines, and MLflow refuses every Host header it was not told of: "
+            "add --allowed-hosts with the names clients use (e.g. --allowed-hosts 'team-server,team-server:5001')"
+        )
+    if basic_auth:
+        return None
+    return (
+        f"warning: the store is served on {host} without authentication: anyone who reaches this port can read, "
+        "write and delete every run; add --basic-auth (users log in with MLFLOW_TRACKING_USERNAME/PASSWORD)"
+    )
+
+
+def _serving_options(host: str, port: int, allowed_hosts: str | None, basic_auth: bool) -> list[str]:
+    """One web worker; the host check and basic auth where asked for."""
+    options = ["--host", host, "--port", str(port), "--workers", "1"]
+    if allowed_hosts:
+        options += ["--allowed-hosts", allowed_hosts]
+    if basic_auth:
+        options += ["--app-name", "basic-auth"]
+    return options
+
+
+def _server_environment() -> dict[str, str]:
+    """No telemetry and no job consumers: tinytrain needs none, and on two cores they slow all else."""
+    return {**NO_TELEMETRY, **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def _mlflow() -> str:
+    return str(Path(sys.executable).with_name("mlflow"))
+
+
+def server_command(
+    uri: str, host: str = "127.0.0.1", port: int = 5000, allowed_hosts: str | None = None, basic_auth: bool = False
+) -> tuple[list[str], dict[str, str]]:
     """`mlflow server` on a SQLite store, its artifacts served through it; and the environment it needs.
 
     One web worker and no job consumers: tinytrain needs neither, and on two cores they slow all else.
@@ -122,19 +167,62 @@ def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple
         raise TrackingError(f"{uri} is already a server: open {uri} in a browser")
     artifacts = sqlite_path(uri).parent / "artifacts"
     command = [
-        str(Path(sys.executable).with_name("mlflow")),
+        _mlflow(),
         "server",
         "--backend-store-uri",
         uri,
         "--serve-artifacts",
         "--artifacts-destination",
         artifacts.as_uri(),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
+        *_serving_options(host, port, allowed_hosts, basic_auth),
     ]
-    env = {**NO_TELEMETRY, **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return command, env
+    return command, _server_environment()
+
+
+def check_database_url(url: str) -> str:
+    """A database URL `mlflow server` can keep runs in (PostgreSQL through psycopg 3, or SQLite)."""
+    if url.startswith("postgres://"):
+        raise ConfigError(f"'{url}': SQLAlchemy needs postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE")
+    if not url.startswith(DATABASE_SCHEMES):
+        raise ConfigError(
+            f"'{url}' is not a database URL: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE "
+            "(or sqlite:///PATH)"
+        )
+    if url.startswith("postgresql"):
+        import importlib.util
+
+        driver = "psycopg" if url.startswith("postgresql+psycopg://") else "psycopg2"
+        if importlib.util.find_spec(driver) is None:
+            raise ConfigError(f"{url.split('://')[0]} needs {driver}: run {POSTGRES_HINT} in the project's .venv")
+    return url
+
+
+def database_server_commands(
+    url: str,
+    artifacts: str,
+    serve_artifacts: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    allowed_hosts: str | None = None,
+    basic_auth: bool = False,
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """`mlflow db upgrade` (creates or upgrades the schema) and `mlflow server` on a database, for a team.
+
+    Artifacts go to `artifacts` (a folder or a URI): served by the server (clients send them over HTTP),
+    or, without serve_artifacts, written there by each client itself (a folder every machine mounts).
+    """
+    check_database_url(url)
+    location = artifacts if "://" in artifacts else Path(artifacts).expanduser().resolve().as_uri()
+    where = ["--serve-artifacts", "--artifacts-destination", location]
+    if not serve_artifacts:
+        where = ["--no-serve-artifacts", "--default-artifact-root", location]
+    upgrade = [_mlflow(), "db", "upgrade", url]
+    serve = [
+        _mlflow(),
+        "server",
+        "--backend-store-uri",
+        url,
+        *where,
+        *_serving_options(host, port, allowed_hosts, basic_auth),
+    ]
+    return upgrade, serve, _server_environment()
