@@ -30,6 +30,7 @@ from tinytrain.results import RunResult
 from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import TrackingError
+from tinytrain.tracking.location import is_http, server_failure
 from tinytrain.tracking.read import SweepRecord
 from tinytrain.tracking.recorder import (
     MadeSummary,
@@ -162,11 +163,15 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         exit_now(0)  # without the second it takes to tear down MLflow and torch
     if state["failed"] and not isinstance(message, Close):
         return  # the sweep learns of the failure from the error sent first (a Claim waiting reads that)
+    if isinstance(message, Close) and state.get("unreachable"):
+        # every write would wait out MLflow's retries again: the runs left RUNNING are marked FAILED by
+        # the next sweep (their process is gone) or taken over when their lease lapses
+        replies.put(("ok", recorder.counts))
+        return
     try:
         result = message.apply(recorder)
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which turns it into a message
-        state["failed"] = True
-        replies.put(("error", error_reason(error)))
+        _failed(error, recorder, state, replies)
         return
     if request.wants_reply:
         replies.put(("ok", result))
@@ -180,8 +185,15 @@ def _renew_leases(recorder: Recorder, state: dict, lock: threading.Lock, replies
         try:
             recorder.renew_leases()
         except Exception as error:  # noqa: BLE001 - the store is gone: as any failed write
-            state["failed"] = True
-            replies.put(("error", error_reason(error)))
+            _failed(error, recorder, state, replies)
+
+
+def _failed(error: Exception, recorder: Recorder, state: dict, replies: multiprocessing.Queue) -> None:
+    """Stop writing, and tell the sweep why in one line (a server that went away says so, and what to do)."""
+    line = server_failure(error, recorder.uri if is_http(recorder.uri) else None)
+    state["failed"] = True
+    state["unreachable"] = line is not None and ("cannot reach" in line or "did not answer" in line)
+    replies.put(("error", line or error_reason(error)))
 
 
 MAX_RESULTS_IN_FLIGHT = 32  # results sent to the writer and not yet written (about 250 KB of weights each)

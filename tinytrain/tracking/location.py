@@ -18,6 +18,16 @@ DEFAULT_STORE = Path("mlruns") / "mlflow.db"
 # MLflow 3 sends usage telemetry from every process that imports it; a research tool should not phone home.
 # Set in the environment of the processes that use MLflow: the store's (Store) and the server's.
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+# MLflow's HTTP client retries a failed request 7 times with a backoff doubling from 2 s, each try waiting
+# up to 120 s for an answer: a sweep whose server went away waited minutes without a word. Bounded here for
+# tinytrain's processes (set in the environment before MLflow is imported; a user's own values win): a
+# refused connection fails in about 4 s, a server that stopped answering in about 33 s.
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -56,18 +66,43 @@ def artifact_root(uri: str) -> str | None:
     return (sqlite_path(uri).parent / "artifacts").as_uri()
 
 
+def rest_request(uri: str, path: str, body: dict | None = None) -> urllib.request.Request:
+    """A request to a tracking server's REST API, with the credentials MLflow's client would send
+    (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for basic auth, or MLFLOW_TRACKING_TOKEN)."""
+    import base64
+    import json
+
+    headers = {"Content-Type": "application/json"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    data = json.dumps(body).encode() if body is not None else None
+    return urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=data, headers=headers)
+
+
 def check_store(uri: str, timeout: float = 3.0) -> None:
-    """Fail fast, with one line, when the store cannot be used; before any run starts."""
+    """Fail fast, with one line, when the store cannot be used; before any run starts.
+
+    A server is asked for its health, then for one experiment as this user: /health needs no login and
+    passes MLflow's host check, so only the second finds a missing password or a host name not allowed.
+    """
     if is_http(uri):
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as response:
                 if response.status != 200:
-                    raise TrackingError(f"the tracking server at {uri} answered {response.status} on /health")
+                    raise TrackingError(http_status_line(uri, response.status))
+            probe = rest_request(uri, "experiments/search", {"max_results": 1})
+            with urllib.request.urlopen(probe, timeout=max(timeout, 10.0)):
+                pass
+        except urllib.error.HTTPError as error:
+            raise TrackingError(http_status_line(uri, error.code)) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise TrackingError(
-                f"cannot reach the tracking server at {uri} ({reason}): start it with "
-                "`make server` or fix --tracking-uri"
+                f"cannot reach the tracking server at {uri} ({reason}): start it (tinytrain server, "
+                "make server) or fix --tracking-uri"
             ) from None
         return
     folder = sqlite_path(uri).parent
@@ -77,6 +112,58 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
         raise TrackingError(f"cannot create the store folder {folder}: {error.strerror}") from None
     if not os.access(folder, os.W_OK):
         raise TrackingError(f"the store folder {folder} is not writable: fix its permissions or use --tracking-uri")
+
+
+def http_status_line(uri: str, status: int) -> str:
+    """What a status from a tracking server means for a tinytrain command, and what to do: one line."""
+    where = f"the tracking server at {uri}"
+    if status == 401:
+        return (
+            f"{where} answered 401 Unauthorized: it runs with basic auth; set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to a user of it"
+        )
+    if status == 403:
+        return (
+            f"{where} answered 403 Forbidden: the server was not started with this host name in --allowed-hosts "
+            "(MLflow's 'Invalid Host header'), or your user lacks permission on the experiment"
+        )
+    if status == 404:
+        return f"{where} answered 404 Not Found: it is not an MLflow tracking server; fix --tracking-uri"
+    if status >= 500:
+        return f"{where} failed with {status}: see the server's log (its database may be down or full)"
+    return f"{where} answered {status}"
+
+
+def server_failure(error: BaseException, uri: str | None = None) -> str | None:
+    """A failure to talk to a tracking server as one line naming the cause and the fix; None for any other
+    error. Reads MLflow's and requests' exceptions by their shape, without importing either."""
+    where = f"the tracking server at {uri}" if uri else "the tracking server"
+    status = getattr(getattr(error, "response", None), "status_code", None) or getattr(error, "code", None)
+    text = str(error)
+    if isinstance(status, int) and 400 <= status < 600 and type(error).__name__ != "MlflowException":
+        return http_status_line(uri or "?", status)
+    for code in (401, 403, 404, 500, 502, 503, 504):
+        if f"response code {code}" in text or f"status code {code}" in text or f"'{code} " in text:
+            return http_status_line(uri or "?", code)
+    if type(error).__name__ == "RestException" and "UNAUTHENTICATED" in text:
+        return http_status_line(uri or "?", 401)
+    if type(error).__name__ == "RestException" and "PERMISSION_DENIED" in text:
+        return http_status_line(uri or "?", 403)
+    lowered = text.lower()
+    if "timed out" in lowered or "timeout" in lowered:
+        return (
+            f"{where} did not answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s "
+            "(MLFLOW_HTTP_REQUEST_TIMEOUT): it is overloaded or hung; check it, then run the command again"
+        )
+    if any(
+        sign in lowered
+        for sign in ("connection refused", "max retries exceeded", "failed to establish", "connection aborted")
+    ) or isinstance(error, ConnectionError):
+        return (
+            f"cannot reach {where} (connection refused or lost): start it again (tinytrain server, make "
+            "server) or fix --tracking-uri, then run the command again"
+        )
+    return None
 
 
 RUN_NAME_ORDER = "tags.`mlflow.runName`"  # how the UI names its run-name sort

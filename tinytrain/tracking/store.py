@@ -33,7 +33,7 @@ from tinytrain.tracking.contract import (
     RUN_KEY,
     TrackingError,
 )
-from tinytrain.tracking.location import NO_TELEMETRY, artifact_root, is_http
+from tinytrain.tracking.location import HTTP_BOUNDS, NO_TELEMETRY, artifact_root, is_http
 from tinytrain.tracking.provenance import owner_is_gone, process_owner
 from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
 
@@ -113,7 +113,7 @@ class Store:
         """
         import logging
 
-        for name, value in NO_TELEMETRY.items():  # before MLflow is imported
+        for name, value in {**NO_TELEMETRY, **HTTP_BOUNDS}.items():  # before MLflow is imported
             os.environ.setdefault(name, value)
         import mlflow
 
