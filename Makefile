@@ -9,7 +9,7 @@ SCHEDULER_PORT ?= 8786
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep one-step digits test ui server cluster cluster-stop bench lint lock clean clean-store
+.PHONY: help setup sweep one-step digits test ui server team-server cluster cluster-stop bench lint lock clean clean-store
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ ui: $(STAMP) ## The MLflow UI on mlruns/ at http://127.0.0.1:5000 (PORT=...; Ctr
 
 server: $(STAMP) ## An mlflow server on mlruns/ at http://127.0.0.1:5001 (SERVER_PORT=...) to log to over HTTP
 	$(BIN)/tinytrain ui --port $(SERVER_PORT)
+
+team-server: $(STAMP) ## A team's mlflow server on PostgreSQL: DATABASE_URL=postgresql+psycopg://USER:PW@HOST/DB (SERVER_PORT, ARGS)
+	$(BIN)/python $(PIP) -e '.[postgres]'
+	$(BIN)/tinytrain server "$(DATABASE_URL)" --port $(SERVER_PORT) $(ARGS)
 
 cluster: $(STAMP) ## A local Dask scheduler and two workers on 127.0.0.1 (make cluster-stop ends them)
 	$(BIN)/tinytrain cluster --port $(SCHEDULER_PORT) --workers 2

@@ -153,25 +153,36 @@ def shared_results(
 ) -> Iterator[RunResult]:
     """The results of the cells this sweep claims, as the executor yields them, until the grid is done.
 
-    Cells are claimed `wave` at a time (one per worker), in grid order, and trained; a cell another sweep
-    holds is left to it and looked at again once nothing else is left: finished by then, it is theirs
-    (the sweep counts it); if their lease lapsed, this sweep takes it over. The sweep ends when every cell
-    is finished, by it or by another, or failed in its own hands.
+    Cells are claimed in grid order and trained `wave` at a time (one per worker); the next wave's claims
+    go out while one trains, so that claiming costs no training time. A cell another sweep holds is left
+    to it and looked at again once nothing else is left: finished by then, it is theirs (the sweep counts
+    it); if their lease lapsed, this sweep takes it over. The sweep ends when every cell is finished, by it
+    or by another, or failed in its own hands.
     """
     pending = list(todo)
+    asked: list[RunSpec] = []  # claims sent, answers not read yet (in this order)
+
+    def ask(count: int) -> None:
+        while pending and len(asked) < count:
+            spec = pending.pop(0)
+            recorder.send_claim(spec)
+            asked.append(spec)
+
     while pending:
         held: list[RunSpec] = []
-        while pending:
+        ask(wave)
+        while asked:
             batch: list[RunSpec] = []
-            while pending and len(batch) < wave:
-                spec = pending.pop(0)
-                claim = recorder.claim(spec)
+            while asked and len(batch) < wave:
+                spec = asked.pop(0)
+                claim = recorder.claim_reply()
                 if claim.state == WON:
                     batch.append(spec)
                 elif claim.state == TAKEN:
                     held.append(spec)
                 else:
                     advance()  # another sweep finished it
+                ask(wave)  # the next wave's claims go out while this one trains
             if batch:
                 yield from runner.run(batch, recorder.run_started)
         if held:

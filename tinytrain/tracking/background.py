@@ -14,6 +14,7 @@ the one a sweep waits for at its end, while the sweep's own has finished trainin
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import multiprocessing
@@ -40,7 +41,7 @@ from tinytrain.tracking.recorder import (
     error_reason,
     make_summary,
 )
-from tinytrain.tracking.store import Claim
+from tinytrain.tracking.store import TAKEN, Claim
 from tinytrain.tracking.weights_file import save_weights
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,7 +163,9 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         _report_usage()
         exit_now(0)  # without the second it takes to tear down MLflow and torch
     if state["failed"] and not isinstance(message, Close):
-        return  # the sweep learns of the failure from the error sent first (a Claim waiting reads that)
+        if isinstance(message, ClaimCell):  # answered all the same: the sweep reads its claims in order
+            replies.put(("ok", Claim(TAKEN)))
+        return  # the sweep learns of the failure from the error sent first
     if isinstance(message, Close) and state.get("unreachable"):
         # every write would wait out MLflow's retries again: the runs left RUNNING are marked FAILED by
         # the next sweep (their process is gone) or taken over when their lease lapses
@@ -172,6 +175,8 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         result = message.apply(recorder)
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which turns it into a message
         _failed(error, recorder, state, replies)
+        if isinstance(message, ClaimCell):  # after the error, the claim's own answer (see claim_reply)
+            replies.put(("ok", Claim(TAKEN)))
         return
     if request.wants_reply:
         replies.put(("ok", result))
@@ -313,6 +318,8 @@ class BackgroundRecorder:
         with _sigint_ignored():  # from its first instruction: Ctrl-C to the group must not kill it mid-import
             self.process.start()
         self.counts: SweepCounts | None = None
+        self.kept: collections.deque = collections.deque()  # replies read early (raise_if_failed), in order
+        self.claims_waiting = 0  # claims sent whose answer was not read
         self.died: WriterDied | None = None
         self._closing = False
         self._previous_handler = None
@@ -357,7 +364,9 @@ class BackgroundRecorder:
         return self._reply()
 
     def _reply(self) -> Any:
-        """The reply to the message sent last that wants one."""
+        """The reply to the oldest message sent that wants one and whose reply was not read yet."""
+        if self.kept:
+            return self.kept.popleft()
         while True:
             try:
                 status, value = self.replies.get(timeout=1.0)
@@ -379,6 +388,7 @@ class BackgroundRecorder:
             return
         if status == "error":
             raise TrackingError(f"writing to the store failed: {value}")
+        self.kept.append(value)  # the answer to a claim sent ahead: _reply gives it when asked
 
     def open(
         self,
@@ -391,9 +401,21 @@ class BackgroundRecorder:
         self._send(Open(experiment, specs, finished, force, with_parent))
 
     def claim(self, spec: RunSpec) -> Claim:
+        self.send_claim(spec)
+        return self.claim_reply()
+
+    def send_claim(self, spec: RunSpec) -> None:
         if self.died is not None:
             raise self.died
-        return self._call(ClaimCell(spec))
+        self.raise_if_failed()
+        self.requests.put(Request(ClaimCell(spec), wants_reply=True))
+        self.claims_waiting += 1
+
+    def claim_reply(self) -> Claim:
+        """The answer to the oldest claim sent and not yet read."""
+        claim = self._reply()  # an error read here is an earlier write's: the claim's answer still comes
+        self.claims_waiting -= 1
+        return claim
 
     def run_started(self, spec: RunSpec) -> None:
         self._send(RunStarted(spec))
@@ -416,6 +438,8 @@ class BackgroundRecorder:
         if self.died is not None:
             raise self.died
         try:
+            while self.claims_waiting:  # claims sent ahead of an interruption: their runs are closed below
+                self.claim_reply()
             made = self._made_summary(status) if self.summary is not None and status == "FINISHED" else None
             self.counts = self._call(Close(status, reason, made))
             return self.counts

@@ -100,10 +100,9 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
             raise TrackingError(http_status_line(uri, error.code)) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise TrackingError(
-                f"cannot reach the tracking server at {uri} ({reason}): start it (tinytrain server, "
-                "make server) or fix --tracking-uri"
-            ) from None
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                raise TrackingError(timeout_line(f"the tracking server at {uri}")) from None
+            raise TrackingError(unreachable_line(f"the tracking server at {uri}", str(reason))) from None
         return
     folder = sqlite_path(uri).parent
     try:
@@ -136,34 +135,47 @@ def http_status_line(uri: str, status: int) -> str:
 
 def server_failure(error: BaseException, uri: str | None = None) -> str | None:
     """A failure to talk to a tracking server as one line naming the cause and the fix; None for any other
-    error. Reads MLflow's and requests' exceptions by their shape, without importing either."""
+    error. Reads MLflow's and requests' exceptions by their text, without importing either."""
+    import re
+
+    if type(error).__module__.split(".")[0] not in ("mlflow", "requests", "urllib3", "urllib"):
+        return None  # e.g. a BrokenPipeError of `tinytrain ... | head`: not the server's
     where = f"the tracking server at {uri}" if uri else "the tracking server"
-    status = getattr(getattr(error, "response", None), "status_code", None) or getattr(error, "code", None)
     text = str(error)
-    if isinstance(status, int) and 400 <= status < 600 and type(error).__name__ != "MlflowException":
-        return http_status_line(uri or "?", status)
-    for code in (401, 403, 404, 500, 502, 503, 504):
-        if f"response code {code}" in text or f"status code {code}" in text or f"'{code} " in text:
-            return http_status_line(uri or "?", code)
-    if type(error).__name__ == "RestException" and "UNAUTHENTICATED" in text:
-        return http_status_line(uri or "?", 401)
-    if type(error).__name__ == "RestException" and "PERMISSION_DENIED" in text:
-        return http_status_line(uri or "?", 403)
+    status = re.search(r"error code (\d{3}) !=|too many (\d{3}) error responses|HTTP Error (\d{3})", text)
+    if status:
+        return http_status_line(uri or "?", int(next(group for group in status.groups() if group)))
+    if type(error).__name__ == "RestException":
+        for name, code in (("UNAUTHENTICATED", 401), ("PERMISSION_DENIED", 403), ("ENDPOINT_NOT_FOUND", 404)):
+            if text.startswith(name):
+                return http_status_line(uri or "?", code)
+        if text.startswith(("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")):
+            return http_status_line(uri or "?", 500)
+        return None
     lowered = text.lower()
     if "timed out" in lowered or "timeout" in lowered:
-        return (
-            f"{where} did not answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s "
-            "(MLFLOW_HTTP_REQUEST_TIMEOUT): it is overloaded or hung; check it, then run the command again"
-        )
+        return timeout_line(where)
     if any(
         sign in lowered
         for sign in ("connection refused", "max retries exceeded", "failed to establish", "connection aborted")
-    ) or isinstance(error, ConnectionError):
-        return (
-            f"cannot reach {where} (connection refused or lost): start it again (tinytrain server, make "
-            "server) or fix --tracking-uri, then run the command again"
-        )
+    ):
+        return unreachable_line(where)
     return None
+
+
+def timeout_line(where: str) -> str:
+    seconds = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    return (
+        f"{where} did not answer within {seconds} s (MLFLOW_HTTP_REQUEST_TIMEOUT): it is overloaded or hung; "
+        "check it, then run the command again"
+    )
+
+
+def unreachable_line(where: str, reason: str = "connection refused or lost") -> str:
+    return (
+        f"cannot reach {where} ({reason}): start it (tinytrain server, make server) or fix --tracking-uri, "
+        "then run the command again"
+    )
 
 
 RUN_NAME_ORDER = "tags.`mlflow.runName`"  # how the UI names its run-name sort

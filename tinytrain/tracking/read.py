@@ -23,7 +23,15 @@ from tinytrain.tracking.contract import (
     RUN_KEY,
     TrackingError,
 )
-from tinytrain.tracking.location import check_store, http_status_line, is_http, rest_request, sqlite_path
+from tinytrain.tracking.location import (
+    check_store,
+    http_status_line,
+    is_http,
+    rest_request,
+    server_failure,
+    sqlite_path,
+    unreachable_line,
+)
 from tinytrain.tracking.sqlite import (
     experiment_id_readonly,
     finished_runs_readonly,
@@ -70,10 +78,8 @@ def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
                 return None
             raise TrackingError(http_status_line(uri, error.code)) from None
         except (urllib.error.URLError, OSError) as error:
-            raise TrackingError(
-                f"cannot reach the tracking server at {uri} ({getattr(error, 'reason', error)}): start it "
-                "(tinytrain server, make server) or fix --tracking-uri"
-            ) from None
+            line = server_failure(error, uri) or unreachable_line(f"the tracking server at {uri}", str(error))
+            raise TrackingError(line) from None
 
     found = call(f"experiments/get-by-name?experiment_name={quote(experiment_name)}")
     if found is None:

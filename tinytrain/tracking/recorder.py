@@ -134,6 +134,12 @@ class SweepRecorder(Protocol):
 
     def claim(self, spec: RunSpec) -> Claim: ...
 
+    def send_claim(self, spec: RunSpec) -> None:
+        """Claim a cell, the answer to be read with claim_reply (in the order they were sent): a sweep claims
+        the next cells while the current ones train."""
+
+    def claim_reply(self) -> Claim: ...
+
     def run_started(self, spec: RunSpec) -> None: ...
 
     def run_finished(self, result: RunResult) -> None: ...
@@ -161,6 +167,7 @@ class Recorder:
         self.experiment: Experiment | None = None
         self.logged_losses: dict[str, tuple[float, ...]] = {}  # key -> losses of the runs this sweep wrote
         self.claimed: set[str] = set()  # keys of the cells this sweep claimed and has not recorded yet
+        self.claims_sent: list[RunSpec] = []  # in this process, a claim sent is made when its reply is read
         self.lease = lease_seconds()
         self.renewed_at = 0.0
 
@@ -203,6 +210,12 @@ class Recorder:
         elif claim.state == DONE:
             self.counts.others += 1
         return claim
+
+    def send_claim(self, spec: RunSpec) -> None:
+        self.claims_sent.append(spec)
+
+    def claim_reply(self) -> Claim:
+        return self.claim(self.claims_sent.pop(0))
 
     def renew_leases(self) -> None:
         """Push the lease of every claim this sweep holds a lease further, every third of a lease."""

@@ -38,6 +38,7 @@ from tinytrain.tracking.provenance import owner_is_gone, process_owner
 from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
 
 WON, TAKEN, DONE = "won", "taken", "done"  # what claiming a cell gives (Claim.state)
+SETTLE_SECONDS = 0.05  # the least a claim waits before it reads the cell's claims a second time
 
 
 @dataclass(frozen=True)
@@ -252,8 +253,16 @@ class Store:
             why = "its process ended" if run.owner_gone else f"its lease lapsed at {run.lease_until:.0f}"
             self.client.set_tag(run.run_id, ERROR, f"abandoned: {why}; another sweep took the cell over")
             self.client.set_terminated(run.run_id, "FAILED")
+        started = time.monotonic()
         run_id = self.start_run(experiment_id, parent_run_id, spec, {**tags, LEASE: f"{time.time() + lease:.3f}"})
         decided = decide_claim(self.cell_runs(experiment_id, spec.key), run_id, time.time())
+        if decided is not None and decided.state == WON:
+            # A claim started before this one may still be on its way to the store (its start time is its
+            # client's, its commit comes later, e.g. behind SQLite's lock): read again once as long again
+            # has passed, so that the two see each other and the earlier wins. One still later than that
+            # is caught before a result is recorded (still_holds): the later one yields.
+            time.sleep(min(max(time.monotonic() - started, SETTLE_SECONDS), 1.0))
+            decided = decide_claim(self.cell_runs(experiment_id, spec.key), run_id, time.time())
         if decided is None or decided.state != WON:
             self.release_claim(run_id, decided)
             return decided or Claim(TAKEN)
