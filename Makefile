@@ -54,7 +54,6 @@ server: $(STAMP) ## An mlflow server on mlruns/ at http://127.0.0.1:5001 (SERVER
 	$(BIN)/tinytrain ui --port $(SERVER_PORT)
 
 team-server: $(STAMP) ## A team's mlflow server on PostgreSQL: DATABASE_URL=postgresql+psycopg://USER:PW@HOST/DB (SERVER_PORT, ARGS)
-	$(BIN)/python $(PIP) -e '.[postgres]'
 	$(BIN)/tinytrain server "$(DATABASE_URL)" --port $(SERVER_PORT) $(ARGS)
 
 cluster: $(STAMP) ## A local Dask scheduler and two workers on 127.0.0.1 (make cluster-stop ends them)

@@ -135,40 +135,60 @@ def claimed_runs(uri: str) -> list:
         return []
 
 
-def test_a_stalled_sweeps_cells_are_taken_over_once_its_lease_lapses(
+def test_a_sweep_killed_among_others_has_its_cells_finished_by_them(
     store_uri, experiment_file, tmp_path, process_groups
 ):
-    """A sweep that stops renewing its claims (stopped here with SIGSTOP: alive, so only its lease can tell)
-    has its claimed cell trained by the others after one lease; then it is killed; each cell once."""
+    """SIGKILL one of two sweeps (its writer too) while it holds a claim: the other sweep takes its cells over
+    (their process is gone: at once) and finishes the grid, each cell once, nothing RUNNING after a rerun."""
     grid = experiment_file(GRID.replace("steps = 150", "steps = 400"))
-    lease = {"TINYTRAIN_LEASE_SECONDS": "6"}
-    (stalled,) = start_sweeps(process_groups, tmp_path, grid, store_uri, 1, env=lease)
-    deadline = time.monotonic() + 180
-    while not claimed_runs(store_uri):
-        assert stalled.poll() is None and time.monotonic() < deadline, "the sweep never claimed a cell"
+    killed, survivor = start_sweeps(process_groups, tmp_path, grid, store_uri, 2)
+    deadline = time.monotonic() + 300
+    from tinytrain.tracking import finished_keys_readonly
+
+    while True:
+        assert killed.poll() is None and time.monotonic() < deadline, killed.output_path.read_text()
+        try:
+            if len(finished_keys_readonly(store_uri, NAME)) >= 2 and claimed_runs(store_uri):
+                break
+        except Exception:  # noqa: BLE001 - the store is being created
+            pass
         time.sleep(0.05)
-    os.killpg(stalled.pid, signal.SIGSTOP)
-    held = {run_id for (run_id,) in claimed_runs(store_uri)}
-    (tmp_path / "others").mkdir()
-    others = start_sweeps(process_groups, tmp_path / "others", grid, store_uri, 2, env=lease)
-    outputs = outputs_when_done(others)
-    os.killpg(stalled.pid, signal.SIGKILL)
-    stalled.wait()
-    assert sum(int(output.split("Took over ")[1].split()[0]) for output in outputs if "Took over" in output) == len(
-        held
-    ), outputs
-    runs = {run.info.run_id: run for run in every_cell_run(store_uri)}
-    for run_id in held:  # the stalled sweep's claim is FAILED with the reason, not RUNNING
-        if runs[run_id].data.tags.get("tinytrain.kind") == "run":
-            assert runs[run_id].info.status == "FAILED"
-            assert "lease lapsed" in runs[run_id].data.tags["tinytrain.error"]
-    finished = [
-        run for run in runs.values() if run.info.status == "FINISHED" and run.data.tags.get("tinytrain.kind") == "run"
-    ]
-    keys = [run.data.tags["tinytrain.run_key"] for run in finished]
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    (output,) = outputs_when_done([survivor])
+    assert "Took over" in output, output
+    runs = [run for run in every_cell_run(store_uri) if run.data.tags.get("tinytrain.kind") == "run"]
+    keys = [run.data.tags["tinytrain.run_key"] for run in runs if run.info.status == "FINISHED"]
     assert len(keys) == len(set(keys)) == CELLS
-    # the stalled sweep's parent is left RUNNING by SIGKILL: the next sweep marks it FAILED, nothing to train
-    assert_each_cell_once_after_rerun(store_uri, grid)
+    assert_each_cell_once_after_rerun(store_uri, grid)  # the killed sweep's parent run: marked FAILED
+
+
+def test_a_claim_whose_lease_lapsed_is_taken_over_within_one_lease(
+    store_uri, experiment_file, tmp_path, process_groups
+):
+    """A sweep on another machine claimed a cell and went silent (its owner is another host's, so only the
+    lease can tell): two sweeps train the rest, wait for that cell, and one of them takes it over once the
+    lease lapses; its claim is FAILED with the reason."""
+    from tinytrain.spec import load_experiment
+    from tinytrain.tracking import Store
+
+    grid = experiment_file(GRID)
+    spec = load_experiment(grid).specs()[-1]
+    with Store(store_uri, writer=True) as store:
+        experiment_id = store.experiment_id(NAME)
+        foreign = {"tinytrain.owner": "another-machine:4242:1"}
+        claim = store.claim_cell(experiment_id, None, spec, foreign, 20.0)
+    assert claim.state == "won"
+    lapses_at = time.time() + 20
+    outputs = outputs_when_done(start_sweeps(process_groups, tmp_path, grid, store_uri, 2))
+    assert time.time() >= lapses_at  # they waited for it
+    assert sum("Took over 1 cell(s)" in output for output in outputs) == 1, outputs
+    assert sum(trained(output) for output in outputs) == CELLS
+    import mlflow
+
+    lapsed = mlflow.MlflowClient(store_uri).get_run(claim.run_id)
+    assert lapsed.info.status == "FAILED" and "lease lapsed" in lapsed.data.tags["tinytrain.error"]
+    assert_each_cell_once(store_uri)
 
 
 def assert_each_cell_once_after_rerun(uri: str, grid: str) -> None:
