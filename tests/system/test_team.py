@@ -379,7 +379,7 @@ class _Answers:
                     time.sleep(60)
                     return
                 code = 200 if self.path == "/health" else status
-                body = b"OK" if code == 200 else b'{"error_code": "X", "message": "no"}'
+                body = b"OK" if code == 200 else b"refused"  # as a proxy or the auth app answers: not JSON
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -420,7 +420,7 @@ def test_every_server_failure_is_one_line_in_every_command(status, says, command
     args = {
         "sweep": ["sweep", "--set", "steps=1", "--quiet"],
         "compare": ["compare"],
-        "plot": ["plot", "--output", str(tmp_path / "p.png")],
+        "plot": ["plot", "--out", str(tmp_path / "p.png")],
         "reproduce": ["reproduce", "0123456789abcdef0123456789abcdef"],
         "run": ["run", "--steps", "1"],
     }[command]

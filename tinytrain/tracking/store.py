@@ -33,7 +33,7 @@ from tinytrain.tracking.contract import (
     RUN_KEY,
     TrackingError,
 )
-from tinytrain.tracking.location import HTTP_BOUNDS, NO_TELEMETRY, artifact_root, is_http
+from tinytrain.tracking.location import HTTP_BOUNDS, NO_TELEMETRY, artifact_root, is_http, server_failure
 from tinytrain.tracking.provenance import owner_is_gone, process_owner
 from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
 
@@ -119,6 +119,8 @@ class Store:
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter on a new store
+        # a server's failure is the command's one line (server_failure), not a warning before it as well
+        logging.getLogger("mlflow.exceptions").setLevel(logging.ERROR)
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format notice, once a model
         # Over HTTP MLflow prints "View run ... at" for each run it ends (and fetches the run to do so).
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -367,7 +369,10 @@ class Store:
 
         try:
             return self.client.get_run(run_id)
-        except MlflowException:
+        except MlflowException as error:
+            line = server_failure(error, self.uri if is_http(self.uri) else None)
+            if line is not None:
+                raise TrackingError(line) from None
             raise TrackingError(
                 f"no run '{run_id}' in {self.uri}: check the id (the UI or `tinytrain compare` "
                 "shows them) and --tracking-uri"
