@@ -280,7 +280,7 @@ def test_sweep_killed_resumed_compared_and_reproduced_on_postgres(team_server, e
         timeout=300,
     )
     assert compared.returncode == 0, compared.stderr
-    assert "adam@0.001" in compared.stdout
+    assert "final loss after 300 steps over 3 seeds" in compared.stdout
     run_id = finished_keys_readonly(url, NAME).popitem()[1]
     reproduced = subprocess.run(
         [tinytrain_command(), "reproduce", run_id, "--tracking-uri", url], capture_output=True, text=True, timeout=300
