@@ -145,7 +145,7 @@ def run_sweep(
 # ---------------------------------------------------------------------------------------------------------
 # Sweeps that share a grid: each cell is claimed before it trains (tracking: Store.claim_cell)
 
-CLAIM_POLL_SECONDS = 2.0  # how often a sweep with nothing left to claim looks again at the cells others hold
+CLAIM_POLL_SECONDS = 1.0  # how often a sweep with nothing left to claim looks again at the cells others hold
 
 
 def shared_results(
