@@ -363,14 +363,17 @@ class BackgroundRecorder:
         self.requests.put(Request(message, wants_reply=True))
         return self._reply()
 
-    def _reply(self) -> Any:
-        """The reply to the oldest message sent that wants one and whose reply was not read yet."""
+    def _reply(self, interruptible: bool = False) -> Any:
+        """The reply to the oldest message sent that wants one and whose reply was not read yet. Ctrl-C does
+        not stop the wait unless `interruptible` (a claim's: its reply is then read when the sweep closes)."""
         if self.kept:
             return self.kept.popleft()
         while True:
             try:
                 status, value = self.replies.get(timeout=1.0)
             except KeyboardInterrupt:
+                if interruptible:
+                    raise
                 continue
             except queue.Empty:
                 if not self.process.is_alive():
@@ -413,7 +416,7 @@ class BackgroundRecorder:
 
     def claim_reply(self) -> Claim:
         """The answer to the oldest claim sent and not yet read."""
-        claim = self._reply()  # an error read here is an earlier write's: the claim's answer still comes
+        claim = self._reply(interruptible=True)  # an error read here is an earlier write's: the answer comes
         self.claims_waiting -= 1
         return claim
 
