@@ -145,6 +145,7 @@ def run_sweep(
 # ---------------------------------------------------------------------------------------------------------
 # Sweeps that share a grid: each cell is claimed before it trains (tracking: Store.claim_cell)
 
+VMAP_CLAIMS_AT_LEAST = 32  # a smaller grid is claimed whole: the engine decides on its batches as before
 CLAIM_POLL_SECONDS = 1.0  # how often a sweep with nothing left to claim looks again at the cells others hold
 
 
@@ -191,10 +192,10 @@ def shared_results(
 
 
 def _wave(experiment: Experiment, executor: str, jobs: int, cells: int) -> int:
-    """How many cells a sweep claims at once: one per worker; for the vmap engine, batches of a quarter of
-    the grid (a batched net trains many cells at once, and another sweep still gets its share)."""
+    """How many cells a sweep claims at once: one per worker; for the vmap engine, a quarter of the grid and
+    at least VMAP_CLAIMS_AT_LEAST (a batched net gains from many cells; another sweep still gets a share)."""
     if experiment.settings["engine"] == "vmap":
-        return max(jobs, -(-cells // 4))
+        return max(jobs, -(-cells // 4), VMAP_CLAIMS_AT_LEAST)
     return jobs if executor == "pool" or jobs > 1 else 1
 
 

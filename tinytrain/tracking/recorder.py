@@ -168,6 +168,7 @@ class Recorder:
         self.logged_losses: dict[str, tuple[float, ...]] = {}  # key -> losses of the runs this sweep wrote
         self.claimed: set[str] = set()  # keys of the cells this sweep claimed and has not recorded yet
         self.claims_sent: list[RunSpec] = []  # in this process, a claim sent is made when its reply is read
+        self.started: set[str] = set()  # keys of the runs handed to the executor
         self.lease = lease_seconds()
         self.renewed_at = 0.0
 
@@ -228,6 +229,7 @@ class Recorder:
         self.renewed_at = time.time()
 
     def run_started(self, spec: RunSpec) -> None:
+        self.started.add(spec.key)
         if spec.key in self.claimed:  # its claim is its run
             return
         self.run_ids[spec.key] = self.store.start_run(self.experiment_id, self.parent_run_id, spec, self.environment)
@@ -283,6 +285,8 @@ class Recorder:
         A sweep that ran to its end, with any finished cell, first gets its summary (table and loss curves):
         `made` if the sweep made it (from summary_input), else made here with this Recorder's SweepSummary.
         """
+        for key in [key for key in self.claimed if key not in self.started and key in self.run_ids]:
+            self.store.release_claim(self.run_ids.pop(key), None)  # claimed ahead, never trained: no run
         for run_id in self.run_ids.values():
             if reason:
                 self.store.client.set_tag(run_id, ERROR, reason)

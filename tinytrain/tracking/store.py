@@ -286,8 +286,8 @@ class Store:
 
     def release_claim(self, run_id: str, holder: Claim | None) -> None:
         """End and delete a claim that lost its cell: nothing of it stays RUNNING or among the active runs."""
-        other = f" to run {holder.run_id}" if holder is not None and holder.run_id else ""
-        self.client.set_tag(run_id, ERROR, f"released: another sweep holds this cell{other}")
+        other = f": another sweep holds this cell (run {holder.run_id})" if holder and holder.run_id else ""
+        self.client.set_tag(run_id, ERROR, f"released{other or ': the sweep ended before it trained this cell'}")
         self.client.set_terminated(run_id, "KILLED")
         self.client.delete_run(run_id)
 
