@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, start_in_own_group, stop_group, tinytrain_command
+from tests.conftest import free_port, group_alive, start_in_own_group, stop_group, tinytrain_command
 
 pytestmark = pytest.mark.slow
 
@@ -269,6 +269,8 @@ def test_sweep_killed_resumed_compared_and_reproduced_on_postgres(team_server, e
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    while group_alive(process.pid):  # its writer too: the next sweep then sees their runs' process gone
+        time.sleep(0.1)
     again = subprocess.run(sweep_command(grid, url), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already done" in again.stdout and "Marked FAILED" in again.stdout
