@@ -10,7 +10,7 @@ DOCS_PORT ?= 8000
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep one-step digits recipe test ui server cluster cluster-stop bench lint docs docs-serve lock clean clean-store
+.PHONY: help setup sweep one-step digits recipe test ui server team-server cluster cluster-stop bench lint docs docs-serve lock clean clean-store
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ ui: $(STAMP) ## The MLflow UI on mlruns/ at http://127.0.0.1:5000 (PORT=...; Ctr
 
 server: $(STAMP) ## An mlflow server on mlruns/ at http://127.0.0.1:5001 (SERVER_PORT=...) to log to over HTTP
 	$(BIN)/tinytrain ui --port $(SERVER_PORT)
+
+team-server: $(STAMP) ## A team's mlflow server on PostgreSQL: DATABASE_URL=postgresql+psycopg://USER:PW@HOST/DB (SERVER_PORT, ARGS)
+	$(BIN)/tinytrain server "$(DATABASE_URL)" --port $(SERVER_PORT) $(ARGS)
 
 cluster: $(STAMP) ## A local Dask scheduler and two workers on 127.0.0.1 (make cluster-stop ends them)
 	$(BIN)/tinytrain cluster --port $(SCHEDULER_PORT) --workers 2

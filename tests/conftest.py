@@ -242,7 +242,17 @@ def cli_runner():
     return Invoker()
 
 
-STORE_FIXTURES = {"store", "store_uri", "logged", "server", "swept", "dask_cluster", "one_run"}
+STORE_FIXTURES = {
+    "store",
+    "store_uri",
+    "logged",
+    "server",
+    "swept",
+    "dask_cluster",
+    "one_run",
+    "postgres",
+    "team_server",
+}
 
 
 def pytest_collection_modifyitems(items):
@@ -254,3 +264,99 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
+
+# ---- a real PostgreSQL for the team tests (Debian's postgresql package; CI installs it, see .ci/run)
+
+
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl), the newest installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda path: int(path.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+class Postgres:
+    """A PostgreSQL server of the test session, on 127.0.0.1 and a free port; a database per test."""
+
+    def __init__(self, folder: Path, port: int, bin_folder: Path, as_user: list[str]):
+        self.folder, self.port, self.bin, self.as_user = folder, port, bin_folder, as_user
+        self.databases = 0
+
+    def run(self, program: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bin / program), *args], check=True, capture_output=True, timeout=120)
+
+    def new_database(self) -> str:
+        """A new empty database; its URL for MLflow (psycopg 3)."""
+        self.databases += 1
+        name = f"tinytrain_{self.databases}"
+        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """PostgreSQL started for the session in a temporary folder (initdb, pg_ctl), stopped at the end.
+
+    The server refuses to run as root: as root it runs as the `postgres` user. Without PostgreSQL the
+    tests that need it skip, except under CI=1, where they fail (CI installs it).
+    """
+    import shutil
+    import tempfile
+
+    bin_folder = postgres_bin()
+    if bin_folder is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs it with apt-get install postgresql")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("psycopg is not installed: pip install -e '.[postgres]'")
+        pytest.skip("psycopg is not installed (pip install -e '.[postgres]')")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="tinytrain-postgres-"))
+    if as_user:
+        shutil.chown(folder, "postgres")
+    port = free_port()
+    server = Postgres(folder, port, bin_folder, as_user)
+    data = folder / "data"
+    server.run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c full_page_writes=off"
+    server.run("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            server.run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def tinytrain_command() -> str:
+    import sys
+
+    return str(Path(sys.executable).with_name("tinytrain"))
+
+
+@pytest.fixture
+def team_server(postgres, tmp_path):
+    """`tinytrain server` on a new PostgreSQL database, in its own process group; a function that starts it
+    (again, after a test stopped it) and gives its URL. Every group it started is stopped at the end."""
+    database, port, started = postgres.new_database(), free_port(), []
+
+    def start(*options: str, env: dict[str, str] | None = None) -> str:
+        command = [tinytrain_command(), "server", database, "--artifacts", str(tmp_path / "artifacts")]
+        command += ["--port", str(port), *options]
+        log = tmp_path / f"server-{len(started)}.log"
+        process = start_in_own_group(command, {**os.environ, **(env or {})}, log)
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_for_health(url, process, log)
+        return url
+
+    start.processes = started
+    start.database = database
+    yield start
+    for process in started:
+        if group_alive(process.pid):
+            stop_group(process)

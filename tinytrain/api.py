@@ -103,6 +103,9 @@ __all__ = [
     "PLOT_KINDS",
     # the links of the MLflow UI, and plugins
     "latest_sweeps",
+    "exposure_warning",
+    "server_failure",
+    "database_server_commands",
     "sweep_links",
     "ui_address",
     "ui_command",
@@ -315,11 +318,14 @@ class MLflowStore:
 
         return runs_page_url(self.uri, experiment_id, ui_address)
 
-    def server_command(self, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict[str, str]]:
-        """The `mlflow server` command (and its environment) that serves this SQLite store and its UI."""
+    def server_command(
+        self, host: str = "127.0.0.1", port: int = 5000, allowed_hosts: str | None = None, basic_auth: bool = False
+    ) -> tuple[list[str], dict[str, str]]:
+        """The `mlflow server` command (and its environment) that serves this SQLite store and its UI; off loopback
+        with the Host headers it accepts (allowed_hosts) and, with basic_auth, MLflow's login."""
         from tinytrain.tracking.location import server_command
 
-        return server_command(self.uri, host, port)
+        return server_command(self.uri, host, port, allowed_hosts, basic_auth)
 
 
 @dataclass
@@ -542,6 +548,30 @@ class Sweep:
 
 
 PLOT_KINDS = ("curves", "lr", "best-of-k")
+
+
+def exposure_warning(host: str, allowed_hosts: str | None, basic_auth: bool) -> str | None:
+    """Check a server's --host before it starts (ConfigError off loopback without allowed_hosts); the warning to
+    print when nobody has to log in, else None."""
+    from tinytrain.tracking.location import exposure_warning as check
+
+    return check(host, allowed_hosts, basic_auth)
+
+
+def server_failure(error: BaseException, uri: str | None = None) -> str | None:
+    """A failure to talk to a tracking server (401, 403, 404, 5xx, refused, a timeout) as one line naming the
+    cause and the fix; None for any other error."""
+    from tinytrain.tracking.location import server_failure as line
+
+    return line(error, uri)
+
+
+def database_server_commands(*args: Any, **kwargs: Any) -> tuple[list[str], list[str], dict[str, str]]:
+    """`mlflow db upgrade` and `mlflow server` on a database URL, and their environment (see
+    `tinytrain.tracking.location.database_server_commands` for the arguments)."""
+    from tinytrain.tracking.location import database_server_commands as commands
+
+    return commands(*args, **kwargs)
 
 
 def latest_sweeps(uri: str) -> list[LatestSweep]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tinytrain.executors import make_executor
 from tinytrain.reports.summary import SweepSummaryMaker
-from tinytrain.results import DIVERGED
+from tinytrain.results import DIVERGED, RunResult
 from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.tracking import (
     MadeBy,
@@ -29,6 +29,7 @@ from tinytrain.tracking import (
     sweep_search,
 )
 from tinytrain.tracking.location import DEFAULT_UI_ADDRESS
+from tinytrain.tracking.store import TAKEN, WON
 from tinytrain.tracking.views import SweepLinks, sweep_links
 
 
@@ -126,7 +127,16 @@ def run_sweep(
     try:
         recorder.open(experiment, specs, finished, force, with_parent)
         with _progress(len(specs), len(specs) - len(todo), enabled=progress) as bar:
-            for result in runner.run(todo, bar.started(recorder.run_started)):
+            started = bar.started(recorder.run_started)
+            shared = not force and executor != "dask"  # a Dask sweep hands the cluster every cell at once
+            results = (
+                shared_results(
+                    todo, runner, recorder, _wave(experiment, executor, jobs, len(todo)), started, bar.elsewhere
+                )
+                if shared
+                else runner.run(todo, started)
+            )
+            for result in results:
                 recorder.run_finished(result)
                 if result.error:
                     failures.append(f"{result.spec.run_name}: {result.error}")
@@ -156,6 +166,68 @@ def _nothing_to_train(
     made_by = sweeps_of_runs(uri, experiment.name, [finished[spec.key] for spec in specs])
     counts = SweepCounts(total=len(specs), skipped=len(specs), experiment_id=made_by.experiment_id)
     return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, made_by=made_by)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sweeps that share a grid: each cell is claimed before it trains (tracking: Store.claim_cell)
+
+VMAP_CLAIMS_AT_LEAST = 32  # a smaller grid is claimed whole: the engine decides on its batches as before
+CLAIM_POLL_SECONDS = 1.0  # how often a sweep with nothing left to claim looks again at the cells others hold
+
+
+def shared_results(
+    todo: list[RunSpec],
+    runner,
+    recorder: SweepRecorder,
+    wave: int,
+    started: Callable[[RunSpec], None] | None = None,
+    advance: Callable[[], None] = lambda: None,
+) -> Iterator[RunResult]:
+    """The results of the cells this sweep claims, as the executor yields them, until the grid is done.
+
+    Cells are claimed in grid order and trained `wave` at a time (one per worker); the next wave's claims
+    go out while one trains, so that claiming costs no training time. A cell another sweep holds is left
+    to it and looked at again once nothing else is left: finished by then, it is theirs (the sweep counts
+    it); if their lease lapsed, this sweep takes it over. The sweep ends when every cell is finished, by it
+    or by another, or failed in its own hands.
+    """
+    pending = list(todo)
+    asked: list[RunSpec] = []  # claims sent, answers not read yet (in this order)
+
+    def ask(count: int) -> None:
+        while pending and len(asked) < count:
+            spec = pending.pop(0)
+            recorder.send_claim(spec)
+            asked.append(spec)
+
+    while pending:
+        held: list[RunSpec] = []
+        ask(wave)
+        while asked:
+            batch: list[RunSpec] = []
+            while asked and len(batch) < wave:
+                spec = asked.pop(0)
+                claim = recorder.claim_reply()
+                if claim.state == WON:
+                    batch.append(spec)
+                elif claim.state == TAKEN:
+                    held.append(spec)
+                else:
+                    advance()  # another sweep finished it
+                ask(wave)  # the next wave's claims go out while this one trains
+            if batch:
+                yield from runner.run(batch, started or recorder.run_started)
+        if held:
+            time.sleep(CLAIM_POLL_SECONDS)
+            pending = held
+
+
+def _wave(experiment: Experiment, executor: str, jobs: int, cells: int) -> int:
+    """How many cells a sweep claims at once: one per worker; for the vmap engine, a quarter of the grid and
+    at least VMAP_CLAIMS_AT_LEAST (a batched net gains from many cells; another sweep still gets a share)."""
+    if experiment.settings["engine"] == "vmap":
+        return max(jobs, -(-cells // 4), VMAP_CLAIMS_AT_LEAST)
+    return jobs if executor == "pool" or jobs > 1 else 1
 
 
 def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:
@@ -245,6 +317,11 @@ class _progress:
         self.diverged += outcome == DIVERGED
         if self.bar is not None:
             self.bar.update(self.task, advance=1, diverged=self._diverged())
+
+    def elsewhere(self) -> None:
+        """A cell another sweep finished (sweeps that share a grid)."""
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1)
 
     def __exit__(self, *exc_info):
         if self.bar is not None:

@@ -1,9 +1,9 @@
 """The tinytrain command line: a thin click layer over the library (`import tinytrain`).
 
 Each module holds a family of commands: training.py (sweep, run), reports.py (compare, plot), trust.py
-(reproduce, gradcheck, optimizers), verdict.py (verdict, confirm, profile, curves), services.py (ui, cluster);
-common.py turns the library's errors into one-line messages and exit codes. Neither torch nor MLflow (nor
-scipy) is imported at module level, so `tinytrain --help` is instant.
+(reproduce, gradcheck, optimizers), verdict.py (verdict, confirm, profile, curves), services.py (ui, server,
+cluster); common.py turns the library's errors into one-line messages and exit codes. Neither torch nor MLflow
+(nor scipy) is imported at module level, so `tinytrain --help` is instant.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 
 from tinytrain.cli.reports import compare, plot
-from tinytrain.cli.services import cluster, ui
+from tinytrain.cli.services import cluster, server, ui
 from tinytrain.cli.training import run, sweep
 from tinytrain.cli.trust import gradcheck, optimizers, reproduce
 from tinytrain.cli.verdict import confirm, curves, profile, verdict
@@ -32,7 +32,22 @@ def cli() -> None:
     """
 
 
-COMMANDS = (sweep, run, compare, plot, verdict, confirm, profile, curves, reproduce, gradcheck, optimizers, ui, cluster)
+COMMANDS = (
+    sweep,
+    run,
+    compare,
+    plot,
+    verdict,
+    confirm,
+    profile,
+    curves,
+    reproduce,
+    gradcheck,
+    optimizers,
+    ui,
+    server,
+    cluster,
+)
 for command in COMMANDS:
     cli.add_command(command)
 

@@ -29,7 +29,11 @@ class BadInput(click.ClickException):
 
 
 def translate_errors(command):
-    """Library errors -> one-line click errors; nothing else reaches the user as a traceback."""
+    """Library errors -> one-line click errors; nothing else reaches the user as a traceback.
+
+    A tracking server that fails under MLflow's own client (401, 403, 404, 5xx, refused, timed out) is one
+    line too, naming the cause and the fix (tracking.location.server_failure).
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -39,8 +43,22 @@ def translate_errors(command):
             raise BadInput(str(error)) from None
         except (TrackingError, ExecutorError) as error:
             raise click.ClickException(str(error)) from None
+        except Exception as error:
+            from tinytrain import api
+
+            line = api.server_failure(error, _server_uri(kwargs.get("tracking_uri")))
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
 
     return wrapper
+
+
+def _server_uri(tracking_uri: str | None) -> str | None:
+    import os
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri.rstrip("/") if uri and uri.startswith(("http://", "https://")) else None
 
 
 tracking_uri_option = click.option(

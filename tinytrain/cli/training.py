@@ -227,8 +227,11 @@ def show_summary(outcome) -> None:
     click.echo(
         f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.finished} finished, "
         f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
-        f"in {outcome.seconds:.1f} s"
+        + (f"{counts.others} trained by other sweeps meanwhile, " if counts.others else "")
+        + f"in {outcome.seconds:.1f} s"
     )
+    if counts.taken_over:
+        click.echo(f"Took over {counts.taken_over} cell(s) whose sweep stopped renewing its claim (marked FAILED).")
     if outcome.engine_line():
         click.echo(outcome.engine_line())
     if counts.recovered:

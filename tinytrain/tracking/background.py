@@ -14,6 +14,7 @@ the one a sweep waits for at its end, while the sweep's own has finished trainin
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import multiprocessing
@@ -30,6 +31,7 @@ from tinytrain.results import RunResult
 from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import TrackingError
+from tinytrain.tracking.location import is_http, server_failure
 from tinytrain.tracking.model_files import save_weights
 from tinytrain.tracking.recorder import (
     MadeSummary,
@@ -39,6 +41,7 @@ from tinytrain.tracking.recorder import (
     error_reason,
     make_summary,
 )
+from tinytrain.tracking.store import TAKEN, Claim
 from tinytrain.tracking.sweep_records import SweepRecord
 
 # ---------------------------------------------------------------------------------------------------------
@@ -63,6 +66,16 @@ class RunStarted:
 
     def apply(self, recorder: Recorder) -> None:
         recorder.run_started(self.spec)
+
+
+@dataclass(frozen=True)
+class ClaimCell:
+    """Claim a cell before it trains; the reply is the store's Claim (won, taken by another sweep, done)."""
+
+    spec: RunSpec
+
+    def apply(self, recorder: Recorder) -> Claim:
+        return recorder.claim(self.spec)
 
 
 @dataclass(frozen=True)
@@ -103,7 +116,7 @@ class Stop:
     """The sweep has its reply to Close: everything is committed, the writer may go."""
 
 
-Message = Open | RunStarted | RunFinished | ReadForSummary | Close | Stop
+Message = Open | ClaimCell | RunStarted | RunFinished | ReadForSummary | Close | Stop
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Q
     while True:
         if state["waiting_since"] is None:
             state["waiting_since"] = time.monotonic()
+        _renew_leases(recorder, state, lock, replies)
         try:
             request: Request = requests.get(timeout=0.25)
         except queue.Empty:
@@ -149,15 +163,42 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         _report_usage()
         exit_now(0)  # without the second it takes to tear down MLflow and torch
     if state["failed"] and not isinstance(message, Close):
+        if isinstance(message, ClaimCell):  # answered all the same: the sweep reads its claims in order
+            replies.put(("ok", Claim(TAKEN)))
+        return  # the sweep learns of the failure from the error sent first
+    if isinstance(message, Close) and state.get("unreachable"):
+        # every write would wait out MLflow's retries again: the runs left RUNNING are marked FAILED by
+        # the next sweep (their process is gone) or taken over when their lease lapses
+        replies.put(("ok", recorder.counts))
         return
     try:
         result = message.apply(recorder)
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which turns it into a message
-        state["failed"] = True
-        replies.put(("error", error_reason(error)))
+        _failed(error, recorder, state, replies)
+        if isinstance(message, ClaimCell):  # after the error, the claim's own answer (see claim_reply)
+            replies.put(("ok", Claim(TAKEN)))
         return
     if request.wants_reply:
         replies.put(("ok", result))
+
+
+def _renew_leases(recorder: Recorder, state: dict, lock: threading.Lock, replies: multiprocessing.Queue) -> None:
+    """Keep the claims this sweep holds while their cells train (a lapsed one is another sweep's to take)."""
+    if state["failed"] or recorder.store is None:
+        return
+    with lock:
+        try:
+            recorder.renew_leases()
+        except Exception as error:  # noqa: BLE001 - the store is gone: as any failed write
+            _failed(error, recorder, state, replies)
+
+
+def _failed(error: Exception, recorder: Recorder, state: dict, replies: multiprocessing.Queue) -> None:
+    """Stop writing, and tell the sweep why in one line (a server that went away says so, and what to do)."""
+    line = server_failure(error, recorder.uri if is_http(recorder.uri) else None)
+    state["failed"] = True
+    state["unreachable"] = line is not None and ("cannot reach" in line or "did not answer" in line)
+    replies.put(("error", line or error_reason(error)))
 
 
 MAX_RESULTS_IN_FLIGHT = 32  # results sent to the writer and not yet written (about 250 KB of weights each)
@@ -277,6 +318,8 @@ class BackgroundRecorder:
         with _sigint_ignored():  # from its first instruction: Ctrl-C to the group must not kill it mid-import
             self.process.start()
         self.counts: SweepCounts | None = None
+        self.kept: collections.deque = collections.deque()  # replies read early (raise_if_failed), in order
+        self.claims_waiting = 0  # claims sent whose answer was not read
         self.died: WriterDied | None = None
         self._closing = False
         self._previous_handler = None
@@ -320,12 +363,17 @@ class BackgroundRecorder:
         self.requests.put(Request(message, wants_reply=True))
         return self._reply()
 
-    def _reply(self) -> Any:
-        """The reply to the message sent last that wants one."""
+    def _reply(self, interruptible: bool = False) -> Any:
+        """The reply to the oldest message sent that wants one and whose reply was not read yet. Ctrl-C does
+        not stop the wait unless `interruptible` (a claim's: its reply is then read when the sweep closes)."""
+        if self.kept:
+            return self.kept.popleft()
         while True:
             try:
                 status, value = self.replies.get(timeout=1.0)
             except KeyboardInterrupt:
+                if interruptible:
+                    raise
                 continue
             except queue.Empty:
                 if not self.process.is_alive():
@@ -343,6 +391,7 @@ class BackgroundRecorder:
             return
         if status == "error":
             raise TrackingError(f"writing to the store failed: {value}")
+        self.kept.append(value)  # the answer to a claim sent ahead: _reply gives it when asked
 
     def open(
         self,
@@ -353,6 +402,23 @@ class BackgroundRecorder:
         with_parent: bool = True,
     ) -> None:
         self._send(Open(experiment, specs, finished, force, with_parent))
+
+    def claim(self, spec: RunSpec) -> Claim:
+        self.send_claim(spec)
+        return self.claim_reply()
+
+    def send_claim(self, spec: RunSpec) -> None:
+        if self.died is not None:
+            raise self.died
+        self.raise_if_failed()
+        self.requests.put(Request(ClaimCell(spec), wants_reply=True))
+        self.claims_waiting += 1
+
+    def claim_reply(self) -> Claim:
+        """The answer to the oldest claim sent and not yet read."""
+        claim = self._reply(interruptible=True)  # an error read here is an earlier write's: the answer comes
+        self.claims_waiting -= 1
+        return claim
 
     def run_started(self, spec: RunSpec) -> None:
         self._send(RunStarted(spec))
@@ -375,6 +441,8 @@ class BackgroundRecorder:
         if self.died is not None:
             raise self.died
         try:
+            while self.claims_waiting:  # claims sent ahead of an interruption: their runs are closed below
+                self.claim_reply()
             made = self._made_summary(status) if self.summary is not None and status == "FINISHED" else None
             self.counts = self._call(Close(status, reason, made))
             return self.counts

@@ -18,6 +18,9 @@ KIND = "tinytrain.kind"  # "sweep" on parent runs, "run" on the runs of grid cel
 CELL_SUMMARY = "cell"  # KIND of a sweep's summary of one (optimizer, lr) cell over its seeds (no run key)
 OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, to find runs left RUNNING
 ERROR = "tinytrain.error"
+# On a RUNNING cell run: the time (Unix seconds) until which the sweep that created it holds the cell. Sweeps
+# sharing a grid skip a cell held by another, and take over a claim whose lease lapsed (store.claim_cell).
+LEASE = "tinytrain.lease_until"
 PARENT = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"  # a diverged run's name says so: "adam-lr0.1-seed0 (diverged)"
 CONFIRMS = "tinytrain.confirms"  # on a confirmation sweep's parent run: the parent run id of the tuning sweep

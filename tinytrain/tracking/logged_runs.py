@@ -26,6 +26,7 @@ from tinytrain.tracking.contract import (
     RUN_KEY,
     TrackingError,
 )
+from tinytrain.tracking.location import is_http
 from tinytrain.tracking.store import Store
 
 MODEL_WEIGHTS = MODEL_DATA.as_posix()  # a LoggedModel's weights: a state dict (a pickled net in older stores)
@@ -112,8 +113,11 @@ def _model_file(store_uri: str, artifact_location: str, folder: Path) -> Path:
         return local
     import mlflow
 
+    server = store_uri if is_http(store_uri) else None  # mlflow-artifacts: URIs go through this server
     return Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=f"{artifact_location}/{MODEL_WEIGHTS}", dst_path=str(folder))
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{artifact_location}/{MODEL_WEIGHTS}", dst_path=str(folder), tracking_uri=server
+        )
     )
 
 

@@ -24,9 +24,23 @@ from tinytrain.tracking.contract import ERROR
 from tinytrain.tracking.location import is_http
 from tinytrain.tracking.provenance import environment
 from tinytrain.tracking.sqlite import checkpoint_sqlite
-from tinytrain.tracking.store import Store
+from tinytrain.tracking.store import DONE, WON, Claim, Store
 from tinytrain.tracking.sweep_records import SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.views import view_tags
+
+LEASE_ENV = "TINYTRAIN_LEASE_SECONDS"  # how long a claim holds a cell unless its sweep renews it
+DEFAULT_LEASE = 60.0
+
+
+def lease_seconds() -> float:
+    """The lease of this sweep's claims (TINYTRAIN_LEASE_SECONDS, else 60 s), renewed every third of it."""
+    import os
+
+    try:
+        value = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE)
+    except ValueError:
+        value = DEFAULT_LEASE
+    return max(value, 1.0)
 
 
 @dataclass
@@ -41,6 +55,8 @@ class SweepCounts:
     killed: int = 0
     replaced: int = 0
     recovered: int = 0  # runs left RUNNING by killed processes, marked FAILED when this sweep opened
+    others: int = 0  # cells that other sweeps sharing the grid finished while this one ran
+    taken_over: int = 0  # claims of other sweeps whose lease lapsed, taken over by this one
     experiment_id: str = ""
     parent_run_id: str | None = None
     run_ids: dict[str, str] = field(default_factory=dict)  # key -> run id of every run written
@@ -117,6 +133,14 @@ class SweepRecorder(Protocol):
         with_parent: bool = True,
     ) -> None: ...
 
+    def claim(self, spec: RunSpec) -> Claim: ...
+
+    def send_claim(self, spec: RunSpec) -> None:
+        """Claim a cell, the answer to be read with claim_reply (in the order they were sent): a sweep claims
+        the next cells while the current ones train."""
+
+    def claim_reply(self) -> Claim: ...
+
     def run_started(self, spec: RunSpec) -> None: ...
 
     def run_finished(self, result: RunResult) -> None: ...
@@ -144,6 +168,11 @@ class Recorder:
         self.experiment: Experiment | None = None
         self.logged_losses: dict[str, tuple[float, ...]] = {}  # key -> losses of the runs this sweep wrote
         self.final_metric = "final_loss"  # what the sweep's views show; final_test_accuracy where runs have it
+        self.claimed: set[str] = set()  # keys of the cells this sweep claimed and has not recorded yet
+        self.claims_sent: list[RunSpec] = []  # in this process, a claim sent is made when its reply is read
+        self.started: set[str] = set()  # keys of the runs handed to the executor
+        self.lease = lease_seconds()
+        self.renewed_at = 0.0
 
     def open(
         self,
@@ -179,7 +208,38 @@ class Recorder:
         axes = ["optimizer", "lr", *(axis for axis in self.experiment.grid if axis not in ("optimizer", "lr", "seed"))]
         self.store.set_experiment_tags(self.experiment_id, view_tags(self.parent_run_id, axes, self.final_metric))
 
+    def claim(self, spec: RunSpec) -> Claim:
+        """Claim a cell before it trains (sweeps that share a grid): its RUNNING run, with a lease."""
+        self.renew_leases()
+        claim = self.store.claim_cell(self.experiment_id, self.parent_run_id, spec, self.environment, self.lease)
+        if claim.state == WON:
+            self.run_ids[spec.key] = claim.run_id
+            self.claimed.add(spec.key)
+            self.counts.taken_over += claim.took_over
+        elif claim.state == DONE:
+            self.counts.others += 1
+        return claim
+
+    def send_claim(self, spec: RunSpec) -> None:
+        self.claims_sent.append(spec)
+
+    def claim_reply(self) -> Claim:
+        return self.claim(self.claims_sent.pop(0))
+
+    def renew_leases(self) -> None:
+        """Push the lease of every claim this sweep holds a lease further, every third of a lease."""
+        import time
+
+        if not self.claimed or time.time() - self.renewed_at < self.lease / 3:
+            return
+        for key in self.claimed:
+            self.store.renew_lease(self.run_ids[key], self.lease)
+        self.renewed_at = time.time()
+
     def run_started(self, spec: RunSpec) -> None:
+        self.started.add(spec.key)
+        if spec.key in self.claimed:  # its claim is its run
+            return
         self.run_ids[spec.key] = self.store.start_run(self.experiment_id, self.parent_run_id, spec, self.environment)
 
     def run_finished(self, result: RunResult) -> None:
@@ -187,6 +247,15 @@ class Recorder:
         run_id = self.run_ids.get(key) or self.store.start_run(
             self.experiment_id, self.parent_run_id, result.spec, self.environment
         )
+        if key in self.claimed:
+            self.claimed.discard(key)
+            holder = self.store.still_holds(self.experiment_id, key, run_id)
+            if holder.state != WON:  # another sweep's claim won after all, or took it over: its run counts
+                self.run_ids.pop(key)
+                if holder.run_id is not None:  # ours is still RUNNING
+                    self.store.release_claim(run_id, holder)
+                self.counts.others += 1
+                return
         self.store.finish_run(run_id, result, self.experiment_id)
         self.run_ids.pop(key, None)
         self.counts.run_ids[key] = run_id
@@ -228,6 +297,8 @@ class Recorder:
         A sweep that ran to its end, with any finished cell, first gets its summary (table and loss curves):
         `made` if the sweep made it (from summary_input), else made here with this Recorder's SummaryMaker.
         """
+        for key in [key for key in self.claimed if key not in self.started and key in self.run_ids]:
+            self.store.release_claim(self.run_ids.pop(key), None)  # claimed ahead, never trained: no run
         for run_id in self.run_ids.values():
             if reason:
                 self.store.client.set_tag(run_id, ERROR, reason)

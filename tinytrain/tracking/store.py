@@ -6,9 +6,11 @@ an MLflow LoggedModel linked to the run's metrics at its step, and a weights-onl
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from tinytrain.tracking.contract import (
     EXPERIMENT_FILE,
     FINISHED_OUTCOMES,
     KIND,
+    LEASE,
     LOSS,
     MLMODEL,
     MODEL_DATA,
@@ -32,9 +35,67 @@ from tinytrain.tracking.contract import (
     RUN_NAME_TAG,
     TrackingError,
 )
-from tinytrain.tracking.location import NO_TELEMETRY, artifact_root, is_http
+from tinytrain.tracking.location import HTTP_BOUNDS, NO_TELEMETRY, artifact_root, is_http, server_failure
 from tinytrain.tracking.provenance import owner_is_gone, process_owner
 from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
+
+WON, TAKEN, DONE = "won", "taken", "done"  # what claiming a cell gives (Claim.state)
+SETTLE_SECONDS = 0.05  # the least a claim waits before it reads the cell's claims a second time
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to claiming a cell: this sweep holds it (WON, run_id is the cell's RUNNING run), another
+    sweep holds it (TAKEN, until `lease_until` unless renewed), or a finished run has it (DONE, run_id)."""
+
+    state: str
+    run_id: str | None = None
+    lease_until: float = 0.0
+    took_over: int = 0  # lapsed claims of other sweeps marked FAILED to take this one
+
+
+@dataclass(frozen=True)
+class CellRunState:
+    """What claiming reads of one run with a cell's key (plain values: decide_claim is a pure function)."""
+
+    run_id: str
+    status: str
+    outcome: str | None
+    start_time: int
+    lease_until: float | None  # None: not a claim (a run of a sweep that does not share, or of an old store)
+    owner_gone: bool
+
+    @property
+    def done(self) -> bool:
+        return self.status == "FINISHED" and self.outcome in FINISHED_OUTCOMES
+
+    def live_claim(self, now: float) -> bool:
+        return (
+            self.status == "RUNNING" and self.lease_until is not None and self.lease_until > now and not self.owner_gone
+        )
+
+    def lapsed_claim(self, now: float) -> bool:
+        return self.status == "RUNNING" and self.lease_until is not None and not self.live_claim(now)
+
+
+def decide_claim(runs: list[CellRunState], mine: str | None, now: float) -> Claim | None:
+    """Who holds a cell, from its runs as read after `mine` (this sweep's claim, if it made one) was created;
+    None if nobody does (no claim of this sweep, and no live claim of another).
+
+    A finished run ends it (DONE). Else the earliest-created live claim wins (start time, then run id:
+    every sweep reads the same values, so all agree), whichever sweep reads it. A claim committed late with
+    an earlier start time than one that already won is seen at the winner's lease renewal or before its
+    result is recorded (Recorder.run_finished), where the later one yields.
+    """
+    done = [run for run in runs if run.done and run.run_id != mine]
+    if done:
+        return Claim(DONE, done[0].run_id)
+    live = sorted((run for run in runs if run.live_claim(now)), key=lambda run: (run.start_time, run.run_id))
+    if not live:
+        return None
+    if live[0].run_id == mine:
+        return Claim(WON, mine)
+    return Claim(TAKEN, live[0].run_id, max(run.lease_until for run in live))
 
 
 def model_name(spec: RunSpec, step: int | None = None) -> str:
@@ -65,11 +126,13 @@ class Store:
         """
         import logging
 
-        for name, value in NO_TELEMETRY.items():  # before MLflow is imported
+        for name, value in {**NO_TELEMETRY, **HTTP_BOUNDS}.items():  # before MLflow is imported
             os.environ.setdefault(name, value)
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter on a new store
+        # a server's failure is the command's one line (server_failure), not a warning before it as well
+        logging.getLogger("mlflow.exceptions").setLevel(logging.ERROR)
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format notice, once a model
         # Over HTTP MLflow prints "View run ... at" for each run it ends (and fetches the run to do so).
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -172,6 +235,79 @@ class Store:
         self.artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
+    # claims: sweeps that share a grid ------------------------------------------------------------------
+    def cell_runs(self, experiment_id: str, key: str) -> list[CellRunState]:
+        """Every active run of a cell (its run key), in the plain values claiming decides on."""
+        runs = self.search(experiment_id, f"tags.`{RUN_KEY}` = '{key}'")
+        return [
+            CellRunState(
+                run.info.run_id,
+                run.info.status,
+                run.data.tags.get(OUTCOME),
+                run.info.start_time,
+                float(run.data.tags[LEASE]) if LEASE in run.data.tags else None,
+                run.info.status == "RUNNING" and owner_is_gone(run.data.tags.get(OWNER, "")),
+            )
+            for run in runs
+            if run.data.tags.get(KIND) == "run"
+        ]
+
+    def claim_cell(
+        self, experiment_id: str, parent_run_id: str | None, spec: RunSpec, tags: dict[str, str], lease: float
+    ) -> Claim:
+        """Claim a cell for this sweep: its run, created RUNNING with a lease, is the claim.
+
+        Read first: a finished run or another sweep's live claim means this sweep leaves the cell alone;
+        a claim whose lease lapsed (or whose process is gone) is marked FAILED and taken over. Then create
+        the claim and read the cell's runs back: of two sweeps that claim at once, the earliest-created
+        claim wins (decide_claim), and the other deletes its own.
+        """
+        now = time.time()
+        runs = self.cell_runs(experiment_id, spec.key)
+        holder = decide_claim(runs, None, now)
+        if holder is not None:
+            return holder
+        lapsed = [run for run in runs if run.lapsed_claim(now)]
+        for run in lapsed:
+            why = "its process ended" if run.owner_gone else f"its lease lapsed at {run.lease_until:.0f}"
+            self.client.set_tag(run.run_id, ERROR, f"abandoned: {why}; another sweep took the cell over")
+            self.client.set_terminated(run.run_id, "FAILED")
+        started = time.monotonic()
+        run_id = self.start_run(experiment_id, parent_run_id, spec, {**tags, LEASE: f"{time.time() + lease:.3f}"})
+        decided = decide_claim(self.cell_runs(experiment_id, spec.key), run_id, time.time())
+        if decided is not None and decided.state == WON:
+            # A claim started before this one may still be on its way to the store (its start time is its
+            # client's, its commit comes later, e.g. behind SQLite's lock): read again once as long again
+            # has passed, so that the two see each other and the earlier wins. One still later than that
+            # is caught before a result is recorded (still_holds): the later one yields.
+            time.sleep(min(max(time.monotonic() - started, SETTLE_SECONDS), 1.0))
+            decided = decide_claim(self.cell_runs(experiment_id, spec.key), run_id, time.time())
+        if decided is None or decided.state != WON:
+            self.release_claim(run_id, decided)
+            return decided or Claim(TAKEN)
+        return Claim(WON, run_id, took_over=len(lapsed))
+
+    def renew_lease(self, run_id: str, lease: float) -> None:
+        self.client.set_tag(run_id, LEASE, f"{time.time() + lease:.3f}")
+
+    def still_holds(self, experiment_id: str, key: str, run_id: str) -> Claim:
+        """Before a claimed cell's result is recorded: whether this sweep's claim still holds it (WON), or
+        another sweep's claim that won or a finished run does (the result is then dropped)."""
+        runs = self.cell_runs(experiment_id, key)
+        mine = next((run for run in runs if run.run_id == run_id), None)
+        if mine is None or mine.status != "RUNNING":  # taken over by another sweep after its lease lapsed
+            return Claim(TAKEN)
+        # this sweep's own claim is live whatever its lease says: nobody took it over
+        runs = [run if run.run_id != run_id else replace(run, lease_until=math.inf, owner_gone=False) for run in runs]
+        return decide_claim(runs, run_id, time.time()) or Claim(WON, run_id)
+
+    def release_claim(self, run_id: str, holder: Claim | None) -> None:
+        """End and delete a claim that lost its cell: nothing of it stays RUNNING or among the active runs."""
+        other = f": another sweep holds this cell (run {holder.run_id})" if holder and holder.run_id else ""
+        self.client.set_tag(run_id, ERROR, f"released{other or ': the sweep ended before it trained this cell'}")
+        self.client.set_terminated(run_id, "KILLED")
+        self.client.delete_run(run_id)
+
     def finish_run(self, run_id: str, result: RunResult, experiment_id: str) -> None:
         """Log a run's params, losses, outcome and checkpoints, then close it (FINISHED, or FAILED if it raised).
 
@@ -253,7 +389,10 @@ class Store:
 
         try:
             return self.client.get_run(run_id)
-        except MlflowException:
+        except MlflowException as error:
+            line = server_failure(error, self.uri if is_http(self.uri) else None)
+            if line is not None:
+                raise TrackingError(line) from None
             raise TrackingError(
                 f"no run '{run_id}' in {self.uri}: check the id (the UI or `tinytrain compare` "
                 "shows them) and --tracking-uri"

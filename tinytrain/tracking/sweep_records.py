@@ -27,7 +27,15 @@ from tinytrain.tracking.contract import (
     TrackingError,
 )
 from tinytrain.tracking.legacy import recorded_experiment
-from tinytrain.tracking.location import check_store, is_http, sqlite_path
+from tinytrain.tracking.location import (
+    check_store,
+    http_status_line,
+    is_http,
+    rest_request,
+    server_failure,
+    sqlite_path,
+    unreachable_line,
+)
 from tinytrain.tracking.sqlite import (
     curves_of_runs_readonly,
     experiment_id_readonly,
@@ -70,22 +78,23 @@ def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
     import json
     from urllib.parse import quote
 
-    def call(path: str, body: dict | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"{uri}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
+    def call(path: str, body: dict | None = None) -> dict | None:
+        """The answer as JSON; None for 404 (no such experiment); any other failure as one line."""
+        try:
+            with urllib.request.urlopen(rest_request(uri, path, body), timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise TrackingError(http_status_line(uri, error.code)) from None
+        except (urllib.error.URLError, OSError) as error:
+            line = server_failure(error, uri) or unreachable_line(f"the tracking server at {uri}", str(error))
+            raise TrackingError(line) from None
 
-    try:
-        experiment = call(f"experiments/get-by-name?experiment_name={quote(experiment_name)}")["experiment"]
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return {}
-        raise TrackingError(f"the tracking server at {uri} answered {error.code}") from None
-    except (urllib.error.URLError, OSError) as error:
-        raise TrackingError(f"cannot reach the tracking server at {uri}: {error}") from None
+    found = call(f"experiments/get-by-name?experiment_name={quote(experiment_name)}")
+    if found is None:
+        return {}
+    experiment = found["experiment"]
     finished, token = {}, None
     while True:
         body = {
@@ -96,7 +105,7 @@ def _finished_keys_rest(uri: str, experiment_name: str) -> dict[str, str]:
         }
         if token:
             body["page_token"] = token
-        page = call("runs/search", body)
+        page = call("runs/search", body) or {}
         for run in page.get("runs", []):
             tags = {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
             if tags.get(OUTCOME) in FINISHED_OUTCOMES and RUN_KEY in tags:

@@ -1,0 +1,47 @@
+"""Who holds a cell, decided from its runs as a sweep reads them back (store.decide_claim, a pure function)."""
+
+from __future__ import annotations
+
+from tinytrain.tracking.store import DONE, TAKEN, WON, CellRunState, decide_claim
+
+NOW = 1_000.0
+
+
+def run(run_id, status="RUNNING", start=1, lease=NOW + 60, outcome=None, gone=False) -> CellRunState:
+    return CellRunState(run_id, status, outcome, start, lease, gone)
+
+
+def test_the_earliest_live_claim_wins_whoever_reads():
+    runs = [run("b", start=2), run("a", start=1), run("c", start=3)]
+    assert decide_claim(runs, "a", NOW).state == WON
+    lost = decide_claim(runs, "b", NOW)
+    assert lost.state == TAKEN and lost.run_id == "a"
+
+
+def test_equal_start_times_are_ordered_by_run_id():
+    runs = [run("b", start=1), run("a", start=1)]
+    assert decide_claim(runs, "a", NOW).state == WON
+    assert decide_claim(runs, "b", NOW).state == TAKEN
+
+
+def test_a_finished_run_of_the_cell_ends_it_whatever_the_claims():
+    runs = [run("a", start=1), run("f", status="FINISHED", outcome="diverged", start=0)]
+    decided = decide_claim(runs, "a", NOW)
+    assert decided.state == DONE and decided.run_id == "f"
+
+
+def test_a_failed_run_is_no_claim_and_no_finished_cell():
+    runs = [run("x", status="FINISHED", outcome="failed"), run("y", status="FAILED")]
+    assert decide_claim(runs, None, NOW) is None
+
+
+def test_lapsed_leases_gone_owners_and_runs_without_a_lease_hold_nothing():
+    runs = [run("old", start=0, lease=NOW - 1), run("dead", start=0, gone=True), run("legacy", start=0, lease=None)]
+    assert decide_claim(runs, None, NOW) is None
+    assert decide_claim([*runs, run("mine", start=5)], "mine", NOW).state == WON
+    assert all(r.lapsed_claim(NOW) for r in runs[:2]) and not runs[2].lapsed_claim(NOW)
+
+
+def test_a_live_claim_of_another_is_taken_until_its_lease():
+    decided = decide_claim([run("a", lease=NOW + 30), run("b", start=2, lease=NOW + 50)], None, NOW)
+    assert decided.state == TAKEN and decided.lease_until == NOW + 50
