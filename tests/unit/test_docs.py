@@ -34,7 +34,12 @@ COMMAND_START = re.compile(r"(?:^\s*(?:\$\s+)?|/|-m\s+|(?:&&|;|\||\(|#)\s*)$")
 MAKE = re.compile(r"(?:^|(?<=[\s(]))make[ \t]+([a-z][a-z-]*)")
 PLACEHOLDER = re.compile(r"^[A-Z_]+$")  # KEY, FILE, RUN_ID: a name standing for a value
 # Options of other tools that the docs show on their own, as `--name`: whose they are
-OTHER_TOOLS_OPTIONS = {"--group": "pip install", "--repeat": "benchmarks/bench.py", "--nthreads": "dask worker"}
+OTHER_TOOLS_OPTIONS = {
+    "--group": "pip install",
+    "--repeat": "benchmarks/bench.py",
+    "--nthreads": "dask worker",
+    "--app-name": "mlflow server",
+}
 
 
 def code_of(text: str) -> list[str]:
