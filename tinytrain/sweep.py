@@ -422,11 +422,12 @@ def confirmation_experiment(
     """
     from dataclasses import replace
 
-    cells = tuple(dict.fromkeys((arm.optimizer, arm.lr) for arm in arms))
+    # a cell is (optimizer, lr, *its other axes): the filter keeps exactly each arm's chosen cell
+    cells = tuple(dict.fromkeys((arm.optimizer, arm.lr, *arm.recipe) for arm in arms))
     grid = {
         **experiment.grid,
-        "optimizer": list(dict.fromkeys(optimizer for optimizer, _lr in cells)),
-        "lr": sorted({lr for _optimizer, lr in cells}),
+        "optimizer": list(dict.fromkeys(cell[0] for cell in cells)),
+        "lr": sorted({cell[1] for cell in cells}),
         "seed": list(seeds),
     }
     return replace(experiment, grid=grid, cells=cells, confirms=tuning_sweep, extra_seeds={}, drawn=())

@@ -214,3 +214,31 @@ def test_a_median_pulled_by_a_diverged_seed_is_diverged_never_a_number_halfway()
     assert (b.arm, a.arm) == ("b", "a") and math.isinf(a.median) and math.isinf(a.ci_high)
     assert b.median == pytest.approx(math.sqrt(2e-3 * 3e-3))  # the two middle seeds, on log10
     assert math.isinf(b.ci_high) and b.ci_low == pytest.approx(1e-3)
+
+
+def test_a_recipe_grids_arms_are_its_runs_other_axes_and_each_is_confirmed_at_its_own_cell():
+    """A run's arm (the recipe's axes, as the sweep's reader gives them) makes the verdict's arms; the
+    confirmation experiment keeps exactly each arm's chosen cell, not every arm at that optimizer and lr."""
+    from tinytrain.spec import load_experiment
+    from tinytrain.sweep import confirmation_experiment
+
+    experiment = load_experiment(
+        None,
+        ["optimizer=adam", "lr=0.001,0.01", "seed=0,1", "weight_decay=0.0,0.01", "steps=5"],
+    )
+    finals = {(0.001, 0.0): 0.3, (0.01, 0.0): 0.1, (0.001, 0.01): 0.05, (0.01, 0.01): 0.2}
+    runs = []
+    for spec in experiment.specs():
+        arm = experiment.arm(spec)
+        runs.append(run(spec.optimizer, spec.lr, spec.seed, finals[(spec.lr, dict(arm)["weight_decay"])], arm=arm))
+    tuning = report.tune(sweep(runs))
+    chosen = {arm.arm: (arm.lr, arm.recipe) for arm in tuning.arms}
+    assert chosen == {
+        "adam[weight_decay=0]": (0.01, (("weight_decay", 0.0),)),
+        "adam[weight_decay=0.01]": (0.001, (("weight_decay", 0.01),)),
+    }
+    confirmation = confirmation_experiment(experiment, list(tuning.arms), (7, 8, 9), "parent")
+    cells = {(spec.lr, spec.optimizer_kwargs["weight_decay"], spec.seed) for spec in confirmation.specs()}
+    assert cells == {(0.01, 0.0, seed) for seed in (7, 8, 9)} | {(0.001, 0.01, seed) for seed in (7, 8, 9)}
+    again = load_experiment("recorded", text=confirmation.to_toml(), recorded=True)
+    assert again.specs() == confirmation.specs()

@@ -112,7 +112,7 @@ def _names(runs: Sequence[CellRun]) -> list[str]:
 
 def run_axes(run: CellRun) -> dict[str, Any]:
     """Every grid axis of a run's cell but the seed: the optimizer, the lr and any further axes it carries."""
-    return {"optimizer": run.optimizer, "lr": run.lr, **dict(getattr(run, "axes", None) or {})}
+    return {"optimizer": run.optimizer, "lr": run.lr, **dict(getattr(run, "arm", None) or ())}
 
 
 def arm_of(run: CellRun, tuned: Sequence[str] = TUNED, axes: Callable[[CellRun], dict] = run_axes) -> str:
@@ -179,6 +179,7 @@ class ArmTuning:
     diverged_share: float  # share of the settings whose median seed diverged
     sensitivity: float | None  # decades: mean of min(log10 m, log10 worst) - log10 m*; None when all diverged
     expected_best: tuple[float, ...]  # E[best of k runs], k = 1..len (diverged runs at `worst`)
+    recipe: tuple[tuple[str, Any], ...] = ()  # the arm's other axes (schedule, weight_decay, ...), grid order
 
     @property
     def chosen_name(self) -> str:
@@ -234,6 +235,9 @@ def tune(
                 diverged_share=sum(math.isinf(result.median) for result in results) / len(results),
                 sensitivity=_sensitivity([result.median for result in results], best.median, worst),
                 expected_best=expected_best_of_k([min(value, worst) for result in results for value in result.values]),
+                recipe=tuple(
+                    (name, value) for name, value in axes(runs[0]).items() if name not in (*tuned, "optimizer")
+                ),
             )
         )
     return Tuning(sweep.parent_run_id, chosen_metric, worst, tuple(arms))

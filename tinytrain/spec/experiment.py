@@ -357,7 +357,7 @@ class Experiment:
         if self.confirms:  # a confirmation sweep: which tuning sweep, and the chosen cells
             lines += [f"confirms = {_toml_value(self.confirms)}"]
         if self.cells:
-            lines += [f"cells = {_toml_value([f'{o}@{lr!r}' for o, lr in self.cells])}"]
+            lines += [f"cells = {_toml_value([cell_label(cell, exact=True) for cell in self.cells])}"]
         lines += ["", "[grid]"]
         lines += [f"{axis} = {_toml_value(values)}" for axis, values in self.grid.items()]
         for name, variant in self.variants.items():
