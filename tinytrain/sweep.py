@@ -98,7 +98,7 @@ def run_sweep(
     then never imports MLflow. Without it, the same Recorder writes in this process.
     """
     started_at = time.perf_counter()
-    specs = experiment.specs()
+    specs = with_states(experiment.specs(), uri)
     _check_engine_and_executor(experiment, executor)
     check_store(uri)
     finished = finished_keys_readonly(uri, experiment.name)
@@ -131,6 +131,19 @@ def run_sweep(
     return SweepOutcome(
         experiment, uri, counts, time.perf_counter() - started_at, interrupted, failures, engines, notes
     )
+
+
+def with_states(specs: list[RunSpec], uri: str, always: bool = False) -> list[RunSpec]:
+    """The specs with the store's state folder, where their runs save training states and continue from them
+    (engines/state.py): runs that checkpoint (checkpoint_every), or `always` (a budget stops and continues
+    them). A run killed mid-way then continues from its last saved step, and raising `steps` on a finished
+    sweep continues each run from where it ended."""
+    from dataclasses import replace
+
+    from tinytrain.tracking.location import state_folder
+
+    folder = str(state_folder(uri))
+    return [replace(spec, state_folder=folder) if always or spec.checkpoint_every else spec for spec in specs]
 
 
 def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:

@@ -18,8 +18,12 @@ OWNER = "tinytrain.owner"  # host:pid:start of the process that writes the run, 
 ERROR = "tinytrain.error"
 PARENT = "mlflow.parentRunId"
 
-# the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above
-FINISHED_OUTCOMES = ("finished", "diverged", "converged")
+# the outcomes of a cell that needs no new run; converged: a finished run of a store written before diverge_above;
+# stopped: a run the budget stopped early (successive halving), with the rung it reached
+FINISHED_OUTCOMES = ("finished", "diverged", "converged", "stopped")
+STOPPED = "stopped"
+RUNG = "tinytrain.rung"  # the rung of successive halving a run reached (0 = the first)
+STOPPED_AT = "tinytrain.stopped_at"  # the step a stopped run ended at (its last logged loss)
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
 # A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (weights_pickle.py).
 MLMODEL = "MLmodel"
@@ -29,6 +33,9 @@ MODEL_DATA = Path("data") / "model.pth"
 CHECKPOINTS = "checkpoints"
 FINAL_CHECKPOINT = f"{CHECKPOINTS}/final.pt"
 LOSS = "loss"
+# A run that saves training states (checkpoint_every, or a budget) keeps the one where it ended beside its
+# checkpoint: a weights-only file of tensors and plain containers (engines/state.py) that a run continues from.
+TRAINING_STATE = f"{CHECKPOINTS}/state.pt"
 
 
 class TrackingError(RuntimeError):

@@ -55,6 +55,17 @@ def artifact_root(uri: str) -> str | None:
     return (sqlite_path(uri).parent / "artifacts").as_uri()
 
 
+def state_folder(uri: str) -> Path:
+    """Where runs keep the training states they continue from (engines/state.py): states/ beside a SQLite
+    store's database; for any other store a folder of this machine's cache named after the store's URI."""
+    if uri.startswith("sqlite:///"):
+        return sqlite_path(uri).parent / "states"
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tinytrain" / "states" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
 def check_store(uri: str, timeout: float = 3.0) -> None:
     """Fail fast, with one line, when the store cannot be used; before any run starts."""
     if is_http(uri):

@@ -21,6 +21,7 @@ from tinytrain.tracking.contract import (
     LOSS,
     OUTCOME,
     RUN_KEY,
+    STOPPED,
     TrackingError,
 )
 from tinytrain.tracking.location import check_store, is_http, sqlite_path
@@ -51,7 +52,7 @@ def finished_keys_readonly(uri: str, experiment_name: str) -> dict[str, str]:
         JOIN tags AS key_tag ON key_tag.run_uuid = runs.run_uuid AND key_tag.key = ?
         JOIN tags AS outcome_tag ON outcome_tag.run_uuid = runs.run_uuid AND outcome_tag.key = ?
         WHERE experiments.name = ? AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
-          AND outcome_tag.value IN (?, ?, ?)
+          AND outcome_tag.value IN (?, ?, ?, ?)
         ORDER BY runs.start_time"""
     return dict(query_sqlite(uri, query, (RUN_KEY, OUTCOME, experiment_name, *FINISHED_OUTCOMES)))
 
@@ -119,7 +120,7 @@ class CellRun:
     optimizer: str
     lr: float
     seed: int
-    outcome: str  # finished or diverged (converged: finished, in a store written before diverge_above)
+    outcome: str  # finished, diverged or stopped (converged: finished, in a store written before diverge_above)
     initial_loss: float
     final_loss: float
     losses: tuple[float, ...] = ()  # `loss` at steps 0..steps (shorter if it diverged); read on request
@@ -129,6 +130,11 @@ class CellRun:
     @property
     def diverged(self) -> bool:
         return self.outcome == "diverged"
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped early by a budget (successive halving): its losses end at the rung it reached."""
+        return self.outcome == STOPPED
 
 
 @dataclass(frozen=True)
@@ -293,7 +299,7 @@ def sweep_record_sqlite(
     names = {
         "key_tag": RUN_KEY,
         "outcome_tag": OUTCOME,
-        **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
+        **dict(zip(("finished", "diverged", "converged", "stopped"), FINISHED_OUTCOMES, strict=True)),
     }
     finished = finished_runs_readonly(uri, experiment_id, names)
     specs = experiment.specs()
