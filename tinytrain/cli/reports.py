@@ -25,6 +25,14 @@ sweep_option = click.option(
 )
 
 
+def note_stopped_cells(sweep) -> None:
+    """Cells a budget stopped early (successive halving): left out of the table, named below it on stderr."""
+    from tinytrain.reports.compare import stopped_sentence
+
+    if sweep.stopped:
+        click.echo(f"note: {stopped_sentence(sweep.stopped)}", err=True)
+
+
 def warn_missing_cells(sweep) -> None:
     """Cells of the sweep that no finished run answers for: say so, on stderr, below the data."""
     if sweep.missing:
@@ -146,6 +154,7 @@ def compare(
             rows, output_format, report.compare_title(sweep, metric), report.compare_caption(rows, by, target), target
         )
     click.echo(text, nl=False)
+    note_stopped_cells(sweep)
     warn_missing_cells(sweep)
 
 

@@ -17,6 +17,7 @@ from tinytrain.cli.common import (
 from tinytrain.executors.base import EXECUTORS
 from tinytrain.spec import ENGINES, load_experiment
 from tinytrain.spec.catalogue import PROBLEMS
+from tinytrain.spec.settings import BUDGETS
 from tinytrain.tracking.location import is_http
 
 
@@ -77,6 +78,12 @@ from tinytrain.tracking.location import is_http
     metavar="N",
     help="With --until-separated: stop when the tied cells have N seeds [default: 10].",
 )
+@click.option(
+    "--budget",
+    type=click.Choice(BUDGETS),
+    default=None,
+    help="halving: successive halving; every cell starts, the best 1/eta continue at each rung (docs/budget.md).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @translate_errors
 def sweep(
@@ -92,6 +99,7 @@ def sweep(
     from_run,
     until_separated,
     max_seeds,
+    budget,
     quiet,
 ):
     """Train every cell of an experiment's grid (default: experiments/optimizer-grid.toml) and log it.
@@ -103,14 +111,17 @@ def sweep(
         tinytrain sweep experiments/one-step-adam.toml
         tinytrain sweep --set steps=10 --set lr=0.1,0.01 --set optimizer=adam --dry-run
         tinytrain sweep --until-separated --max-seeds 12
+        tinytrain sweep --budget halving --set eta=3 --set first_rung=12
     """
     if max_seeds is not None and not until_separated:
         raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")
     if until_separated and (dry_run or force):
         raise BadInput("--until-separated picks its seeds from the results: drop --dry-run and --force")
-    overrides = list(overrides) + ([f"engine={engine}"] if engine else [])
+    overrides = list(overrides) + ([f"engine={engine}"] if engine else []) + ([f"budget={budget}"] if budget else [])
     uri = resolved_uri(tracking_uri)
     experiment = experiment_of(file, from_run, overrides, uri)
+    if experiment.settings["budget"] == "halving" and (until_separated or force):
+        raise BadInput("--budget halving decides which runs go on: drop --until-separated and --force")
     if dry_run:
         show_plan(experiment, uri, force)
         return
@@ -120,8 +131,14 @@ def sweep(
     from tinytrain.sweep import run_sweep, sweep_until_separated
 
     options = {"executor": executor or "inprocess", "jobs": jobs, "scheduler": scheduler, "progress": not quiet}
+    halving = None
     try:
-        if until_separated:
+        if experiment.settings["budget"] == "halving":
+            from tinytrain.budget import sweep_halving
+
+            halving = sweep_halving(experiment, uri, **options)
+            outcome = halving.outcome
+        elif until_separated:
             separation = sweep_until_separated(experiment, uri, max_seeds or 10, **options)
             outcome = separation.rounds[-1]
         else:
@@ -138,6 +155,10 @@ def sweep(
         )
         sys.exit(EXIT_INTERRUPTED)
     show_summary(outcome)
+    if halving is not None:
+        from tinytrain.budget import halving_lines
+
+        click.echo("\n".join(halving_lines(halving)))
     if until_separated:
         show_separation(separation, max_seeds or 10)
     if outcome.counts.failed:
@@ -208,10 +229,11 @@ def browse_line(outcome) -> str:
 
 def show_summary(outcome) -> None:
     counts = outcome.counts
-    ran = counts.finished + counts.diverged + counts.failed
+    ran = counts.finished + counts.diverged + counts.failed + counts.stopped
+    stopped = f", {counts.stopped} stopped by the budget" if counts.stopped else ""
     click.echo(
         f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.finished} finished, "
-        f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
+        f"{counts.diverged} diverged, {counts.failed} failed{stopped}), {counts.skipped} already done, "
         f"in {outcome.seconds:.1f} s"
     )
     if outcome.engine_line():

@@ -232,6 +232,24 @@ def ties_sentence(rows: Sequence[CellSummary]) -> str:
     return f"{cells} be told apart from {who} with {seeds} seeds (Holm-corrected p >= {stats.ALPHA:g})."
 
 
+def stopped_sentence(stopped: Sequence[CellRun]) -> str:
+    """The cells successive halving stopped early, by the step they reached: they are not in the table."""
+    by_step: dict[int | None, list[str]] = {}
+    for run in stopped:
+        names = by_step.setdefault(len(run.losses) - 1 if run.losses else None, [])
+        if cell_name(run.optimizer, run.lr) not in names:
+            names.append(cell_name(run.optimizer, run.lr))
+    cells = len({(run.optimizer, run.lr) for run in stopped})
+    parts = [
+        (f"at step {step}: " if step is not None else "") + ", ".join(names)
+        for step, names in sorted(by_step.items(), key=lambda item: item[0] or 0)
+    ]
+    return (
+        f"the budget (successive halving) stopped {cells} cell(s) early ({len(stopped)} runs, outcome stopped), "
+        f"not in the table: {'; '.join(parts)}"
+    )
+
+
 def sort_rows(rows: Sequence[CellSummary], column: str = "rank") -> list[CellSummary]:
     """Rows ordered by a column, ascending; empty values last, ties in rank order."""
     if column not in COLUMNS:

@@ -30,11 +30,10 @@ def write_sweep_summary(sweep: SweepRecord, folder: Path) -> list[Path]:
     by = "final_loss" if tested else "target"
     rows = compare.sort_rows(compare.summarize(compare.as_metric(sweep.runs, metric), by=by))
     markdown, table_csv, figure = (folder / name for name in SUMMARY_FILES)
-    markdown.write_text(
-        compare.render_compare(
-            rows, "markdown", compare.compare_title(sweep, metric), compare.compare_caption(rows, by)
-        )
-    )
+    caption = compare.compare_caption(rows, by)
+    if sweep.stopped:
+        caption += f"\n\nNote: {compare.stopped_sentence(sweep.stopped)}."
+    markdown.write_text(compare.render_compare(rows, "markdown", compare.compare_title(sweep, metric), caption))
     table_csv.write_text(compare.render_compare(rows, "csv"))
     plot.save_figure(plot.plot_loss_curves(sweep), figure)
     return [markdown, table_csv, figure]

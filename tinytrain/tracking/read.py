@@ -148,6 +148,9 @@ class SweepRecord:
     cells: int  # cells in the sweep's grid
     runs: tuple[CellRun, ...]  # grid order: optimizer, then lr, then seed
     missing: tuple[str, ...]  # run names of the cells without a finished run (failed, killed, not yet run)
+    # Runs a budget stopped early (successive halving): kept apart, since their losses end at the rung they
+    # reached and compare's statistics are of runs trained to the end
+    stopped: tuple[CellRun, ...] = ()
 
 
 def read_sweep(
@@ -261,8 +264,9 @@ def sweep_record(
         parent_run_id,
         experiment.settings["steps"],
         len(runs) + len(missing),
-        tuple(runs),
+        tuple(run for run in runs if not run.stopped),
         tuple(missing),
+        tuple(run for run in runs if run.stopped),
     )
 
 
@@ -343,6 +347,7 @@ def sweep_record_sqlite(
         parent_run_id,
         experiment.settings["steps"],
         len(runs) + len(missing),
-        tuple(runs),
+        tuple(run for run in runs if not run.stopped),
         tuple(missing),
+        tuple(run for run in runs if run.stopped),
     )
