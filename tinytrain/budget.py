@@ -21,7 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 
-from tinytrain.results import DIVERGED, FAILED, FINISHED, STOPPED, RunResult
+from tinytrain.results import DIVERGED, FAILED, FINISHED, RUNG, STOPPED, STOPPED_AT, RunResult
 from tinytrain.spec import ConfigError, Experiment, RunSpec
 from tinytrain.spec.settings import TUNING_METRICS, rungs
 from tinytrain.sweep import (
@@ -153,9 +153,9 @@ def sweep_halving(
     def record(result: RunResult, rung: int, advance) -> None:
         if result.spec.key in recorded:
             return
-        result.runtime["rung"] = str(rung)
+        result.runtime[RUNG] = str(rung)
         if result.outcome == STOPPED:
-            result.runtime["stopped_at"] = str(result.final_step)
+            result.runtime[STOPPED_AT] = str(result.final_step)
         recorder.run_finished(result)
         recorded.add(result.spec.key)
         if result.error:

@@ -15,6 +15,8 @@ from tinytrain.spec import RunSpec
 FINISHED, DIVERGED, FAILED = "finished", "diverged", "failed"
 STOPPED = "stopped"  # stopped early by a budget (successive halving): neither finished nor diverged
 OUTCOMES = (FINISHED, DIVERGED, FAILED, STOPPED)
+# What a budget adds to a run's runtime (each tagged tinytrain.<name>): the rung it reached, where it stopped
+RUNG, STOPPED_AT = "rung", "stopped_at"
 LEGACY_FINISHED = "converged"  # what stores written before diverge_above call a finished run
 
 

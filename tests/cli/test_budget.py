@@ -82,7 +82,7 @@ def test_a_sweep_killed_mid_run_continues_from_its_last_saved_step_bit_for_bit(
     assert metric_history(store_uri, run.info.run_id, "loss") == straight.losses
     for name, series in straight.metrics.items():
         assert metric_history(store_uri, run.info.run_id, name) == [series[step] for step in sorted(series)]
-    saved = Path(client(store_uri).download_artifacts(run.info.run_id, "checkpoints/state.pt"))
+    saved = Path(client(store_uri).download_artifacts(run.info.run_id, "training_state.pt"))
     state = torch.load(saved, weights_only=True)
     assert state["step"] == steps and state["losses"].tolist() == straight.losses[:-1]
     assert all(torch.equal(state["weights"][name], straight.final_weights[name]) for name in straight.final_weights)
@@ -157,6 +157,10 @@ def test_halving_logs_every_run_once_with_its_rung_and_ends_on_the_full_grids_be
     best = min(scores, key=scores.get)
     assert len(scores) == 1 and f"Best cell: {best[0]}@{best[1]:g}" in result.output  # 9 cells -> 3 -> 1
     assert "dropped:" in result.output and "Steps trained:" in result.output
+
+    for run in (stopped[0], next(run for run in runs if run.data.tags["tinytrain.outcome"] == "finished")):
+        reproduced = invoke(["reproduce", run.info.run_id])  # a stopped run retrains to where it stopped
+        assert reproduced.exit_code == 0, reproduced.output
 
     compared = invoke(["compare", "--experiment", "e2e"])
     assert compared.exit_code == 0

@@ -22,8 +22,6 @@ PARENT = "mlflow.parentRunId"
 # stopped: a run the budget stopped early (successive halving), with the rung it reached
 FINISHED_OUTCOMES = ("finished", "diverged", "converged", "stopped")
 STOPPED = "stopped"
-RUNG = "tinytrain.rung"  # the rung of successive halving a run reached (0 = the first)
-STOPPED_AT = "tinytrain.stopped_at"  # the step a stopped run ended at (its last logged loss)
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
 # A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (weights_pickle.py).
 MLMODEL = "MLmodel"
@@ -35,7 +33,8 @@ FINAL_CHECKPOINT = f"{CHECKPOINTS}/final.pt"
 LOSS = "loss"
 # A run that saves training states (checkpoint_every, or a budget) keeps the one where it ended beside its
 # checkpoint: a weights-only file of tensors and plain containers (engines/state.py) that a run continues from.
-TRAINING_STATE = f"{CHECKPOINTS}/state.pt"
+# Not in checkpoints/, whose *.pt files older stores' readers take for state dicts of the net.
+TRAINING_STATE = "training_state.pt"
 
 
 class TrackingError(RuntimeError):
