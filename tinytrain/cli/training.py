@@ -79,6 +79,14 @@ from tinytrain.tracking.location import is_http
     help="With --until-separated: stop when the tied cells have N seeds [default: 10].",
 )
 @click.option(
+    "--prune-p",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    metavar="P",
+    help="With --until-separated: a tied cell a one-sided paired test shows worse at p < P gets no more "
+    "seeds [default: 0.1; 0: never].",
+)
+@click.option(
     "--budget",
     type=click.Choice(BUDGETS),
     default=None,
@@ -99,6 +107,7 @@ def sweep(
     from_run,
     until_separated,
     max_seeds,
+    prune_p,
     budget,
     quiet,
 ):
@@ -115,6 +124,8 @@ def sweep(
     """
     if max_seeds is not None and not until_separated:
         raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")
+    if prune_p is not None and not until_separated:
+        raise BadInput("--prune-p prunes the seeds of --until-separated: add --until-separated, or drop --prune-p")
     if until_separated and (dry_run or force):
         raise BadInput("--until-separated picks its seeds from the results: drop --dry-run and --force")
     overrides = list(overrides) + ([f"engine={engine}"] if engine else []) + ([f"budget={budget}"] if budget else [])
@@ -139,7 +150,9 @@ def sweep(
             halving = sweep_halving(experiment, uri, **options)
             outcome = halving.outcome
         elif until_separated:
-            separation = sweep_until_separated(experiment, uri, max_seeds or 10, **options)
+            separation = sweep_until_separated(
+                experiment, uri, max_seeds or 10, 0.1 if prune_p is None else prune_p, **options
+            )
             outcome = separation.rounds[-1]
         else:
             outcome = run_sweep(experiment, uri, force=force, **options)
@@ -184,10 +197,13 @@ def show_separation(separation, max_seeds: int) -> None:
         if rounds > 1
         else f"no seeds added, {separation.seconds:.1f} s"
     )
+    for cell, reason in separation.dropped.items():
+        click.echo(f"Dropped {cell}: no more seeds, {reason}.")
     if separation.separated:
+        pruned = " or was dropped as worse" if separation.dropped else ""
         click.echo(
             f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
-            f"p < 0.05 with up to {separation.seeds} seeds ({spent})."
+            f"p < 0.05{pruned} with up to {separation.seeds} seeds ({spent})."
         )
     else:
         tied = ", ".join(separation.tied)
