@@ -13,6 +13,7 @@ from typing import NoReturn
 import click
 
 from tinytrain.cli.reports import compare, plot
+from tinytrain.cli.search import search
 from tinytrain.cli.services import cluster, ui
 from tinytrain.cli.training import run, sweep
 from tinytrain.cli.trust import gradcheck, optimizers, reproduce
@@ -31,7 +32,7 @@ def cli() -> None:
     """
 
 
-for command in (sweep, run, compare, plot, reproduce, gradcheck, optimizers, ui, cluster):
+for command in (sweep, run, search, compare, plot, reproduce, gradcheck, optimizers, ui, cluster):
     cli.add_command(command)
 
 
