@@ -191,19 +191,17 @@ def search(
         study.enqueue_trial(stale.params, skip_if_exists=False)
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     outcome = SearchOutcome(name, storage, [], 0, 0, 0.0)
-    finished_before = len(study.get_trials(deepcopy=False, states=done_states))
-    if trials > finished_before:
 
-        def objective(trial: optuna.Trial) -> float:
-            return _trial(trial, experiment, uri, space, overrides, pruner == "halving", name, outcome)
+    def objective(trial: optuna.Trial) -> float:
+        return _trial(trial, experiment, uri, space, overrides, pruner == "halving", name, outcome)
 
-        study.optimize(
-            objective,
-            n_trials=trials - finished_before,
-            timeout=timeout,
-            catch=(ConfigError,),
-            callbacks=[optuna.study.MaxTrialsCallback(trials, states=done_states)],
-        )
+    # One trial at a time, each asked of a sampler seeded with the sampler seed plus the trial's number: a
+    # search resumed after a kill asks what the same search run straight through asks
+    while len(study.get_trials(deepcopy=False, states=done_states)) < trials:
+        if timeout is not None and time.perf_counter() - started >= timeout:
+            break
+        study = open_study(storage, name, sampler, seed + len(study.get_trials(deepcopy=False)), optuna_pruner)
+        study.optimize(objective, n_trials=1, catch=(ConfigError,))
     outcome.trials = [
         Trial(t.number, dict(t.params), t.value, t.state.name, t.user_attrs.get("sweep")) for t in study.trials
     ]
