@@ -62,6 +62,7 @@ cluster-stop: $(STAMP) ## Stop the cluster that make cluster started
 bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow script, vmap engine and its bound; SCALE=1 adds 1,000 and 10,000-run sweeps (~25 min)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/batched_kernels.py
+	$(BIN)/python benchmarks/budget.py
 	$(if $(SCALE),$(BIN)/python benchmarks/scale.py --experiment experiments/scale-1k.toml --experiment experiments/scale-10k.toml $(SCALE_ARGS))
 
 lint: $(STAMP) ## ruff (check and format) over the code, and the import contract (pyproject.toml: arrows one way, no cycles)

@@ -10,7 +10,11 @@ Steps, not seconds: the figures are counts, the same on any machine. The 1,000-r
 (5 optimizers x 20 learning rates x 10 seeds) at 40 steps, where the result holds and the full grid trains
 in a couple of minutes.
 
-Usage: python benchmarks/budget.py [--grid default|1k ...] [--limit 0.35]
+`tinytrain search` (TPE, sampler seed 0) is given trials for 35 % of the full grid's runs (each trial a cell
+over the grid's seeds), over the grid's optimizers and its learning-rate range on a log scale; its best trial
+is compared in the same way with the full grid's best cell, seed by seed.
+
+Usage: python benchmarks/budget.py [--grid default|1k ...] [--limit 0.35] [--skip-search]
 """
 
 from __future__ import annotations
@@ -59,6 +63,29 @@ def halving(path: str, overrides: list[str]) -> tuple[int, int, str, str]:
     return int(steps[1].replace(",", "")), int(steps[2].replace(",", "")), best[1], done.stdout
 
 
+def search(path: str, overrides: list[str], trials: int, low: float, high: float):
+    """`tinytrain search` with `trials` trials into a fresh store: (best trial's cell, [value by seed], runs)."""
+    from tinytrain.budget import tuning_value
+    from tinytrain.engines.sequential import train
+    from tinytrain.spec import load_experiment
+
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "tinytrain", "search", str(ROOT / path), "--trials", str(trials)]
+        command += ["--space", f"lr={low!r}:{high!r}:log", "--sampler", "tpe", "--sampler-seed", "0"]
+        command += [arg for item in overrides for arg in ("--set", item)]
+        command += ["--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=folder)
+    best = re.search(r"Best: trial \d+ \((.*)\): ", done.stdout)[1]
+    runs = int(re.search(r"this time (\d+) runs logged", done.stdout)[1])
+    params = dict(item.split("=", 1) for item in best.split(", "))
+    experiment = load_experiment(ROOT / path, overrides)
+    optimizer = params.get("optimizer", experiment.grid["optimizer"][0])
+    # the best trial's cell over the grid's seeds, retrained here (the same numbers as its logged runs)
+    cell = load_experiment(ROOT / path, [*overrides, f"optimizer={optimizer}", f"lr={params['lr']}"])
+    values = {spec.seed: tuning_value(train(spec), "auto") for spec in cell.specs()}
+    return (optimizer, float(params["lr"])), values, runs
+
+
 def indistinguishable(one: dict[int, float], other: dict[int, float]) -> tuple[bool, float]:
     """Whether the seeds cannot tell two cells apart: a paired Wilcoxon signed-rank test over shared seeds."""
     from scipy.stats import wilcoxon
@@ -76,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", action="append", choices=sorted(GRIDS), help="default and 1k unless given")
     parser.add_argument("--limit", type=float, default=0.35, help="the largest fraction of the full grid's steps")
+    parser.add_argument("--skip-search", action="store_true", help="halving only")
     args = parser.parse_args()
     failed = False
     print("Successive halving against the full grid (optimizer steps; best cell by the median tuning metric)")
@@ -98,6 +126,21 @@ def main() -> None:
         print(
             f"  {name:8} {runs:5} runs: halving {trained:,} of {full_steps:,} steps = {fraction:.1%} "
             f"(limit {args.limit:.0%}); full grid's best {best[0]}@{best[1]:g}, halving's {chosen}: {verdict}"
+            f"  [{'ok' if ok else 'FAILED'}]"
+        )
+        if args.skip_search:
+            continue
+        seeds = len(next(iter(cells.values())))
+        trials = max(1, int(args.limit * runs) // seeds)
+        lrs = [cell[1] for cell in cells]
+        found, values, logged = search(path, overrides, trials, min(lrs), max(lrs))
+        same, p_value = indistinguishable(values, cells[best])
+        ok = logged <= args.limit * runs and same
+        failed |= not ok
+        print(
+            f"  {name:8} search: {trials} trials, {logged} of {runs} runs = {logged / runs:.1%}; best trial "
+            f"{found[0]}@{found[1]:.4g}, median {statistics.median(values.values()):.3g} against the full grid's "
+            f"{scores[best]:.3g}: {'tied with it' if same else 'worse'} (paired Wilcoxon p = {p_value:.3g})"
             f"  [{'ok' if ok else 'FAILED'}]"
         )
     sys.exit(1 if failed else 0)
