@@ -169,9 +169,9 @@ BAD_INPUTS = [
     ),
     (
         {"stepz": 3},
-        "unknown key 'stepz' in <experiment>: known keys are batch_size, checkpoint_every, data_seed, "
-        "diverge_above, engine, eval_every, extra_seeds, grid, loss, mkldnn, name, optimizers, problem, "
-        "steps, target_index, threads",
+        "unknown key 'stepz' in <experiment>: known keys are batch_size, budget, checkpoint_every, data_seed, "
+        "diverge_above, engine, eta, eval_every, extra_seeds, first_rung, grid, loss, mkldnn, name, optimizers, "
+        "problem, steps, target_index, threads, tuning_metric",
     ),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
@@ -290,7 +290,7 @@ def test_each_bad_input_has_its_own_message(raw, message):
             "colour=red",
             "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
             "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
-            "eval_every, diverge_above) or optimizers.NAME.HYPERPARAMETER",
+            "eval_every, diverge_above, budget, eta, first_rung, tuning_metric) or optimizers.NAME.HYPERPARAMETER",
         ),
     ],
 )
