@@ -17,6 +17,9 @@ DEFAULT_STORE = Path("mlruns") / "mlflow.db"
 # MLflow 3 sends usage telemetry from every process that imports it; a research tool should not phone home.
 # Set in the environment of the processes that use MLflow: the store's (Store) and the server's.
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+# What a process that opens a store sets before MLflow is imported: no telemetry, and no progress bar for the
+# few files it downloads (MLflow draws one wherever tqdm is installed, as optuna, the search extra, brings it)
+QUIET = {**NO_TELEMETRY, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:

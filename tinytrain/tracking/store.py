@@ -31,7 +31,7 @@ from tinytrain.tracking.contract import (
     TRAINING_STATE,
     TrackingError,
 )
-from tinytrain.tracking.location import NO_TELEMETRY, artifact_root, is_http
+from tinytrain.tracking.location import QUIET, artifact_root, is_http
 from tinytrain.tracking.provenance import owner_is_gone, process_owner
 from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
 
@@ -54,7 +54,7 @@ class Store:
         """
         import logging
 
-        for name, value in NO_TELEMETRY.items():  # before MLflow is imported
+        for name, value in QUIET.items():  # before MLflow is imported
             os.environ.setdefault(name, value)
         import mlflow
 
