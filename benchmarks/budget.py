@@ -64,26 +64,23 @@ def halving(path: str, overrides: list[str]) -> tuple[int, int, str, str]:
 
 
 def search(path: str, overrides: list[str], trials: int, low: float, high: float):
-    """`tinytrain search` with `trials` trials into a fresh store: (best trial's cell, [value by seed], runs)."""
-    from tinytrain.budget import tuning_value
-    from tinytrain.engines.sequential import train
-    from tinytrain.spec import load_experiment
+    """`tinytrain search` with `trials` trials into a fresh store: (best trial's cell, [value by seed], runs).
+
+    The best trial's values are read back from its sweep (one-sample grids: the tuning metric is final_loss)."""
+    from tinytrain.tracking import read_sweep
 
     with tempfile.TemporaryDirectory() as folder:
+        uri = f"sqlite:///{folder}/mlflow.db"
         command = [sys.executable, "-m", "tinytrain", "search", str(ROOT / path), "--trials", str(trials)]
         command += ["--space", f"lr={low!r}:{high!r}:log", "--sampler", "tpe", "--sampler-seed", "0"]
         command += [arg for item in overrides for arg in ("--set", item)]
-        command += ["--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+        command += ["--tracking-uri", uri]
         done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=folder)
-    best = re.search(r"Best: trial \d+ \((.*)\): ", done.stdout)[1]
-    runs = int(re.search(r"this time (\d+) runs logged", done.stdout)[1])
-    params = dict(item.split("=", 1) for item in best.split(", "))
-    experiment = load_experiment(ROOT / path, overrides)
-    optimizer = params.get("optimizer", experiment.grid["optimizer"][0])
-    # the best trial's cell over the grid's seeds, retrained here (the same numbers as its logged runs)
-    cell = load_experiment(ROOT / path, [*overrides, f"optimizer={optimizer}", f"lr={params['lr']}"])
-    values = {spec.seed: tuning_value(train(spec), "auto") for spec in cell.specs()}
-    return (optimizer, float(params["lr"])), values, runs
+        sweep_id = re.search(r"Best: trial .*\(sweep run (\w+)\)", done.stdout)[1]
+        runs = int(re.search(r"this time (\d+) runs logged", done.stdout)[1])
+        best = read_sweep(uri, parent_run_id=sweep_id).runs
+    values = {run.seed: math.inf if run.diverged else run.final_loss for run in best}
+    return (best[0].optimizer, best[0].lr), values, runs
 
 
 def indistinguishable(one: dict[int, float], other: dict[int, float]) -> tuple[bool, float]:
