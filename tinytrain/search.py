@@ -128,6 +128,7 @@ def default_storage(uri: str) -> str:
 def open_study(storage: str, name: str, sampler: str, seed: int, pruner: Any) -> Any:
     """The study in its storage (made if new); an unreachable storage is one line of bad input."""
     import logging
+    import warnings
 
     import optuna
 
@@ -139,10 +140,13 @@ def open_study(storage: str, name: str, sampler: str, seed: int, pruner: Any) ->
     }
     try:
         store = optuna.storages.RDBStorage(storage)
+        with warnings.catch_warnings():  # GP's deterministic_objective and QMC are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            chosen = samplers[sampler]()
         return optuna.create_study(
             study_name=name,
             storage=store,
-            sampler=samplers[sampler](),
+            sampler=chosen,
             pruner=pruner,
             direction="minimize",
             load_if_exists=True,
