@@ -96,3 +96,19 @@ def test_bad_search_input_is_one_line_exit_2_and_nothing_written(args, message, 
     assert result.exit_code == 2 and message in result.output and len(result.output.splitlines()) == 1, result.output
     assert store_digest(store_uri) is None
     assert not (sqlite_path(store_uri).parent / "optuna.db").exists()
+
+
+def test_a_trial_left_running_by_a_killed_search_is_failed_and_asked_again_first(experiment_file, store_uri):
+    """What a SIGKILLed search leaves in the study: a RUNNING trial. The next search fails it and runs its
+    parameters again first, so the study holds each finished trial once."""
+    import optuna
+
+    storage = f"sqlite:///{sqlite_path(store_uri).parent / 'optuna.db'}"
+    sqlite_path(store_uri).parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="e2e-search", storage=storage, direction="minimize")
+    left = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)})  # as if killed here
+    result = invoke(["search", experiment_file(GRID), "--space", "lr=1e-4:0.1:log", "--trials", "1"])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="e2e-search", storage=storage).trials
+    assert [trial.state.name for trial in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == left.params and "1 complete" in result.output
