@@ -1,8 +1,8 @@
 """The tinytrain command line: a thin click layer over the library (`import tinytrain`).
 
-Each module holds a family of commands: training.py (sweep, run), reports.py (compare, plot), trust.py
-(reproduce, gradcheck, optimizers), verdict.py (verdict, confirm, profile, curves), services.py (ui, cluster);
-common.py turns the library's errors into one-line messages and exit codes. Neither torch nor MLflow (nor
+Each module holds a family of commands: training.py (sweep, run), search.py (search), reports.py (compare,
+plot), trust.py (reproduce, gradcheck, optimizers), verdict.py (verdict, confirm, profile, curves), services.py
+(ui, cluster); common.py turns the library's errors into one-line messages and exit codes. Neither torch nor MLflow (nor
 scipy) is imported at module level, so `tinytrain --help` is instant.
 """
 
@@ -13,6 +13,7 @@ from typing import NoReturn
 import click
 
 from tinytrain.cli.reports import compare, plot
+from tinytrain.cli.search import search
 from tinytrain.cli.services import cluster, ui
 from tinytrain.cli.training import run, sweep
 from tinytrain.cli.trust import gradcheck, optimizers, reproduce
@@ -32,7 +33,22 @@ def cli() -> None:
     """
 
 
-COMMANDS = (sweep, run, compare, plot, verdict, confirm, profile, curves, reproduce, gradcheck, optimizers, ui, cluster)
+COMMANDS = (
+    sweep,
+    run,
+    search,
+    compare,
+    plot,
+    verdict,
+    confirm,
+    profile,
+    curves,
+    reproduce,
+    gradcheck,
+    optimizers,
+    ui,
+    cluster,
+)
 for command in COMMANDS:
     cli.add_command(command)
 

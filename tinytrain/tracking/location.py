@@ -17,6 +17,9 @@ DEFAULT_STORE = Path("mlruns") / "mlflow.db"
 # MLflow 3 sends usage telemetry from every process that imports it; a research tool should not phone home.
 # Set in the environment of the processes that use MLflow: the store's (Store) and the server's.
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+# What a process that opens a store sets before MLflow is imported: no telemetry, and no progress bar for the
+# few files it downloads (MLflow draws one wherever tqdm is installed, as optuna, the search extra, brings it)
+QUIET = {**NO_TELEMETRY, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -53,6 +56,17 @@ def artifact_root(uri: str) -> str | None:
     if is_http(uri):
         return None
     return (sqlite_path(uri).parent / "artifacts").as_uri()
+
+
+def state_folder(uri: str) -> Path:
+    """Where runs keep the training states they continue from (engines/state.py): states/ beside a SQLite
+    store's database; for any other store a folder of this machine's cache named after the store's URI."""
+    if uri.startswith("sqlite:///"):
+        return sqlite_path(uri).parent / "states"
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tinytrain" / "states" / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 def check_store(uri: str, timeout: float = 3.0) -> None:
