@@ -203,7 +203,7 @@ def test_a_diverged_run_says_so_in_its_name_and_keeps_its_numbers(swept, store_u
 
 
 def test_which_sweeps_made_the_runs_reads_the_same_in_plain_sql_as_through_mlflow(swept, cli_runner, store_uri):
-    from tinytrain.tracking.read import sweeps_of_runs, sweeps_of_runs_mlflow
+    from tinytrain.tracking.sweep_records import sweeps_of_runs, sweeps_of_runs_mlflow
 
     cli_runner.invoke(cli, ["sweep", "grid.toml", "--quiet", "--force", "--set", "optimizer=adam"])  # 4 more
     run_ids = [run.info.run_id for run in children(store_uri)]

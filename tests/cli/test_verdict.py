@@ -325,7 +325,7 @@ def test_curves_export_every_loss_as_csv_and_parquet(store, tmp_path):
 
 def test_the_stores_latest_sweep_is_the_same_by_plain_sql_and_by_mlflows_search(store):
     from tinytrain.tracking import Store
-    from tinytrain.tracking.read import _latest_sweep, _latest_sweep_sqlite
+    from tinytrain.tracking.sweep_records import _latest_sweep, _latest_sweep_sqlite
 
     with Store(store["uri"]) as opened:
         by_mlflow = _latest_sweep(opened, None)
