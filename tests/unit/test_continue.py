@@ -99,3 +99,41 @@ def test_the_vmap_engine_leaves_cells_with_a_state_folder_to_the_sequential_engi
     plan = plan_batches([spec, dataclasses.replace(spec, seed=9, state_folder="states")])
     assert [len(batch) for batch in plan.batches] == [1] and len(plan.sequential) == 1
     assert plan.fallback_reason[plan.sequential[0]] == "it saves or continues from a training state"
+
+
+SCHEDULED = [
+    {"optimizer": "adam", "schedule": "warmup-cosine", "warmup": 6},
+    {"optimizer": "muon", "schedule": "warmup-cosine", "warmup": 0.25},  # two schedulers, one per inner optimizer
+    {"optimizer": "sgd", "schedule": "step", "step_size": 5, "gamma": 0.5, "clip_grad_norm": 0.5},
+    {"optimizer": "adam", "problem": "digits", "schedule": "wsd", "warmup": 4, "eval_every": 4, "batch_size": 16},
+]
+
+
+@pytest.mark.parametrize("settings", SCHEDULED, ids=lambda s: f"{s['optimizer']}-{s['schedule']}")
+def test_a_scheduled_run_stopped_and_continued_equals_the_straight_run(settings, tmp_path):
+    """The schedulers' state travels with the training state: continued, the lr of every step (logged as `lr`)
+    and so every loss and weight are the straight run's. Without it the schedule would start over."""
+    spec = spec_of(**settings)
+    straight = train(spec)
+    assert len(set(straight.metrics["lr"].values())) > 2  # the schedule does change the lr over the run
+    for stop in (3, 13):  # in the warmup and after it
+        folder = tmp_path / str(stop)
+        stopped = train(dataclasses.replace(spec, state_folder=str(folder), stop_at=stop))
+        assert stopped.outcome == STOPPED and stopped.losses == straight.losses[: stop + 1]
+        assert "scheduler" in torch.load(state_path(folder, spec.lineage, stop), weights_only=True)
+        continued = train(dataclasses.replace(spec, state_folder=str(folder)))
+        assert continued.runtime["continued_from_step"] == str(stop)
+        assert continued.metrics["lr"] == straight.metrics["lr"]
+        assert same_run(continued, straight)
+
+
+def test_a_scheduled_run_does_not_continue_from_a_run_of_other_steps(tmp_path):
+    """A schedule is shaped by `steps` (a cosine's length, a fraction's warmup): a longer run starts afresh."""
+    spec = spec_of(schedule="warmup-cosine", warmup=0.25)
+    train(dataclasses.replace(spec, steps=12, state_folder=str(tmp_path)))
+    longer = train(dataclasses.replace(spec, state_folder=str(tmp_path)))
+    assert "continued_from_step" not in longer.runtime
+    assert same_run(longer, train(spec))
+    assert dataclasses.replace(spec, steps=12).lineage != spec.lineage
+    constant = spec_of()
+    assert dataclasses.replace(constant, steps=12).lineage == constant.lineage
