@@ -30,6 +30,7 @@ from tinytrain.errors import ConfigError
 from tinytrain.executors.base import EXECUTORS, ExecutorError
 from tinytrain.executors.cluster import CLUSTER_FOLDER
 from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
+from tinytrain.plugins import OPTIMIZER_GROUP, PROBLEM_GROUP
 from tinytrain.reports.compare import COLUMNS as COMPARE_COLUMNS
 from tinytrain.reports.compare import FORMATS, RANKINGS
 from tinytrain.reports.compare import METRICS as COMPARE_METRICS
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from tinytrain.search import Dimension, SearchOutcome
     from tinytrain.sweep import CellStatus, Separation, SweepOutcome
     from tinytrain.tracking.sweep_records import LatestSweep, SweepRecord
+    from tinytrain.tracking.views import SweepLinks
 
 __all__ = [
     # stores, sweeps, runs and curves
@@ -77,6 +79,10 @@ __all__ = [
     "check_gradients",
     "start_cluster",
     "stop_cluster",
+    "ui_address",
+    "ui_command",
+    "sweep_links",
+    "entry_points",
     # errors
     "ConfigError",
     "ExecutorError",
@@ -96,6 +102,8 @@ __all__ = [
     "FORMATS",
     "LOSSES",
     "MUON_PARAMETERS",
+    "OPTIMIZER_GROUP",
+    "PROBLEM_GROUP",
     "OPTIMIZERS",
     "PROBLEMS",
     "RANKINGS",
@@ -725,6 +733,35 @@ def stop_cluster() -> int:
     from tinytrain.executors.cluster import stop_cluster as stop
 
     return stop(CLUSTER_FOLDER)
+
+
+def ui_address(host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The address `tinytrain ui --host HOST --port PORT` serves the MLflow UI at."""
+    from tinytrain.tracking.location import ui_address as address
+
+    return address(host, port)
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves a SQLite store's UI at the default address (None for a server: it is one)."""
+    from tinytrain.tracking.location import ui_command as command
+
+    return command(uri)
+
+
+def sweep_links(address: str, experiment_id: str, parent_run_id: str) -> SweepLinks:
+    """The MLflow UI's prepared views of a sweep at `address`: its charts, every run, its cell summaries."""
+    from tinytrain.tracking.views import sweep_links as links
+
+    return links(address, experiment_id, parent_run_id)
+
+
+def entry_points(group: str) -> dict[str, str]:
+    """The plugins installed under an entry-point group (OPTIMIZER_GROUP, PROBLEM_GROUP): name -> import path,
+    read from package metadata (nothing imported)."""
+    from tinytrain.plugins import entry_points as found
+
+    return found(group)
 
 
 # ---------------------------------------------------------------------------------------------------------
