@@ -150,7 +150,7 @@ def sweep_halving(
             opened.add(spec.key)
             recorder.run_started(spec)
 
-    def record(result: RunResult, rung: int, advance) -> None:
+    def record(result: RunResult, rung: int, bar) -> None:
         if result.spec.key in recorded:
             return
         result.runtime[RUNG] = str(rung)
@@ -160,11 +160,11 @@ def sweep_halving(
         recorded.add(result.spec.key)
         if result.error:
             failures.append(f"{result.spec.run_name}: {result.error}")
-        advance()
+        bar.finished(result.outcome)
 
     try:
         recorder.open(experiment, specs, finished, False, True)
-        with _progress(len(specs), len(recorded & {spec.key for spec in specs}), enabled=progress) as advance:
+        with _progress(len(specs), len(recorded & {spec.key for spec in specs}), enabled=progress) as bar:
             for index, step in enumerate(points):
                 last = index == len(points) - 1
                 todo = [
@@ -176,7 +176,7 @@ def sweep_halving(
                 results: dict[Cell, list[RunResult]] = {cell: [] for cell in alive}
                 for spec in (spec for cell in alive for spec in cells[cell] if spec.key in ended):
                     results[experiment.cell(spec)].append(ended[spec.key])  # diverged: worst at every rung
-                for result in runner.run(todo, started):
+                for result in runner.run(todo, bar.started(started)):
                     if metric == "auto" and result.outcome not in (DIVERGED, FAILED):
                         metric = metric_name(metric, result)  # what auto means for this problem
                     if result.outcome in (DIVERGED, FAILED):
@@ -185,7 +185,7 @@ def sweep_halving(
                     _count_engine(result.runtime, engines, notes)
                     results[experiment.cell(result.spec)].append(result)
                     if last or result.outcome != STOPPED:  # its fate is known: finished, diverged or failed
-                        record(result, index, advance)
+                        record(result, index, bar)
                 scores = {cell: cell_score(results[cell], metric, step) for cell in alive}
                 ranked = sorted(alive, key=lambda cell: (scores[cell], list(cells).index(cell)))
                 promoted = ranked if last else ranked[: max(1, len(alive) // settings["eta"])]
@@ -196,7 +196,7 @@ def sweep_halving(
                     if cell not in promoted:
                         for result in results[cell]:
                             if result.outcome == STOPPED:
-                                record(result, index, advance)
+                                record(result, index, bar)
                 alive = [cell for cell in promoted if math.isfinite(scores[cell])] or promoted[:1]
     except KeyboardInterrupt:
         status, interrupted = "KILLED", True

@@ -84,12 +84,21 @@ def _check_name(name: str, experiment: Experiment) -> None:
             f"--space {name}: not a numeric hyperparameter of an optimizer of the grid "
             f"({', '.join(experiment.grid['optimizer'])})"
         )
-    if name in DEFAULTS and is_number(DEFAULTS[name]) and name not in ("eta", "first_rung"):
+    if name in searchable_settings():
         return
     raise ConfigError(
-        f"--space {name}: search lr, a numeric setting ({', '.join(k for k, v in DEFAULTS.items() if is_number(v))}) "
+        f"--space {name}: search lr, a numeric setting ({', '.join(searchable_settings())}) "
         "or optimizers.NAME.HYPERPARAMETER"
     )
+
+
+def searchable_settings() -> list[str]:
+    """The settings a search may vary: the numeric ones (weight_decay too, unset by default), but the budget's."""
+    return [
+        name
+        for name, value in DEFAULTS.items()
+        if (is_number(value) or name == "weight_decay") and name not in ("eta", "first_rung")
+    ]
 
 
 @dataclass

@@ -292,11 +292,15 @@ def next_seeds(
 ) -> dict[tuple, tuple[int, ...]]:
     """One more seed for the best cell and every cell tied with it that has fewer than max_seeds and was not
     dropped (paired pruning): the smallest integer none of them has run yet, so that the new runs pair by seed."""
+    from tinytrain.reports.compare import cell_name
+
     dropped = dropped or {}
     cells = [
-        (row.optimizer, row.lr, *getattr(row, "arm", ()))
-        for row in rows
-        if (row.baseline or row.tied_with_best) and row.name not in dropped
+        cell
+        for cell in (
+            (row.optimizer, row.lr, *getattr(row, "arm", ())) for row in rows if row.baseline or row.tied_with_best
+        )
+        if cell_name(*cell) not in dropped
     ]
     seeds: dict[tuple, set[int]] = {cell: set() for cell in cells}
     for spec in experiment.specs():

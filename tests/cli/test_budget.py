@@ -99,7 +99,7 @@ def test_raising_steps_on_a_finished_sweep_extends_its_runs(experiment_file, sto
         spec = load_experiment(short, ["steps=70", f"seed={run.data.params['seed']}"]).specs()[0]
         assert spec.key == run.data.tags["tinytrain.run_key"]  # the continued run is the 70-step cell's run
         assert metric_history(store_uri, run.info.run_id, "loss") == train(dataclasses.replace(spec)).losses
-    assert "2 already done" in invoke(["sweep", short, "--set", "steps=70", "-q"]).output
+    assert "every cell is done (2 runs" in invoke(["sweep", short, "--set", "steps=70", "-q"]).output
     assert sqlite_path(store_uri).parent.joinpath("states").is_dir()
 
 

@@ -243,14 +243,14 @@ class CellRun:
         """The optimizer with its arm's axes, e.g. adam [schedule=cosine, weight_decay=0.01]."""
         return arm_name(self.optimizer, self.arm)
 
-
-def arm_name(optimizer: str, arm: tuple[tuple[str, Any], ...]) -> str:
-    return optimizer + (" [" + ", ".join(f"{axis}={value}" for axis, value in arm) + "]" if arm else "")
-
     @property
     def stopped(self) -> bool:
         """Stopped early by a budget (successive halving): its losses end at the rung it reached."""
         return self.outcome == STOPPED
+
+
+def arm_name(optimizer: str, arm: tuple[tuple[str, Any], ...]) -> str:
+    return optimizer + (" [" + ", ".join(f"{axis}={value}" for axis, value in arm) + "]" if arm else "")
 
 
 @dataclass(frozen=True)
