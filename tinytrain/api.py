@@ -30,7 +30,7 @@ from tinytrain.errors import ConfigError
 from tinytrain.executors.base import EXECUTORS, ExecutorError
 from tinytrain.executors.cluster import CLUSTER_FOLDER
 from tinytrain.optimizers import ADAMW_WITH_MUON, MUON_PARAMETERS, OPTIMIZERS
-from tinytrain.plugins import OPTIMIZER_GROUP, entry_points
+from tinytrain.plugins import OPTIMIZER_GROUP, PROBLEM_GROUP
 from tinytrain.reports.compare import COLUMNS as COMPARE_COLUMNS
 from tinytrain.reports.compare import FORMATS, RANKINGS
 from tinytrain.reports.compare import METRICS as COMPARE_METRICS
@@ -40,20 +40,23 @@ from tinytrain.results import DIVERGED, FAILED, FINISHED
 from tinytrain.spec import DEFAULTS, ENGINES, Experiment, RunSpec
 from tinytrain.spec import load_experiment as _load_experiment
 from tinytrain.spec.catalogue import DIGITS_TRAINING_IMAGES, LOSSES, PROBLEMS
+from tinytrain.spec.settings import BUDGETS
 from tinytrain.tracking.contract import LOSS, TrackingError
-from tinytrain.tracking.location import is_http, resolve_tracking_uri, ui_address, ui_command
-from tinytrain.tracking.views import sweep_links
+from tinytrain.tracking.location import is_http, resolve_tracking_uri
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from tinytrain.budget import Halving
     from tinytrain.executors.cluster import ClusterState
     from tinytrain.gradcheck import TensorCheck
     from tinytrain.reports.compare import CellSummary
     from tinytrain.reproduce import Verdict
+    from tinytrain.search import Dimension, SearchOutcome
     from tinytrain.sweep import CellStatus, Separation, SweepOutcome
     from tinytrain.tracking.sweep_records import LatestSweep, SweepRecord
+    from tinytrain.tracking.views import SweepLinks
 
 __all__ = [
     # stores, sweeps, runs and curves
@@ -67,17 +70,26 @@ __all__ = [
     "load_experiment",
     "run_sweep",
     "sweep_until_separated",
+    "sweep_halving",
+    "halving_lines",
+    "search_space",
+    "run_search",
     "without_lr_axis",
     # trust and services
     "check_gradients",
     "start_cluster",
     "stop_cluster",
+    "ui_address",
+    "ui_command",
+    "sweep_links",
+    "entry_points",
     # errors
     "ConfigError",
     "ExecutorError",
     "TrackingError",
     # the catalogue and the choices of the command line's options
     "ADAMW_WITH_MUON",
+    "BUDGETS",
     "CLUSTER_FOLDER",
     "COMPARE_ALPHA",
     "COMPARE_COLUMNS",
@@ -90,6 +102,8 @@ __all__ = [
     "FORMATS",
     "LOSSES",
     "MUON_PARAMETERS",
+    "OPTIMIZER_GROUP",
+    "PROBLEM_GROUP",
     "OPTIMIZERS",
     "PROBLEMS",
     "RANKINGS",
@@ -106,11 +120,6 @@ __all__ = [
     "exposure_warning",
     "server_failure",
     "database_server_commands",
-    "sweep_links",
-    "ui_address",
-    "ui_command",
-    "OPTIMIZER_GROUP",
-    "entry_points",
     # the verdict: records of a sweep, a confirmation sweep (the report modules load on first use)
     "read_sweep",
     "confirm",
@@ -361,6 +370,18 @@ class Sweep:
     def missing(self) -> tuple[str, ...]:
         """Run names of the cells without a finished run (failed, killed or not run yet)."""
         return self.record.missing
+
+    @property
+    def stopped(self) -> tuple[str, ...]:
+        """Run ids of the runs a budget stopped early (successive halving): not in runs() or compare."""
+        return tuple(run.run_id for run in self.record.stopped)
+
+    @property
+    def stopped_note(self) -> str | None:
+        """The cells a budget stopped early, by the step they reached, in a sentence; None when there are none."""
+        from tinytrain.reports.compare import stopped_sentence
+
+        return stopped_sentence(self.record.stopped) if self.record.stopped else None
 
     def runs(self) -> pd.DataFrame:
         """The sweep's runs, one row each, in grid order (optimizer, then lr, then seed).
@@ -665,13 +686,54 @@ def run_sweep(
 
 
 def sweep_until_separated(
-    experiment: Experiment, store: MLflowStore | str | Path | None = None, max_seeds: int = 10, **options: Any
+    experiment: Experiment,
+    store: MLflowStore | str | Path | None = None,
+    max_seeds: int = 10,
+    prune_p: float = 0.1,
+    **options: Any,
 ) -> Separation:
     """Sweep, then add seeds to the cells tied with the best and sweep again, until none is tied or the tied
-    cells have `max_seeds` seeds. Options as `run_sweep`."""
+    cells have `max_seeds` seeds. A tied cell that a one-sided paired Wilcoxon test shows worse than the best
+    at p < `prune_p` gets no more seeds (0: never). Options as `run_sweep`."""
     from tinytrain.sweep import sweep_until_separated as until_separated
 
-    return until_separated(experiment, _uri_of(store), max_seeds, **options)
+    return until_separated(experiment, _uri_of(store), max_seeds, prune_p, **options)
+
+
+def sweep_halving(experiment: Experiment, store: MLflowStore | str | Path | None = None, **options: Any) -> Halving:
+    """Successive halving over the experiment's cells (its settings eta, first_rung, tuning_metric), logged as
+    one sweep whose losers are logged stopped with their rung. Options as `run_sweep` (but `force`)."""
+    from tinytrain.budget import sweep_halving as halving
+
+    return halving(experiment, _uri_of(store), **options)
+
+
+def halving_lines(halving: Halving) -> list[str]:
+    """What a halving sweep says after its summary: each rung, the cells it dropped and why, the steps spent."""
+    from tinytrain.budget import halving_lines as lines
+
+    return lines(halving)
+
+
+def search_space(texts: Sequence[str], experiment: Experiment) -> list[Dimension]:
+    """The searched values of `tinytrain search` (NAME=LOW:HIGH[:log]), checked against the experiment."""
+    from tinytrain.search import parse_space
+
+    return parse_space(list(texts), experiment)
+
+
+def run_search(
+    experiment: Experiment,
+    store: MLflowStore | str | Path | None,
+    dimensions: list[Dimension],
+    **options: Any,
+) -> SearchOutcome:
+    """Optuna over `dimensions`: each trial a cell trained over the experiment's seeds, logged as a sweep of its
+    own; the study in optuna.db beside the store (or `storage`), resumed when run again. Options as
+    tinytrain.search.search: trials, timeout, sampler, seed, storage, study_name, pruner, overrides."""
+    from tinytrain.search import search
+
+    return search(experiment, _uri_of(store), dimensions, **options)
 
 
 def _uri_of(store: MLflowStore | str | Path | None) -> str:
@@ -708,6 +770,35 @@ def stop_cluster() -> int:
     from tinytrain.executors.cluster import stop_cluster as stop
 
     return stop(CLUSTER_FOLDER)
+
+
+def ui_address(host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The address `tinytrain ui --host HOST --port PORT` serves the MLflow UI at."""
+    from tinytrain.tracking.location import ui_address as address
+
+    return address(host, port)
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves a SQLite store's UI at the default address (None for a server: it is one)."""
+    from tinytrain.tracking.location import ui_command as command
+
+    return command(uri)
+
+
+def sweep_links(address: str, experiment_id: str, parent_run_id: str) -> SweepLinks:
+    """The MLflow UI's prepared views of a sweep at `address`: its charts, every run, its cell summaries."""
+    from tinytrain.tracking.views import sweep_links as links
+
+    return links(address, experiment_id, parent_run_id)
+
+
+def entry_points(group: str) -> dict[str, str]:
+    """The plugins installed under an entry-point group (OPTIMIZER_GROUP, PROBLEM_GROUP): name -> import path,
+    read from package metadata (nothing imported)."""
+    from tinytrain.plugins import entry_points as found
+
+    return found(group)
 
 
 # ---------------------------------------------------------------------------------------------------------

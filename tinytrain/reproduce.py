@@ -10,6 +10,7 @@ through tracking.read_logged_run (a LoggedRun), read without unpickling any code
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Callable
@@ -20,7 +21,16 @@ import torch
 
 from tinytrain import plugins
 from tinytrain.engines.sequential import plugin_provenance, train
-from tinytrain.results import FINISHED, TIMING_METRICS, VIEW_METRICS, RunResult, StateDict, current_outcome
+from tinytrain.results import (
+    FINISHED,
+    STOPPED,
+    STOPPED_AT,
+    TIMING_METRICS,
+    VIEW_METRICS,
+    RunResult,
+    StateDict,
+    current_outcome,
+)
 from tinytrain.spec import RunSpec
 
 # What MLflow keeps of a non-finite metric: NaN as NaN, +-inf as +-the largest float.
@@ -116,7 +126,7 @@ def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -
                 "or the key were changed, or another version of tinytrain wrote them",
             )
         )
-    result = retrain(record.spec)
+    result = retrain(spec_to_retrain(record))
     if current_outcome(record.outcome) != result.outcome:
         verdict.differences.append(Difference("outcome", f"logged {record.outcome}, retrained {result.outcome}"))
     compare_metrics(record.metrics, result.logged_metrics(), verdict)
@@ -229,15 +239,26 @@ def compare_history(name: str, logged: History, retrained: History) -> Differenc
 # Weights
 
 
+def spec_to_retrain(record: Record) -> RunSpec:
+    """The record's spec; a run the budget stopped is retrained to the step it stopped at (its tag)."""
+    stopped_at = record.tags.get(f"tinytrain.{STOPPED_AT}", "")
+    if record.outcome == STOPPED and stopped_at.isdigit():
+        return dataclasses.replace(record.spec, stop_at=int(stopped_at))
+    return record.spec
+
+
 def expected_weights(record: Record, result: RunResult) -> dict[int, StateDict | None]:
     """step -> retrained weights of every checkpoint the record's settings and outcome imply.
 
     Only a run whose record says it finished (converged, in an older store) keeps weights: its final ones
     and every checkpoint_every step's (None where the retraining has none to compare, e.g. it diverged).
     """
+    retrained = {**result.checkpoints, result.final_step: result.final_weights}
+    if record.outcome == STOPPED:  # its weights where the budget stopped it, and the checkpoints before
+        end = spec_to_retrain(record).stop_step
+        return {step: retrained.get(step) for step in (*record.spec.checkpoint_steps, end) if step <= end}
     if current_outcome(record.outcome) != FINISHED:
         return {}
-    retrained = {**result.checkpoints, result.final_step: result.final_weights}
     return {step: retrained.get(step) for step in (*record.spec.checkpoint_steps, record.spec.steps)}
 
 

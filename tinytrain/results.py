@@ -14,7 +14,10 @@ from typing import Any
 from tinytrain.spec import RunSpec
 
 FINISHED, DIVERGED, FAILED = "finished", "diverged", "failed"
-OUTCOMES = (FINISHED, DIVERGED, FAILED)
+STOPPED = "stopped"  # stopped early by a budget (successive halving): neither finished nor diverged
+OUTCOMES = (FINISHED, DIVERGED, FAILED, STOPPED)
+# What a budget adds to a run's runtime (each tagged tinytrain.<name>): the rung it reached, where it stopped
+RUNG, STOPPED_AT = "rung", "stopped_at"
 LEGACY_FINISHED = "converged"  # what stores written before diverge_above call a finished run
 
 
@@ -55,7 +58,7 @@ class RunResult:
 
     spec: RunSpec
     losses: list[float]  # losses[i] is the loss before step i's update; losses[steps] after the last
-    outcome: str  # finished, diverged (a non-finite or too large loss ended it) or failed (it raised)
+    outcome: str  # finished, diverged (a non-finite or too large loss ended it), failed (it raised), stopped
     final_weights: StateDict | None = None  # None for a diverged or failed run: nothing to checkpoint
     checkpoints: dict[int, StateDict] = field(default_factory=dict)  # step -> weights, every checkpoint_every
     train_seconds: float = 0.0
@@ -64,6 +67,9 @@ class RunResult:
     # Metrics besides the training loss, name -> step -> value: test_loss and test_accuracy of the weights
     # before step's update, every eval_every steps, and of the final weights at step `steps`.
     metrics: dict[str, dict[int, float]] = field(default_factory=dict)
+    # The training state where it ended (engines/state.py), as the bytes of its weights-only file: logged
+    # beside the checkpoint when the run saves states (a state folder), None otherwise.
+    state: bytes | None = None
 
     @property
     def initial_loss(self) -> float:

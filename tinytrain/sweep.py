@@ -111,7 +111,7 @@ def run_sweep(
     that made them.
     """
     started_at = time.perf_counter()
-    specs = experiment.specs()
+    specs = with_states(experiment.specs(), uri)
     _check_engine_and_executor(experiment, executor)
     check_store(uri)
     finished = finished_keys_readonly(uri, experiment.name)
@@ -230,6 +230,19 @@ def _wave(experiment: Experiment, executor: str, jobs: int, cells: int) -> int:
     return jobs if executor == "pool" or jobs > 1 else 1
 
 
+def with_states(specs: list[RunSpec], uri: str, always: bool = False) -> list[RunSpec]:
+    """The specs with the store's state folder, where their runs save training states and continue from them
+    (engines/state.py): runs that checkpoint (checkpoint_every), or `always` (a budget stops and continues
+    them). A run killed mid-way then continues from its last saved step, and raising `steps` on a finished
+    sweep continues each run from where it ended."""
+    from dataclasses import replace
+
+    from tinytrain.tracking.location import state_folder
+
+    folder = str(state_folder(uri))
+    return [replace(spec, state_folder=folder) if always or spec.checkpoint_every else spec for spec in specs]
+
+
 def _check_engine_and_executor(experiment: Experiment, executor: str) -> None:
     if experiment.settings["engine"] == "vmap" and executor == "dask":
         raise ConfigError(
@@ -344,16 +357,28 @@ class Separation:
     tied: list[str]  # the cells still tied with it
     seeds: int  # the most seeds any cell has now
     seconds: float
+    dropped: dict[str, str] = field(default_factory=dict)  # cell -> why it got no more seeds (paired pruning)
 
     @property
     def added_runs(self) -> int:
         return sum(outcome.counts.total - outcome.counts.skipped for outcome in self.rounds[1:])
 
 
-def next_seeds(experiment: Experiment, rows: list, max_seeds: int) -> dict[tuple, tuple[int, ...]]:
-    """One more seed for the best cell and every cell tied with it that has fewer than max_seeds: the
-    smallest integer none of them has run yet, so that the new runs pair by seed."""
-    cells = [(row.optimizer, row.lr, *getattr(row, "arm", ())) for row in rows if row.baseline or row.tied_with_best]
+def next_seeds(
+    experiment: Experiment, rows: list, max_seeds: int, dropped: dict[str, str] | None = None
+) -> dict[tuple, tuple[int, ...]]:
+    """One more seed for the best cell and every cell tied with it that has fewer than max_seeds and was not
+    dropped (paired pruning): the smallest integer none of them has run yet, so that the new runs pair by seed."""
+    from tinytrain.reports.compare import cell_name
+
+    dropped = dropped or {}
+    cells = [
+        cell
+        for cell in (
+            (row.optimizer, row.lr, *getattr(row, "arm", ())) for row in rows if row.baseline or row.tied_with_best
+        )
+        if cell_name(*cell) not in dropped
+    ]
     seeds: dict[tuple, set[int]] = {cell: set() for cell in cells}
     for spec in experiment.specs():
         if experiment.cell(spec) in seeds:
@@ -367,9 +392,12 @@ def next_seeds(experiment: Experiment, rows: list, max_seeds: int) -> dict[tuple
     return extra if growing else {}
 
 
-def sweep_until_separated(experiment: Experiment, uri: str, max_seeds: int, **options) -> Separation:
+def sweep_until_separated(
+    experiment: Experiment, uri: str, max_seeds: int, prune_p: float = 0.1, **options
+) -> Separation:
     """Sweep the grid, then add seeds to the cells tied with the best and sweep again (resume skips what is
-    done), until the best is separated from every other cell or the tied cells have max_seeds seeds.
+    done), until the best is separated from every other cell or the tied cells have max_seeds seeds. A tied
+    cell that a one-sided paired test already shows worse than the best gets no more seeds (prune_worse_cells).
 
     The comparison is compare's default (time to target, paired Wilcoxon, Holm); it reads the store back
     in this process, so MLflow is imported here. Each round is a sweep of its own, whose parent run keeps
@@ -383,6 +411,7 @@ def sweep_until_separated(experiment: Experiment, uri: str, max_seeds: int, **op
     started = time.perf_counter()
     options["record_when_done"] = True  # each round's parent keeps the experiment its comparison reads
     rounds = [run_sweep(experiment, uri, **options)]
+    dropped: dict[str, str] = {}
     while True:
         outcome = rounds[-1]
         sweep = read_sweep(uri, parent_run_id=outcome.counts.parent_run_id, with_losses=True)
@@ -390,11 +419,36 @@ def sweep_until_separated(experiment: Experiment, uri: str, max_seeds: int, **op
         best = next(row for row in rows if row.baseline)
         tied = [row.name for row in rows if row.tied_with_best]
         seeds = max(row.seeds for row in rows)
-        extra = next_seeds(experiment, rows, max_seeds) if tied else {}
+        if prune_p > 0:
+            prune_worse_cells(sweep.runs, rows, dropped, prune_p)
+        tied = [name for name in tied if name not in dropped]  # a dropped cell is told apart, one-sided
+        extra = next_seeds(experiment, rows, max_seeds, dropped) if tied else {}
         if not extra or outcome.interrupted or outcome.counts.failed:
-            return Separation(rounds, not tied, best.name, tied, seeds, time.perf_counter() - started)
+            return Separation(rounds, not tied, best.name, tied, seeds, time.perf_counter() - started, dropped)
         experiment = replace(experiment, extra_seeds=extra)
         rounds.append(run_sweep(experiment, uri, **options))
+
+
+def prune_worse_cells(runs, rows: list, dropped: dict[str, str], threshold: float) -> None:
+    """Paired pruning of seeds: each cell still tied with the best that a one-sided paired Wilcoxon test (its
+    log10 final losses against the best's, seed by seed) shows worse at p < threshold joins `dropped`, with
+    why; it gets no more seeds (as Optuna's WilcoxonPruner prunes a trial; its default threshold is 0.1).
+    A dropped cell stays dropped."""
+    from tinytrain.reports.stats import worse_p
+
+    best = next(row for row in rows if row.baseline)
+    by_cell: dict[tuple, list] = {}
+    for run in runs:
+        by_cell.setdefault(run.cell, []).append(run)
+    for row in rows:
+        if not row.tied_with_best or row.name in dropped:
+            continue
+        seeds, p_value = worse_p(by_cell[row.cell], by_cell[best.cell])
+        if p_value is not None and p_value < threshold:
+            dropped[row.name] = (
+                f"worse than the best ({best.name}) by a one-sided paired Wilcoxon test over {seeds} seeds, "
+                f"p = {p_value:.3g} < {threshold:g}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------

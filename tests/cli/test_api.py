@@ -34,7 +34,13 @@ def swept(tmp_path_factory):
     uri = tinytrain.store_uri(tmp_path_factory.mktemp("api") / "store" / "mlflow.db")
     store = tinytrain.open_store(uri)
     first = store.run_sweep(tinytrain.load_experiment(overrides=SETTINGS))
-    second = tinytrain.run_sweep(tinytrain.load_experiment(overrides=SETTINGS), uri)
+    nothing = tinytrain.run_sweep(tinytrain.load_experiment(overrides=SETTINGS), uri)
+    assert nothing.counts.parent_run_id is None and nothing.made_by.parents == [first.counts.parent_run_id]
+    # a sweep that trains nothing writes nothing; one that records itself anyway (as --until-separated's
+    # rounds do) is a second sweep of the same runs
+    from tinytrain.sweep import run_sweep
+
+    second = run_sweep(tinytrain.load_experiment(overrides=SETTINGS), uri, progress=False, record_when_done=True)
     other = tinytrain.load_experiment(overrides={"name": "api-other", "steps": 2, "optimizer": "adam", "seed": [0]})
     tinytrain.run_sweep(other, store)
     assert (first.counts.finished, first.counts.diverged, second.counts.skipped) == (6, 6, 12)
@@ -89,8 +95,9 @@ def test_the_runs_dataframe_is_what_mlflow_search_runs_gives(swept):
         params = {key[7:]: value for key, value in row.items() if key.startswith("params.") and pd.notna(value)}
         assert params == run.data.params  # a param another optimizer has is missing (NaN) in this row
         metrics = {key[8:]: value for key, value in row.items() if key.startswith("metrics.")}
-        # a metric another run has is missing (NaN) in this row; a logged NaN (a diverged loss) stays
-        metrics = {name: value for name, value in metrics.items() if name in run.data.metrics or pd.notna(value)}
+        absent = {name: value for name, value in metrics.items() if name not in run.data.metrics}
+        assert all(math.isnan(value) for value in absent.values())  # one other runs have (log10_final_loss)
+        metrics = {name: value for name, value in metrics.items() if name not in absent}
         assert metrics.keys() == run.data.metrics.keys()
         assert all(
             value == run.data.metrics[name] or (math.isnan(value) and math.isnan(run.data.metrics[name]))

@@ -25,7 +25,7 @@ seed = [0, 1, 2, 3, 4]
 
 def test_a_sixth_seed_separates_two_cells_that_five_cannot(experiment_file, store_uri):
     path = experiment_file(GRID)
-    result = invoke(["sweep", path, "--quiet", "--until-separated", "--max-seeds", "8"])
+    result = invoke(["sweep", path, "--quiet", "--until-separated", "--max-seeds", "8", "--prune-p", "0"])
     assert result.exit_code == 0, result.output
     # five seeds: the smallest two-sided p is 2/2**5 = 0.0625; six: 0.03125 (one other cell, so Holm = p)
     assert (
@@ -38,12 +38,13 @@ def test_a_sixth_seed_separates_two_cells_that_five_cannot(experiment_file, stor
         ("sgd", 6, False, False),
     ]  # in rank order
     assert rows[1]["p_value"] == pytest.approx(0.03125)
-    again = invoke(["sweep", path, "--quiet", "--until-separated", "--max-seeds", "8"])
+    again = invoke(["sweep", path, "--quiet", "--until-separated", "--max-seeds", "8", "--prune-p", "0"])
     assert "12 runs: 0 trained" in again.output and "(1 more round(s), 0 runs added" in again.output  # resumed
 
 
 def test_max_seeds_stops_it_and_says_so(experiment_file, store_uri):
-    result = invoke(["sweep", experiment_file(GRID), "--quiet", "--until-separated", "--max-seeds", "5"])
+    args = ["--quiet", "--until-separated", "--max-seeds", "5", "--prune-p", "0"]
+    result = invoke(["sweep", experiment_file(GRID), *args])
     assert result.exit_code == 0, result.output
     assert (
         "Not separated: 1 cell(s) still cannot be told apart from the best (adam@0.01) with up to 5 seeds "
@@ -52,12 +53,31 @@ def test_max_seeds_stops_it_and_says_so(experiment_file, store_uri):
     assert result.output.rstrip().endswith("sgd@0.01")
 
 
+def test_a_cell_a_one_sided_paired_test_shows_worse_gets_no_more_seeds_and_is_named(experiment_file, store_uri):
+    """Paired pruning: five seeds where sgd ends above adam on every one: the two-sided Holm test cannot tell
+    them apart (p = 0.0625), the one-sided test shows sgd worse (p = 1/32), so sgd gets no sixth seed."""
+    result = invoke(["sweep", experiment_file(GRID), "--quiet", "--until-separated", "--max-seeds", "8"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "Dropped sgd@0.01: no more seeds, worse than the best (adam@0.01) by a one-sided paired Wilcoxon test "
+        "over 5 seeds, p = 0.0312 < 0.1." in result.output
+    )
+    assert "Separated: every other cell differs from the best (adam@0.01) at Holm-corrected p < 0.05 or was " in (
+        result.output
+    )
+    assert "no seeds added" in result.output and "10 runs: 10 trained" in result.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (
             ["--max-seeds", "4"],
             "Error: --max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds\n",
+        ),
+        (
+            ["--prune-p", "0.2"],
+            "Error: --prune-p prunes the seeds of --until-separated: add --until-separated, or drop --prune-p\n",
         ),
         (
             ["--until-separated", "--dry-run"],

@@ -1,9 +1,9 @@
 """The tinytrain command line: a thin click layer over the library (`import tinytrain`).
 
-Each module holds a family of commands: training.py (sweep, run), reports.py (compare, plot), trust.py
-(reproduce, gradcheck, optimizers), verdict.py (verdict, confirm, profile, curves), services.py (ui, server,
-cluster); common.py turns the library's errors into one-line messages and exit codes. Neither torch nor MLflow
-(nor scipy) is imported at module level, so `tinytrain --help` is instant.
+Each module holds a family of commands: training.py (sweep, run), search.py (search), reports.py (compare,
+plot), trust.py (reproduce, gradcheck, optimizers), verdict.py (verdict, confirm, profile, curves), services.py
+(ui, server, cluster); common.py turns the library's errors into one-line messages and exit codes. Neither torch
+nor MLflow (nor scipy) is imported at module level, so `tinytrain --help` is instant.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import NoReturn
 import click
 
 from tinytrain.cli.reports import compare, plot
+from tinytrain.cli.search import search
 from tinytrain.cli.services import cluster, server, ui
 from tinytrain.cli.training import run, sweep
 from tinytrain.cli.trust import gradcheck, optimizers, reproduce
@@ -35,6 +36,7 @@ def cli() -> None:
 COMMANDS = (
     sweep,
     run,
+    search,
     compare,
     plot,
     verdict,

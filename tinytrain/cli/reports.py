@@ -37,6 +37,12 @@ def terminal_width() -> int | None:
     return None
 
 
+def note_stopped_cells(sweep) -> None:
+    """Cells a budget stopped early (successive halving): left out of the table, named below it on stderr."""
+    if sweep.stopped_note:
+        click.echo(f"note: {sweep.stopped_note}", err=True)
+
+
 def warn_missing_cells(sweep) -> None:
     """Cells of the sweep that no finished run answers for: say so, on stderr, below the data."""
     if sweep.missing:
@@ -144,6 +150,7 @@ def compare(
     else:
         text = sweep.compare_text(output_format, target, by, metric, vs, sort or "rank", width=terminal_width())
     click.echo(text, nl=False)
+    note_stopped_cells(sweep)
     warn_missing_cells(sweep)
 
 

@@ -73,6 +73,20 @@ from tinytrain.cli.common import (
     metavar="N",
     help="With --until-separated: stop when the tied cells have N seeds [default: 10].",
 )
+@click.option(
+    "--prune-p",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    metavar="P",
+    help="With --until-separated: a tied cell a one-sided paired test shows worse at p < P gets no more "
+    "seeds [default: 0.1; 0: never].",
+)
+@click.option(
+    "--budget",
+    type=click.Choice(api.BUDGETS),
+    default=None,
+    help="halving: successive halving; every cell starts, the best 1/eta continue at each rung (docs/budget.md).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
     "--allow-huge", is_flag=True, help="Sweep a grid of more than a million cells (refused otherwise, as a typo)."
@@ -91,6 +105,8 @@ def sweep(
     from_run,
     until_separated,
     max_seeds,
+    prune_p,
+    budget,
     quiet,
     allow_huge,
 ):
@@ -103,14 +119,19 @@ def sweep(
         tinytrain sweep experiments/one-step-adam.toml
         tinytrain sweep --set steps=10 --set lr=0.1,0.01 --set optimizer=adam --dry-run
         tinytrain sweep --until-separated --max-seeds 12
+        tinytrain sweep --budget halving --set eta=3 --set first_rung=12
     """
     if max_seeds is not None and not until_separated:
         raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")
+    if prune_p is not None and not until_separated:
+        raise BadInput("--prune-p prunes the seeds of --until-separated: add --until-separated, or drop --prune-p")
     if until_separated and (dry_run or force):
         raise BadInput("--until-separated picks its seeds from the results: drop --dry-run and --force")
-    overrides = list(overrides) + ([f"engine={engine}"] if engine else [])
+    overrides = list(overrides) + ([f"engine={engine}"] if engine else []) + ([f"budget={budget}"] if budget else [])
     uri = resolved_uri(tracking_uri)
     experiment = experiment_of(file, from_run, overrides, uri, allow_huge)
+    if experiment.settings["budget"] == "halving" and (until_separated or force):
+        raise BadInput("--budget halving decides which runs go on: drop --until-separated and --force")
     if dry_run:
         show_plan(experiment, uri, force)
         return
@@ -118,9 +139,15 @@ def sweep(
         raise BadInput(f"--scheduler names a Dask scheduler: use it with --executor dask, not {executor}")
     executor = executor or ("dask" if scheduler else None)  # --scheduler alone means the Dask executor
     options = {"executor": executor or "inprocess", "jobs": jobs, "scheduler": scheduler, "progress": not quiet}
+    halving = None
     try:
-        if until_separated:
-            separation = api.sweep_until_separated(experiment, uri, max_seeds or 10, **options)
+        if experiment.settings["budget"] == "halving":
+            halving = api.sweep_halving(experiment, uri, **options)
+            outcome = halving.outcome
+        elif until_separated:
+            separation = api.sweep_until_separated(
+                experiment, uri, max_seeds or 10, 0.1 if prune_p is None else prune_p, **options
+            )
             outcome = separation.rounds[-1]
         else:
             outcome = api.run_sweep(experiment, uri, force=force, **options)
@@ -136,6 +163,8 @@ def sweep(
         )
         sys.exit(ExitCode.INTERRUPTED)
     show_summary(outcome)
+    if halving is not None:
+        click.echo("\n".join(api.halving_lines(halving)))
     if until_separated:
         show_separation(separation, max_seeds or 10)
     if outcome.counts.failed:
@@ -159,10 +188,13 @@ def show_separation(separation, max_seeds: int) -> None:
         if rounds > 1
         else f"no seeds added, {separation.seconds:.1f} s"
     )
+    for cell, reason in separation.dropped.items():
+        click.echo(f"Dropped {cell}: no more seeds, {reason}.")
     if separation.separated:
+        pruned = " or was dropped as worse" if separation.dropped else ""
         click.echo(
             f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
-            f"p < {api.COMPARE_ALPHA:g} with up to {separation.seeds} seeds ({spent})."
+            f"p < {api.COMPARE_ALPHA:g}{pruned} with up to {separation.seeds} seeds ({spent})."
         )
     else:
         tied = ", ".join(separation.tied)
@@ -223,10 +255,11 @@ def show_summary(outcome) -> None:
         show_done(outcome)
         return
     counts = outcome.counts
-    ran = counts.finished + counts.diverged + counts.failed
+    ran = counts.finished + counts.diverged + counts.failed + counts.stopped
+    stopped = f", {counts.stopped} stopped by the budget" if counts.stopped else ""
     click.echo(
         f"{outcome.experiment.name}: {counts.total} runs: {ran} trained ({counts.finished} finished, "
-        f"{counts.diverged} diverged, {counts.failed} failed), {counts.skipped} already done, "
+        f"{counts.diverged} diverged, {counts.failed} failed{stopped}), {counts.skipped} already done, "
         + (f"{counts.others} trained by other sweeps meanwhile, " if counts.others else "")
         + f"in {outcome.seconds:.1f} s"
     )

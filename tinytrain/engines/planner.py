@@ -70,6 +70,9 @@ def plan_batches(
     for spec in specs:
         if spec.engine != "vmap":
             plan.sequential.append(spec)
+        elif spec.state_folder:  # the batched engine keeps no training state: the sequential one gives the same bits
+            plan.sequential.append(spec)
+            plan.fallback_reason[spec] = "it saves or continues from a training state"
         elif spec.kind not in VMAP_KINDS:
             plan.sequential.append(spec)
             plan.fallback_reason[spec] = f"the vmap engine has no stacked update for {spec.kind}"

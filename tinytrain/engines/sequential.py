@@ -11,17 +11,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from tinytrain import plugins
 from tinytrain.engines.recipe import Schedules
+from tinytrain.engines.state import latest_state, restore, state_bytes, training_state, write_state
 from tinytrain.model import LeNet
 from tinytrain.optimizers import OPTIMIZERS, build_optimizer, plugin_class_path
 from tinytrain.problems import Problem, has_test_set, make_net, make_problem, problem_class_path
 from tinytrain.problems import loss_function as problem_loss
 from tinytrain.problems.one_sample import loss_fn, make_input, make_target
-from tinytrain.results import DIVERGED, FINISHED, RunResult, StateDict, diverges, failed_result
+from tinytrain.results import DIVERGED, FINISHED, STOPPED, RunResult, StateDict, diverges, failed_result
 from tinytrain.spec import RunSpec
 from tinytrain.spec.catalogue import PROBLEMS
 
@@ -86,6 +88,12 @@ def train(spec: RunSpec) -> RunResult:
 
     That last forward (no update) is on the last step's minibatch: losses[steps] (final_loss) is the loss
     after the last update on the data the last step trained on, as in the blog's one-sample measurement.
+
+    With a state folder (spec.state_folder) the run continues from the latest training state of its lineage
+    (engines/state.py) at or before where it ends, and saves its state every checkpoint_every steps and where
+    it ends. With stop_at = k < steps it stops before step k's update, as the budget stops a run: it records
+    step k's loss (and held-out metrics) as a straight run would, and ends STOPPED with the weights after k
+    updates; continuing it redoes step k, so every number equals the straight run's.
     """
     configure_runtime(spec.threads, spec.mkldnn)
     started = time.perf_counter()
@@ -97,10 +105,18 @@ def train(spec: RunSpec) -> RunResult:
     optimizer = build_optimizer(spec.kind, list(net.named_parameters()), spec.lr, spec.optimizer_kwargs)
     schedules = Schedules(optimizer, spec)
     parameters = list(net.parameters())
+    end = spec.stop_step
     losses: list[float] = []
     provenance = plugin_provenance(spec)
     checkpoints: dict[int, StateDict] = {}
     metrics: dict[str, dict[int, float]] = {}
+    first, earlier_seconds = 0, 0.0
+    saved = _SavedStates(spec)
+    # A stop redoes its step from a state there; a run to its end needs its last step's batch for the last forward
+    at_most = end if end < spec.steps else spec.steps - 1
+    if saved.enabled and (state := latest_state(spec.state_folder, spec.lineage, at_most)) is not None:
+        losses, metrics, earlier_seconds = restore(state, net, optimizer, batches, scheduler=schedules)
+        first = saved.resumed_from = state["step"]
 
     def measure(step: int) -> None:
         with evaluation_mode(optimizer):
@@ -114,12 +130,20 @@ def train(spec: RunSpec) -> RunResult:
             outcome,
             weights,
             checkpoints if weights else {},
-            time.perf_counter() - started,
-            runtime=runtime_settings() | provenance,
+            earlier_seconds + time.perf_counter() - started,
+            runtime=runtime_settings() | provenance | saved.tags(),
             metrics=metrics,
+            state=saved.final,
         )
 
-    for step in range(spec.steps):
+    def save(step: int) -> None:
+        seconds = earlier_seconds + time.perf_counter() - started
+        state = training_state(step, net, optimizer, batches, losses, metrics, seconds, scheduler=schedules)
+        saved.save(step, state)
+
+    for step in range(first, spec.steps):
+        if step == end:  # stopped by the budget: the state before this step, then its loss as a straight run logs it
+            save(step)
         if evaluated and spec.eval_every and step % spec.eval_every == 0:
             measure(step)
         x, labels = next(batches)
@@ -127,7 +151,11 @@ def train(spec: RunSpec) -> RunResult:
         loss = loss_of(net(x), labels)
         losses.append(loss.item())
         if diverges(losses[-1], losses[0], spec.diverge_above):
+            saved.discard()
             return ended(DIVERGED)
+        if step == end:
+            with evaluation_mode(optimizer):
+                return ended(STOPPED, snapshot(net))
         loss.backward()
         if schedules.schedulers:
             metrics.setdefault("lr", {})[step] = schedules.lr
@@ -140,14 +168,51 @@ def train(spec: RunSpec) -> RunResult:
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
             with evaluation_mode(optimizer):
                 checkpoints[done] = snapshot(net)
+            if done < end:
+                save(done)
+    if saved.enabled:
+        save(spec.steps)  # before the last forward, which draws no batch and changes no state
     with evaluation_mode(optimizer), torch.no_grad():
         losses.append(loss_of(net(x), labels).item())
         weights = snapshot(net)
     if evaluated:
         measure(spec.steps)
     if diverges(losses[-1], losses[0], spec.diverge_above):
+        saved.discard()
         return ended(DIVERGED)
     return ended(FINISHED, weights)
+
+
+class _SavedStates:
+    """The training states one training saves: each written whole to the state folder, the ones it wrote
+    before dropped as soon as a later one is there (the one it continued from stays: a rung's state is
+    another run's start), and the last kept as bytes for the run's record."""
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.enabled = bool(spec.state_folder)
+        self.written: list[Path] = []
+        self.final: bytes | None = None
+        self.resumed_from: int | None = None
+
+    def save(self, step: int, state: dict) -> None:
+        if not self.enabled:
+            return
+        data = state_bytes(state)
+        path = write_state(self.spec.state_folder, self.spec.lineage, step, data)
+        for older in self.written:
+            if older != path:
+                older.unlink(missing_ok=True)
+        self.written, self.final = [path], data
+
+    def discard(self) -> None:
+        """A diverged run has nothing to continue: drop what this training wrote."""
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        self.written, self.final = [], None
+
+    def tags(self) -> dict[str, str]:
+        return {} if self.resumed_from is None else {"continued_from_step": str(self.resumed_from)}
 
 
 def train_safely(spec: RunSpec) -> RunResult:

@@ -14,7 +14,7 @@ same seed draws the same batches whatever the optimizer, and nothing here touche
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,14 +63,8 @@ class Digits:
         self.test_images, self.test_labels = test
         self.batch_size = batch_size
 
-    def batches(self, seed: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(seed + BATCH_SEED_OFFSET)
-        count = len(self.train_labels)
-        while True:
-            order = torch.randperm(count, generator=generator)
-            for start in range(0, count - self.batch_size + 1, self.batch_size):
-                index = order[start : start + self.batch_size]
-                yield self.train_images[index], self.train_labels[index]
+    def batches(self, seed: int) -> DigitBatches:
+        return DigitBatches(self.train_images, self.train_labels, self.batch_size, seed + BATCH_SEED_OFFSET)
 
     def fixed_batch(self) -> Batch:
         return self.train_images[: self.batch_size], self.train_labels[: self.batch_size]
@@ -87,6 +81,41 @@ class Digits:
                 metrics[f"{name}_loss"] = loss(outputs, labels).item()
                 metrics[f"{name}_accuracy"] = (outputs.argmax(dim=1) == labels).double().mean().item()
         return metrics
+
+
+class DigitBatches:
+    """A run's minibatches: a random order of the training images per epoch from a generator of its own, cut
+    into batches. Its state (the generator's, the epoch's order, the position in it) is part of a run's
+    training state, so that a continued run draws the batches a straight run would."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: torch.Tensor | None = None  # None: a new epoch's order is drawn at the next batch
+        self.start = 0
+
+    def __iter__(self) -> DigitBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        count = len(self.labels)
+        if self.order is None or self.start + self.batch_size > count:
+            self.order, self.start = torch.randperm(count, generator=self.generator), 0
+        index = self.order[self.start : self.start + self.batch_size]
+        self.start += self.batch_size
+        return self.images[index], self.labels[index]
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "generator": self.generator.get_state(),
+            "order": torch.empty(0, dtype=torch.long) if self.order is None else self.order.clone(),
+            "start": self.start,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"] if len(state["order"]) else None
+        self.start = int(state["start"])
 
 
 def make(spec: RunSpec) -> Digits:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from tinytrain.reports.verdict import Tuning
-    from tinytrain.tracking.read import SweepRecord
+    from tinytrain.tracking.sweep_records import SweepRecord
 
 BAND = (2.5, 97.5)  # percentiles of the seeds: the band holds the central 95 % of them
 

@@ -251,6 +251,24 @@ def columns_of(rows: Sequence[CellSummary]) -> tuple[str, ...]:
     return COLUMNS[:at] + axes + COLUMNS[at:]
 
 
+def stopped_sentence(stopped: Sequence[CellRun]) -> str:
+    """The cells successive halving stopped early, by the step they reached: they are not in the table."""
+    by_step: dict[int | None, list[str]] = {}
+    for run in stopped:
+        names = by_step.setdefault(len(run.losses) - 1 if run.losses else None, [])
+        if cell_name(*run.cell) not in names:
+            names.append(cell_name(*run.cell))
+    cells = len({run.cell for run in stopped})
+    parts = [
+        (f"at step {step}: " if step is not None else "") + ", ".join(names)
+        for step, names in sorted(by_step.items(), key=lambda item: item[0] or 0)
+    ]
+    return (
+        f"the budget (successive halving) stopped {cells} cell(s) early ({len(stopped)} runs, outcome stopped), "
+        f"not in the table: {'; '.join(parts)}"
+    )
+
+
 def sort_rows(rows: Sequence[CellSummary], column: str = "rank") -> list[CellSummary]:
     """Rows ordered by a column, ascending; empty values last, ties in rank order."""
     if column not in columns_of(rows):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tinytrain.tracking.read import SweepRecord
+    from tinytrain.tracking.sweep_records import SweepRecord
 
 CURVE_FORMATS = ("csv", "parquet")
 CURVE_COLUMNS = ("run_id", "optimizer", "lr", "seed", "outcome", "metric", "step", "value")

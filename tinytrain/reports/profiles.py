@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from tinytrain.tracking.read import SweepRecord
+    from tinytrain.tracking.sweep_records import SweepRecord
 
 TAU_MAX = 4.0
 

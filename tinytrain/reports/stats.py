@@ -124,6 +124,25 @@ def paired(cell: Iterable[CellRun], baseline: Iterable[CellRun]) -> Paired:
     return Paired(len(seeds), p_better, p_value)
 
 
+def worse_p(cell: Iterable[CellRun], baseline: Iterable[CellRun]) -> tuple[int, float | None]:
+    """(shared seeds, p) of a one-sided Wilcoxon signed-rank test that the cell ends worse than the baseline,
+    seed by seed on log10 final losses (a diverged run: the worst), as Optuna's WilcoxonPruner tests a trial
+    against the best one; p None without shared seeds, 1.0 when every pair is equal."""
+    from scipy import stats
+
+    def by_seed(runs: Iterable[CellRun]) -> dict[int, float]:
+        return {run.seed: LOG10_DIVERGED if run.diverged else log10_loss(run.final_loss) for run in runs}
+
+    ours, theirs = by_seed(cell), by_seed(baseline)
+    seeds = sorted(set(ours) & set(theirs))
+    differences = [ours[seed] - theirs[seed] for seed in seeds]
+    if not seeds:
+        return 0, None
+    if not any(differences):
+        return len(seeds), 1.0
+    return len(seeds), float(stats.wilcoxon(differences, zero_method="wilcox", alternative="greater").pvalue)
+
+
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down correction of a family of p-values (None: not tested, left out of the family).
 

@@ -31,6 +31,8 @@ def write_sweep_summary(sweep: SweepRecord, folder: Path) -> list[Path]:
     rows = compare.sort_rows(compare.summarize(compare.as_metric(sweep.runs, metric), by=by))
     markdown, table_csv, figure = (folder / name for name in SUMMARY_FILES)
     title, caption = compare.compare_title(sweep, metric), compare.compare_caption(rows, by, metric=metric)
+    if sweep.stopped:
+        caption += f"\n\nNote: {compare.stopped_sentence(sweep.stopped)}."
     markdown.write_text(compare.render_compare(rows, "markdown", title, caption, metric=metric, by=by))
     table_csv.write_text(compare.render_compare(rows, "csv", title, caption))
     plot.save_figure(plot.plot_loss_curves(sweep), figure)

@@ -41,7 +41,7 @@ from tinytrain.reports import stats, tables
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tinytrain.tracking.read import CellRun, SweepRecord
+    from tinytrain.tracking.sweep_records import CellRun, SweepRecord
 
 TUNED = ("lr",)  # the axes tuned per arm; every other axis but the seed makes the arm
 TUNING_METRICS = ("final_val_loss", "final_val_accuracy", "final_loss")  # the first the runs measured

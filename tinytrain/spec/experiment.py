@@ -77,6 +77,10 @@ class RunSpec:
     validation: float = DEFAULTS["validation"]
     checkpoint_every: int = field(default=DEFAULTS["checkpoint_every"], compare=False)
     problem_settings: tuple[tuple[str, Any], ...] = ()  # a plugin problem's own settings, every one, sorted
+    # How far to train this time and where training states are kept (engines/state.py): they decide where a
+    # run stops and what it continues from, never its numbers, so they are in neither its key nor its params.
+    stop_at: int = field(default=0, compare=False)  # 0: train to `steps`; k: stop before step k's update
+    state_folder: str = field(default="", compare=False)  # "": no states saved or continued from
 
     @property
     def optimizer_kwargs(self) -> dict[str, Any]:
@@ -130,7 +134,8 @@ class RunSpec:
         diverge_above existed (None) keeps the key it was written with: old sweeps find it.
         """
         fields = {item.name: getattr(self, item.name) for item in dataclass_fields(self)}
-        del fields["checkpoint_every"]  # decides what is saved, not what is computed
+        for name in ("checkpoint_every", "stop_at", "state_folder"):
+            del fields[name]  # they decide what is saved and where a run stops, not what is computed
         if self.diverge_above is None:
             del fields["diverge_above"]
         fields["hyperparameters"] = dict(self.hyperparameters)
@@ -142,6 +147,21 @@ class RunSpec:
                 del fields[name]
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @functools.cached_property
+    def lineage(self) -> str:
+        """The run key without `steps`: runs that differ only in how far they train share it, so a run can
+        continue from the training state of a shorter one (engines/state.py). A schedule other than constant
+        is shaped by `steps` (a cosine's length, a fraction's warmup), so such a run shares states only with
+        runs of the same steps."""
+        if self.schedule != DEFAULTS["schedule"]:
+            return self.key
+        return replace(self, steps=0).key
+
+    @property
+    def stop_step(self) -> int:
+        """Where this training ends: stop_at when it stops early, else steps."""
+        return self.stop_at if 0 < self.stop_at < self.steps else self.steps
 
     @property
     def checkpoint_steps(self) -> tuple[int, ...]:

@@ -33,7 +33,15 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": None,  # one value for every optimizer that takes it (None: each optimizer's own default)
     "clip_grad_norm": 0.0,  # clip the gradients' total 2-norm to this (clip_grad_norm_); 0: no clipping
     "validation": 0.0,  # digits: the fraction of the training images held out for validation (0: none)
+    # How compute is spent (docs/budget.md): none trains every run to `steps`; halving is successive halving
+    "budget": "none",
+    "eta": 3,  # halving: at each rung the best 1/eta of the cells continue
+    "first_rung": 0,  # halving: the first rung's steps (0: steps / eta^2, rounded up)
+    "tuning_metric": "auto",  # what halving and search rank cells by (lower is better); auto: see tuning_metric()
 }
+BUDGETS = ("none", "halving")
+# auto's choice, the first a problem measures: held-out validation loss, then test loss, then the training loss
+TUNING_METRICS = ("val_loss", "test_loss", "final_loss")
 # Settings added after run keys were first written: they enter a run's key only when they differ from
 # their default, so that every run key written before them (a one-sample run at the defaults) stays valid.
 LATER_SETTINGS = (
@@ -122,6 +130,7 @@ def check_settings(settings: dict[str, Any]) -> None:
             f"diverge_above must be a number > 1 (times the initial loss; inf: only a non-finite "
             f"loss diverges), got {bound!r}"
         )
+    check_budget(settings)
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
     # problem: a built-in (catalogue.PROBLEMS) or a plugin, checked by spec/plugins.py's check_problem
@@ -156,6 +165,55 @@ def check_settings(settings: dict[str, Any]) -> None:
             "engine vmap runs with threads = 1 and mkldnn = false, where its results equal the "
             "sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential"
         )
+
+
+def check_budget(settings: dict[str, Any]) -> None:
+    """The budget's settings: successive halving needs eta >= 2 and a first rung shorter than the run."""
+    if settings["budget"] not in BUDGETS:
+        raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, got {settings['budget']!r}")
+    eta, first = settings["eta"], settings["first_rung"]
+    if not is_int(eta) or eta < 2:
+        raise ConfigError(f"eta must be an integer >= 2 (halving keeps the best 1/eta at each rung), got {eta!r}")
+    if not is_int(first) or first < 0:
+        raise ConfigError(f"first_rung must be an integer >= 0 (0: steps / eta^2), got {first!r}")
+    metric = settings["tuning_metric"]
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"tuning_metric must be a metric name such as test_loss, or auto, got {metric!r}")
+    if settings["budget"] != "halving":
+        return
+    if first >= settings["steps"]:
+        raise ConfigError(
+            f"first_rung {first} is not shorter than the run ({settings['steps']} steps): halving stops runs "
+            "at the first rung, so give first_rung < steps (or 0 for steps / eta^2)"
+        )
+    every = settings["eval_every"] if settings["problem"] != "one-sample" else 1
+    if every == 0:
+        raise ConfigError(
+            "halving ranks cells by held-out metrics at each rung, and eval_every = 0 measures them only at "
+            "the end: set eval_every (first_rung a multiple of it)"
+        )
+    if any(rung % every for rung in rungs(settings)[:-1]):
+        raise ConfigError(
+            f"halving ranks cells by held-out metrics measured every eval_every = {every} steps: make "
+            f"first_rung a multiple of it (rungs {', '.join(map(str, rungs(settings)))})"
+        )
+
+
+def rungs(settings: dict[str, Any]) -> list[int]:
+    """Successive halving's rungs: first_rung, times eta at each rung while shorter than the run, then steps.
+
+    first_rung 0 is steps / eta^2 rounded up (to a multiple of eval_every where held-out metrics rank)."""
+    steps, eta = settings["steps"], settings["eta"]
+    first = settings["first_rung"]
+    if not first:
+        every = settings["eval_every"] if settings["problem"] != "one-sample" else 0
+        first = max(1, -(-steps // eta**2))
+        first = -(-first // every) * every if every else first
+    points = []
+    while first < steps:
+        points.append(first)
+        first *= eta
+    return [*points, steps]
 
 
 def check_engine(settings: dict[str, Any], kinds: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinytrain.results import DIVERGED, FINISHED, LEGACY_FINISHED
+from tinytrain.results import DIVERGED, FINISHED, LEGACY_FINISHED, STOPPED
 
 # Tag names
 RUN_KEY = "tinytrain.run_key"
@@ -25,13 +25,18 @@ PARENT = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"  # a diverged run's name says so: "adam-lr0.1-seed0 (diverged)"
 CONFIRMS = "tinytrain.confirms"  # on a confirmation sweep's parent run: the parent run id of the tuning sweep
 
-# the outcomes of a cell that needs no new run; converged: a finished run of an older store (legacy.py)
-FINISHED_OUTCOMES = (FINISHED, DIVERGED, LEGACY_FINISHED)
+# the outcomes of a cell that needs no new run; converged: a finished run of an older store (legacy.py);
+# stopped: a run the budget stopped early (successive halving), with the rung it reached
+FINISHED_OUTCOMES = (FINISHED, DIVERGED, LEGACY_FINISHED, STOPPED)
 EXPERIMENT_FILE = "experiment.toml"  # the resolved experiment file, an artifact of the sweep's parent run
 # A checkpoint is a LoggedModel whose data/model.pth is a weights-only state dict (model_files.py).
 MLMODEL = "MLmodel"
 MODEL_DATA = Path("data") / "model.pth"
 LOSS = "loss"
+# A run that saves training states (checkpoint_every, or a budget) keeps the one where it ended beside its
+# checkpoint: a weights-only file of tensors and plain containers (engines/state.py) that a run continues from.
+# Not in checkpoints/, whose *.pt files older stores' readers take for state dicts of the net.
+TRAINING_STATE = "training_state.pt"
 
 
 class TrackingError(RuntimeError):

@@ -28,6 +28,9 @@ HTTP_BOUNDS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+# What a process that opens a store sets before MLflow is imported: no telemetry, and no progress bar for the
+# few files it downloads (MLflow draws one wherever tqdm is installed, as optuna, the search extra, brings it)
+QUIET = {**NO_TELEMETRY, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -80,6 +83,17 @@ def rest_request(uri: str, path: str, body: dict | None = None) -> urllib.reques
         headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
     data = json.dumps(body).encode() if body is not None else None
     return urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=data, headers=headers)
+
+
+def state_folder(uri: str) -> Path:
+    """Where runs keep the training states they continue from (engines/state.py): states/ beside a SQLite
+    store's database; for any other store a folder of this machine's cache named after the store's URI."""
+    if uri.startswith("sqlite:///"):
+        return sqlite_path(uri).parent / "states"
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tinytrain" / "states" / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 def check_store(uri: str, timeout: float = 3.0) -> None:

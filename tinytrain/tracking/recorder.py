@@ -54,6 +54,7 @@ class SweepCounts:
     failed: int = 0
     killed: int = 0
     replaced: int = 0
+    stopped: int = 0  # runs the budget stopped early (successive halving)
     recovered: int = 0  # runs left RUNNING by killed processes, marked FAILED when this sweep opened
     others: int = 0  # cells that other sweeps sharing the grid finished while this one ran
     taken_over: int = 0  # claims of other sweeps whose lease lapsed, taken over by this one
@@ -64,7 +65,10 @@ class SweepCounts:
     def figures(self) -> dict[str, int]:
         """The counts a sweep's parent run keeps as metrics (runs_total, runs_skipped, ...)."""
         names = ("total", "skipped", "finished", "diverged", "failed", "killed", "replaced")
-        return {f"runs_{name}": getattr(self, name) for name in names}
+        figures = {f"runs_{name}": getattr(self, name) for name in names}
+        if self.stopped:  # only a sweep with a budget stops runs
+            figures["runs_stopped"] = self.stopped
+        return figures
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,7 @@ class Recorder:
     def wants_summary(self, status: str) -> bool:
         """Whether the sweep gets a summary when it closes with this status: it ran to its end (FINISHED)
         with any finished cell, and has a parent run to log it to."""
-        finished_cells = self.counts.skipped + self.counts.finished + self.counts.diverged
+        finished_cells = self.counts.skipped + self.counts.finished + self.counts.diverged + self.counts.stopped
         return bool(self.parent_run_id) and status == "FINISHED" and finished_cells > 0
 
     def summary_input(self) -> SweepRecord:

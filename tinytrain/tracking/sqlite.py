@@ -236,7 +236,7 @@ _FINISHED_RUNS = """
     JOIN tags AS key_tag ON key_tag.run_uuid = runs.run_uuid AND key_tag.key = :key_tag
     JOIN tags AS outcome_tag ON outcome_tag.run_uuid = runs.run_uuid AND outcome_tag.key = :outcome_tag
     WHERE runs.experiment_id = :experiment_id AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
-      AND outcome_tag.value IN (:finished, :diverged, :converged)"""
+      AND outcome_tag.value IN (:finished, :diverged, :converged, :stopped)"""
 
 
 def run_readonly(uri: str, run_id: str) -> tuple[str, str, dict[str, str]] | None:

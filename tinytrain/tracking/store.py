@@ -33,9 +33,10 @@ from tinytrain.tracking.contract import (
     PARENT,
     RUN_KEY,
     RUN_NAME_TAG,
+    TRAINING_STATE,
     TrackingError,
 )
-from tinytrain.tracking.location import HTTP_BOUNDS, NO_TELEMETRY, artifact_root, is_http, server_failure
+from tinytrain.tracking.location import HTTP_BOUNDS, QUIET, artifact_root, is_http, server_failure
 from tinytrain.tracking.provenance import owner_is_gone, process_owner
 from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
 
@@ -126,7 +127,7 @@ class Store:
         """
         import logging
 
-        for name, value in {**NO_TELEMETRY, **HTTP_BOUNDS}.items():  # before MLflow is imported
+        for name, value in {**QUIET, **HTTP_BOUNDS}.items():  # before MLflow is imported
             os.environ.setdefault(name, value)
         import mlflow
 
@@ -318,6 +319,8 @@ class Store:
         """
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 
+        if result.state is not None:
+            self._save_state(run_id, result.state)
         models = self.log_checkpoints(run_id, result, experiment_id)
         try:
             now = int(time.time() * 1000)
@@ -376,6 +379,14 @@ class Store:
                 self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
             raise
         return models
+
+    def _save_state(self, run_id: str, state: bytes) -> None:
+        """The training state where the run ended, beside its checkpoint (TRAINING_STATE)."""
+        artifact_uri = self.artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
+        with ArtifactFolder(self.client, run_id, artifact_uri) as folder:
+            path = folder / TRAINING_STATE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(state)
 
     def _save_model(self, model: Any, run_id: str, weights: Any) -> None:
         """The weights in MLflow's pytorch format, as the LoggedModel's artifacts (see ModelFiles)."""

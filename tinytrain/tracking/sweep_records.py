@@ -24,6 +24,7 @@ from tinytrain.tracking.contract import (
     OUTCOME,
     PARENT,
     RUN_KEY,
+    STOPPED,
     TrackingError,
 )
 from tinytrain.tracking.legacy import recorded_experiment
@@ -69,7 +70,7 @@ def finished_keys_readonly(uri: str, experiment_name: str) -> dict[str, str]:
         JOIN tags AS key_tag ON key_tag.run_uuid = runs.run_uuid AND key_tag.key = ?
         JOIN tags AS outcome_tag ON outcome_tag.run_uuid = runs.run_uuid AND outcome_tag.key = ?
         WHERE experiments.name = ? AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
-          AND outcome_tag.value IN (?, ?, ?)
+          AND outcome_tag.value IN (?, ?, ?, ?)
         ORDER BY runs.start_time"""
     return dict(query_sqlite(uri, query, (RUN_KEY, OUTCOME, experiment_name, *FINISHED_OUTCOMES)))
 
@@ -214,7 +215,7 @@ def read_sweep_experiment(uri: str, parent_run_id: str) -> str:
 FINISHED_RUNS_SQL = {
     "key_tag": RUN_KEY,
     "outcome_tag": OUTCOME,
-    **dict(zip(("finished", "diverged", "converged"), FINISHED_OUTCOMES, strict=True)),
+    **dict(zip(("finished", "diverged", "converged", "stopped"), FINISHED_OUTCOMES, strict=True)),
 }
 CURVES = ("test_accuracy",)  # histories besides the loss that reports plot
 
@@ -228,7 +229,7 @@ class CellRun:
     optimizer: str
     lr: float
     seed: int
-    outcome: str  # finished or diverged (converged: finished, in a store written before diverge_above)
+    outcome: str  # finished, diverged or stopped (converged: finished, in a store written before diverge_above)
     initial_loss: float
     final_loss: float
     losses: tuple[float, ...] = ()  # `loss` at steps 0..steps (shorter if it diverged); read on request
@@ -251,6 +252,11 @@ class CellRun:
         """The optimizer with its arm's axes, e.g. adam [schedule=cosine, weight_decay=0.01]."""
         return arm_name(self.optimizer, self.arm)
 
+    @property
+    def stopped(self) -> bool:
+        """Stopped early by a budget (successive halving): its losses end at the rung it reached."""
+        return self.outcome == STOPPED
+
 
 def arm_name(optimizer: str, arm: tuple[tuple[str, Any], ...]) -> str:
     return optimizer + (" [" + ", ".join(f"{axis}={value}" for axis, value in arm) + "]" if arm else "")
@@ -268,6 +274,9 @@ class SweepRecord:
     runs: tuple[CellRun, ...]  # grid order: optimizer, then lr, then seed
     missing: tuple[str, ...]  # run names of the cells without a finished run (failed, killed, not yet run)
     confirms: str | None = None  # a confirmation sweep: the parent run id of the tuning sweep it confirms
+    # Runs a budget stopped early (successive halving): kept apart, since their losses end at the rung they
+    # reached and compare's statistics are of runs trained to the end
+    stopped: tuple[CellRun, ...] = ()
 
 
 def read_sweep(
@@ -397,9 +406,10 @@ def sweep_record(
         parent_run_id,
         experiment.settings["steps"],
         len(runs) + len(missing),
-        tuple(runs),
+        tuple(run for run in runs if not run.stopped),
         tuple(missing),
         experiment.confirms,
+        tuple(run for run in runs if run.stopped),
     )
 
 
@@ -480,9 +490,10 @@ def sweep_record_sqlite(
         parent_run_id,
         experiment.settings["steps"],
         len(runs) + len(missing),
-        tuple(runs),
+        tuple(run for run in runs if not run.stopped),
         tuple(missing),
         experiment.confirms,
+        tuple(run for run in runs if run.stopped),
     )
 
 
