@@ -30,7 +30,7 @@ SETTINGS = {"name": NAME, "steps": 4, "optimizer": ["sgd", "adam"], "lr": [0.01,
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """A store with two experiments swept from Python: NAME (12 runs, half of them diverging) twice (the second
-    sweep finds every cell done and writes nothing), and a small second experiment."""
+    sweep, which finds every cell done, records itself), and a small second experiment."""
     uri = tinytrain.store_uri(tmp_path_factory.mktemp("api") / "store" / "mlflow.db")
     store = tinytrain.open_store(uri)
     first = store.run_sweep(tinytrain.load_experiment(overrides=SETTINGS))
@@ -44,8 +44,7 @@ def swept(tmp_path_factory):
     other = tinytrain.load_experiment(overrides={"name": "api-other", "steps": 2, "optimizer": "adam", "seed": [0]})
     tinytrain.run_sweep(other, store)
     assert (first.counts.finished, first.counts.diverged, second.counts.skipped) == (6, 6, 12)
-    assert second.counts.parent_run_id is None  # a sweep that trains nothing adds no run
-    return store, first.counts.parent_run_id, first.counts.parent_run_id
+    return store, first.counts.parent_run_id, second.counts.parent_run_id
 
 
 def test_import_tinytrain_loads_neither_torch_mlflow_nor_pandas():
@@ -134,9 +133,9 @@ def test_the_sweeps_and_experiments_are_what_mlflow_search_gives(swept):
         assert read_sweeps(store.uri, NAME) == sweeps_mlflow(mlflow_store, NAME)
         assert read_experiments(store.uri) == experiments_mlflow(mlflow_store)
     sweeps = store.sweeps(NAME)
-    assert list(sweeps["sweep_id"]) == [latest] and set(sweeps["status"]) == {"FINISHED"}
+    assert list(sweeps["sweep_id"]) == [latest, first] and set(sweeps["status"]) == {"FINISHED"}
     assert str(sweeps["start_time"].dt.tz) == "UTC"
-    assert len(store.sweeps()) == 2
+    assert len(store.sweeps()) == 3
     assert sorted(store.experiments()["name"]) == ["api-e2e", "api-other"]
     assert store.sweep(sweep_id=first).runs()["run_id"].tolist() == store.sweep(NAME).runs()["run_id"].tolist()
 
