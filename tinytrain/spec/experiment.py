@@ -173,7 +173,9 @@ class RunSpec:
         """OPTIMIZER-lrLR-seedSEED, with the recipe where it is not the default (a schedule, decay, clipping)."""
         recipe = "" if self.schedule == DEFAULTS["schedule"] else f"-{self.schedule}"
         decay = self.optimizer_kwargs.get("weight_decay")
-        if decay is not None and decay != OPTIMIZERS[self.kind][2].get("weight_decay"):
+        # against the catalogue's default (a plugin's default is its signature's, unknown here: no suffix)
+        default = OPTIMIZERS[self.kind][2].get("weight_decay") if self.kind in OPTIMIZERS else decay
+        if decay is not None and decay != default:
             recipe += f"-wd{decay:g}"
         if self.clip_grad_norm:
             recipe += f"-clip{self.clip_grad_norm:g}"
