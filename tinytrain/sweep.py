@@ -165,7 +165,28 @@ def _nothing_to_train(
 
     made_by = sweeps_of_runs(uri, experiment.name, [finished[spec.key] for spec in specs])
     counts = SweepCounts(total=len(specs), skipped=len(specs), experiment_id=made_by.experiment_id)
+    counts.recovered = _repair_abandoned(uri, made_by.experiment_id)
     return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, made_by=made_by)
+
+
+def _repair_abandoned(uri: str, experiment_id: str) -> int:
+    """Runs left RUNNING by a killed sweep (its parent, a claim) are marked FAILED even by a sweep that trains
+    nothing: repairing adds no run. A SQLite store is looked at with plain SQL first, so a store with nothing
+    to repair is not written (nor MLflow imported)."""
+    if not is_http(uri):
+        from tinytrain.tracking.sqlite import query_sqlite
+
+        running = query_sqlite(
+            uri,
+            "SELECT COUNT(*) FROM runs WHERE experiment_id = ? AND status = 'RUNNING' AND lifecycle_stage = 'active'",
+            (experiment_id,),
+        )
+        if not running or not running[0][0]:
+            return 0
+    from tinytrain.tracking.store import Store
+
+    with Store(uri) as store:
+        return store.recover_abandoned(experiment_id)
 
 
 # ---------------------------------------------------------------------------------------------------------

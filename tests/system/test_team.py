@@ -135,11 +135,6 @@ def claimed_runs(uri: str) -> list:
         return []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known: a cell the killed sweep had claimed ahead can stay RUNNING after the others finish; "
-    "being fixed (the take-over of claims made ahead)",
-)
 def test_a_sweep_killed_among_others_has_its_cells_finished_by_them(
     store_uri, experiment_file, tmp_path, process_groups
 ):

@@ -240,6 +240,8 @@ def show_done(outcome) -> None:
         f"{outcome.experiment.name}: every cell is done ({outcome.counts.total} runs in {outcome.uri}); "
         "nothing trained, nothing written (--force trains them again)."
     )
+    if outcome.counts.recovered:
+        click.echo(f"Marked FAILED {outcome.counts.recovered} run(s) left RUNNING by a killed sweep.")
     command = api.ui_command(outcome.uri)
     opening = f"`{command}`, then open" if command else "open"
     for parent in outcome.made_by.parents:
