@@ -400,17 +400,7 @@ def sweep_record(
                 params=dict(sorted(run.data.params.items())),
             )
         )
-    return SweepRecord(
-        experiment.name,
-        experiment_id,
-        parent_run_id,
-        experiment.settings["steps"],
-        len(runs) + len(missing),
-        tuple(run for run in runs if not run.stopped),
-        tuple(missing),
-        experiment.confirms,
-        tuple(run for run in runs if run.stopped),
-    )
+    return _record(experiment, experiment_id, parent_run_id, runs, missing)
 
 
 def _not_a_sweep(parent_run_id: str) -> TrackingError:
@@ -484,17 +474,7 @@ def sweep_record_sqlite(
                 params=params.get(run_id, {}),
             )
         )
-    return SweepRecord(
-        experiment.name,
-        experiment_id,
-        parent_run_id,
-        experiment.settings["steps"],
-        len(runs) + len(missing),
-        tuple(run for run in runs if not run.stopped),
-        tuple(missing),
-        experiment.confirms,
-        tuple(run for run in runs if run.stopped),
-    )
+    return _record(experiment, experiment_id, parent_run_id, runs, missing)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -588,3 +568,20 @@ def experiments_mlflow(store: Store) -> list[tuple[str, str]]:
     experiments = store.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
     held = [item for item in experiments if store.client.search_runs([item.experiment_id], max_results=1)]
     return sorted(((item.experiment_id, item.name) for item in held), key=lambda pair: int(pair[0]))
+
+
+def _record(
+    experiment: Experiment, experiment_id: str, parent_run_id: str, runs: list[CellRun], missing: list
+) -> SweepRecord:
+    """The sweep's record from its cells' runs, whichever route read them: the runs a budget stopped apart."""
+    return SweepRecord(
+        experiment.name,
+        experiment_id,
+        parent_run_id,
+        experiment.settings["steps"],
+        len(runs) + len(missing),
+        tuple(run for run in runs if not run.stopped),
+        tuple(missing),
+        experiment.confirms,
+        tuple(run for run in runs if run.stopped),
+    )
