@@ -47,9 +47,11 @@ def test_a_store_from_the_template_equals_the_store_mlflow_makes(tmp_path, cache
     own = resolve_tracking_uri(str(tmp_path / "own" / "mlflow.db"))
     assert create_store_from_template(copied)
     assert template_cache() == cache and len(list(cache.glob("mlflow-*-empty.db"))) == 1
-    Store(copied).client.search_experiments()  # MLflow opens the copy and adds its Default experiment
+    with Store(copied) as store:
+        store.client.search_experiments()  # MLflow opens the copy and adds its Default experiment
     monkeypatch.setenv("TINYTRAIN_SQLITE_DEFAULTS", "1")  # MLflow's own creation, migrations and all
-    Store(own).client.search_experiments()
+    with Store(own) as store:
+        store.client.search_experiments()
 
     copied_schema, copied_rows = contents(tmp_path / "copied" / "mlflow.db")
     own_schema, own_rows = contents(tmp_path / "own" / "mlflow.db")
@@ -60,12 +62,13 @@ def test_a_store_from_the_template_equals_the_store_mlflow_makes(tmp_path, cache
 
 def test_the_template_never_overwrites_an_existing_store(tmp_path, cache):
     uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
-    store = Store(uri)
-    experiment_id = store.experiment_id("mine")
+    with Store(uri) as store:
+        experiment_id = store.experiment_id("mine")
     before = (tmp_path / "store" / "mlflow.db").read_bytes()
     assert not create_store_from_template(uri)
     assert (tmp_path / "store" / "mlflow.db").read_bytes() == before
-    assert Store(uri).experiment_id("mine", create=False) == experiment_id
+    with Store(uri) as store:
+        assert store.experiment_id("mine", create=False) == experiment_id
 
 
 def test_without_a_usable_cache_mlflow_makes_the_store(tmp_path, monkeypatch):
@@ -74,7 +77,8 @@ def test_without_a_usable_cache_mlflow_makes_the_store(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache folder cannot be made
     uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
     assert not create_store_from_template(uri)
-    assert Store(uri).experiment_id("works")  # MLflow migrated the new store itself
+    with Store(uri) as store:
+        assert store.experiment_id("works")  # MLflow migrated the new store itself
     assert not list(tmp_path.glob("store/.*.new"))
 
 
@@ -84,9 +88,63 @@ def test_a_damaged_template_is_made_again(tmp_path, cache):
     template.write_bytes(template.read_bytes()[:4096] + b"\0" * 8192)  # a header, then nothing of the tables
     uri = resolve_tracking_uri(str(tmp_path / "store" / "mlflow.db"))
     assert create_store_from_template(uri)
-    assert Store(uri).experiment_id("works")
+    with Store(uri) as store:
+        assert store.experiment_id("works")
     assert [path.name for path in cache.glob("mlflow-*-empty.db")] == [template.name]
     assert template.stat().st_size > 12288  # the whole template again
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The repository of server artifacts that an open store installs follows the tracking URI of each request
+
+
+def server_artifacts(tracking_uri: str | None = None):
+    """MLflow's repository for an `mlflow-artifacts:` URI, as a client of tracking_uri (None: the process's
+    default, as the fluent API's runs:/ and models:/ loads ask for it)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository("mlflow-artifacts:/1/abc/artifacts", tracking_uri=tracking_uri)
+
+
+def test_a_store_left_open_sends_no_other_clients_server_artifacts_to_its_folder(tmp_path, store_uri):
+    """A Store never closed keeps its repository installed: a later client of a server (the process's URI
+    set to it) still gets the server's artifacts, and a client of another SQLite store that store's folder."""
+    import mlflow
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    left_open = Store(resolve_tracking_uri(str(tmp_path / "left-open" / "mlflow.db")))
+    try:
+        other = resolve_tracking_uri(str(tmp_path / "other" / "mlflow.db"))
+        repository = server_artifacts(other)
+        assert isinstance(repository, LocalArtifactRepository)
+        assert repository.artifact_dir == str(tmp_path / "other" / "artifacts" / "1" / "abc" / "artifacts")
+        default = server_artifacts()  # the process's tracking URI: conftest's MLFLOW_TRACKING_URI
+        assert isinstance(default, LocalArtifactRepository)
+        assert default.artifact_dir == str(tmp_path / "store" / "artifacts" / "1" / "abc" / "artifacts")
+        mlflow.set_tracking_uri("http://127.0.0.1:9")  # nothing is asked of it: the repository is only made
+        repository = server_artifacts()
+        assert isinstance(repository, MlflowArtifactsRepository)
+        assert repository.artifact_uri.startswith("http://127.0.0.1:9/api/2.0/mlflow-artifacts/artifacts/1/abc")
+    finally:
+        left_open.close()  # (conftest puts the process's tracking URI back)
+
+
+def test_stores_closed_out_of_order_put_mlflows_own_repository_back(tmp_path):
+    """The repository stays while any store is open and goes with the last one, whichever order they close in."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    first = Store(resolve_tracking_uri(str(tmp_path / "first" / "mlflow.db")))
+    second = Store(resolve_tracking_uri(str(tmp_path / "second" / "mlflow.db")))
+    first.close()
+    assert isinstance(server_artifacts(second.uri), LocalArtifactRepository)  # the second store is still open
+    second.close()
+    with pytest.raises(MlflowException, match="mlflow-artifacts URI was supplied"):  # MLflow's own: a server only
+        server_artifacts(second.uri)
+    second.close()  # closing twice changes nothing
+    with Store(first.uri):
+        assert isinstance(server_artifacts(first.uri), LocalArtifactRepository)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ the artifacts of experiments that `make server` created, read and written on the
 
 from __future__ import annotations
 
-import functools
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -29,43 +29,59 @@ class ServerArtifactsOnSqlite:
     Through `mlflow server --serve-artifacts` an experiment gets `mlflow-artifacts:/<id>` as its artifact
     root, which MLflow resolves only through a server: on the same mlruns/ without the server (tinytrain's
     default), compare and plot could not read a sweep's experiment file, nor a sweep add runs to it. The
-    server of server_command serves the artifacts/ folder beside its database, so on a SQLite store such a
-    URI names artifacts/<path>; over HTTP, MLflow's own repository answers as before.
+    server of server_command serves the artifacts/ folder beside its database, so where the tracking URI is
+    a SQLite store such a URI names artifacts/<path>; over HTTP, MLflow's own repository answers as before.
 
     MLflow has no public way to add a repository for one client, so this replaces the scheme's entry in
-    MLflow's registry of this process (mlflow_private.py) from install() until remove(), which puts the
-    previous one back.
+    MLflow's registry of this process (mlflow_private.py) while any store is open: the first install() puts
+    it in, the last remove() puts MLflow's entry back, in whatever order the stores close. The repository
+    follows the tracking URI MLflow resolves for each request (the client's, else the process's default, as
+    MLflow's own repository does), never the URI of the store that installed it: a store left open, or
+    closed out of order, cannot send a later client's requests to another store's folder.
     """
 
-    def __init__(self, store_uri: str):
-        self.store_uri = store_uri
-        self._previous: Any = None
+    _lock = threading.Lock()
+    _open = 0  # installs not yet removed, in this process
+    _previous: Any = None  # MLflow's entry, put back by the last remove()
+
+    def __init__(self, store_uri: str | None = None):
+        self.store_uri = store_uri  # the store that opened it (for messages); requests resolve their own
         self._installed = False
 
     def install(self) -> ServerArtifactsOnSqlite:
-        self._previous = register_artifact_repository(
-            SERVER_ARTIFACTS_SCHEME, functools.partial(_server_artifacts_repository, store_uri=self.store_uri)
-        )
+        cls = type(self)
+        with cls._lock:
+            if cls._open == 0:
+                cls._previous = register_artifact_repository(SERVER_ARTIFACTS_SCHEME, _server_artifacts_repository)
+            cls._open += 1
         self._installed = True
         return self
 
     def remove(self) -> None:
         if not self._installed:
             return
-        restore_artifact_repository(SERVER_ARTIFACTS_SCHEME, self._previous)
+        cls = type(self)
+        with cls._lock:
+            cls._open -= 1
+            if cls._open == 0:
+                restore_artifact_repository(SERVER_ARTIFACTS_SCHEME, cls._previous)
+                cls._previous = None
         self._installed = False
 
 
 def _server_artifacts_repository(
-    artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None, *, store_uri: str
+    artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None
 ) -> Any:
+    """The repository of an `mlflow-artifacts:` URI: artifacts/<path> beside the database where the tracking URI
+    (the client's, else the process's default, as MLflow resolves it) is a SQLite store; else MLflow's own."""
+    import mlflow
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
-    store = tracking_uri or store_uri
+    store = tracking_uri or mlflow.get_tracking_uri()
     parsed = urlparse(artifact_uri)
     if store.startswith("sqlite:///") and not parsed.netloc:  # mlflow-artifacts://host/... names a server
-        local = sqlite_path(store).parent / "artifacts" / parsed.path.lstrip("/")
+        local = sqlite_path(store).absolute().parent / "artifacts" / parsed.path.lstrip("/")
         return LocalArtifactRepository(local.as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri)
     return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
 
