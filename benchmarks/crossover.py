@@ -4,7 +4,7 @@ For each K, K cells of the default grid (spread over its optimizers) train `--st
 engine (train_batch, set-up included) and with the sequential engine (train.train), alternately in one
 process, `--rounds` times; the figure is the median ratio of their CPU times (the process's own CPU time, which
 time-sharing with other work on a shared machine does not inflate as it does wall time). batching.MIN_BATCH_CELLS is the
-smallest K from which the vmap engine is faster (README, Performance).
+smallest K from which the vmap engine is faster (docs/performance.md).
 
 Usage: python benchmarks/crossover.py [--cells 1,2,3,4,6,9] [--steps 30] [--rounds 5]
 """

@@ -118,7 +118,7 @@ def gradcheck(seed, entries, tolerance, problem, loss, batch_size):
 def optimizers():
     """List the optimizers an experiment can name, with their default lr and hyperparameters.
 
-    A variant fixes some of them: [optimizers.NAME] type = "sgd", momentum = 0.9 (see the README).
+    A variant fixes some of them: [optimizers.NAME] type = "sgd", momentum = 0.9 (docs/experiment-files.md, Variants).
     Installed plugins (entry points of tinytrain.optimizers) are listed last; any torch.optim.Optimizer
     subclass can also be a variant's type as "package.module:Class" (docs/plugins.md).
 

@@ -8,8 +8,8 @@ its cells (AdamW is Adam with decoupled weight decay: one rule).
 
 The temporaries of a step live in scratch buffers kept from step to step: a fresh temporary of a few MB
 would come from (and go back to) the kernel on every step, and its page faults cost more than the
-arithmetic (README, Performance). The gradient rows are the batched net's buffer, overwritten by its next
-backward, so the sign and the weight decay are applied to them in place.
+arithmetic. The gradient rows are the batched net's buffer, overwritten by its next backward, so the sign
+and the weight decay are applied to them in place.
 
 One kernel is sidestepped where that keeps every bit: torch's float32 sqrt takes about four times as long
 for an exact zero as for other numbers on this CPU (thirty times for a subnormal), and optimizer state is

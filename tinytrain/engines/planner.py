@@ -5,7 +5,7 @@ Plain data, no torch: the executors plan with it before they import an engine. C
 target_index) and each group is cut into sub-batches of at most SUB_BATCH_CELLS cells, trained one after
 another. A sub-batch hands its results over as soon as it ends, so the sweep's writer logs them while
 the next one trains; at this size a sub-batch of about 9 cells is also as fast as one batch of 45 or
-faster, since its weights, gradients and optimizer state stay closer to the core (README, Performance).
+faster, since its weights, gradients and optimizer state stay closer to the core.
 
 The engine decides which cells it trains: a cell whose optimizer has no stacked update (outside
 optimizers.VMAP_KINDS; spec.py refuses those for engine vmap today, so this only guards the engine) or a group
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from tinytrain.optimizers import VMAP_KINDS
 from tinytrain.spec import RunSpec
 
-# Measured (benchmarks/crossover.py, README): the vmap engine trains even one cell faster than the sequential
+# Measured (benchmarks/crossover.py, docs/performance.md): the vmap engine trains even one cell faster than the sequential
 # engine, so no group is too small here; a machine with less per-operation overhead may want more.
 MIN_BATCH_CELLS = 1
 SUB_BATCH_CELLS = 9  # the largest sub-batch: results reach the writer early, and it is no slower per step

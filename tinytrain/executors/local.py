@@ -70,7 +70,7 @@ class ProcessPool:
         many for each worker), each a task whose results come back when it ends. At the vmap engine's
         runtime (one thread, oneDNN off) a cell's result does not depend on its batch, so splitting changes
         no number. Starting the workers costs about as much as training the default grid on this machine
-        (README, Performance): it pays off for longer sweeps.
+        (docs/performance.md, executors on the default sweep): it pays off for longer sweeps.
         """
         plan = plan_batches(specs, workers=self.jobs)
         runs = [[spec] for spec in plan.sequential]

@@ -2,7 +2,7 @@
 
 One parent run per sweep, one nested child run per grid cell with the cell's params, its `loss` at every
 step, `initial_loss`, `final_loss`, tags (run key, outcome, environment) and its final weights as an MLflow
-model at the final step (see the README, "Where the runs go").
+model at the final step (docs/data-contract.md).
 """
 
 from __future__ import annotations
