@@ -12,7 +12,6 @@ rich and scipy are imported where they are used.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -417,24 +416,6 @@ def _raw(value: Any) -> str:
     return "" if value is None else repr(value) if isinstance(value, float) else str(value)
 
 
-def _csv(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int], title: str, caption: str) -> str:
-    lines = [f"**{title}**", ""] if title else []
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---:" if index in right else "---" for index in range(len(header))) + "|")
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    if caption:
-        lines += ["", caption]
-    return "\n".join(lines) + "\n"
-
-
 def _rich_table(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -549,7 +530,7 @@ def render_before_after(rows: Sequence[BeforeAfter], output_format: str = "table
         ]
         if output_format == "json":
             return json.dumps({"title": title, "rows": records}, indent=2) + "\n"
-        return _csv(
+        return tables.csv_text(
             _BEFORE_AFTER_COLUMNS, [[_raw(record[column]) for column in _BEFORE_AFTER_COLUMNS] for record in records]
         )
     header = ("optimizer", "lr", "seed", "initial loss", "", "final loss", "change", "outcome")
@@ -568,7 +549,7 @@ def render_before_after(rows: Sequence[BeforeAfter], output_format: str = "table
     ]
     right = {1, 2, 3, 5, 6}
     if output_format == "markdown":
-        return _markdown(header, table, right, title, "")
+        return tables.markdown(header, table, right, title, "")
     if output_format == "latex":
         return tables.latex(header, table, right, title, "")
     if output_format == "table":
