@@ -74,3 +74,21 @@ def resolved_uri(tracking_uri: str | None) -> str:
     from tinytrain.api import store_uri
 
     return store_uri(tracking_uri)
+
+
+def until_separated_options(until_help: str, max_seeds_help: str):
+    """`--until-separated` and the `--max-seeds N` that bounds it, as `sweep` and `confirm` take them (each
+    command says what a round adds and where it stops); check_max_seeds refuses the bound alone."""
+
+    def decorate(command):
+        command = click.option(
+            "--max-seeds", type=click.IntRange(min=1), default=None, metavar="N", help=max_seeds_help
+        )(command)
+        return click.option("--until-separated", is_flag=True, help=until_help)(command)
+
+    return decorate
+
+
+def check_max_seeds(max_seeds: int | None, until_separated: bool) -> None:
+    if max_seeds is not None and not until_separated:
+        raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")

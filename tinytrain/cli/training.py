@@ -10,9 +10,11 @@ from tinytrain import api
 from tinytrain.cli.common import (
     BadInput,
     ExitCode,
+    check_max_seeds,
     resolved_uri,
     tracking_uri_option,
     translate_errors,
+    until_separated_options,
 )
 
 
@@ -61,17 +63,9 @@ from tinytrain.cli.common import (
     default=None,
     help="Re-run the sweep whose resolved experiment file a parent run keeps.",
 )
-@click.option(
-    "--until-separated",
-    is_flag=True,
-    help="Then add seeds to the cells tied with the best and sweep them, until none is tied.",
-)
-@click.option(
-    "--max-seeds",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="With --until-separated: stop when the tied cells have N seeds [default: 10].",
+@until_separated_options(
+    "Then add seeds to the cells tied with the best and sweep them, until none is tied.",
+    "With --until-separated: stop when the tied cells have N seeds [default: 10].",
 )
 @click.option(
     "--prune-p",
@@ -121,8 +115,7 @@ def sweep(
         tinytrain sweep --until-separated --max-seeds 12
         tinytrain sweep --budget halving --set eta=3 --set first_rung=12
     """
-    if max_seeds is not None and not until_separated:
-        raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")
+    check_max_seeds(max_seeds, until_separated)
     if prune_p is not None and not until_separated:
         raise BadInput("--prune-p prunes the seeds of --until-separated: add --until-separated, or drop --prune-p")
     if until_separated and (dry_run or force):

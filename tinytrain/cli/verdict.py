@@ -12,9 +12,11 @@ from tinytrain import api
 from tinytrain.cli.common import (
     BadInput,
     ExitCode,
+    check_max_seeds,
     resolved_uri,
     tracking_uri_option,
     translate_errors,
+    until_separated_options,
 )
 from tinytrain.cli.reports import experiment_option, sweep_option, terminal_width, warn_missing_cells
 
@@ -120,17 +122,9 @@ def verdict(experiment_name, sweep_id, output_format, tuning_metric, metric, tra
 )
 @tuning_metric_option
 @metric_option
-@click.option(
-    "--until-separated",
-    is_flag=True,
-    help="Then add one seed to every arm and sweep again, until the best differs from every other arm.",
-)
-@click.option(
-    "--max-seeds",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="With --until-separated: stop at N seeds per arm [default: 20].",
+@until_separated_options(
+    "Then add one seed to every arm and sweep again, until the best differs from every other arm.",
+    "With --until-separated: stop at N seeds per arm [default: 20].",
 )
 @format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -162,8 +156,7 @@ def confirm(
         tinytrain confirm --sweep 3f2a9c... --seeds 8 --until-separated --max-seeds 16
         tinytrain confirm --arm adam --arm sgd-momentum --first-seed 100
     """
-    if max_seeds is not None and not until_separated:
-        raise BadInput("--max-seeds bounds --until-separated: add --until-separated, or drop --max-seeds")
+    check_max_seeds(max_seeds, until_separated)
     report = api.verdict
     run_confirmation = api.confirm
     read_sweep = api.read_sweep
