@@ -209,13 +209,7 @@ VMAP_KINDS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 def plugin_class_path(kind: str) -> str:
     """The import path of a plugin optimizer's name (an import path, or an installed entry point's name)."""
-    path = plugins.class_path(kind, plugins.OPTIMIZER_GROUP)
-    if path is None:
-        raise plugins.PluginError(
-            f"optimizer {kind!r} is no entry point of {plugins.OPTIMIZER_GROUP} here: install the package "
-            "that provides it where the runs train"
-        )
-    return path
+    return plugins.installed_class_path(kind, plugins.OPTIMIZER_GROUP, "optimizer")
 
 
 def build_optimizer(kind: str, params, lr: float, hyperparameters: dict[str, Any]):

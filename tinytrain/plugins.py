@@ -52,6 +52,18 @@ def class_path(name: str, group: str) -> str | None:
     return entry_points(group).get(name)
 
 
+def installed_class_path(name: str, group: str, what: str) -> str:
+    """The import path of a plugin name (what: 'optimizer' or 'problem'), or a PluginError: no such entry point
+    here, where the runs train."""
+    path = class_path(name, group)
+    if path is None:
+        raise PluginError(
+            f"{what} {name!r} is no entry point of {group} here: install the package that provides it where the "
+            "runs train"
+        )
+    return path
+
+
 def load_class(path: str, what: str) -> type:
     """The class at "module:Class", or a PluginError that says why not (what: 'optimizer' or 'problem')."""
     module_name, _, attribute = path.partition(":")

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from tinytrain.optimizers import VMAP_KINDS
 from tinytrain.spec import RunSpec
 
-# Measured (benchmarks/crossover.py, docs/performance.md): the vmap engine trains even one cell faster than the sequential
-# engine, so no group is too small here; a machine with less per-operation overhead may want more.
+# Measured (benchmarks/crossover.py, docs/performance.md): the vmap engine trains even one cell faster than the
+# sequential engine, so no group is too small here; a machine with less per-operation overhead may want more.
 MIN_BATCH_CELLS = 1
 SUB_BATCH_CELLS = 9  # the largest sub-batch: results reach the writer early, and it is no slower per step
 

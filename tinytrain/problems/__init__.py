@@ -62,13 +62,7 @@ def make_problem(spec: RunSpec) -> Problem:
 
 def problem_class_path(name: str) -> str:
     """The import path of a plugin problem's name (an import path, or an installed entry point's name)."""
-    path = plugins.class_path(name, plugins.PROBLEM_GROUP)
-    if path is None:
-        raise plugins.PluginError(
-            f"problem {name!r} is no entry point of {plugins.PROBLEM_GROUP} here: install the package "
-            "that provides it where the runs train"
-        )
-    return path
+    return plugins.installed_class_path(name, plugins.PROBLEM_GROUP, "problem")
 
 
 def make_plugin_problem(path: str, spec: RunSpec) -> Problem:
