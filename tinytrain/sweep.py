@@ -193,7 +193,7 @@ def _repair_abandoned(uri: str, experiment_id: str) -> int:
 
 VMAP_CLAIMS_AT_LEAST = 32  # a smaller grid is claimed whole: the engine decides on its batches as before
 CLAIM_POLL_SECONDS = 0.25  # how often a sweep with nothing left to claim looks again at the cells others hold
-CLAIM_AHEAD_SECONDS = 3.0  # a block of claims holds about this much of the sweep's training
+CLAIM_AHEAD_SECONDS = 1.0  # a block of claims holds about this much of the sweep's training
 
 
 def shared_results(
