@@ -29,6 +29,9 @@ from tinytrain.tracking.store import DONE, WON, Claim, Store
 from tinytrain.tracking.sweep_records import SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.views import view_tags
 
+# A later read's word that a claim still holds its cell serves its result this long: a cell that trains longer
+# is read again at its result (as a claim's last check; its training hides the read).
+HOLDING_FRESH_SECONDS = 2.0
 LEASE_ENV = "TINYTRAIN_LEASE_SECONDS"  # how long a claim holds a cell unless its sweep renews it
 DEFAULT_LEASE = 60.0
 
@@ -179,7 +182,9 @@ class Recorder:
         self.lease = lease_seconds()
         self.renewed_at = 0.0
         self.lease_until: dict[str, float] = {}  # key -> the end of the lease this sweep last set on its claim
-        self.holding: dict[str, Claim] = {}  # key -> whether its claim still held the cell, at a later read
+        self.holding: dict[
+            str, tuple[Claim, float]
+        ] = {}  # key -> whether its claim held the cell at a later read, when
 
     def open(
         self,
@@ -263,16 +268,23 @@ class Recorder:
 
     def _note_holding(self, holding: dict[str, Claim]) -> None:
         """Keep what a read found of this sweep's claims (a later read than the one that won them)."""
+        now = time.time()
         for key, claim in holding.items():
-            self.holding[key] = claim
+            self.holding[key] = (claim, now)
 
     def holds(self, key: str, run_id: str) -> Claim:
-        """Whether this sweep's claim still holds a cell, before its result is recorded: what a read made
-        after the claim was won found (a later block's claims read it), while the claim's lease as this
-        sweep last set it still has a third of a lease to run (no other sweep may take it over before it
-        lapses); else one read of every cell this sweep holds, kept for the results that follow."""
-        known = self.holding.pop(key, None)
-        if known is not None and (known.state != WON or self.lease_until.get(key, 0.0) - time.time() > self.lease / 3):
+        """Whether this sweep's claim still holds a cell, before its result is recorded: what a read made after
+        the claim was won found (a later block's claims read the cells this sweep holds), if that read is
+        less than HOLDING_FRESH_SECONDS old and the claim's lease as this sweep last set it has more than a
+        third of a lease to run (no other sweep may take it over before it lapses); else one read of every
+        cell this sweep holds, kept for the results that follow."""
+        known, read_at = self.holding.pop(key, (None, 0.0))
+        now = time.time()
+        if (
+            known is not None
+            and now - read_at < HOLDING_FRESH_SECONDS
+            and (known.state != WON or self.lease_until.get(key, 0.0) - now > self.lease / 3)
+        ):
             return known
         holding = self.store.holding(self.experiment_id, self._held())
         self._note_holding(holding)
