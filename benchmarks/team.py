@@ -4,6 +4,11 @@
             trains about half the cells, claimed before they train), whole processes, in alternating order:
             the wall time of the two (until both end) over that of the one; on a SQLite store and on
             `tinytrain server` over a PostgreSQL database. Also checks that each cell has one finished run.
+  claims    what claiming costs a sweep alone: one sweep of a grid (experiments/scale-1k.toml at steps=10
+            by default: short runs, where the writer sets the pace) on a fresh SQLite store, with its claims
+            and with --force (which claims nothing), for each tinytrain source tree given (--code DIR, e.g.
+            an older commit's `git archive`; "." is this one), all in alternating order: the claims' cost
+            per cell is the difference over the cells, in wall time and in the writer's CPU.
   writers   runs per second into `tinytrain server` on PostgreSQL with 1, 2 and 4 writer processes (each a
             Recorder, as a sweep's writer or a worker logging for itself would be), every run a real record:
             params, 301 losses and the final weights as a LoggedModel (one result trained once, its spec
@@ -12,6 +17,7 @@
 Run it under the bench lock, never beside another benchmark:
   flock /tmp/tinytrain-bench.lock .venv/bin/python benchmarks/team.py sharing --set steps=300
   flock /tmp/tinytrain-bench.lock .venv/bin/python benchmarks/team.py writers --runs 48
+  flock /tmp/tinytrain-bench.lock .venv/bin/python benchmarks/team.py claims --code /tmp/before --code .
 PostgreSQL: Debian's package (started here as the postgres user in a temporary folder, on 127.0.0.1).
 """
 
@@ -187,6 +193,66 @@ class _nothing:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# claims
+
+
+def alone(code: str, force: bool, args, folder: Path) -> tuple[float, float]:
+    """Wall seconds and the writer's CPU seconds of one sweep on a fresh store, with tinytrain from `code`."""
+    import json
+
+    experiment_file = str(Path(args.file).resolve())
+    command = [
+        str(BIN / "tinytrain"),
+        "sweep",
+        experiment_file,
+        "--quiet",
+        "--tracking-uri",
+        f"sqlite:///{folder}/s.db",
+    ]
+    for override in args.set or ["steps=10"]:
+        command += ["--set", override]
+    usage = folder / "writer-usage.jsonl"
+    env = {**os.environ, "XDG_CACHE_HOME": str(Path(tempfile.gettempdir()) / "tinytrain-bench-cache")}
+    env["TINYTRAIN_WRITER_USAGE"] = str(usage)
+    if code != ".":  # put first on the path: the installed (editable) tinytrain is this tree
+        env["PYTHONPATH"] = str(Path(code).resolve())
+    started = time.perf_counter()
+    done = subprocess.run([*command, *(["--force"] if force else [])], cwd=folder, env=env, capture_output=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"the sweep failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+    record = json.loads(usage.read_text().splitlines()[-1])
+    return wall, record["user"] + record["system"]
+
+
+def claims(args) -> None:
+    from tinytrain.spec import load_experiment
+
+    cells = len(load_experiment(args.file, args.set or ["steps=10"]).specs())
+    codes = args.code or ["."]
+    variants = [(code, force) for code in codes for force in (False, True)]
+    figures: dict[tuple[str, bool], list[tuple[float, float]]] = {variant: [] for variant in variants}
+    for repeat in range(args.repeat):
+        for code, force in variants if repeat % 2 == 0 else list(reversed(variants)):
+            with tempfile.TemporaryDirectory() as name:
+                figures[code, force].append(alone(code, force, args, Path(name)))
+            wall, cpu = figures[code, force][-1]
+            print(f"  {code} {'--force' if force else 'claims'}: {wall:.1f} s, writer CPU {cpu:.1f} s", flush=True)
+    print(
+        f"| code | sweep with claims | --force (no claims) | claims' cost a cell: wall | writer CPU |  ({cells} cells)"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for code in codes:
+        shared, forced = figures[code, False], figures[code, True]
+        wall = statistics.median(s[0] for s in shared), statistics.median(f[0] for f in forced)
+        cpu = statistics.median(s[1] for s in shared), statistics.median(f[1] for f in forced)
+        print(
+            f"| {code} | {wall[0]:.1f} s | {wall[1]:.1f} s | {(wall[0] - wall[1]) / cells * 1000:.1f} ms "
+            f"| {(cpu[0] - cpu[1]) / cells * 1000:.1f} ms |"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
 # writers
 
 
@@ -255,12 +321,17 @@ def main() -> None:
     share.add_argument("--set", action="append", default=[], metavar="KEY=V")
     share.add_argument("--repeat", type=int, default=2)
     share.add_argument("--backend", action="append", choices=["sqlite", "postgres"])
+    claim = commands.add_parser("claims")
+    claim.add_argument("--file", default="experiments/scale-1k.toml")
+    claim.add_argument("--set", action="append", default=[], metavar="KEY=V")
+    claim.add_argument("--code", action="append", metavar="DIR", help="a tinytrain source tree ('.': this one)")
+    claim.add_argument("--repeat", type=int, default=2)
     write = commands.add_parser("writers")
     write.add_argument("--runs", type=int, default=48)
     write.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4])
     write.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    sharing(args) if args.command == "sharing" else writers(args)
+    {"sharing": sharing, "claims": claims, "writers": writers}[args.command](args)
 
 
 if __name__ == "__main__":

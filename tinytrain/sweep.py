@@ -129,10 +129,9 @@ def run_sweep(
         with _progress(len(specs), len(specs) - len(todo), enabled=progress) as bar:
             started = bar.started(recorder.run_started)
             shared = not force and executor != "dask"  # a Dask sweep hands the cluster every cell at once
+            wave, grows = _wave(experiment, executor, jobs, len(todo)), experiment.settings["engine"] != "vmap"
             results = (
-                shared_results(
-                    todo, runner, recorder, _wave(experiment, executor, jobs, len(todo)), started, bar.elsewhere
-                )
+                shared_results(todo, runner, recorder, wave, started, bar.elsewhere, grows)
                 if shared
                 else runner.run(todo, started)
             )
@@ -190,10 +189,11 @@ def _repair_abandoned(uri: str, experiment_id: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sweeps that share a grid: each cell is claimed before it trains (tracking: Store.claim_cell)
+# Sweeps that share a grid: each cell is claimed before it trains (tracking: Store.claim_cells)
 
 VMAP_CLAIMS_AT_LEAST = 32  # a smaller grid is claimed whole: the engine decides on its batches as before
-CLAIM_POLL_SECONDS = 1.0  # how often a sweep with nothing left to claim looks again at the cells others hold
+CLAIM_POLL_SECONDS = 0.25  # how often a sweep with nothing left to claim looks again at the cells others hold
+CLAIM_AHEAD_SECONDS = 1.0  # a block of claims holds about this much of the sweep's training
 
 
 def shared_results(
@@ -203,48 +203,72 @@ def shared_results(
     wave: int,
     started: Callable[[RunSpec], None] | None = None,
     advance: Callable[[], None] = lambda: None,
+    grows: bool = True,
 ) -> Iterator[RunResult]:
     """The results of the cells this sweep claims, as the executor yields them, until the grid is done.
 
-    Cells are claimed in grid order and trained `wave` at a time (one per worker); the next wave's claims
-    go out while one trains, so that claiming costs no training time. A cell another sweep holds is left
-    to it and looked at again once nothing else is left: finished by then, it is theirs (the sweep counts
-    it); if their lease lapsed, this sweep takes it over. The sweep ends when every cell is finished, by it
-    or by another, or failed in its own hands.
+    Cells are claimed in grid order, a block at a time (see BlockSize), and a block's cells that this sweep
+    won are trained together; the next block's claims go out while one trains, so that claiming costs no
+    training time. A cell another sweep holds is left to it and looked at again once nothing else is left:
+    finished by then, it is theirs (the sweep counts it); if their lease lapsed, this sweep takes it over.
+    The sweep ends when every cell is finished, by it or by another, or failed in its own hands.
     """
     pending = list(todo)
-    asked: list[RunSpec] = []  # claims sent, answers not read yet (in this order)
+    held: list[RunSpec] = []  # cells other sweeps hold: looked at again once nothing else is left
+    asked: list[list[RunSpec]] = []  # blocks of claims sent, answers not read yet (in this order)
+    size = BlockSize(wave, grows)
 
-    def ask(count: int) -> None:
-        while pending and len(asked) < count:
-            spec = pending.pop(0)
-            recorder.send_claim(spec)
-            asked.append(spec)
+    def ask() -> None:
+        if pending and not asked:
+            block = pending[: size.next(len(pending))]
+            del pending[: len(block)]
+            recorder.send_claims(block)
+            asked.append(block)
 
-    while pending:
-        held: list[RunSpec] = []
-        ask(wave)
-        while asked:
-            batch: list[RunSpec] = []
-            while asked and len(batch) < wave:
-                spec = asked.pop(0)
-                claim = recorder.claim_reply()
-                if claim.state == WON:
-                    batch.append(spec)
-                elif claim.state == TAKEN:
-                    held.append(spec)
-                else:
-                    advance()  # another sweep finished it
-                ask(wave)  # the next wave's claims go out while this one trains
-            if batch:
-                yield from runner.run(batch, started or recorder.run_started)
-        if held:
+    while pending or asked or held:
+        ask()
+        if not asked:
             time.sleep(CLAIM_POLL_SECONDS)
-            pending = held
+            pending, held = held, []
+            continue
+        block = asked.pop(0)
+        won: list[RunSpec] = []
+        for spec, claim in zip(block, recorder.claims_reply(), strict=True):
+            if claim.state == WON:
+                won.append(spec)
+            elif claim.state == TAKEN:
+                held.append(spec)
+            else:
+                advance()  # another sweep finished it
+        ask()  # the next block's claims go out while this one trains
+        if won:
+            began = time.monotonic()
+            yield from runner.run(won, started or recorder.run_started)
+            size.trained(len(won), time.monotonic() - began)
+
+
+class BlockSize:
+    """How many cells a sweep claims at once. At least `wave` (one per worker; the vmap engine's batch);
+    where it `grows`, as many as train in about CLAIM_AHEAD_SECONDS (measured on the last block) so that a
+    claim costs about one run's creation, but never more than half of what is left unclaimed, so that another
+    sweep starting meanwhile gets its share."""
+
+    def __init__(self, wave: int, grows: bool = True):
+        self.wave, self.grows = wave, grows
+        self.seconds_per_cell: float | None = None
+
+    def next(self, left: int) -> int:
+        if not self.grows or self.seconds_per_cell is None:
+            return self.wave
+        ahead = int(CLAIM_AHEAD_SECONDS / max(self.seconds_per_cell, 1e-3))
+        return max(self.wave, min(ahead, -(-left // 2)))
+
+    def trained(self, cells: int, seconds: float) -> None:
+        self.seconds_per_cell = seconds / cells
 
 
 def _wave(experiment: Experiment, executor: str, jobs: int, cells: int) -> int:
-    """How many cells a sweep claims at once: one per worker; for the vmap engine, a quarter of the grid and
+    """The fewest cells a sweep claims at once: one per worker; for the vmap engine, a quarter of the grid and
     at least VMAP_CLAIMS_AT_LEAST (a batched net gains from many cells; another sweep still gets a share)."""
     if experiment.settings["engine"] == "vmap":
         return max(jobs, -(-cells // 4), VMAP_CLAIMS_AT_LEAST)

@@ -45,3 +45,18 @@ def test_lapsed_leases_gone_owners_and_runs_without_a_lease_hold_nothing():
 def test_a_live_claim_of_another_is_taken_until_its_lease():
     decided = decide_claim([run("a", lease=NOW + 30), run("b", start=2, lease=NOW + 50)], None, NOW)
     assert decided.state == TAKEN and decided.lease_until == NOW + 50
+
+
+def test_a_block_holds_a_few_seconds_of_training_and_at_most_half_of_what_is_left():
+    from tinytrain.sweep import CLAIM_AHEAD_SECONDS, BlockSize
+
+    size = BlockSize(wave=2)
+    assert size.next(1000) == 2  # nothing trained yet: one cell per worker
+    size.trained(2, 0.2)  # 0.1 s a cell
+    assert size.next(1000) == int(CLAIM_AHEAD_SECONDS / 0.1)
+    assert size.next(20) == 10 and size.next(3) == 2
+    size.trained(1, 60.0)  # long cells: still one per worker
+    assert size.next(1000) == 2
+    fixed = BlockSize(wave=32, grows=False)  # the vmap engine's batch
+    fixed.trained(32, 0.32)
+    assert fixed.next(1000) == 32

@@ -70,12 +70,17 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class ClaimCell:
-    """Claim a cell before it trains; the reply is the store's Claim (won, taken by another sweep, done)."""
+    """Claim a block of cells before they train; the reply is the store's Claim of each (won, taken by another
+    sweep, done), in order."""
 
-    spec: RunSpec
+    specs: tuple[RunSpec, ...]
 
-    def apply(self, recorder: Recorder) -> Claim:
-        return recorder.claim(self.spec)
+    def apply(self, recorder: Recorder) -> list[Claim]:
+        return recorder.claim_many(list(self.specs))
+
+    def refused(self) -> list[Claim]:
+        """The reply when the writer can no longer write: every cell left to others (the sweep then stops)."""
+        return [Claim(TAKEN)] * len(self.specs)
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,7 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         exit_now(0)  # without the second it takes to tear down MLflow and torch
     if state["failed"] and not isinstance(message, Close):
         if isinstance(message, ClaimCell):  # answered all the same: the sweep reads its claims in order
-            replies.put(("ok", Claim(TAKEN)))
+            replies.put(("ok", message.refused()))
         return  # the sweep learns of the failure from the error sent first
     if isinstance(message, Close) and state.get("unreachable"):
         # every write would wait out MLflow's retries again: the runs left RUNNING are marked FAILED by
@@ -175,8 +180,8 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         result = message.apply(recorder)
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which turns it into a message
         _failed(error, recorder, state, replies)
-        if isinstance(message, ClaimCell):  # after the error, the claim's own answer (see claim_reply)
-            replies.put(("ok", Claim(TAKEN)))
+        if isinstance(message, ClaimCell):  # after the error, the claim's own answer (see claims_reply)
+            replies.put(("ok", message.refused()))
         return
     if request.wants_reply:
         replies.put(("ok", result))
@@ -404,21 +409,21 @@ class BackgroundRecorder:
         self._send(Open(experiment, specs, finished, force, with_parent))
 
     def claim(self, spec: RunSpec) -> Claim:
-        self.send_claim(spec)
-        return self.claim_reply()
+        self.send_claims([spec])
+        return self.claims_reply()[0]
 
-    def send_claim(self, spec: RunSpec) -> None:
+    def send_claims(self, specs: list[RunSpec]) -> None:
         if self.died is not None:
             raise self.died
         self.raise_if_failed()
-        self.requests.put(Request(ClaimCell(spec), wants_reply=True))
+        self.requests.put(Request(ClaimCell(tuple(specs)), wants_reply=True))
         self.claims_waiting += 1
 
-    def claim_reply(self) -> Claim:
-        """The answer to the oldest claim sent and not yet read."""
-        claim = self._reply(interruptible=True)  # an error read here is an earlier write's: the answer comes
+    def claims_reply(self) -> list[Claim]:
+        """The answers to the oldest block of claims sent and not yet read."""
+        claims = self._reply(interruptible=True)  # an error read here is an earlier write's: the answer comes
         self.claims_waiting -= 1
-        return claim
+        return claims
 
     def run_started(self, spec: RunSpec) -> None:
         self._send(RunStarted(spec))
@@ -442,7 +447,7 @@ class BackgroundRecorder:
             raise self.died
         try:
             while self.claims_waiting:  # claims sent ahead of an interruption: their runs are closed below
-                self.claim_reply()
+                self.claims_reply()
             made = self._made_summary(status) if self.summary is not None and status == "FINISHED" else None
             self.counts = self._call(Close(status, reason, made))
             return self.counts

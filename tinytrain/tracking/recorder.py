@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +29,9 @@ from tinytrain.tracking.store import DONE, WON, Claim, Store
 from tinytrain.tracking.sweep_records import SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.views import view_tags
 
+# A later read's word that a claim still holds its cell serves its result this long: a cell that trains longer
+# is read again at its result (as a claim's last check; its training hides the read).
+HOLDING_FRESH_SECONDS = 2.0
 LEASE_ENV = "TINYTRAIN_LEASE_SECONDS"  # how long a claim holds a cell unless its sweep renews it
 DEFAULT_LEASE = 60.0
 
@@ -139,11 +143,11 @@ class SweepRecorder(Protocol):
 
     def claim(self, spec: RunSpec) -> Claim: ...
 
-    def send_claim(self, spec: RunSpec) -> None:
-        """Claim a cell, the answer to be read with claim_reply (in the order they were sent): a sweep claims
-        the next cells while the current ones train."""
+    def send_claims(self, specs: list[RunSpec]) -> None:
+        """Claim a block of cells, the answers to be read with claims_reply (in the order the blocks were
+        sent): a sweep claims the next block while the current one trains."""
 
-    def claim_reply(self) -> Claim: ...
+    def claims_reply(self) -> list[Claim]: ...
 
     def run_started(self, spec: RunSpec) -> None: ...
 
@@ -173,10 +177,14 @@ class Recorder:
         self.logged_losses: dict[str, tuple[float, ...]] = {}  # key -> losses of the runs this sweep wrote
         self.final_metric = "final_loss"  # what the sweep's views show; final_test_accuracy where runs have it
         self.claimed: set[str] = set()  # keys of the cells this sweep claimed and has not recorded yet
-        self.claims_sent: list[RunSpec] = []  # in this process, a claim sent is made when its reply is read
+        self.claims_sent: list[list[RunSpec]] = []  # in this process, claims sent are made when their reply is read
         self.started: set[str] = set()  # keys of the runs handed to the executor
         self.lease = lease_seconds()
         self.renewed_at = 0.0
+        self.lease_until: dict[str, float] = {}  # key -> the end of the lease this sweep last set on its claim
+        self.holding: dict[
+            str, tuple[Claim, float]
+        ] = {}  # key -> whether its claim held the cell at a later read, when
 
     def open(
         self,
@@ -214,31 +222,74 @@ class Recorder:
 
     def claim(self, spec: RunSpec) -> Claim:
         """Claim a cell before it trains (sweeps that share a grid): its RUNNING run, with a lease."""
+        return self.claim_many([spec])[0]
+
+    def claim_many(self, specs: list[RunSpec]) -> list[Claim]:
+        """Claim a block of cells before they train (Store.claim_cells: one read, the creates, one wait, one
+        read back): a Claim per spec, in order. The first read also looks again at the cells this sweep
+        holds from earlier blocks: what it finds lets their results be recorded without a read of their own
+        (run_finished)."""
         self.renew_leases()
-        claim = self.store.claim_cell(self.experiment_id, self.parent_run_id, spec, self.environment, self.lease)
-        if claim.state == WON:
-            self.run_ids[spec.key] = claim.run_id
-            self.claimed.add(spec.key)
-            self.counts.taken_over += claim.took_over
-        elif claim.state == DONE:
-            self.counts.others += 1
-        return claim
+        held = self._held()
+        claims, holding = self.store.claim_cells(
+            self.experiment_id, self.parent_run_id, specs, self.environment, self.lease, held
+        )
+        self._note_holding(holding)
+        for spec, claim in zip(specs, claims, strict=True):
+            if claim.state == WON:
+                self.run_ids[spec.key] = claim.run_id
+                self.claimed.add(spec.key)
+                self.lease_until[spec.key] = claim.lease_until
+                self.counts.taken_over += claim.took_over
+            elif claim.state == DONE:
+                self.counts.others += 1
+        return claims
 
-    def send_claim(self, spec: RunSpec) -> None:
-        self.claims_sent.append(spec)
+    def send_claims(self, specs: list[RunSpec]) -> None:
+        self.claims_sent.append(list(specs))
 
-    def claim_reply(self) -> Claim:
-        return self.claim(self.claims_sent.pop(0))
+    def claims_reply(self) -> list[Claim]:
+        return self.claim_many(self.claims_sent.pop(0))
 
     def renew_leases(self) -> None:
-        """Push the lease of every claim this sweep holds a lease further, every third of a lease."""
-        import time
-
-        if not self.claimed or time.time() - self.renewed_at < self.lease / 3:
+        """Push further the lease of every claim this sweep holds that has less than two thirds of a lease
+        left (looked at every sixth of a lease): a claim is renewed about every third of a lease."""
+        now = time.time()
+        if not self.claimed or now - self.renewed_at < self.lease / 6:
             return
         for key in self.claimed:
-            self.store.renew_lease(self.run_ids[key], self.lease)
-        self.renewed_at = time.time()
+            if self.lease_until.get(key, 0.0) - now < self.lease * 2 / 3:
+                self.lease_until[key] = self.store.renew_lease(self.run_ids[key], self.lease)
+        self.renewed_at = now
+
+    def _held(self) -> dict[str, str]:
+        """key -> run id of the claims this sweep won and has not recorded a result of."""
+        return {key: self.run_ids[key] for key in self.claimed if key in self.run_ids}
+
+    def _note_holding(self, holding: dict[str, Claim]) -> None:
+        """Keep what a read found of this sweep's claims (a later read than the one that won them)."""
+        now = time.time()
+        for key, claim in holding.items():
+            self.holding[key] = (claim, now)
+
+    def holds(self, key: str, run_id: str) -> Claim:
+        """Whether this sweep's claim still holds a cell, before its result is recorded: what a read made after
+        the claim was won found (a later block's claims read the cells this sweep holds), if that read is
+        less than HOLDING_FRESH_SECONDS old and the claim's lease as this sweep last set it has more than a
+        third of a lease to run (no other sweep may take it over before it lapses); else one read of every
+        cell this sweep holds, kept for the results that follow."""
+        known, read_at = self.holding.pop(key, (None, 0.0))
+        now = time.time()
+        if (
+            known is not None
+            and now - read_at < HOLDING_FRESH_SECONDS
+            and (known.state != WON or self.lease_until.get(key, 0.0) - now > self.lease / 3)
+        ):
+            return known
+        holding = self.store.holding(self.experiment_id, self._held())
+        self._note_holding(holding)
+        self.holding.pop(key, None)
+        return holding[key]
 
     def run_started(self, spec: RunSpec) -> None:
         self.started.add(spec.key)
@@ -252,8 +303,9 @@ class Recorder:
             self.experiment_id, self.parent_run_id, result.spec, self.environment
         )
         if key in self.claimed:
+            holder = self.holds(key, run_id)
             self.claimed.discard(key)
-            holder = self.store.still_holds(self.experiment_id, key, run_id)
+            self.lease_until.pop(key, None)
             if holder.state != WON:  # another sweep's claim won after all, or took it over: its run counts
                 self.run_ids.pop(key)
                 if holder.run_id is not None:  # ours is still RUNNING

@@ -381,3 +381,33 @@ def runs_with_tag_readonly(
         {"tag": tag, "value": value, "name": experiment_name},
     )
     return [(run_id, name, str(experiment_id), *rest) for run_id, name, experiment_id, *rest in rows]
+
+
+def cell_states_readonly(
+    uri: str, experiment_id: str, keys: list[str], me: str
+) -> list[tuple[str, str, str, int, str | None, str | None, str | None]]:
+    """(run id, run key, status, start time, outcome, lease, owner) of the active cell runs (KIND = run) of the
+    given run keys that are RUNNING, or FINISHED and written by another owner than `me`: what claiming
+    decides on (store.Store.cell_states, held equal to its MLflow search by tests/unit/test_read.py), in one
+    query."""
+    import json
+
+    from tinytrain.tracking.contract import KIND, LEASE, OUTCOME, OWNER, RUN_KEY
+
+    def tag(name: str) -> str:
+        return f"(SELECT value FROM tags WHERE tags.run_uuid = runs.run_uuid AND tags.key = '{name}')"
+
+    rows = query_sqlite(
+        uri,
+        f"""SELECT runs.run_uuid, key_tag.value, runs.status, runs.start_time, {tag(OUTCOME)}, {tag(LEASE)},
+                   {tag(OWNER)} AS owner
+            FROM json_each(:keys) AS wanted
+            JOIN tags AS key_tag ON key_tag.key = :key_tag AND key_tag.value = wanted.value
+            JOIN runs ON runs.run_uuid = key_tag.run_uuid
+            JOIN tags AS kind_tag ON kind_tag.run_uuid = runs.run_uuid AND kind_tag.key = :kind_tag
+                                  AND kind_tag.value = 'run'
+            WHERE runs.experiment_id = :experiment_id AND runs.lifecycle_stage = 'active'
+              AND (runs.status = 'RUNNING' OR (runs.status = 'FINISHED' AND owner IS NOT NULL AND owner != :me))""",
+        {"keys": json.dumps(keys), "key_tag": RUN_KEY, "kind_tag": KIND, "experiment_id": experiment_id, "me": me},
+    )
+    return [tuple(row) for row in rows]

@@ -41,13 +41,16 @@ from tinytrain.tracking.provenance import owner_is_gone, process_owner
 from tinytrain.tracking.sqlite import TunedConnections, create_store_from_template, sqlite_defaults_only
 
 WON, TAKEN, DONE = "won", "taken", "done"  # what claiming a cell gives (Claim.state)
-SETTLE_SECONDS = 0.05  # the least a claim waits before it reads the cell's claims a second time
+SETTLE_SECONDS = 0.05  # the least a block of claims waits before it reads its cells' claims back
+# A server's FINISHED cell runs are read again from the last read's time less this (clocks, late commits)
+FINISHED_WINDOW_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
 class Claim:
-    """The answer to claiming a cell: this sweep holds it (WON, run_id is the cell's RUNNING run), another
-    sweep holds it (TAKEN, until `lease_until` unless renewed), or a finished run has it (DONE, run_id)."""
+    """The answer to claiming a cell: this sweep holds it (WON, run_id is the cell's RUNNING run, its lease
+    until `lease_until` unless renewed), another sweep holds it (TAKEN, until `lease_until` unless renewed),
+    or a finished run has it (DONE, run_id)."""
 
     state: str
     run_id: str | None = None
@@ -99,6 +102,41 @@ def decide_claim(runs: list[CellRunState], mine: str | None, now: float) -> Clai
     return Claim(TAKEN, live[0].run_id, max(run.lease_until for run in live))
 
 
+def _holding(states: dict[str, list[CellRunState]], held: dict[str, str], now: float) -> dict[str, Claim]:
+    """Whether this sweep's claims (key -> run id) still hold their cells, from the cells' runs as read."""
+    verdicts = {}
+    for key, run_id in held.items():
+        runs = states.get(key, [])
+        mine = next((run for run in runs if run.run_id == run_id), None)
+        if mine is None or mine.status != "RUNNING":  # taken over by another sweep after its lease lapsed
+            verdicts[key] = Claim(TAKEN)
+            continue
+        # this sweep's own claim is live whatever its lease says: nobody took it over
+        runs = [run if run.run_id != run_id else replace(run, lease_until=math.inf, owner_gone=False) for run in runs]
+        verdicts[key] = decide_claim(runs, run_id, now) or Claim(WON, run_id)
+    return verdicts
+
+
+def _cell_run_state(
+    run_id: str, status: str, outcome: str | None, start_time: int, lease: str | None, owner: str | None
+) -> CellRunState:
+    return CellRunState(
+        run_id,
+        status,
+        outcome,
+        start_time,
+        float(lease) if lease is not None else None,
+        status == "RUNNING" and owner_is_gone(owner or ""),
+    )
+
+
+def _state_of(run: Any) -> CellRunState:
+    tags = run.data.tags
+    return _cell_run_state(
+        run.info.run_id, run.info.status, tags.get(OUTCOME), run.info.start_time, tags.get(LEASE), tags.get(OWNER)
+    )
+
+
 def model_name(spec: RunSpec, step: int | None = None) -> str:
     """A checkpoint's LoggedModel is named after its run, and its step if not the last: adam-lr0_001-seed0
     for run adam-lr0.001-seed0 (MLflow forbids '.', '/', ':', '%' and quotes in a model's name)."""
@@ -145,6 +183,9 @@ class Store:
         self.client = mlflow.MlflowClient(uri)
         self.artifact_uris: dict[str, str] = {}  # run id -> artifact URI, of the runs started and not finished
         self._model_files: ModelFiles | None = None
+        # claims over HTTP (cell_states): experiment id -> when FINISHED cell runs were last read, and those seen
+        self._finished_read_at: dict[str, float] = {}
+        self._finished_seen: dict[str, dict[str, tuple[str, CellRunState]]] = {}
 
     def close(self) -> None:
         """Undo what opening the store changed in this process (see __init__)."""
@@ -237,70 +278,146 @@ class Store:
         return run.info.run_id
 
     # claims: sweeps that share a grid ------------------------------------------------------------------
-    def cell_runs(self, experiment_id: str, key: str) -> list[CellRunState]:
-        """Every active run of a cell (its run key), in the plain values claiming decides on."""
-        runs = self.search(experiment_id, f"tags.`{RUN_KEY}` = '{key}'")
+    def cell_states(self, experiment_id: str, keys: list[str]) -> dict[str, list[CellRunState]]:
+        """run key -> the runs claiming decides on, of each of the given cells, in one read: the cell's active
+        runs (KIND = run) that are RUNNING (claims), or FINISHED and written by another process (this one
+        knows what it finished). Cells without such a run are left out.
+
+        A SQLite store is read with one plain query (sqlite.cell_states_readonly); a server with MLflow's
+        search, which cannot filter on a list of tags: the experiment's RUNNING cell runs, then the FINISHED
+        ones of other processes, the whole experiment once and afterwards only those that ended since the
+        last read (less FINISHED_WINDOW_SECONDS, for clocks and late commits), kept here. RUNNING is read
+        first: a run that ends between the two searches is seen FINISHED, never missed.
+        """
+        read = self._cell_states_searched if is_http(self.uri) else self._cell_states_sqlite
+        states: dict[str, list[CellRunState]] = {}
+        for key, state in read(experiment_id, set(keys)):
+            states.setdefault(key, []).append(state)
+        return states
+
+    def _cell_states_sqlite(self, experiment_id: str, keys: set[str]) -> list[tuple[str, CellRunState]]:
+        from tinytrain.tracking.sqlite import cell_states_readonly
+
+        me = process_owner()
         return [
-            CellRunState(
-                run.info.run_id,
-                run.info.status,
-                run.data.tags.get(OUTCOME),
-                run.info.start_time,
-                float(run.data.tags[LEASE]) if LEASE in run.data.tags else None,
-                run.info.status == "RUNNING" and owner_is_gone(run.data.tags.get(OWNER, "")),
+            (key, _cell_run_state(run_id, status, outcome, start_time, lease, owner))
+            for run_id, key, status, start_time, outcome, lease, owner in cell_states_readonly(
+                self.uri, experiment_id, sorted(keys), me
             )
-            for run in runs
-            if run.data.tags.get(KIND) == "run"
         ]
+
+    def _cell_states_searched(self, experiment_id: str, keys: set[str]) -> list[tuple[str, CellRunState]]:
+        """cell_states through MLflow's search (any store; a server's only way)."""
+        read_at = time.time()
+        cell_runs = f"tags.`{KIND}` = 'run'"
+        running = self.search(experiment_id, f"attributes.status = 'RUNNING' AND {cell_runs}")
+        finished_filter = f"attributes.status = 'FINISHED' AND {cell_runs} AND tags.`{OWNER}` != '{process_owner()}'"
+        since = self._finished_read_at.get(experiment_id)
+        if since is not None:
+            finished_filter += f" AND attributes.end_time > {int((since - FINISHED_WINDOW_SECONDS) * 1000)}"
+        known = self._finished_seen.setdefault(experiment_id, {})
+        for run in self.search(experiment_id, finished_filter):
+            if RUN_KEY in run.data.tags:
+                known[run.info.run_id] = (run.data.tags[RUN_KEY], _state_of(run))
+        self._finished_read_at[experiment_id] = read_at
+        states = [(key, state) for key, state in known.values() if key in keys]
+        states += [
+            (run.data.tags[RUN_KEY], _state_of(run))
+            for run in running
+            if run.data.tags.get(RUN_KEY) in keys and run.info.run_id not in known  # ended meanwhile: as FINISHED
+        ]
+        return states
+
+    def cell_runs(self, experiment_id: str, key: str) -> list[CellRunState]:
+        """The runs claiming decides on, of one cell (see cell_states)."""
+        return self.cell_states(experiment_id, [key]).get(key, [])
+
+    def claim_cells(
+        self,
+        experiment_id: str,
+        parent_run_id: str | None,
+        specs: list[RunSpec],
+        tags: dict[str, str],
+        lease: float,
+        held: dict[str, str] | None = None,
+    ) -> tuple[list[Claim], dict[str, Claim]]:
+        """Claim a block of cells for this sweep at once; each cell's run, created RUNNING with a lease, is its
+        claim. Returns a Claim per spec (in order) and, for the cells in `held` (key -> run id of a claim this
+        sweep already won), whether it still holds them (see holding), from the same first read.
+
+        One read of the block's cells: a finished run or another sweep's live claim means this sweep leaves
+        the cell alone; a claim whose lease lapsed (or whose process is gone) is marked FAILED and taken
+        over. Then the claims are created, one wait lets claims that other sweeps made at the same moment
+        reach the store, and one read back decides each cell: the earliest-created claim wins (decide_claim),
+        and this sweep deletes its claims that lost. A claim committed even later than that wait is caught
+        before a result is recorded (holding): the later one yields.
+        """
+        held = held or {}
+        now = time.time()
+        states = self.cell_states(experiment_id, [spec.key for spec in specs] + list(held))
+        holding = _holding(states, held, now)
+        claims: dict[str, Claim] = {}
+        lapsed: dict[str, int] = {}
+        for spec in specs:
+            runs = states.get(spec.key, [])
+            holder = decide_claim(runs, None, now)
+            if holder is not None:
+                claims[spec.key] = holder
+                continue
+            lapsed[spec.key] = 0
+            for run in runs:
+                if run.lapsed_claim(now):
+                    why = "its process ended" if run.owner_gone else f"its lease lapsed at {run.lease_until:.0f}"
+                    self.client.set_tag(run.run_id, ERROR, f"abandoned: {why}; another sweep took the cell over")
+                    self.client.set_terminated(run.run_id, "FAILED")
+                    lapsed[spec.key] += 1
+        created: dict[str, str] = {}
+        leases: dict[str, float] = {}
+        longest = 0.0
+        for spec in specs:
+            if spec.key in lapsed:
+                started = time.monotonic()
+                leases[spec.key] = time.time() + lease
+                lease_tag = {LEASE: f"{leases[spec.key]:.3f}"}
+                created[spec.key] = self.start_run(experiment_id, parent_run_id, spec, {**tags, **lease_tag})
+                longest = max(longest, time.monotonic() - started)
+        if created:
+            # A claim another sweep started before one of these may still be on its way to the store (its
+            # start time is its client's, its commit comes later, e.g. behind SQLite's lock): wait as long as
+            # one claim took to be created, so that the two see each other and the earlier wins.
+            time.sleep(min(max(longest, SETTLE_SECONDS), 1.0))
+            states = self.cell_states(experiment_id, list(created))
+            now = time.time()
+            for key, run_id in created.items():
+                decided = decide_claim(states.get(key, []), run_id, now)
+                if decided is None or decided.state != WON:
+                    self.release_claim(run_id, decided)
+                    claims[key] = decided or Claim(TAKEN)
+                else:
+                    claims[key] = Claim(WON, run_id, leases[key], lapsed[key])
+        return [claims[spec.key] for spec in specs], holding
 
     def claim_cell(
         self, experiment_id: str, parent_run_id: str | None, spec: RunSpec, tags: dict[str, str], lease: float
     ) -> Claim:
-        """Claim a cell for this sweep: its run, created RUNNING with a lease, is the claim.
+        """Claim one cell for this sweep (claim_cells of one)."""
+        return self.claim_cells(experiment_id, parent_run_id, [spec], tags, lease)[0][0]
 
-        Read first: a finished run or another sweep's live claim means this sweep leaves the cell alone;
-        a claim whose lease lapsed (or whose process is gone) is marked FAILED and taken over. Then create
-        the claim and read the cell's runs back: of two sweeps that claim at once, the earliest-created
-        claim wins (decide_claim), and the other deletes its own.
-        """
-        now = time.time()
-        runs = self.cell_runs(experiment_id, spec.key)
-        holder = decide_claim(runs, None, now)
-        if holder is not None:
-            return holder
-        lapsed = [run for run in runs if run.lapsed_claim(now)]
-        for run in lapsed:
-            why = "its process ended" if run.owner_gone else f"its lease lapsed at {run.lease_until:.0f}"
-            self.client.set_tag(run.run_id, ERROR, f"abandoned: {why}; another sweep took the cell over")
-            self.client.set_terminated(run.run_id, "FAILED")
-        started = time.monotonic()
-        run_id = self.start_run(experiment_id, parent_run_id, spec, {**tags, LEASE: f"{time.time() + lease:.3f}"})
-        decided = decide_claim(self.cell_runs(experiment_id, spec.key), run_id, time.time())
-        if decided is not None and decided.state == WON:
-            # A claim started before this one may still be on its way to the store (its start time is its
-            # client's, its commit comes later, e.g. behind SQLite's lock): read again once as long again
-            # has passed, so that the two see each other and the earlier wins. One still later than that
-            # is caught before a result is recorded (still_holds): the later one yields.
-            time.sleep(min(max(time.monotonic() - started, SETTLE_SECONDS), 1.0))
-            decided = decide_claim(self.cell_runs(experiment_id, spec.key), run_id, time.time())
-        if decided is None or decided.state != WON:
-            self.release_claim(run_id, decided)
-            return decided or Claim(TAKEN)
-        return Claim(WON, run_id, took_over=len(lapsed))
+    def renew_lease(self, run_id: str, lease: float) -> float:
+        """Push a claim's lease `lease` seconds from now; returns the new end of its lease."""
+        until = time.time() + lease
+        self.client.set_tag(run_id, LEASE, f"{until:.3f}")
+        return until
 
-    def renew_lease(self, run_id: str, lease: float) -> None:
-        self.client.set_tag(run_id, LEASE, f"{time.time() + lease:.3f}")
+    def holding(self, experiment_id: str, held: dict[str, str]) -> dict[str, Claim]:
+        """Before claimed cells' results are recorded, for each (key -> run id of this sweep's claim) in one
+        read: whether this sweep's claim still holds it (WON), or another sweep's claim that won, or a
+        finished run, does (TAKEN, DONE: the result is then dropped)."""
+        return _holding(self.cell_states(experiment_id, list(held)), held, time.time())
 
     def still_holds(self, experiment_id: str, key: str, run_id: str) -> Claim:
-        """Before a claimed cell's result is recorded: whether this sweep's claim still holds it (WON), or
-        another sweep's claim that won or a finished run does (the result is then dropped)."""
-        runs = self.cell_runs(experiment_id, key)
-        mine = next((run for run in runs if run.run_id == run_id), None)
-        if mine is None or mine.status != "RUNNING":  # taken over by another sweep after its lease lapsed
-            return Claim(TAKEN)
-        # this sweep's own claim is live whatever its lease says: nobody took it over
-        runs = [run if run.run_id != run_id else replace(run, lease_until=math.inf, owner_gone=False) for run in runs]
-        return decide_claim(runs, run_id, time.time()) or Claim(WON, run_id)
+        """holding of one cell."""
+        return self.holding(experiment_id, {key: run_id})[key]
 
     def release_claim(self, run_id: str, holder: Claim | None) -> None:
         """End and delete a claim that lost its cell: nothing of it stays RUNNING or among the active runs."""
