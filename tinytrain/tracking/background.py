@@ -578,17 +578,18 @@ class BackgroundRecorder:
         return self.counts
 
     def _stop_after_death(self) -> None:
-        """A writer died: the others write what they were sent, the sweep's writer (if alive) closes the sweep
-        FAILED; the runs the dead one left RUNNING are the next sweep's to mark FAILED and train again."""
+        """A writer died: the others write what they were sent and exit. What is left open (the sweep, its
+        claims, the runs the dead one was sent) stays RUNNING, owned by the sweep's writer, which is gone:
+        the next sweep marks it FAILED and trains those cells again."""
+        queues = [self.requests, *(writer.requests for writer in self.run_writers.writers)] if self.run_writers else []
+        for process, requests in zip(self.processes, queues or [self.requests], strict=True):
+            if not process.is_alive():  # what it was sent and never read must not hold this process's exit
+                requests.cancel_join_thread()
         if self.run_writers:
             self.run_writers.stop()
         if self.process.is_alive():
-            with contextlib.suppress(Exception):  # the death is what the sweep reports
-                while self.claims_waiting:  # their replies come first
-                    self.claim_reply()
-                self._call(Close("FAILED", str(self.died)))
             self.requests.put(Request(Stop(), wants_reply=False))
-        for process in self.processes:  # they are daemons: not cut short by this process's exit
+        for process in self.processes[1:]:  # daemons: not cut short by this process's exit while they write
             process.join(30)
 
     def _made_summary(self, status: str) -> MadeSummary | None:
