@@ -581,16 +581,15 @@ class BackgroundRecorder:
         """A writer died: the others write what they were sent and exit. What is left open (the sweep, its
         claims, the runs the dead one was sent) stays RUNNING, owned by the sweep's writer, which is gone:
         the next sweep marks it FAILED and trains those cells again."""
-        queues = [self.requests, *(writer.requests for writer in self.run_writers.writers)] if self.run_writers else []
-        for process, requests in zip(self.processes, queues or [self.requests], strict=True):
-            if not process.is_alive():  # what it was sent and never read must not hold this process's exit
-                requests.cancel_join_thread()
         if self.run_writers:
             self.run_writers.stop()
         if self.process.is_alive():
             self.requests.put(Request(Stop(), wants_reply=False))
-        for process in self.processes[1:]:  # daemons: not cut short by this process's exit while they write
-            process.join(30)
+        queues = [self.requests, *(writer.requests for writer in self.run_writers.writers)] if self.run_writers else []
+        for process, requests in zip(self.processes, queues or [self.requests], strict=True):
+            process.join(30)  # daemons: this process's exit would cut them short
+            if not process.is_alive():  # what it was sent and never read must not hold this process's exit
+                requests.cancel_join_thread()
 
     def _made_summary(self, status: str) -> MadeSummary | None:
         """The sweep's summary, made here from the record the writer reads once every run is written (None
