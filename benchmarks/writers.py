@@ -3,7 +3,7 @@
   sweep   `tinytrain sweep FILE --set steps=10 --set writers=N` (default experiments/scale-1k.toml: 1,000 runs),
           whole processes into fresh SQLite stores, the writer counts alternated round by round: wall time,
           runs per second, the CPU of each writer process per run it wrote (the writers report their own
-          usage, tracking/background.py) and of the sweep's process, and the load average.
+          usage, tracking/background.py) and of the sweep's process tree, and the load average.
   lock    what bounds more writers on one SQLite file: in this process, a Recorder (as a writer runs it)
           claims and writes --runs real 10-step results into a fresh store, and per run it measures the
           writer's CPU and how long a write transaction held the database's write lock (from a transaction's
@@ -76,7 +76,7 @@ def sweep(args) -> None:
                 ]
                 print(
                     f"    {measured['wall']:.1f} s, {runs / measured['wall']:.1f} runs/s; sweep CPU "
-                    f"{measured['sweep_cpu']:.1f} s; writers' CPU a run written: {', '.join(per_run)}",
+                    f"{measured['sweep_cpu']:.1f} s (its process tree: writers it reaped included); writers' CPU a run written: {', '.join(per_run)}",
                     flush=True,
                 )
     one = statistics.median(runs / m["wall"] for m in table[args.writers[0]])
