@@ -76,7 +76,8 @@ def sweep(args) -> None:
                 ]
                 print(
                     f"    {measured['wall']:.1f} s, {runs / measured['wall']:.1f} runs/s; sweep CPU "
-                    f"{measured['sweep_cpu']:.1f} s (its process tree: writers it reaped included); writers' CPU a run written: {', '.join(per_run)}",
+                    f"{measured['sweep_cpu']:.1f} s (its process tree: writers it reaped included); "
+                    f"writers' CPU a run written: {', '.join(per_run)}",
                     flush=True,
                 )
     one = statistics.median(runs / m["wall"] for m in table[args.writers[0]])
