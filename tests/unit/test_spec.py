@@ -178,7 +178,7 @@ BAD_INPUTS = [
         "unknown key 'stepz' in <experiment> (did you mean 'steps'?): known keys are batch_size, budget, cells, "
         "checkpoint_every, clip_grad_norm, confirms, data_seed, decay, diverge_above, engine, eta, eval_every, "
         "extra_seeds, first_rung, gamma, grid, loss, mkldnn, name, optimizers, problem, problem_settings, schedule, "
-        "step_size, steps, target_index, threads, tuning_metric, validation, warmup, weight_decay",
+        "step_size, steps, target_index, threads, tuning_metric, validation, warmup, weight_decay, writers",
     ),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
@@ -319,7 +319,7 @@ def test_each_bad_input_has_its_own_message(raw, message):
             "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
             "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
             "eval_every, diverge_above, schedule, warmup, decay, step_size, gamma, weight_decay, clip_grad_norm, "
-            "validation, budget, eta, first_rung, tuning_metric) or optimizers.NAME.HYPERPARAMETER",
+            "validation, budget, eta, first_rung, tuning_metric, writers) or optimizers.NAME.HYPERPARAMETER",
         ),
     ],
 )
