@@ -16,6 +16,7 @@ from tinytrain.executors import make_executor
 from tinytrain.reports.summary import SweepSummaryMaker
 from tinytrain.results import DIVERGED, RunResult
 from tinytrain.spec import ConfigError, Experiment, RunSpec
+from tinytrain.spec.settings import writer_count
 from tinytrain.tracking import (
     MadeBy,
     Recorder,
@@ -119,7 +120,9 @@ def run_sweep(
     if specs and not todo and with_parent and not record_when_done:
         return _nothing_to_train(experiment, uri, specs, finished, started_at)
     runner = make_executor(executor, jobs, scheduler)  # an unreachable scheduler fails here, before any run
-    recorder = _recorder(uri, background)
+    shared = not force and executor != "dask"  # a Dask sweep hands the cluster every cell at once
+    # only the results of claimed cells go to run writers: a sweep that does not claim has its writer only
+    recorder = _recorder(uri, background, _writers(experiment, executor, jobs) if shared else 1)
     failures: list[str] = []
     notes: list[str] = []
     engines: dict[str, int] = {}
@@ -128,7 +131,6 @@ def run_sweep(
         recorder.open(experiment, specs, finished, force, with_parent)
         with _progress(len(specs), len(specs) - len(todo), enabled=progress) as bar:
             started = bar.started(recorder.run_started)
-            shared = not force and executor != "dask"  # a Dask sweep hands the cluster every cell at once
             wave, grows = _wave(experiment, executor, jobs, len(todo)), experiment.settings["engine"] != "vmap"
             results = (
                 shared_results(todo, runner, recorder, wave, started, bar.elsewhere, grows)
@@ -305,13 +307,21 @@ def _count_engine(runtime: dict[str, str], engines: dict[str, int], notes: list[
         notes.append(note)
 
 
-def _recorder(uri: str, background: bool) -> SweepRecorder:
-    """The sweep's single writer: in a writer process of its own, or in this one."""
+def _recorder(uri: str, background: bool, writers: int = 1) -> SweepRecorder:
+    """The sweep's writer: in a writer process of its own (with `writers` - 1 run writers beside it), or in
+    this one."""
     if background:
         from tinytrain.tracking.background import BackgroundRecorder
 
-        return BackgroundRecorder(uri, SweepSummaryMaker())
+        return BackgroundRecorder(uri, SweepSummaryMaker(), writers)
     return Recorder(uri, SweepSummaryMaker())
+
+
+def _writers(experiment: Experiment, executor: str, jobs: int) -> int:
+    """How many processes write the sweep's finished runs (the `writers` setting; auto: the cores that its
+    training leaves free)."""
+    training = jobs if executor == "pool" or jobs > 1 else 1
+    return writer_count(experiment.settings["writers"], training * experiment.settings["threads"])
 
 
 class _progress:

@@ -250,6 +250,7 @@ BAD = [
     (["--set", "seed="], "has an empty value"),
     (["--set", "steps10"], "--set 'steps10' must look like KEY=V1,V2"),
     (["--set", "stepz=1"], "--set stepz: unknown key"),
+    (["--set", "writers=0"], "writers must be an integer >= 1 or auto"),
 ]
 
 
@@ -482,3 +483,55 @@ def test_the_command_exits_with_its_code_and_whole_output(experiment_file):
         [sys.executable, "-m", "tinytrain", "sweep", experiment_file(GRID), "--dry-run"], capture_output=True, text=True
     )
     assert listed.returncode == 0 and listed.stdout.count("\n") > 8 and listed.stdout.endswith("\n")
+
+
+def test_two_writers_write_each_run_once_with_the_same_record_and_summary_as_one(
+    cli_runner, experiment_file, tmp_path, monkeypatch
+):
+    """writers = 2: the sweep's writer and a run writer beside it share the runs (the run writer takes its
+    share: each reports what it wrote); the store holds what one writer writes: every cell once, the same
+    params, losses and outcomes, the parent's counts, the summary and the cell runs; the run keys are those
+    of a sweep without the setting."""
+    import json
+    import time
+
+    from tinytrain.tracking.background import USAGE_ENV
+
+    path = experiment_file(GRID.replace("lr = [0.01, 1000.0]", "lr = [0.01, 0.003, 1000.0]"), "grid.toml")
+    records = {}
+    for writers in (1, 2):
+        uri = f"sqlite:///{tmp_path / f'w{writers}' / 'mlflow.db'}"
+        usage = tmp_path / f"usage-{writers}.jsonl"
+        monkeypatch.setenv(USAGE_ENV, str(usage))
+        result = cli_runner.invoke(
+            cli, ["sweep", path, "--quiet", "--tracking-uri", uri, "--set", f"writers={writers}"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "12 runs: 12 trained (8 finished, 4 diverged, 0 failed)" in result.output
+        deadline = time.monotonic() + 30
+        while len(usage.read_text().splitlines() if usage.exists() else []) < writers:  # written as they exit
+            assert time.monotonic() < deadline, "a writer did not report"
+            time.sleep(0.1)
+        written = [json.loads(line)["runs_written"] for line in usage.read_text().splitlines()]
+        assert sum(written) == 12 and len(written) == writers and all(written)  # each wrote a share
+        runs = runs_of(uri)
+        (parent,) = [run for run in runs if run.data.tags.get("tinytrain.kind") == "sweep"]
+        cells = [run for run in runs if run.data.tags.get("tinytrain.kind") == "run"]
+        keys = [run.data.tags["tinytrain.run_key"] for run in cells]
+        assert len(keys) == len(set(keys)) == 12 and {run.info.status for run in cells} == {"FINISHED"}
+        records[writers] = {
+            "parent": {k: v for k, v in parent.data.metrics.items() if k.startswith("runs_")},
+            "summary": sorted(item.path for item in client(uri).list_artifacts(parent.info.run_id)),
+            "cell_runs": len([run for run in runs if run.data.tags.get("tinytrain.kind") == "cell"]),
+            "cells": sorted(
+                (
+                    run.data.tags["tinytrain.run_key"],
+                    run.data.tags["tinytrain.outcome"],
+                    run.data.metrics.get("final_loss"),
+                    tuple(sorted(run.data.params.items())),
+                )
+                for run in cells
+            ),
+        }
+    assert records[1] == records[2]
+    assert records[2]["parent"]["runs_finished"] == 8 and records[2]["cell_runs"] > 0

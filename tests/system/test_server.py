@@ -226,3 +226,13 @@ def test_the_rest_reader_of_finished_cells_equals_mlflows_own_search(swept):
     with Store(swept["url"]) as store:
         by_mlflow = {key: run.info.run_id for key, run in store.finished_runs_by_key(store.experiment_id(NAME)).items()}
     assert by_mlflow and finished_keys_readonly(swept["url"], NAME) == by_mlflow
+
+
+def test_a_run_writer_killed_over_http_loses_nothing_and_doubles_nothing(
+    server, experiment_file, process_groups, cli_runner
+):
+    """Two writers into the server (the sweep's writer and a run writer, each a client of it): the run writer,
+    killed while it writes, stops the sweep; the rerun trains each missing cell once, through the server."""
+    from tests.system.test_trust import SHORT_RUNS, kill_a_busy_run_writer
+
+    kill_a_busy_run_writer(server["url"], experiment_file(SHORT_RUNS), process_groups, cli_runner)

@@ -42,14 +42,31 @@ def start_sweep(process_groups, path, uri, *options):
 
 def writer_of(process) -> psutil.Process:
     """The sweep's writer process: the child that multiprocessing spawned to run tracking.background._serve."""
+    return writers_of(process, 1)[0]
+
+
+def writers_of(process, count: int) -> list[psutil.Process]:
+    """The sweep's `count` writer processes, in the order they started: the sweep's writer, then its run
+    writers (tracking/writers.py)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        found = []
         for child in psutil.Process(process.pid).children():
             with contextlib.suppress(psutil.Error):
                 if "spawn_main" in " ".join(child.cmdline()):
-                    return child
+                    found.append(child)
+        if len(found) >= count:
+            return sorted(found, key=lambda child: (child.create_time(), child.pid))
         time.sleep(0.05)
-    raise AssertionError("the sweep started no writer process")
+    raise AssertionError(f"the sweep started fewer than {count} writer processes")
+
+
+def died_line(pid: int) -> str:
+    return (
+        f"Error: the tracking writer process (pid {pid}) died (killed by SIGKILL): the sweep "
+        "stopped; run the same command again, it marks the runs left open FAILED and trains what is "
+        "missing\n"
+    )
 
 
 def wait_for_open_cell(uri, process, timeout=60):
@@ -96,7 +113,11 @@ def statuses(uri, experiment="trust"):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
+@pytest.mark.parametrize(
+    "options",
+    [(), ("--jobs", "2"), ("--engine", "vmap"), ("--set", "writers=2")],
+    ids=["inprocess", "pool", "vmap", "two-writers"],
+)
 def test_sigkill_of_everything_then_rerun_gives_one_finished_run_per_cell(
     experiment_file, store_uri, cli_runner, process_groups, options
 ):
@@ -135,7 +156,11 @@ def artifacts_of(uri, run_id):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [(), ("--jobs", "2"), ("--engine", "vmap")], ids=["inprocess", "pool", "vmap"])
+@pytest.mark.parametrize(
+    "options",
+    [(), ("--jobs", "2"), ("--engine", "vmap"), ("--set", "writers=2")],
+    ids=["inprocess", "pool", "vmap", "two-writers"],
+)
 def test_ctrl_c_to_the_process_group_kills_the_open_runs_and_exits_130(
     experiment_file, store_uri, process_groups, options
 ):
@@ -191,23 +216,25 @@ def test_ctrl_c_in_tinytrain_run_marks_it_killed(store_uri, process_groups):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("writers", "killed"), [(1, 0), (2, 0), (2, 1)], ids=["one-writer", "sweeps-writer-of-two", "run-writer"]
+)
 def test_the_writer_dying_stops_the_sweep_at_once_and_a_rerun_trains_what_is_missing(
-    experiment_file, store_uri, process_groups, cli_runner
+    experiment_file, store_uri, process_groups, cli_runner, writers, killed
 ):
+    """Any writer killed (the sweep's writer, which holds the claims, or a run writer): the sweep stops at
+    once with one line; what was open stays RUNNING, owned by the sweep's writer, now gone, and the next
+    sweep marks it FAILED and trains what is missing."""
     path = experiment_file(GRID.replace("steps = 150", "steps = 1500").replace("lr = [0.01, 0.001]", "lr = [0.01]"))
-    process = start_sweep(process_groups, path, store_uri)
-    writer = writer_of(process)
+    process = start_sweep(process_groups, path, store_uri, "--set", f"writers={writers}")
+    writer = writers_of(process, writers)[killed]
     wait_for_open_cell(store_uri, process, timeout=120)
     writer.kill()
     killed_at = time.monotonic()
     _out, err = process.communicate(timeout=60)
     stopped_after = time.monotonic() - killed_at
     assert process.returncode == 1, err
-    assert err == (
-        f"Error: the tracking writer process (pid {writer.pid}) died (killed by SIGKILL): the sweep "
-        "stopped; run the same command again, it marks the runs left open FAILED and trains what is "
-        "missing\n"
-    )
+    assert err == died_line(writer.pid)
     assert stopped_after < 3, f"the sweep took {stopped_after:.1f} s to notice"  # the sweep trains for longer
     finished = statuses(store_uri).count("FINISHED")
     assert statuses(store_uri).count("RUNNING") == 1 and finished < 4
@@ -217,6 +244,52 @@ def test_the_writer_dying_stops_the_sweep_at_once_and_a_rerun_trains_what_is_mis
     assert "Marked FAILED 2 run(s) left RUNNING by a killed sweep" in again.output  # the cell and the parent
     keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri, "trust") if run.info.status == "FINISHED"]
     assert len(keys) == len(set(keys)) == 4
+
+
+def kill_a_busy_run_writer(uri, path, process_groups, cli_runner, name="trust", cells=80):
+    """Short runs and two writers: the run writer, killed while it has results to write, stops the sweep;
+    the rerun marks FAILED the runs it left RUNNING and trains each missing cell once (on SQLite or a
+    server: the same path)."""
+    process = start_sweep(process_groups, path, uri, "--set", "writers=2")
+    _writer, run_writer = writers_of(process, 2)
+    deadline = time.monotonic() + 180
+    while len(finished_keys_readonly(uri, name)) < 3:
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "no run was written in time"
+        time.sleep(0.05)
+    run_writer.kill()
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and err == died_line(run_writer.pid), err
+    before = [run.info.status for run in runs_of(uri, name) if run.data.tags.get("tinytrain.kind") == "run"]
+    finished = before.count("FINISHED")
+    assert finished < cells, "the sweep ended before its run writer was killed"
+    again = cli_runner.invoke(cli, ["sweep", str(path), "--quiet", "--tracking-uri", uri, "--set", "writers=2"])
+    assert again.exit_code == 0, again.output
+    assert f"{cells} runs: {cells - finished} trained" in again.output
+    # the parent, and the cells claimed and not written: their owner, the sweep's writer, is gone
+    assert f"Marked FAILED {before.count('RUNNING') + 1} run(s) left RUNNING by a killed sweep" in again.output
+    runs = runs_of(uri, name)
+    keys = [
+        run.data.tags["tinytrain.run_key"]
+        for run in runs
+        if run.info.status == "FINISHED" and run.data.tags.get("tinytrain.kind") == "run"
+    ]
+    assert len(keys) == len(set(keys)) == cells  # exactly once each
+    assert "RUNNING" not in [run.info.status for run in runs]
+
+
+SHORT_RUNS = (
+    GRID.replace("steps = 150", "steps = 5")
+    .replace("lr = [0.01, 0.001]", "lr = [0.01, 0.001, 0.003, 0.03]")
+    .replace("seed = [0, 1]", "seed = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]")
+)
+
+
+@pytest.mark.slow
+def test_a_run_writer_killed_while_it_writes_loses_nothing_and_doubles_nothing(
+    experiment_file, store_uri, process_groups, cli_runner
+):
+    kill_a_busy_run_writer(store_uri, experiment_file(SHORT_RUNS), process_groups, cli_runner)
 
 
 def test_sweep_from_run_reruns_the_resolved_experiment(cli_runner, experiment_file, store_uri):
@@ -269,18 +342,22 @@ def test_gradcheck_fails_on_a_wrong_backward():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("writers", [1, 2])
 def test_a_killed_sweep_process_has_its_open_runs_closed_by_the_writer(
-    experiment_file, store_uri, cli_runner, process_groups
+    experiment_file, store_uri, cli_runner, process_groups, writers
 ):
-    """SIGKILL of the sweep alone: its writer process sees it gone, marks what it left open FAILED, and exits."""
+    """SIGKILL of the sweep alone: its writer process sees it gone, marks what it left open FAILED, and exits
+    (after its run writers have written what they were sent and exited)."""
     path = experiment_file(GRID.replace("steps = 150", "steps = 600"))
-    process = start_sweep(process_groups, path, store_uri)
-    writer = writer_of(process)
+    process = start_sweep(process_groups, path, store_uri, "--set", f"writers={writers}")
+    all_writers = writers_of(process, writers)
+    writer = all_writers[0]
     wait_for_finished_runs(store_uri, 1, process)
     wait_for_open_cell(store_uri, process)
     process.kill()
     process.wait()
     writer.wait(timeout=60)  # the writer exits by itself once it has closed what was left open
+    assert not any(other.is_running() and other.status() != psutil.STATUS_ZOMBIE for other in all_writers)
     runs = runs_of(store_uri, "trust")
     assert "RUNNING" not in [run.info.status for run in runs]
     failed_cells = [run for run in runs if run.info.status == "FAILED" and run.data.tags.get("tinytrain.kind") == "run"]

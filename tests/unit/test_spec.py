@@ -178,7 +178,7 @@ BAD_INPUTS = [
         "unknown key 'stepz' in <experiment> (did you mean 'steps'?): known keys are batch_size, budget, cells, "
         "checkpoint_every, clip_grad_norm, confirms, data_seed, decay, diverge_above, engine, eta, eval_every, "
         "extra_seeds, first_rung, gamma, grid, loss, mkldnn, name, optimizers, problem, problem_settings, schedule, "
-        "step_size, steps, target_index, threads, tuning_metric, validation, warmup, weight_decay",
+        "step_size, steps, target_index, threads, tuning_metric, validation, warmup, weight_decay, writers",
     ),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
@@ -319,7 +319,7 @@ def test_each_bad_input_has_its_own_message(raw, message):
             "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
             "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
             "eval_every, diverge_above, schedule, warmup, decay, step_size, gamma, weight_decay, clip_grad_norm, "
-            "validation, budget, eta, first_rung, tuning_metric) or optimizers.NAME.HYPERPARAMETER",
+            "validation, budget, eta, first_rung, tuning_metric, writers) or optimizers.NAME.HYPERPARAMETER",
         ),
     ],
 )
@@ -872,3 +872,19 @@ def test_batch_size_loss_and_validation_are_axes_of_a_digits_grid():
     }
     with pytest.raises(ConfigError, match="batch_size must be an integer >= 1, got 0"):
         validate({"problem": "digits", "grid": {"batch_size": [32, 0]}})
+
+
+def test_writers_is_a_setting_outside_the_run_key_and_auto_counts_the_cores_training_leaves_free():
+    from tinytrain.spec.settings import MAX_AUTO_WRITERS, writer_count
+
+    plain = [spec.key for spec in load_experiment(None, []).specs()]
+    assert [spec.key for spec in load_experiment(None, ["writers=3"]).specs()] == plain
+    assert load_experiment(None, ["writers=3"]).settings["writers"] == 3
+    assert writer_count("auto", 1, cores=2) == 1  # this machine: one core trains, one writes
+    assert writer_count("auto", 2, cores=2) == 1  # at least one
+    assert writer_count("auto", 12, cores=16) == 4
+    assert writer_count("auto", 1, cores=16) == MAX_AUTO_WRITERS
+    assert writer_count(3, 1, cores=2) == 3  # asked for: as many as asked
+    for bad in ("writers=0", "writers=-1", "writers=two", "writers=1.5"):
+        with pytest.raises(ConfigError, match="writers must be an integer >= 1 or auto"):
+            load_experiment(None, [bad])

@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "eta": 3,  # halving: at each rung the best 1/eta of the cells continue
     "first_rung": 0,  # halving: the first rung's steps (0: steps / eta^2, rounded up)
     "tuning_metric": "auto",  # what halving and search rank cells by (lower is better); auto: see tuning_metric()
+    # How records are written (docs/performance.md): processes writing finished runs' records; auto: writer_count()
+    "writers": "auto",
 }
 BUDGETS = ("none", "halving")
 # auto's choice, the first a problem measures: held-out validation loss, then test loss, then the training loss
@@ -131,6 +133,9 @@ def check_settings(settings: dict[str, Any]) -> None:
             f"loss diverges), got {bound!r}"
         )
     check_budget(settings)
+    writers = settings["writers"]
+    if writers != "auto" and (not is_int(writers) or writers < 1):
+        raise ConfigError(f"writers must be an integer >= 1 or auto (the cores training leaves free), got {writers!r}")
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
     # problem: a built-in (catalogue.PROBLEMS) or a plugin, checked by spec/plugins.py's check_problem
@@ -165,6 +170,20 @@ def check_settings(settings: dict[str, Any]) -> None:
             "engine vmap runs with threads = 1 and mkldnn = false, where its results equal the "
             "sequential engine's bit for bit: drop the threads/mkldnn settings or use engine sequential"
         )
+
+
+MAX_AUTO_WRITERS = 4  # auto never starts more writers than this (each is a process of about 250 MB)
+
+
+def writer_count(setting: int | str, training_processes: int, cores: int | None = None) -> int:
+    """How many processes write a sweep's finished runs: the setting, or for auto the cores that the
+    training processes leave free, at least 1 and at most MAX_AUTO_WRITERS."""
+    if setting != "auto":
+        return int(setting)
+    import os
+
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(cores - training_processes, MAX_AUTO_WRITERS))
 
 
 def check_budget(settings: dict[str, Any]) -> None:

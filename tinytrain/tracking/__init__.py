@@ -14,6 +14,7 @@
     logged_runs.py     reads one run's whole record (LoggedRun), weights included, weights-only, for reproduce
     recorder.py        Recorder: the single writing path of a sweep (SweepRecorder, SummaryMaker)
     background.py      BackgroundRecorder: a Recorder in a writer process of its own
+    writers.py         RunWriters: more writer processes beside it, for finished runs (the writers setting)
 
 The names of the data contract are imported from contract.py itself. Nothing here imports MLflow at module
 level (only where a store is opened), nor the reports, the sweep or the executors: the arrows point into

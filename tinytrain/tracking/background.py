@@ -36,12 +36,13 @@ from tinytrain.tracking.model_files import save_weights
 from tinytrain.tracking.recorder import (
     MadeSummary,
     Recorder,
+    RunsWritten,
     SummaryMaker,
     SweepCounts,
     error_reason,
     make_summary,
 )
-from tinytrain.tracking.store import TAKEN, Claim
+from tinytrain.tracking.store import TAKEN, WON, Claim
 from tinytrain.tracking.sweep_records import SweepRecord
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,7 +122,53 @@ class Stop:
     """The sweep has its reply to Close: everything is committed, the writer may go."""
 
 
-Message = Open | ClaimCell | RunStarted | RunFinished | ReadForSummary | Close | Stop
+# With several writers (writers.py): a claimed cell's result may go to a run writer instead of RunFinished
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """To the sweep's writer: a run writer writes this claimed cell's result (no lease to renew, no run to close)."""
+
+    key: str
+
+    def apply(self, recorder: Recorder) -> None:
+        recorder.hand_over(self.key)
+
+
+@dataclass(frozen=True)
+class WriteRun:
+    """To a run writer: write a claimed cell's result to its run, if the claim still holds."""
+
+    experiment: str  # its name
+    run_id: str
+    result: RunResult
+
+    def apply(self, recorder: Recorder) -> None:
+        recorder.write_claimed(self.experiment, self.run_id, self.result)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """To a run writer, once every result was sent to it: the reply is what it wrote (RunsWritten)."""
+
+    def apply(self, recorder: Recorder) -> RunsWritten:
+        return recorder.written()
+
+
+@dataclass(frozen=True)
+class Gather:
+    """To the sweep's writer before its summary and close: what the run writers wrote, counted as its own."""
+
+    parts: tuple[RunsWritten, ...]
+
+    def apply(self, recorder: Recorder) -> None:
+        for part in self.parts:
+            recorder.merge(part)
+
+
+Message = (
+    Open | ClaimCell | RunStarted | RunFinished | ReadForSummary | Close | Stop | HandOver | WriteRun | Drain | Gather
+)
 
 
 @dataclass(frozen=True)
@@ -134,13 +181,24 @@ class Request:
 # The writer process
 
 
-def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Queue, in_flight: Any = None) -> None:
-    """The writer process: apply each message to a Recorder; report the first error and stop writing."""
+def _serve(
+    uri: str,
+    requests: multiprocessing.Queue,
+    replies: multiprocessing.Queue,
+    in_flight: Any = None,
+    run_writers: Any = None,
+) -> None:
+    """A writer process: apply each message to a Recorder; report the first error and stop writing.
+
+    The sweep's writer and its run writers (writers.py) alike; `run_writers` (the sweep's writer's only)
+    holds the run writers' pids, whose end it waits for before it closes an orphaned sweep.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it sends Close(KILLED)
     recorder = Recorder(uri)  # no SummaryMaker: the sweep's process makes the summary (ReadForSummary)
     state = {"failed": False, "waiting_since": None}
     lock = threading.Lock()  # held while a message is applied
-    threading.Thread(target=_close_when_orphaned, args=(recorder, state, lock), daemon=True).start()
+    siblings = list(run_writers) if run_writers is not None else []
+    threading.Thread(target=_close_when_orphaned, args=(recorder, state, lock, siblings), daemon=True).start()
     while True:
         if state["waiting_since"] is None:
             state["waiting_since"] = time.monotonic()
@@ -158,16 +216,16 @@ def _serve(uri: str, requests: multiprocessing.Queue, replies: multiprocessing.Q
         state["waiting_since"] = None
         with lock:
             _apply(request, recorder, state, replies)
-        if in_flight is not None and isinstance(request.message, RunFinished):
+        if in_flight is not None and isinstance(request.message, RunFinished | WriteRun):
             in_flight.release()  # room for one more result
 
 
 def _apply(request: Request, recorder: Recorder, state: dict, replies: multiprocessing.Queue) -> None:
     message = request.message
     if isinstance(message, Stop):
-        _report_usage()
+        _report_usage(recorder)
         exit_now(0)  # without the second it takes to tear down MLflow and torch
-    if state["failed"] and not isinstance(message, Close):
+    if state["failed"] and not isinstance(message, Close | Drain):
         if isinstance(message, ClaimCell):  # answered all the same: the sweep reads its claims in order
             replies.put(("ok", message.refused()))
         return  # the sweep learns of the failure from the error sent first
@@ -214,7 +272,7 @@ MAX_RESULTS_IN_FLIGHT = 32  # results sent to the writer and not yet written (ab
 USAGE_ENV = "TINYTRAIN_WRITER_USAGE"
 
 
-def _report_usage() -> None:
+def _report_usage(recorder: Recorder) -> None:
     path = os.environ.get(USAGE_ENV)
     if path:
         import json
@@ -229,6 +287,7 @@ def _report_usage() -> None:
                         "user": usage.ru_utime,
                         "system": usage.ru_stime,
                         "max_rss_mib": usage.ru_maxrss / 1024,
+                        "runs_written": len(recorder.counts.run_ids) - recorder.gathered,
                         "imported": sorted(
                             name for name in ("torch", "mlflow.pytorch", "matplotlib") if name in sys.modules
                         ),
@@ -238,11 +297,14 @@ def _report_usage() -> None:
             )
 
 
-def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, idle_seconds: float = 2.0) -> None:
+def _close_when_orphaned(
+    recorder: Recorder, state: dict, lock: threading.Lock, siblings: list[int], idle_seconds: float = 2.0
+) -> None:
     """If the sweep's process dies, write what it fully sent, then close what it left open as FAILED.
 
     Runs beside the message loop because a process killed while sending leaves a half message in the
-    queue, on which the loop would wait for ever.
+    queue, on which the loop would wait for ever. The sweep's writer closes the sweep once its run writers
+    (`siblings`) have written what they were sent and ended; a run writer has no run of its own open.
     """
     parent = multiprocessing.parent_process()
     while True:
@@ -252,10 +314,24 @@ def _close_when_orphaned(recorder: Recorder, state: dict, lock: threading.Lock, 
         waiting_since = state["waiting_since"]
         if waiting_since is None or time.monotonic() - waiting_since < idle_seconds:
             continue  # still writing what was sent before the sweep died
+        deadline = time.monotonic() + 120
+        while any(_running(pid) for pid in siblings) and time.monotonic() < deadline:
+            time.sleep(0.1)
         with lock:
             if not state["failed"] and recorder.store is not None:
                 recorder.close("FAILED", reason="the sweep's process ended while it ran")
         os._exit(0)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process runs (a zombie does not: its parent, the sweep, is gone and nobody may reap it)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _for_the_writer(result: RunResult) -> RunResult:
@@ -308,7 +384,7 @@ class BackgroundRecorder:
     the next sweep marks them FAILED (Store.recover_abandoned) and trains their cells again.
     """
 
-    def __init__(self, uri: str, summary: SummaryMaker | None = None):
+    def __init__(self, uri: str, summary: SummaryMaker | None = None, writers: int = 1):
         self.summary = summary  # made here at the end (see close), logged by the writer
         context = multiprocessing.get_context("spawn")
         self.requests: multiprocessing.Queue = context.Queue()
@@ -317,11 +393,23 @@ class BackgroundRecorder:
         # training outpaces the writer (short runs) they would pile up: a 10,000-run sweep of 10-step runs
         # grew past 1 GB. At most MAX_RESULTS_IN_FLIGHT are sent ahead; then the sweep waits for the writer.
         self.in_flight = context.BoundedSemaphore(MAX_RESULTS_IN_FLIGHT)
+        pids = context.Array("i", max(writers - 1, 0), lock=False)  # the run writers', filled once started
         self.process = context.Process(
-            target=_serve, args=(uri, self.requests, self.replies, self.in_flight), name="tinytrain-writer", daemon=True
+            target=_serve,
+            args=(uri, self.requests, self.replies, self.in_flight, pids),
+            name="tinytrain-writer",
+            daemon=True,
         )
         with _sigint_ignored():  # from its first instruction: Ctrl-C to the group must not kill it mid-import
             self.process.start()
+        self.run_writers = None  # more processes writing finished runs (writers.py), with `writers` > 1
+        if writers > 1:
+            from tinytrain.tracking.writers import RunWriters
+
+            self.run_writers = RunWriters(context, uri, writers - 1, pids)
+        self.experiment = ""  # its name, for the run writers
+        self.claims_sent: collections.deque[list[RunSpec]] = collections.deque()  # whose answers are not read yet
+        self.claimed_runs: dict[str, str] = {}  # key -> run id of the cells this sweep claimed, until recorded
         self.counts: SweepCounts | None = None
         self.kept: collections.deque = collections.deque()  # replies read early (raise_if_failed), in order
         self.claims_waiting = 0  # claims sent whose answer was not read
@@ -332,17 +420,23 @@ class BackgroundRecorder:
             self._previous_handler = signal.signal(WRITER_DIED_SIGNAL, self._on_writer_died)
         threading.Thread(target=self._watch, name="tinytrain-writer-watch", daemon=True).start()
 
+    @property
+    def processes(self) -> list[Any]:
+        """The writer processes: the sweep's writer, then its run writers."""
+        return [self.process, *(self.run_writers.processes if self.run_writers else [])]
+
     def _watch(self) -> None:
         from multiprocessing.connection import wait
 
-        wait([self.process.sentinel])
+        ended = wait([process.sentinel for process in self.processes])
         if self._closing:
             return
-        self.process.join(1)
-        code = self.process.exitcode
+        process = next(process for process in self.processes if process.sentinel in ended)
+        process.join(1)
+        code = process.exitcode
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         self.died = WriterDied(
-            f"the tracking writer process (pid {self.process.pid}) died ({how}): the sweep stopped; run the same "
+            f"the tracking writer process (pid {process.pid}) died ({how}): the sweep stopped; run the same "
             "command again, it marks the runs left open FAILED and trains what is missing"
         )
         if self._previous_handler is not None:
@@ -360,7 +454,7 @@ class BackgroundRecorder:
     def _send(self, message: Message) -> None:
         if self.died is not None:
             raise self.died
-        self.raise_if_failed()
+        self._raise_if_any_failed()
         self.requests.put(Request(message, wants_reply=False))
 
     def _call(self, message: Message) -> Any:
@@ -398,6 +492,11 @@ class BackgroundRecorder:
             raise TrackingError(f"writing to the store failed: {value}")
         self.kept.append(value)  # the answer to a claim sent ahead: _reply gives it when asked
 
+    def _raise_if_any_failed(self) -> None:
+        self.raise_if_failed()
+        if self.run_writers:
+            self.run_writers.raise_if_failed()
+
     def open(
         self,
         experiment: Experiment,
@@ -406,6 +505,7 @@ class BackgroundRecorder:
         force: bool = False,
         with_parent: bool = True,
     ) -> None:
+        self.experiment = experiment.name
         self._send(Open(experiment, specs, finished, force, with_parent))
 
     def claim(self, spec: RunSpec) -> Claim:
@@ -418,22 +518,39 @@ class BackgroundRecorder:
         self.raise_if_failed()
         self.requests.put(Request(ClaimCell(tuple(specs)), wants_reply=True))
         self.claims_waiting += 1
+        self.claims_sent.append(list(specs))
 
     def claims_reply(self) -> list[Claim]:
         """The answers to the oldest block of claims sent and not yet read."""
         claims = self._reply(interruptible=True)  # an error read here is an earlier write's: the answer comes
         self.claims_waiting -= 1
+        for spec, claim in zip(self.claims_sent.popleft(), claims, strict=True):
+            if claim.state == WON and claim.run_id:
+                self.claimed_runs[spec.key] = claim.run_id  # its result may go to any writer
         return claims
 
     def run_started(self, spec: RunSpec) -> None:
         self._send(RunStarted(spec))
 
     def run_finished(self, result: RunResult) -> None:
-        while not self.in_flight.acquire(timeout=1.0):  # the writer is behind: wait for it
-            self.raise_if_failed()
-            if not self.process.is_alive():
+        """Hand a result to the writer with the most room: a claimed cell's to any writer, others to the sweep's
+        writer (which made their runs)."""
+        run_id = self.claimed_runs.pop(result.spec.key, None)
+        writer = None
+        if self.run_writers and run_id is not None:
+            writer = self.run_writers.roomiest()
+            if writer.room() < self.in_flight.get_value():
+                writer = None  # the sweep's writer has more room (on a tie, it is left to its claims)
+        in_flight, process = (self.in_flight, self.process) if writer is None else (writer.in_flight, writer.process)
+        while not in_flight.acquire(timeout=1.0):  # the writer is behind: wait for it
+            self._raise_if_any_failed()
+            if not process.is_alive():
                 raise TrackingError("the tracking writer process ended unexpectedly")
-        self._send(RunFinished(_for_the_writer(result)))
+        if writer is None:
+            self._send(RunFinished(_for_the_writer(result)))
+            return
+        self._send(HandOver(result.spec.key))
+        self.run_writers.send(writer, self.experiment, run_id, _for_the_writer(result))
 
     def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts:
         """Wait until everything sent is written and the sweep is closed; then let the writer go.
@@ -444,15 +561,40 @@ class BackgroundRecorder:
         self._closing = True
         self._restore_signal()
         if self.died is not None:
+            self._stop_after_death()
             raise self.died
+        failed = None  # a run writer's error: the sweep closes FAILED with it, then it is raised
         try:
             while self.claims_waiting:  # claims sent ahead of an interruption: their runs are closed below
                 self.claims_reply()
+            if self.run_writers:
+                parts, failed = self.run_writers.drain()
+                self.requests.put(Request(Gather(parts), wants_reply=False))
+                if failed and status == "FINISHED":
+                    status, reason = "FAILED", reason or failed
             made = self._made_summary(status) if self.summary is not None and status == "FINISHED" else None
             self.counts = self._call(Close(status, reason, made))
-            return self.counts
         finally:
             self.requests.put(Request(Stop(), wants_reply=False))
+            if self.run_writers:
+                self.run_writers.stop()
+        if failed:
+            raise TrackingError(f"writing to the store failed: {failed}")
+        return self.counts
+
+    def _stop_after_death(self) -> None:
+        """A writer died: the others write what they were sent and exit. What is left open (the sweep, its
+        claims, the runs the dead one was sent) stays RUNNING, owned by the sweep's writer, which is gone:
+        the next sweep marks it FAILED and trains those cells again."""
+        if self.run_writers:
+            self.run_writers.stop()
+        if self.process.is_alive():
+            self.requests.put(Request(Stop(), wants_reply=False))
+        queues = [self.requests, *(writer.requests for writer in self.run_writers.writers)] if self.run_writers else []
+        for process, requests in zip(self.processes, queues or [self.requests], strict=True):
+            process.join(30)  # daemons: this process's exit would cut them short
+            if not process.is_alive():  # what it was sent and never read must not hold this process's exit
+                requests.cancel_join_thread()
 
     def _made_summary(self, status: str) -> MadeSummary | None:
         """The sweep's summary, made here from the record the writer reads once every run is written (None

@@ -156,6 +156,15 @@ class SweepRecorder(Protocol):
     def close(self, status: str = "FINISHED", reason: str | None = None) -> SweepCounts: ...
 
 
+@dataclass
+class RunsWritten:
+    """What a run writer (writers.py) wrote of a sweep, gathered into its Recorder when the sweep closes."""
+
+    counts: SweepCounts
+    logged_losses: dict[str, tuple[float, ...]]
+    final_metric: str
+
+
 class Recorder:
     """The single writing path of a sweep: opens it, records each run's start and result, closes it.
 
@@ -185,6 +194,7 @@ class Recorder:
         self.holding: dict[
             str, tuple[Claim, float]
         ] = {}  # key -> whether its claim held the cell at a later read, when
+        self.gathered = 0  # runs that run writers wrote (merge)
 
     def open(
         self,
@@ -326,6 +336,41 @@ class Recorder:
         if result.outcome != FAILED and key in self.replace:
             self.store.delete_run(self.replace.pop(key))  # soft delete: one finished run per cell
             self.counts.replaced += 1
+
+    def hand_over(self, key: str) -> None:
+        """A claimed cell's result goes to a run writer (writers.py): this Recorder no longer renews its lease
+        or closes its run; the run writer checks the claim still holds and writes the run."""
+        self.claimed.discard(key)
+        self.run_ids.pop(key, None)
+        self.lease_until.pop(key, None)
+        self.holding.pop(key, None)
+
+    def write_claimed(self, experiment: str, run_id: str, result: RunResult) -> None:
+        """In a run writer: write a claimed cell's result to the run its claim made, if the claim still holds
+        (run_finished's check). The store is opened at the first result: the sweep's writer has made the
+        experiment by then."""
+        if self.store is None:
+            self.store = Store(self.uri, writer=True)
+            self.experiment_id = self.store.experiment_id(experiment, create=False) or ""
+        self.run_ids[result.spec.key] = run_id
+        self.claimed.add(result.spec.key)
+        self.run_finished(result)
+
+    def written(self) -> RunsWritten:
+        """What this Recorder wrote, as a run writer hands it back to the sweep's own Recorder."""
+        return RunsWritten(self.counts, self.logged_losses, self.final_metric)
+
+    def merge(self, part: RunsWritten) -> None:
+        """Count the runs a run writer wrote (outcomes, losses for the summary) as this sweep's own."""
+        for name in ("finished", "diverged", "failed", "stopped", "others"):
+            setattr(self.counts, name, getattr(self.counts, name) + getattr(part.counts, name))
+        self.counts.run_ids.update(part.counts.run_ids)
+        self.gathered += len(part.counts.run_ids)
+        self.logged_losses.update(part.logged_losses)
+        if part.final_metric != self.final_metric and part.final_metric == "final_test_accuracy":
+            self.final_metric = part.final_metric
+            if self.parent_run_id:
+                self._write_views()
 
     def wants_summary(self, status: str) -> bool:
         """Whether the sweep gets a summary when it closes with this status: it ran to its end (FINISHED)
