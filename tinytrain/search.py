@@ -173,8 +173,9 @@ def default_storage(uri: str) -> str:
     return f"sqlite:///{sqlite_path(uri).parent / 'optuna.db'}"
 
 
-def open_study(storage: str, name: str, sampler: str, seed: int, pruner: Any) -> Any:
-    """The study in its storage (made if new); an unreachable storage is one line of bad input."""
+def open_study(storage: Any, name: str, sampler: str, seed: int, pruner: Any) -> Any:
+    """The study in its storage (a URL, or a storage opened before: its cache of finished trials is kept from
+    one trial to the next), made if new; an unreachable storage is one line of bad input."""
     import logging
     import warnings
 
@@ -187,7 +188,7 @@ def open_study(storage: str, name: str, sampler: str, seed: int, pruner: Any) ->
         "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, scramble=True),
     }
     try:
-        store = optuna.storages.RDBStorage(storage)
+        store = optuna.storages.RDBStorage(storage) if isinstance(storage, str) else storage
         with warnings.catch_warnings():  # GP's deterministic_objective and QMC are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             chosen = samplers[sampler]()
@@ -236,9 +237,7 @@ def search(
     name = study_name or f"{experiment.name}-search"
     optuna_pruner = _pruner(pruner, experiment)
     study = open_study(storage, name, sampler, seed, optuna_pruner)
-    if not study.get_trials(deepcopy=False):
-        for params in corners(space):  # a new study starts on the grid's corners
-            study.enqueue_trial(params)
+    opened = study._storage
     for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         # a trial of a killed search: failed, and asked again first (its runs logged already are skipped)
         study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
@@ -260,7 +259,14 @@ def search(
             break  # the next trial's first runs would pass the budget of runs
         if cells is not None and len({_cell_of(t) for t in finished}) >= cells:
             break  # every cell of the grid tried
-        study = open_study(storage, name, sampler, seed + len(study.get_trials(deepcopy=False)), optuna_pruner)
+        asked = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.FAIL]
+        study = open_study(opened, name, sampler, seed + len(asked), optuna_pruner)
+        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            # the grid's corners first, each queued when its turn comes (after a trial a killed search was in)
+            tried = {tuple(sorted(t.params.items())) for t in asked}
+            corner = next((c for c in corners(space) if tuple(sorted(c.items())) not in tried), None)
+            if corner is not None:
+                study.enqueue_trial(corner)
         study.optimize(objective, n_trials=1, catch=(ConfigError,))
     outcome.trials = [
         Trial(t.number, t.user_attrs.get("cell", dict(t.params)), t.value, t.state.name, t.user_attrs.get("sweep"))
@@ -280,12 +286,38 @@ def _pruner(pruner: str, experiment: Experiment) -> Any:
     import optuna
 
     if pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=rungs(experiment.settings)[0], reduction_factor=experiment.settings["eta"]
-        )
+        return _Halving(min_resource=rungs(experiment.settings)[0], reduction_factor=experiment.settings["eta"])
     if pruner == "seeds":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=experiment.settings["eta"])
+        return _Halving(min_resource=1, reduction_factor=experiment.settings["eta"])
     return optuna.pruners.NopPruner()
+
+
+def _halving_pruner() -> type:
+    import optuna
+
+    class Halving(optuna.pruners.SuccessiveHalvingPruner):
+        """Optuna's successive halving, blind to failed trials: the values a trial of a killed search reported
+        do not compete again when the trial is asked again, so a resumed search prunes as a straight one."""
+
+        def prune(self, study: Any, trial: Any) -> bool:
+            return super().prune(_WithoutFailed(study), trial)
+
+    return Halving
+
+
+class _WithoutFailed:
+    def __init__(self, study: Any) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.state.name != "FAIL"]
+
+
+def _Halving(**options: Any) -> Any:  # noqa: N802 - a class made on first use: optuna is imported only then
+    return _halving_pruner()(**options)
 
 
 def runs_started(study: Any) -> int:
