@@ -262,11 +262,14 @@ def search(
         asked = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.FAIL]
         study = open_study(opened, name, sampler, seed + len(asked), optuna_pruner)
         if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            # the grid's corners first, each queued when its turn comes (after a trial a killed search was in)
+            # the grid's corners first, each queued when its turn comes (after a trial a killed search was in);
+            # after a cell asked again, the untried cell nearest to it
             tried = {tuple(sorted(t.params.items())) for t in asked}
-            corner = next((c for c in corners(space) if tuple(sorted(c.items())) not in tried), None)
-            if corner is not None:
-                study.enqueue_trial(corner)
+            queued = next((c for c in corners(space) if tuple(sorted(c.items())) not in tried), None)
+            if queued is None and asked and "repeats" in asked[-1].user_attrs:
+                queued = nearest_untried(space, asked[-1].params, tried)
+            if queued is not None:
+                study.enqueue_trial(queued)
         study.optimize(objective, n_trials=1, catch=(ConfigError,))
     outcome.trials = [
         Trial(t.number, t.user_attrs.get("cell", dict(t.params)), t.value, t.state.name, t.user_attrs.get("sweep"))
@@ -352,16 +355,43 @@ def corners(space: list[Dimension]) -> list[dict[str, Any]]:
 
 def grid_cells(space: list[Dimension]) -> int | None:
     """How many cells a search of the grid's own axes can try (None: the space has a range)."""
+    cells = all_cells(space)
+    return None if cells is None else len(cells)
+
+
+def all_cells(space: list[Dimension]) -> list[dict[str, Any]] | None:
+    """Every cell of a search of the grid's own axes, as the study's parameters (None: the space has a range)."""
     if any(not dimension.values for dimension in space):
         return None
-    tables = [d for d in space if d.name.startswith("lr (")]
-    others = math.prod(len(d.values) for d in space if d not in tables and d.name != "optimizer")
-    optimizers = next((d.values for d in space if d.name == "optimizer"), ())
-    if not optimizers:
-        return others * math.prod(len(d.values) for d in tables)
-    return others * sum(
-        next((len(d.values) for d in tables if d.name == f"lr ({optimizer})"), 1) for optimizer in optimizers
-    )
+    plain = [d for d in space if not d.name.startswith("lr (")]
+    levels = [
+        [(d.param, index) for index in range(len(d.values))] if d.ordered else [(d.param, v) for v in d.values]
+        for d in plain
+    ]
+    cells = []
+    for combination in itertools.product(*levels):
+        params = dict(combination)
+        tables = [d for d in space if d.name == f"lr ({params.get('optimizer')})"]
+        for table in itertools.product(*([(t.param, i) for i in range(len(t.values))] for t in tables)):
+            cells.append({**params, **dict(table)})
+    return cells
+
+
+def nearest_untried(space: list[Dimension], params: dict[str, Any], tried: set[tuple]) -> dict[str, Any] | None:
+    """The untried cell nearest a cell the sampler asked for again: the fewest other categories, then the
+    fewest steps along the ordered axes (the first in the grid's order on a tie). Asked next, so that a
+    search of a finite grid samples without replacement near where the sampler looks."""
+    cells = all_cells(space) or []
+
+    ordered = {dimension.param for dimension in space if dimension.ordered}
+
+    def distance(cell: dict[str, Any]) -> tuple[int, int]:
+        categories = sum(cell.get(name) != value for name, value in params.items() if name not in ordered)
+        steps = sum(abs(cell[name] - value) if name in cell else 1 for name, value in params.items() if name in ordered)
+        return categories, steps
+
+    untried = [cell for cell in cells if tuple(sorted(cell.items())) not in tried]
+    return min(untried, key=distance) if untried else None
 
 
 def _cell_of(trial: Any) -> tuple:
