@@ -66,7 +66,7 @@ def halving(path: str, overrides: list[str]) -> tuple[int, int, str, str]:
     return int(steps[1].replace(",", "")), int(steps[2].replace(",", "")), best[1], done.stdout
 
 
-def search(path: str, overrides: list[str], budget: int):
+def search(path: str, overrides: list[str], budget: int, sampler_seed: int = 0):
     """`tinytrain search` of the grid's cells, with a budget of runs, into a fresh store: (best trial's cell,
     [value by seed], runs started, trials, output). The best trial's values are read back from its sweep
     (one-sample grids: the tuning metric is final_loss)."""
@@ -75,7 +75,8 @@ def search(path: str, overrides: list[str], budget: int):
     with tempfile.TemporaryDirectory() as folder:
         uri = f"sqlite:///{folder}/mlflow.db"
         command = [sys.executable, "-m", "tinytrain", "search", str(ROOT / path), "--pruner", "seeds"]
-        command += ["--runs", str(budget), "--trials", "100000", "--sampler", "tpe", "--sampler-seed", "0"]
+        command += ["--runs", str(budget), "--trials", "100000", "--sampler", "tpe"]
+        command += ["--sampler-seed", str(sampler_seed)]
         command += [arg for item in overrides for arg in ("--set", item)]
         command += ["--tracking-uri", uri]
         done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=folder)
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--grid", action="append", choices=sorted(GRIDS), help="default and 1k unless given")
     parser.add_argument("--limit", type=float, default=0.35, help="the largest fraction of the full grid's steps")
     parser.add_argument("--skip-search", action="store_true", help="halving only")
+    parser.add_argument(
+        "--sampler-seeds", type=int, default=1, help="search with sampler seeds 0..N-1 (seed 0 decides pass/fail)"
+    )
     args = parser.parse_args()
     failed = False
     print("Successive halving (steps) and search (runs) against the full grid; best cell by the median tuning metric")
@@ -153,6 +157,14 @@ def main() -> None:
             f"{statistics.median(values.values()):.3g} against the full grid's {scores[best]:.3g}: "
             f"{verdict(found == best, same, p_value, powered)}  [{'ok' if ok else 'FAILED'}]"
         )
+        hits = []
+        for sampler_seed in range(1, args.sampler_seeds):  # how much the outcome owes to the sampler seed
+            other, _values, used, _trials, _output = search(path, overrides, budget, sampler_seed)
+            other = next((c for c in cells if c[0] == other[0] and math.isclose(c[1], other[1])), other)
+            hits.append(other == best)
+            print(f"  {name:8} search, sampler seed {sampler_seed}: {used} runs, best trial {other[0]}@{other[1]:.4g}")
+        if hits:
+            print(f"  {name:8} search: sampler seeds 1..{args.sampler_seeds - 1}: {sum(hits)} of {len(hits)} end on it")
     sys.exit(1 if failed else 0)
 
 
