@@ -10,6 +10,12 @@ and its runs already logged are not trained again. With halving as its pruner a 
 each rung (settings eta and first_rung) and Optuna's SuccessiveHalvingPruner stops it there: its runs are
 logged stopped, with the rung, as halving's are.
 
+Without --space it searches the grid's own cells: the optimizer as a category and the lr (any numeric axis)
+as an index into the grid's values, the grid's corners first, a cell asked again answered by its earlier
+trial and followed by the untried cell nearest to it. With --pruner seeds a trial trains its seeds one by
+one in the grid's order and successive halving over seeds stops it at a rung of seeds; --runs is a budget of
+runs started, pruned trials' included.
+
 optuna is an optional extra (`pip install tinytrain[search]`); it is imported only here.
 """
 
