@@ -59,19 +59,36 @@ def kill_when_a_state_is_saved(process_groups, file: str, uri: str, lineage: str
     return saved_steps(folder, lineage)[-1]
 
 
-@pytest.mark.parametrize(
-    "extra",
-    ['engine = "vmap"', "", 'problem = "digits"\neval_every = 50\nbatch_size = 16'],
-    ids=["vmap", "sequential", "digits"],
-)
+DIGITS = 'problem = "digits"\neval_every = 50\nbatch_size = 16'
+# Every schedule, killed on each engine and problem: the scheduler's state travels with the training state
+KILLED = {
+    "vmap": 'engine = "vmap"',
+    "sequential": "",
+    "digits": DIGITS,
+    "sequential-warmup": 'schedule = "warmup"\nwarmup = 0.2',
+    "vmap-cosine": 'engine = "vmap"\nschedule = "cosine"',
+    "digits-warmup-cosine": f'{DIGITS}\nschedule = "warmup-cosine"\nwarmup = 0.1',
+    "sequential-wsd": 'schedule = "wsd"\nwarmup = 0.1\ndecay = 0.3',
+    "vmap-linear": 'engine = "vmap"\nschedule = "linear"',
+    "digits-step": f'{DIGITS}\nschedule = "step"\nstep_size = 0.1\ngamma = 0.7',
+}
+
+
+@pytest.mark.parametrize("extra", list(KILLED.values()), ids=list(KILLED))
 def test_a_sweep_killed_mid_run_continues_from_its_last_saved_step_bit_for_bit(
     extra, experiment_file, store_uri, process_groups
 ):
+    """SIGKILL a real sweep's process group at a random saved step (the vmap engine hands a cell that saves
+    states to the sequential one, which vmap equals bit for bit); the sweep run again continues it and its
+    record equals the cell trained straight to the end: every loss, every metric (the schedule's lr too)."""
+    import random
+
     steps, every = (1000, 50) if "digits" in extra else (3000, 50)
     file = experiment_file(LONG.format(steps=steps, every=every, extra=extra))
     spec = load_experiment(file).specs()[0]
-    killed_at = kill_when_a_state_is_saved(process_groups, file, store_uri, spec.lineage, 2 * every)
-    assert killed_at < steps, "the run ended before it was killed"
+    at_least = every * random.randrange(1, steps // every // 3)
+    killed_at = kill_when_a_state_is_saved(process_groups, file, store_uri, spec.lineage, at_least)
+    assert killed_at < steps, f"the run ended before it was killed (at {at_least} steps or more)"
     assert not [run for run in children(store_uri) if run.info.status == "FINISHED"]
 
     result = invoke(["sweep", file, "-q"])

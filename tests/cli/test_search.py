@@ -112,3 +112,110 @@ def test_a_trial_left_running_by_a_killed_search_is_failed_and_asked_again_first
     trials = optuna.load_study(study_name="e2e-search", storage=storage).trials
     assert [trial.state.name for trial in trials] == ["FAIL", "COMPLETE"]
     assert trials[1].params == left.params and "1 complete" in result.output
+
+
+CELLS = """
+name = "e2e"
+steps = 12
+[grid]
+optimizer = ["sgd", "adam"]
+lr = [0.001, 0.01, 0.1, 0.3]
+seed = [0, 1, 2]
+"""
+
+
+def study_trials(uri: str, name: str = "e2e-search") -> list:
+    import optuna
+
+    storage = f"sqlite:///{sqlite_path(uri).parent / 'optuna.db'}"
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def test_a_search_of_the_grid_tries_its_cells_corners_first_within_a_budget_of_runs(experiment_file, store_uri):
+    """No --space: the grid's own cells (2 optimizers x 4 lrs), the corners (each optimizer at the lowest
+    and highest lr) first; --pruner seeds trains a trial's seeds one by one and stops a trial whose first
+    seed is outranked; --runs caps the runs the study starts, pruned trials counted by the runs they started;
+    a repeated cell trains nothing. The best trial is the full grid's best cell, by the median over seeds."""
+    from tinytrain.budget import tuning_value
+    from tinytrain.engines.sequential import train
+    from tinytrain.spec import load_experiment
+
+    file = experiment_file(CELLS)
+    result = invoke(["search", file, "--pruner", "seeds", "--runs", "12", "--trials", "200"])
+    assert result.exit_code == 0, result.output
+    assert "of a budget of 12" in result.output
+    trials = study_trials(store_uri)
+    cells = [(t.user_attrs["cell"]["optimizer"], t.user_attrs["cell"]["lr"]) for t in trials]
+    assert cells[:4] == [("sgd", 0.001), ("sgd", 0.3), ("adam", 0.001), ("adam", 0.3)]
+    runs = children(store_uri)
+    started = sum(t.user_attrs.get("runs", 0) for t in trials)
+    assert len(runs) == started <= 12  # every run started is logged once, an ordinary run
+    assert {run.data.tags["tinytrain.outcome"] for run in runs} <= {"finished", "diverged"}
+    pruned = [t for t in trials if t.state.name == "PRUNED" and "repeats" not in t.user_attrs]
+    assert pruned and all(t.user_attrs["runs"] < 3 for t in pruned)
+    repeats = [t for t in trials if "repeats" in t.user_attrs]
+    assert all(t.user_attrs.get("runs", 0) == 0 for t in repeats)
+    assert len(set(cells)) == len([t for t in trials if "repeats" not in t.user_attrs])
+
+    experiment = load_experiment(file)
+    values: dict[tuple, list[float]] = {}
+    for spec in experiment.specs():
+        values.setdefault((spec.optimizer, spec.lr), []).append(tuning_value(train(spec), "auto"))
+    best = min(values, key=lambda cell: sorted(values[cell])[1])
+    assert "Best: trial" in result.output and f"optimizer={best[0]}, lr={best[1]:.4g})" in result.output
+
+
+def test_a_killed_grid_search_resumes_to_the_trials_and_runs_of_a_straight_one(
+    experiment_file, store_uri, process_groups, tmp_path
+):
+    """SIGKILL a real `tinytrain search --pruner seeds` process once it has logged some runs; run it again:
+    the study holds the same finished trials (cells, states, values) as a search run straight through, and
+    the store the same runs, none twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import group_alive
+
+    file = experiment_file(CELLS)
+    args = ["search", file, "--pruner", "seeds", "--runs", "14", "--trials", "200"]
+    search = process_groups([sys.executable, "-m", "tinytrain", *args], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and sqlite_path(store_uri).exists() is False:
+        time.sleep(0.05)
+    while time.monotonic() < deadline:
+        try:
+            if len(children(store_uri)) >= 4:
+                break
+        except Exception:  # noqa: BLE001 - the store is being made
+            pass
+        assert search.poll() is None, "the search ended before it was killed"
+        time.sleep(0.05)
+    os.killpg(search.pid, signal.SIGKILL)
+    search.wait(timeout=30)
+    while group_alive(search.pid):
+        time.sleep(0.1)
+    resumed = invoke(args)
+    assert resumed.exit_code == 0, resumed.output
+    straight = f"sqlite:///{tmp_path / 'straight' / 'mlflow.db'}"
+    assert invoke([*args, "--tracking-uri", straight]).exit_code == 0
+
+    def finished(uri):
+        return [
+            (t.user_attrs["cell"]["optimizer"], t.user_attrs["cell"]["lr"], t.state.name, t.value)
+            for t in study_trials(uri)
+            if t.state.name != "FAIL"
+        ]
+
+    assert finished(store_uri) == finished(straight)
+    keys = [run.data.tags["tinytrain.run_key"] for run in children(store_uri) if run.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == sorted(run.data.tags["tinytrain.run_key"] for run in children(straight))
+
+
+def test_pruning_by_seeds_needs_two_seeds(experiment_file, store_uri):
+    result = invoke(["search", experiment_file(CELLS.replace("[0, 1, 2]", "[0]")), "--pruner", "seeds"])
+    assert result.exit_code == 2 and "at least two seeds" in result.output, result.output
+    assert store_digest(store_uri) is None
