@@ -16,7 +16,9 @@ import torch
 
 from tests.cli.test_reproduce import copy_run, run_folder
 from tests.conftest import children, client, invoke
-from tinytrain.spec import load_experiment
+from tinytrain.engines.state import saved_steps
+from tinytrain.spec import RunSpec, load_experiment
+from tinytrain.tracking.location import state_folder
 
 GRID = {
     "name": "e2e",
@@ -245,8 +247,11 @@ def test_halving_under_none_keeps_the_states_runs_continue_from(experiment_file,
     assert result.exit_code == 0, result.output
     runs = children(store_uri)
     assert len(runs) == 18 and cell_models(store_uri) == []
+    folder = state_folder(store_uri)
     for run in runs:
-        assert artifacts(store_uri, run) == ["training_state.pt"]  # what a continued run starts from
+        assert [name for name in artifacts(store_uri, run) if name != "training_state.pt"] == []
+        if run.data.tags["tinytrain.outcome"] != "diverged":  # what a continued run starts from
+            assert saved_steps(folder, RunSpec.from_params(run.data.params).lineage)
     stopped = next(run for run in runs if run.data.tags["tinytrain.outcome"] == "stopped")
     finished = next(run for run in runs if run.data.tags["tinytrain.outcome"] == "finished")
     for run in (stopped, finished):
@@ -263,7 +268,7 @@ def test_compare_reads_every_policy_as_it_reads_model(experiment_file, tmp_path,
         sweep(experiment_file, record)
         result = invoke(["compare", "--experiment", "e2e", "--format", "csv"])
         assert result.exit_code == 0, result.output
-        tables[record] = result.output
+        tables[record] = result.output.split("\n", 1)[1]  # after the title line, which names the sweep's id
     assert tables["weights"] == tables["model"] == tables["none"] and "adam" in tables["model"]
 
 
