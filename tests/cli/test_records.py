@@ -202,6 +202,29 @@ def test_a_resumed_sweep_ends_with_one_model_per_cell_made_from_the_store(experi
     assert again.counts.cell_models == 0 and len(cell_models(store_uri)) == 2
 
 
+def test_a_sweep_killed_after_its_last_run_gets_its_models_from_the_sweep_that_trains_nothing(
+    experiment_file, store_uri
+):
+    from tinytrain.engines.sequential import train
+    from tinytrain.tracking.recorder import Recorder
+
+    file = experiment_file({**GRID, "record": "weights", "grid": {"optimizer": ["adam"], "lr": [0.01], "seed": [0, 1]}})
+    experiment = load_experiment(file)
+    recorder = Recorder(store_uri)
+    recorder.open(experiment, experiment.specs(), {})
+    for spec in experiment.specs():
+        recorder.run_started(spec)
+        recorder.run_finished(train(spec))
+    recorder.close("KILLED")
+    assert cell_models(store_uri) == []
+
+    for _ in range(2):  # trains nothing; makes the model once
+        result = invoke(["sweep", file])
+        assert result.exit_code == 0, result.output
+        (model,) = cell_models(store_uri)
+    assert model.source_run_id == next(iter(medians(children(store_uri)).values()))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # none
 

@@ -419,3 +419,13 @@ def log_cell_models(store: Store, experiment: Experiment, record: SweepRecord) -
         store.log_cell_model(record.experiment_id, run.run_id, spec, spec.steps, cell_key, tags)
         made += 1
     return made
+
+
+def complete_cell_models(uri: str, experiment: Experiment, parent_run_id: str) -> int:
+    """record = weights, for a sweep that finds every cell done and trains nothing: the models of the cells that
+    a sweep killed before it closed left without one (log_cell_models), read through the parent run of a sweep
+    that made the runs; returns how many were made."""
+    with Store(uri, writer=True) as store:
+        read = sweep_record if is_http(uri) else sweep_record_sqlite
+        record = read(store if is_http(uri) else uri, parent_run_id, experiment)
+        return log_cell_models(store, experiment, record)
