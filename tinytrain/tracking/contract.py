@@ -44,6 +44,7 @@ RECORD_MODEL, RECORD_WEIGHTS, RECORD_NONE = "model", "weights", "none"
 WEIGHTS_FOLDER = "weights"
 # record = weights: the LoggedModel of a cell's median seed carries this tag, whose value is the cell's key
 CELL_MODEL = "tinytrain.cell_model"
+MEDIAN_OF = "tinytrain.median_of"  # and this one, what the median was taken over: "10 seeds by final_loss"
 
 
 def weights_artifact(step: int) -> str:

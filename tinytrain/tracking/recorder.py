@@ -21,7 +21,7 @@ from typing import Protocol
 from tinytrain.results import DIVERGED, FAILED, RunResult
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.spec.settings import TUNING_METRICS
-from tinytrain.tracking.contract import ERROR, RECORD_WEIGHTS
+from tinytrain.tracking.contract import ERROR, MEDIAN_OF, RECORD_WEIGHTS
 from tinytrain.tracking.location import is_http
 from tinytrain.tracking.provenance import environment
 from tinytrain.tracking.sqlite import checkpoint_sqlite
@@ -415,7 +415,7 @@ def log_cell_models(store: Store, experiment: Experiment, record: SweepRecord) -
     for cell_key, spec, run, metric, seeds in median_seeds(experiment, record):
         if cell_key in existing:
             continue
-        tags = {"tinytrain.median_of": f"{seeds} seeds by {metric}"}
+        tags = {MEDIAN_OF: f"{seeds} seeds by {metric}"}
         store.log_cell_model(record.experiment_id, run.run_id, spec, spec.steps, cell_key, tags)
         made += 1
     return made
