@@ -1,7 +1,8 @@
 """Every write to the store, through MLflow's client, in the shape of tinytrain's data contract.
 
-A parent run per sweep, a nested run per grid cell with its params, losses, outcome and checkpoints (each
-an MLflow LoggedModel linked to the run's metrics at its step, and a weights-only state dict beside it).
+A parent run per sweep, a nested run per grid cell with its params, losses, outcome and checkpoints: as its
+`record` setting says, each an MLflow LoggedModel linked to the run's metrics at its step (model), a weights-only
+state dict among the run's artifacts with a LoggedModel of each cell's median seed (weights), or none.
 """
 
 from __future__ import annotations
