@@ -68,11 +68,12 @@ cluster: $(STAMP) ## A local Dask scheduler and two workers on 127.0.0.1 (make c
 cluster-stop: $(STAMP) ## Stop the cluster that make cluster started
 	$(BIN)/tinytrain cluster --stop
 
-bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow script, vmap engine and its bound, the Python API loading a 1,000-run sweep, halving and search against the full grid; SCALE=1 adds 1,000 and 10,000-run sweeps (~25 min)
+bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow script, vmap engine and its bound, the Python API loading a 1,000-run sweep, halving and search against the full grid, the writer's cost of each record policy; SCALE=1 adds 1,000 and 10,000-run sweeps at each record policy (~60 min)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/batched_kernels.py
 	$(BIN)/python benchmarks/api_load.py
 	$(BIN)/python benchmarks/budget.py
+	$(BIN)/python benchmarks/records.py
 	$(if $(SCALE),$(BIN)/python benchmarks/scale.py --experiment experiments/scale-1k.toml --experiment experiments/scale-10k.toml $(SCALE_ARGS))
 
 lint: $(STAMP) ## ruff (check and format) over the code, and the import contract (pyproject.toml: arrows one way, no cycles)

@@ -3,8 +3,9 @@
 What a user reads of a run is checked, each value bit for bit: every metric it logged (but the wall-time
 ones, results.TIMING_METRICS), its outcome, every checkpoint its settings imply (a missing one is a
 difference, not a diverged run: only the record's outcome says a run diverged), each kept as a LoggedModel
-(and, in older stores, as a checkpoints/*.pt state dict too: both are checked there), and that its params still
-give its run key. Pure torch and plain data: the record comes in
+(and, in older stores, as a checkpoints/*.pt state dict too: both are checked there), or as the weights files
+and the cell's LoggedModel its `record` setting keeps (none at all with record = none, which the verdict says),
+and that its params still give its run key. Pure torch and plain data: the record comes in
 through tracking.read_logged_run (a LoggedRun), read without unpickling any code.
 """
 
@@ -32,6 +33,7 @@ from tinytrain.results import (
     current_outcome,
 )
 from tinytrain.spec import RunSpec
+from tinytrain.spec.settings import RECORDS
 
 # What MLflow keeps of a non-finite metric: NaN as NaN, +-inf as +-the largest float.
 STORED_INF = sys.float_info.max
@@ -48,6 +50,7 @@ class Record(Protocol):
     metrics: dict[str, History]
     checkpoints: dict[int, StateDict]
     models: dict[int, StateDict]
+    weights: dict[int, StateDict]  # record = weights: the run's weights files
     unreadable: dict[tuple[str, int], str]
     legacy: bool  # an older store: checkpoints/*.pt beside the LoggedModels, each checked
 
@@ -77,6 +80,7 @@ class Verdict:
     values: int = 0  # values of the other metrics compared
     weights: dict[str, int] = field(default_factory=lambda: {"checkpoint": 0, "model": 0})  # compared, by kind
     tensors: int = 0
+    record: str = "model"  # what the run keeps of its weights (its `record` param)
 
     @property
     def identical(self) -> bool:
@@ -88,9 +92,18 @@ class Verdict:
             more = len(self.differences) - 1
             return self.differences[0].line() + (f" (and {more} more difference(s))" if more else "")
         checkpoints, models = self.weights["checkpoint"], self.weights["model"]
-        kept = [f"{checkpoints} checkpoint(s)"] * bool(checkpoints) + [f"{models} LoggedModel(s)"] * bool(models)
+        files = self.weights.get("weights", 0)
+        kept = [f"{checkpoints} checkpoint(s)"] * bool(checkpoints) + [f"{files} weights file(s)"] * bool(files)
+        kept += [f"{models} LoggedModel(s)"] * bool(models)
         weights = f", {' and '.join(kept)} ({self.tensors} tensors)" if kept else ""
-        tail = "" if weights else f"; no checkpoint: its record says it {self.outcome}"
+        if self.record == "none":
+            tail = "; weights not kept (record = none): metrics and outcome checked"
+        elif not weights:
+            tail = f"; no checkpoint: its record says it {self.outcome}"
+        elif self.record == "weights" and not models:
+            tail = "; no LoggedModel (record = weights: a cell's median seed has one)"
+        else:
+            tail = ""
         return (
             f"identical: run {self.run_id} retrained from its record gives all {self.losses} logged losses, "
             f"{self.values} other metric value(s){weights} bit for bit{tail}"
@@ -111,7 +124,7 @@ def same_bits(logged: float, retrained: float) -> bool:
 
 def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -> Verdict:
     """Train the record's spec again; compare key, outcome, every metric and all the weights it keeps."""
-    verdict = Verdict(record.run_id, current_outcome(record.outcome))
+    verdict = Verdict(record.run_id, current_outcome(record.outcome), record=record.spec.record)
     verdict.notes = [
         f"recorded {name} {record.tags[key]}, running {current}"
         for name, key, current in (("torch", "tinytrain.torch", torch.__version__),)
@@ -130,12 +143,37 @@ def reproduce(record: Record, retrain: Callable[[RunSpec], RunResult] = train) -
     if current_outcome(record.outcome) != result.outcome:
         verdict.differences.append(Difference("outcome", f"logged {record.outcome}, retrained {result.outcome}"))
     compare_metrics(record.metrics, result.logged_metrics(), verdict)
-    kinds = [("model", record.models)]
-    if record.legacy or record.checkpoints:  # older stores: the state dict files too
-        kinds.insert(0, ("checkpoint", record.checkpoints))
-    for kind, logged in kinds:
-        compare_weights(kind, logged, expected_weights(record, result), record.unreadable, verdict)
+    if record.spec.record not in RECORDS:
+        verdict.differences.append(
+            Difference(
+                "params", f"record {record.spec.record!r} is none of {', '.join(RECORDS)}: its weights unchecked"
+            )
+        )
+        return verdict
+    for kind, logged, expected in kept_weights(record, expected_weights(record, result)):
+        compare_weights(kind, logged, expected, record.unreadable, verdict)
     return verdict
+
+
+def kept_weights(
+    record: Record, expected: dict[int, StateDict | None]
+) -> list[tuple[str, dict[int, StateDict], dict[int, StateDict | None]]]:
+    """(kind, the record's weights of that kind, the ones its `record` setting implies) for each kind of weights:
+
+    model: a LoggedModel at every checkpoint; weights: a weights file at every checkpoint, and a LoggedModel
+    only for its cell's median seed (so the ones the run has, each checked, and extra steps named); none: no
+    weights (any found is named). Older stores also keep checkpoints/*.pt, each checked.
+    """
+    kinds: list[tuple[str, dict[int, StateDict], dict[int, StateDict | None]]] = []
+    if record.legacy or record.checkpoints:  # older stores: the state dict files too
+        kinds.append(("checkpoint", record.checkpoints, expected))
+    if record.spec.record == "model":
+        return [*kinds, ("model", record.models, expected)]
+    if record.spec.record == "weights":
+        kinds.append(("weights", record.weights, expected))
+        linked = set(record.models) | {step for kind, step in record.unreadable if kind == "model"}
+        return [*kinds, ("model", record.models, {step: expected[step] for step in linked if step in expected})]
+    return [*kinds, ("weights", record.weights, {}), ("model", record.models, {})]
 
 
 def plugin_notes(record: Record) -> list[str]:
@@ -269,8 +307,8 @@ def compare_weights(
     unreadable: dict[tuple[str, int], str],
     verdict: Verdict,
 ) -> None:
-    """Each expected checkpoint (or LoggedModel) is in the record, tensor for tensor; none is extra."""
-    label = "checkpoint" if kind == "checkpoint" else "LoggedModel"
+    """Each expected checkpoint (LoggedModel, weights file) is in the record, tensor for tensor; none is extra."""
+    label = {"checkpoint": "checkpoint", "model": "LoggedModel", "weights": "weights file"}[kind]
     for step in sorted(set(expected) | set(logged)):
         where = f"{label} at step {step}"
         if step not in expected:
@@ -280,7 +318,7 @@ def compare_weights(
         elif step not in logged:
             reason = unreadable.get(
                 (kind, step),
-                "not in the run's artifacts" if kind == "checkpoint" else "the run has no LoggedModel at this step",
+                "the run has no LoggedModel at this step" if kind == "model" else "not in the run's artifacts",
             )
             verdict.differences.append(
                 Difference(
@@ -288,7 +326,7 @@ def compare_weights(
                 )
             )
         elif expected[step] is not None:
-            verdict.weights[kind] += 1
+            verdict.weights[kind] = verdict.weights.get(kind, 0) + 1
             difference = compare_state_dicts(where, logged[step], expected[step], verdict)
             if difference is not None:
                 verdict.differences.append(difference)

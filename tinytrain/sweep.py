@@ -167,6 +167,10 @@ def _nothing_to_train(
     made_by = sweeps_of_runs(uri, experiment.name, [finished[spec.key] for spec in specs])
     counts = SweepCounts(total=len(specs), skipped=len(specs), experiment_id=made_by.experiment_id)
     counts.recovered = _repair_abandoned(uri, made_by.experiment_id)
+    if experiment.settings["record"] == "weights" and made_by.parents:  # a sweep killed before it closed
+        from tinytrain.tracking.recorder import complete_cell_models
+
+        counts.cell_models = complete_cell_models(uri, experiment, made_by.parents[0])
     return SweepOutcome(experiment, uri, counts, time.perf_counter() - started_at, made_by=made_by)
 
 

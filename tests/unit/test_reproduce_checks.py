@@ -8,6 +8,7 @@ The command line and a real store are tested in test_reproduce.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 
@@ -298,3 +299,85 @@ def test_stored_values():
     assert reproduce.same_bits(math.nan, math.nan)
     assert not reproduce.same_bits(math.nan, 0.0) and not reproduce.same_bits(0.0, math.nan)
     assert not reproduce.same_bits(0.25, math.nextafter(0.25, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the run's `record` setting keeps: weights files and its cell's model (weights), nothing (none)
+
+
+def kept_as(result, record: str, models_at: tuple[int, ...] = ()) -> LoggedRun:
+    """The record of a run whose `record` param is `record`: under weights, its weights files and a LoggedModel
+    at models_at (a cell's median seed: its last step); under none, no weights."""
+    weights = {**result.checkpoints, result.final_step: result.final_weights} if result.final_weights else {}
+    spec = dataclasses.replace(result.spec, record=record)
+    return record_of(
+        result,
+        spec=spec,
+        checkpoints={},
+        models={step: copy.deepcopy(weights[step]) for step in models_at},
+        weights=copy.deepcopy(weights) if record == "weights" else {},
+    )
+
+
+def test_weights_checks_every_file_and_the_cell_model_where_the_run_has_it(trained):
+    result = trained["converged"]
+    verdict = check(kept_as(result, "weights"), result)
+    assert verdict.identical and verdict.weights == {"checkpoint": 0, "model": 0, "weights": 2}
+    assert verdict.describe().endswith(
+        "2 weights file(s) (20 tensors) bit for bit; no LoggedModel (record = weights: a cell's median seed has one)"
+    )
+    median = kept_as(result, "weights", models_at=(6,))
+    assert check(median, result).describe().endswith("2 weights file(s) and 1 LoggedModel(s) (30 tensors) bit for bit")
+
+    median.weights[6]["fc2.bias"][7] += 1e-3
+    assert check(median, result).describe().startswith("differs at weights file at step 6, tensor fc2.bias[7]: ")
+    median = kept_as(result, "weights", models_at=(6,))
+    median.models[6]["fc1.bias"][0] += 1e-3
+    assert check(median, result).describe().startswith("differs at LoggedModel at step 6, tensor fc1.bias[0]: ")
+    median = kept_as(result, "weights", models_at=(6,))
+    del median.weights[4]
+    median.unreadable["weights", 4] = "weights/step-000004.pth: damaged"
+    assert check(median, result).describe() == (
+        "differs at weights file at step 4: missing (weights/step-000004.pth: damaged); the record says the run "
+        "finished, so it keeps these weights"
+    )
+    median = kept_as(result, "weights")
+    median.unreadable["model", 6] = "LoggedModel m-1: its status is FAILED"  # linked, but unreadable
+    assert (
+        check(median, result)
+        .describe()
+        .startswith("differs at LoggedModel at step 6: missing (LoggedModel m-1: its status is FAILED)")
+    )
+    extra = kept_as(result, "weights")
+    extra.models[5] = copy.deepcopy(result.final_weights)  # a model at a step that is no checkpoint
+    assert (
+        check(extra, result)
+        .describe()
+        .startswith(
+            "differs at LoggedModel at step 5: in the record, but a finished run of these settings keeps none there"
+        )
+    )
+
+
+def test_none_checks_metrics_and_outcome_and_says_the_weights_were_not_kept(trained):
+    result = trained["converged"]
+    verdict = check(kept_as(result, "none"), result)
+    assert verdict.identical and verdict.tensors == 0
+    assert verdict.describe() == (
+        "identical: run r1 retrained from its record gives all 7 logged losses, 2 other metric value(s) bit for "
+        "bit; weights not kept (record = none): metrics and outcome checked"
+    )
+    extra = kept_as(result, "none", models_at=(6,))
+    assert (
+        check(extra, result)
+        .describe()
+        .startswith(
+            "differs at LoggedModel at step 6: in the record, but a finished run of these settings keeps none there"
+        )
+    )
+    record = kept_as(result, "none")
+    record.metrics["loss"][2] = (2, record.metrics["loss"][2][1] + 1e-6)
+    assert check(record, result).describe().startswith("differs at metric loss at step 2: ")
+    record = kept_as(result, "none")
+    record.spec = dataclasses.replace(record.spec, record="everything")
+    assert check(record, result).describe().startswith("differs at params: record 'everything' is none of ")

@@ -177,8 +177,8 @@ BAD_INPUTS = [
         {"stepz": 3},
         "unknown key 'stepz' in <experiment> (did you mean 'steps'?): known keys are batch_size, budget, cells, "
         "checkpoint_every, clip_grad_norm, confirms, data_seed, decay, diverge_above, engine, eta, eval_every, "
-        "extra_seeds, first_rung, gamma, grid, loss, mkldnn, name, optimizers, problem, problem_settings, schedule, "
-        "step_size, steps, target_index, threads, tuning_metric, validation, warmup, weight_decay, writers",
+        "extra_seeds, first_rung, gamma, grid, loss, mkldnn, name, optimizers, problem, problem_settings, record, "
+        "schedule, step_size, steps, target_index, threads, tuning_metric, validation, warmup, weight_decay, writers",
     ),
     ({"grid": {"lr": [0.0]}}, "lr must be a finite number > 0, got 0.0 in grid.lr"),
     ({"grid": {"lr": [-0.1]}}, "lr must be a finite number > 0, got -0.1 in grid.lr"),
@@ -317,7 +317,7 @@ def test_each_bad_input_has_its_own_message(raw, message):
         (
             "colour=red",
             "--set colour: unknown key; use a grid axis (optimizer, lr, seed), a setting (name, steps, "
-            "data_seed, target_index, checkpoint_every, threads, mkldnn, engine, problem, loss, batch_size, "
+            "data_seed, target_index, checkpoint_every, record, threads, mkldnn, engine, problem, loss, batch_size, "
             "eval_every, diverge_above, schedule, warmup, decay, step_size, gamma, weight_decay, clip_grad_norm, "
             "validation, budget, eta, first_rung, tuning_metric, writers) or optimizers.NAME.HYPERPARAMETER",
         ),
@@ -888,3 +888,34 @@ def test_writers_is_a_setting_outside_the_run_key_and_auto_counts_the_cores_trai
     for bad in ("writers=0", "writers=-1", "writers=two", "writers=1.5"):
         with pytest.raises(ConfigError, match="writers must be an integer >= 1 or auto"):
             load_experiment(None, [bad])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# record: what a run keeps of its weights, never what it computes
+
+
+@pytest.mark.parametrize("record", ["model", "weights", "none"])
+def test_the_record_policy_never_enters_a_run_key(record):
+    """The keys main wrote before `record` existed (the ones above, computed with that code) are the keys of
+    every policy: a sweep at any record finds the cells of one at another, and old stores keep resuming."""
+    from tinytrain.spec import PROJECT_ROOT
+
+    grid = load_experiment(PROJECT_ROOT / "experiments/optimizer-grid.toml", [f"record={record}"]).specs()
+    digits = load_experiment(PROJECT_ROOT / "experiments/digits-grid.toml", [f"record={record}"]).specs()
+    assert [spec.key for spec in grid[:2]] == ["2471ad22449aebe4", "ff36b8100ef7efc6"]
+    assert [spec.key for spec in digits[:2]] == ["226647b7b8ff814a", "05598dd38da3675a"]
+    assert {spec.record for spec in grid} == {record}
+    assert grid[0].params()["record"] == record  # a param of every run, read back by reproduce
+    assert RunSpec.from_params(grid[0].params()).record == record
+
+
+def test_a_run_logged_before_the_record_setting_kept_a_logged_model():
+    (spec,) = load_experiment(text="", overrides=["record=none"]).specs()
+    params = {key: value for key, value in spec.params().items() if key != "record"}
+    assert RunSpec.from_params(params).record == "model"
+
+
+def test_an_unknown_record_policy_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as error:
+        load_experiment(text="", overrides=["record=weight"])
+    assert str(error.value) == "record must be one of model, weights, none, got 'weight' (did you mean 'weights'?)"

@@ -32,6 +32,7 @@ from tinytrain.spec.settings import (
     GRID_AXES,
     GRID_DEFAULTS,
     LATER_SETTINGS,
+    LEGACY_RECORD,
     MAX_CELLS,
     SCHEDULE_SETTINGS,
     check_engine,
@@ -76,6 +77,8 @@ class RunSpec:
     clip_grad_norm: float = DEFAULTS["clip_grad_norm"]
     validation: float = DEFAULTS["validation"]
     checkpoint_every: int = field(default=DEFAULTS["checkpoint_every"], compare=False)
+    # What the run keeps of its weights (settings.RECORDS): what is stored, never what is computed
+    record: str = field(default=DEFAULTS["record"], compare=False)
     problem_settings: tuple[tuple[str, Any], ...] = ()  # a plugin problem's own settings, every one, sorted
     # How far to train this time and where training states are kept (engines/state.py): they decide where a
     # run stops and what it continues from, never its numbers, so they are in neither its key nor its params.
@@ -100,6 +103,7 @@ class RunSpec:
             "mkldnn": str(self.mkldnn),
             "engine": self.engine,
             "checkpoint_every": str(self.checkpoint_every),
+            "record": self.record,
             "problem": self.problem,
             "loss": self.loss,
         }
@@ -134,7 +138,7 @@ class RunSpec:
         diverge_above existed (None) keeps the key it was written with: old sweeps find it.
         """
         fields = {item.name: getattr(self, item.name) for item in dataclass_fields(self)}
-        for name in ("checkpoint_every", "stop_at", "state_folder"):
+        for name in ("checkpoint_every", "record", "stop_at", "state_folder"):
             del fields[name]  # they decide what is saved and where a run stops, not what is computed
         if self.diverge_above is None:
             del fields["diverge_above"]
@@ -206,6 +210,7 @@ class RunSpec:
             engine=params["engine"],
             diverge_above=float(params["diverge_above"]) if "diverge_above" in params else None,
             checkpoint_every=int(params.get("checkpoint_every", "0")),
+            record=params.get("record", LEGACY_RECORD),  # runs logged before the setting kept a LoggedModel
             problem=params.get("problem", DEFAULTS["problem"]),  # runs logged before problems were a setting
             loss=params.get("loss", DEFAULTS["loss"]),
             **{name: int(params.get(name, DEFAULTS[name])) for name in BATCH_SETTINGS},
@@ -347,6 +352,7 @@ class Experiment:
             engine=settings["engine"],
             diverge_above=None if bound is None else float(bound),
             checkpoint_every=settings["checkpoint_every"],
+            record=settings["record"],
             **{name: settings[name] for name in LATER_SETTINGS if name not in ("clip_grad_norm", "validation")},
             clip_grad_norm=float(settings["clip_grad_norm"]),
             validation=float(settings["validation"]),

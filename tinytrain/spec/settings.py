@@ -16,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "data_seed": 0,  # seeds the input, independently of the run's seed
     "target_index": 3,  # where the one-hot target has its 1
     "checkpoint_every": 0,  # also checkpoint every N steps (0: the final weights only)
+    "record": "model",  # RECORDS: what each run keeps of its weights (docs/records.md); never in a run key
     "threads": 1,  # torch's intra-op threads: part of what makes a run bit-for-bit reproducible
     "mkldnn": False,  # oneDNN off: faster at this size, and recorded because it changes the bits
     "engine": "sequential",  # sequential (one run at a time) or vmap (cells in batched nets)
@@ -42,6 +43,11 @@ DEFAULTS: dict[str, Any] = {
     "writers": "auto",
 }
 BUDGETS = ("none", "halving")
+# What a run keeps of its weights: a LoggedModel per checkpoint (model); a plain weights file per checkpoint and
+# a LoggedModel for each cell's median seed (weights); no weights at all (none). Metrics, params and outcome
+# are kept whatever the policy, and so are the training states that runs continue from.
+RECORDS = ("model", "weights", "none")
+LEGACY_RECORD = "model"  # what a run logged before the setting existed keeps (it has no `record` param)
 # auto's choice, the first a problem measures: held-out validation loss, then test loss, then the training loss
 TUNING_METRICS = ("val_loss", "test_loss", "final_loss")
 # Settings added after run keys were first written: they enter a run's key only when they differ from
@@ -136,6 +142,9 @@ def check_settings(settings: dict[str, Any]) -> None:
     writers = settings["writers"]
     if writers != "auto" and (not is_int(writers) or writers < 1):
         raise ConfigError(f"writers must be an integer >= 1 or auto (the cores training leaves free), got {writers!r}")
+    if settings["record"] not in RECORDS:
+        hint = did_you_mean(settings["record"], RECORDS) if isinstance(settings["record"], str) else ""
+        raise ConfigError(f"record must be one of {', '.join(RECORDS)}, got {settings['record']!r}{hint}")
     if settings["engine"] not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {settings['engine']!r}")
     # problem: a built-in (catalogue.PROBLEMS) or a plugin, checked by spec/plugins.py's check_problem

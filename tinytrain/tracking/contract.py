@@ -37,6 +37,25 @@ LOSS = "loss"
 # checkpoint: a weights-only file of tensors and plain containers (engines/state.py) that a run continues from.
 # Not in checkpoints/, whose *.pt files older stores' readers take for state dicts of the net.
 TRAINING_STATE = "training_state.pt"
+# What a run keeps of its weights: its `record` param (spec.settings.RECORDS; a run without it kept a model)
+RECORD = "record"
+RECORD_MODEL, RECORD_WEIGHTS, RECORD_NONE = "model", "weights", "none"
+# record = weights: each checkpoint's weights as a plain artifact of the run, a weights-only state dict
+WEIGHTS_FOLDER = "weights"
+# record = weights: the LoggedModel of a cell's median seed carries this tag, whose value is the cell's key
+CELL_MODEL = "tinytrain.cell_model"
+MEDIAN_OF = "tinytrain.median_of"  # and this one, what the median was taken over: "10 seeds by final_loss"
+
+
+def weights_artifact(step: int) -> str:
+    """The artifact of a checkpoint's weights under record = weights: weights/step-000100.pth."""
+    return f"{WEIGHTS_FOLDER}/step-{step:06d}.pth"
+
+
+def weights_artifact_step(name: str) -> int | None:
+    """The step of a weights artifact's file name (step-000100.pth), None for any other name."""
+    digits = name.removeprefix("step-").removesuffix(".pth")
+    return int(digits) if name.startswith("step-") and name.endswith(".pth") and digits.isdigit() else None
 
 
 class TrackingError(RuntimeError):

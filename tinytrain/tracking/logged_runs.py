@@ -24,7 +24,9 @@ from tinytrain.tracking.contract import (
     MODEL_DATA,
     OUTCOME,
     RUN_KEY,
+    WEIGHTS_FOLDER,
     TrackingError,
+    weights_artifact_step,
 )
 from tinytrain.tracking.location import is_http
 from tinytrain.tracking.store import Store
@@ -42,9 +44,10 @@ class LoggedRun:
     metrics: dict[str, list[tuple[int, float]]]  # every logged metric: [(step, value)] in step order
     checkpoints: dict[int, dict] = field(default_factory=dict)  # step -> state dict of checkpoints/*.pt (legacy)
     models: dict[int, dict] = field(default_factory=dict)  # step -> weights of the run's LoggedModel there
+    weights: dict[int, dict] = field(default_factory=dict)  # step -> weights/step-NNNNNN.pth (record = weights)
     # written before checkpoints were stored once: the run also keeps checkpoints/*.pt, each checked too
     legacy: bool = False
-    # ("checkpoint" or "model", step) -> why its weights could not be read (deleted, damaged, not a net)
+    # ("checkpoint", "model" or "weights", step) -> why its weights could not be read (deleted, damaged, ...)
     unreadable: dict[tuple[str, int], str] = field(default_factory=dict)
 
     @property
@@ -85,8 +88,27 @@ def read_logged_run(uri: str, run_id: str) -> LoggedRun:
         }
         record = LoggedRun(run_id, spec, tags, metrics)
         legacy.read_checkpoint_files(store, record, _reason)
+        _read_weights_files(store, record)
         _read_models(store, run, record)
     return record
+
+
+def _read_weights_files(store: Store, record: LoggedRun) -> None:
+    """step -> state dict of each weights file the run keeps (record = weights), read weights-only: a plain
+    state dict, never a pickled net."""
+    names = [Path(item.path).name for item in store.client.list_artifacts(record.run_id, WEIGHTS_FOLDER)]
+    steps = {name: weights_artifact_step(name) for name in names}
+    if not any(step is not None for step in steps.values()):
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(store.client.download_artifacts(record.run_id, WEIGHTS_FOLDER, folder))
+        for name, step in steps.items():
+            if step is None:
+                continue  # not a file of tinytrain's naming
+            try:
+                record.weights[step], _pickled = load_model_weights(local / name, pickled_nets=False)
+            except Exception as error:  # noqa: BLE001 - a damaged file is a finding, not a crash
+                record.unreadable["weights", step] = f"{WEIGHTS_FOLDER}/{name}: {_reason(error)}"
 
 
 def _read_models(store: Store, run: Any, record: LoggedRun) -> None:
@@ -121,7 +143,7 @@ def _model_file(store_uri: str, artifact_location: str, folder: Path) -> Path:
     )
 
 
-def load_model_weights(path: Path) -> tuple[dict, bool]:
+def load_model_weights(path: Path, pickled_nets: bool = True) -> tuple[dict, bool]:
     """A LoggedModel's weights, loaded weights-only, and whether they were a pickled net (an older store).
 
     tinytrain's models keep a plain state dict (model_files.py). Older ones pickled the LeNet itself
@@ -131,16 +153,16 @@ def load_model_weights(path: Path) -> tuple[dict, bool]:
     """
     import torch
 
-    with torch.serialization.safe_globals(legacy.pickled_net_classes()):
+    with torch.serialization.safe_globals(legacy.pickled_net_classes() if pickled_nets else []):
         loaded = torch.load(path, weights_only=True)
-    pickled = legacy.pickled_net_weights(loaded)
+    pickled = legacy.pickled_net_weights(loaded) if pickled_nets else None
     if pickled is not None:
         return pickled, True
     if isinstance(loaded, dict) and all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
     ):
         return dict(loaded), False
-    raise TrackingError(f"{MODEL_WEIGHTS} holds a {type(loaded).__name__}, not the LeNet's state dict")
+    raise TrackingError(f"{path.parent.name}/{path.name} holds a {type(loaded).__name__}, not the LeNet's state dict")
 
 
 def _reason(error: BaseException) -> str:

@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from tinytrain.results import FAILED, RunResult
+from tinytrain.results import DIVERGED, FAILED, RunResult
 from tinytrain.spec import Experiment, RunSpec
-from tinytrain.tracking.contract import ERROR
+from tinytrain.spec.settings import TUNING_METRICS
+from tinytrain.tracking.contract import ERROR, MEDIAN_OF, RECORD_WEIGHTS
 from tinytrain.tracking.location import is_http
 from tinytrain.tracking.provenance import environment
 from tinytrain.tracking.sqlite import checkpoint_sqlite
 from tinytrain.tracking.store import DONE, WON, Claim, Store
-from tinytrain.tracking.sweep_records import SweepRecord, sweep_record, sweep_record_sqlite
+from tinytrain.tracking.sweep_records import CellRun, SweepRecord, sweep_record, sweep_record_sqlite
 from tinytrain.tracking.views import view_tags
 
 # A later read's word that a claim still holds its cell serves its result this long: a cell that trains longer
@@ -62,6 +63,7 @@ class SweepCounts:
     recovered: int = 0  # runs left RUNNING by killed processes, marked FAILED when this sweep opened
     others: int = 0  # cells that other sweeps sharing the grid finished while this one ran
     taken_over: int = 0  # claims of other sweeps whose lease lapsed, taken over by this one
+    cell_models: int = 0  # record = weights: LoggedModels of cells' median seeds made when the sweep closed
     experiment_id: str = ""
     parent_run_id: str | None = None
     run_ids: dict[str, str] = field(default_factory=dict)  # key -> run id of every run written
@@ -410,6 +412,8 @@ class Recorder:
         if self.parent_run_id:
             if reason:
                 self.store.client.set_tag(self.parent_run_id, ERROR, reason)
+            if status != "KILLED" and self.experiment.settings["record"] == RECORD_WEIGHTS:
+                self._log_cell_models()
             if self.wants_summary(status) and (made is not None or self.summary is not None):
                 self._log_sweep_summary(made)
             self.store.end_sweep(self.parent_run_id, self.counts.figures(), status)
@@ -417,6 +421,22 @@ class Recorder:
             self.store.close()
         checkpoint_sqlite(self.uri)  # everything written now survives an OS crash too
         return self.counts
+
+    def _log_cell_models(self) -> None:
+        """record = weights: a LoggedModel for each cell of the sweep whose seeds are all recorded, of its median
+        seed, made from that run's weights artifact (log_cell_models). Read from the store, so it does not
+        matter which process wrote the runs, nor which sweep: a sweep resumed after a kill makes the ones its
+        first part did not. A failure is reported and tagged on the parent; it never fails the sweep."""
+        import logging
+
+        try:
+            read = sweep_record if is_http(self.uri) else sweep_record_sqlite
+            record = read(self.store if is_http(self.uri) else self.uri, self.parent_run_id, self.experiment)
+            self.counts.cell_models = log_cell_models(self.store, self.experiment, record)
+        except Exception as error:  # noqa: BLE001 - the runs and their weights are logged: report, don't undo
+            message = error_reason(error)
+            logging.getLogger("tinytrain").warning("no cell models for sweep %s: %s", self.parent_run_id, message)
+            self.store.client.set_tag(self.parent_run_id, ERROR, f"cell models: {message}"[:5000])
 
     def _log_sweep_summary(self, made: MadeSummary | None) -> None:
         """The compare table (markdown, csv) and the loss curves as artifacts of the parent run, and a summary
@@ -442,3 +462,67 @@ class Recorder:
             message = error_reason(error)
         logging.getLogger("tinytrain").warning("no summary logged for sweep %s: %s", self.parent_run_id, message)
         self.store.client.set_tag(self.parent_run_id, ERROR, f"summary: {message}"[:5000])
+
+
+def tuning_value(run: CellRun, metric: str) -> tuple[str, float]:
+    """A recorded run's tuning metric (lower is better) and its name: the setting, or for auto the first of
+    TUNING_METRICS it has; an accuracy as its error; a diverged run, or one without the metric, is worst (inf).
+    (budget.tuning_value ranks results in training; this ranks what the store holds.)"""
+    name = metric
+    if metric == "auto":
+        name = next((name for name in TUNING_METRICS if name == "final_loss" or name in run.metrics), "final_loss")
+    if run.outcome == DIVERGED:
+        return name, math.inf
+    value = run.final_loss if name in ("final_loss", "loss") else run.metrics.get(name, math.nan)
+    if name.endswith("accuracy"):
+        value = 1.0 - value
+    return name, value if math.isfinite(value) else math.inf
+
+
+def median_seeds(experiment: Experiment, record: SweepRecord) -> list[tuple[str, RunSpec, CellRun, str, int]]:
+    """For each cell of the sweep whose every seed has a finished or diverged run: its key (the spec's with
+    seed -1, a seed no run has), the median seed's spec and run (the lower of two middles, ties by seed), the
+    tuning metric's name and the seeds it was taken over. A cell whose median seed diverged has no weights:
+    it is left out."""
+    from dataclasses import replace
+
+    runs = {run.key: run for run in record.runs}  # runs a budget stopped are apart: their cell did not end
+    cells: dict[tuple, list[RunSpec]] = {}
+    for spec in experiment.specs():
+        cells.setdefault(experiment.cell(spec), []).append(spec)
+    chosen = []
+    metric = experiment.settings["tuning_metric"]
+    for specs in cells.values():
+        if not all(spec.key in runs for spec in specs):
+            continue
+        ranked = sorted(
+            ((*tuning_value(runs[spec.key], metric), spec.seed, spec) for spec in specs), key=lambda r: r[:3]
+        )
+        name, _value, _seed, spec = ranked[(len(ranked) - 1) // 2]
+        if runs[spec.key].outcome != DIVERGED:
+            chosen.append((replace(spec, seed=-1).key, spec, runs[spec.key], name, len(specs)))
+    return chosen
+
+
+def log_cell_models(store: Store, experiment: Experiment, record: SweepRecord) -> int:
+    """The LoggedModel of each finished cell's median seed that the store does not have yet; returns how many
+    were made. Each is made from its run's weights artifact, at the run's last step, and linked to the run."""
+    made = 0
+    existing = store.existing_cell_models(record.experiment_id)
+    for cell_key, spec, run, metric, seeds in median_seeds(experiment, record):
+        if cell_key in existing:
+            continue
+        tags = {MEDIAN_OF: f"{seeds} seeds by {metric}"}
+        store.log_cell_model(record.experiment_id, run.run_id, spec, spec.steps, cell_key, tags)
+        made += 1
+    return made
+
+
+def complete_cell_models(uri: str, experiment: Experiment, parent_run_id: str) -> int:
+    """record = weights, for a sweep that finds every cell done and trains nothing: the models of the cells that
+    a sweep killed before it closed left without one (log_cell_models), read through the parent run of a sweep
+    that made the runs; returns how many were made."""
+    with Store(uri, writer=True) as store:
+        read = sweep_record if is_http(uri) else sweep_record_sqlite
+        record = read(store if is_http(uri) else uri, parent_run_id, experiment)
+        return log_cell_models(store, experiment, record)

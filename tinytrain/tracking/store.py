@@ -1,7 +1,8 @@
 """Every write to the store, through MLflow's client, in the shape of tinytrain's data contract.
 
-A parent run per sweep, a nested run per grid cell with its params, losses, outcome and checkpoints (each
-an MLflow LoggedModel linked to the run's metrics at its step, and a weights-only state dict beside it).
+A parent run per sweep, a nested run per grid cell with its params, losses, outcome and checkpoints: as its
+`record` setting says, each an MLflow LoggedModel linked to the run's metrics at its step (model), a weights-only
+state dict among the run's artifacts with a LoggedModel of each cell's median seed (weights), or none.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tinytrain.results import DIVERGED, FAILED, RunResult
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.artifacts import ArtifactFolder, ServerArtifactsOnSqlite
 from tinytrain.tracking.contract import (
+    CELL_MODEL,
     CELL_SUMMARY,
     CONFIRMS,
     ERROR,
@@ -31,10 +33,13 @@ from tinytrain.tracking.contract import (
     OUTCOME,
     OWNER,
     PARENT,
+    RECORD_MODEL,
+    RECORD_WEIGHTS,
     RUN_KEY,
     RUN_NAME_TAG,
     TRAINING_STATE,
     TrackingError,
+    weights_artifact,
 )
 from tinytrain.tracking.location import HTTP_BOUNDS, QUIET, artifact_root, is_http, server_failure
 from tinytrain.tracking.provenance import owner_is_gone, process_owner
@@ -142,6 +147,26 @@ def model_name(spec: RunSpec, step: int | None = None) -> str:
     for run adam-lr0.001-seed0 (MLflow forbids '.', '/', ':', '%' and quotes in a model's name)."""
     name = spec.run_name.replace(".", "_")
     return name if step is None else f"{name}-step{step}"
+
+
+def cell_model_name(spec: RunSpec) -> str:
+    """The LoggedModel of a cell's median seed (record = weights): adam-lr0_001-median-seed3."""
+    name, _, seed = model_name(spec).rpartition("-seed")
+    return f"{name}-median-seed{seed}"
+
+
+def checkpoint_files(result: RunResult) -> dict[int, bytes]:
+    """step -> the weights file (bytes) of each checkpoint a run keeps: every checkpoint_every step's and its
+    final one; none for a run without final weights (diverged, failed)."""
+    from tinytrain.tracking.model_files import weights_file_bytes
+
+    if result.final_weights is None:
+        return {}
+    final_step = len(result.losses) - 1
+    return {
+        step: weights_file_bytes(weights)
+        for step, weights in sorted({**result.checkpoints, final_step: result.final_weights}.items())
+    }
 
 
 def diverged_run_name(spec: RunSpec) -> str:
@@ -429,16 +454,23 @@ class Store:
     def finish_run(self, run_id: str, result: RunResult, experiment_id: str) -> None:
         """Log a run's params, losses, outcome and checkpoints, then close it (FINISHED, or FAILED if it raised).
 
-        Each checkpoint is an MLflow LoggedModel linked to the run at its step, with the run's metrics at
-        that step, as `mlflow.pytorch.log_model(step=...)` makes it; but built from the client calls that
-        log_model makes, so that the run's params, metrics and tags go to the store once, in one batch,
-        instead of being read back for every model (see log_checkpoints).
+        What a checkpoint is depends on the run's `record` setting. record = model: an MLflow LoggedModel
+        linked to the run at its step, with the run's metrics at that step, as `mlflow.pytorch.log_model(step=...)`
+        makes it; but built from the client calls that log_model makes, so that the run's params, metrics and
+        tags go to the store once, in one batch, instead of being read back for every model (see
+        log_checkpoints). record = weights: a plain weights file of the run (weights_artifact); the LoggedModel
+        of each cell's median seed comes when the sweep closes (log_cell_model). record = none: no weights.
+        The training state a run continues from is kept whatever the record.
         """
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 
-        if result.state is not None:
-            self._save_state(run_id, result.state)
-        models = self.log_checkpoints(run_id, result, experiment_id)
+        files = {} if result.state is None else {TRAINING_STATE: result.state}
+        if result.spec.record == RECORD_WEIGHTS:
+            files.update({weights_artifact(step): data for step, data in checkpoint_files(result).items()})
+        if files:
+            self._save_files(run_id, files)
+        models = self.log_checkpoints(run_id, result, experiment_id) if result.spec.record == RECORD_MODEL else {}
+        self.artifact_uris.pop(run_id, None)
         try:
             now = int(time.time() * 1000)
             metrics = [
@@ -497,13 +529,66 @@ class Store:
             raise
         return models
 
-    def _save_state(self, run_id: str, state: bytes) -> None:
-        """The training state where the run ended, beside its checkpoint (TRAINING_STATE)."""
+    def _save_files(self, run_id: str, files: dict[str, bytes]) -> None:
+        """Files of the run (path -> bytes) as its artifacts: the training state where it ended (TRAINING_STATE)
+        and, with record = weights, its checkpoints' weights."""
         artifact_uri = self.artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
         with ArtifactFolder(self.client, run_id, artifact_uri) as folder:
-            path = folder / TRAINING_STATE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(state)
+            for name, data in files.items():
+                path = folder / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+
+    def existing_cell_models(self, experiment_id: str) -> set[str]:
+        """The cells (their keys, CELL_MODEL) that have a READY LoggedModel of their median seed already."""
+        from mlflow.entities import LoggedModelStatus
+
+        found, token = set(), None
+        while True:
+            page = self.client.search_logged_models(
+                [experiment_id], filter_string=f"tags.`{CELL_MODEL}` != ''", max_results=100, page_token=token
+            )
+            found.update(model.tags[CELL_MODEL] for model in page if model.status == LoggedModelStatus.READY)
+            token = page.token
+            if not token:
+                return found
+
+    def log_cell_model(
+        self, experiment_id: str, run_id: str, spec: RunSpec, step: int, cell_key: str, tags: dict[str, str]
+    ) -> str:
+        """The LoggedModel of a cell's median seed (record = weights), made from the run's weights artifact at
+        `step` and linked to the run there, whichever process wrote the run; returns its id."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        from tinytrain.tracking.model_files import SavedWeights
+
+        data = self.read_artifact_bytes(run_id, weights_artifact(step))
+        model = self.client.create_logged_model(
+            experiment_id,
+            name=cell_model_name(spec),
+            source_run_id=run_id,
+            params=spec.params(),
+            tags={CELL_MODEL: cell_key, **tags},
+        )
+        try:
+            self._save_model(model, run_id, SavedWeights(data))
+            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
+    def read_artifact_bytes(self, run_id: str, artifact: str) -> bytes:
+        """An artifact of a run: read in place where it is a local file, else downloaded."""
+        from tinytrain.tracking.artifacts import local_artifact_file
+
+        run = self.client.get_run(run_id)
+        local = local_artifact_file(self.uri, run.info.artifact_uri, artifact)
+        if local is not None:
+            return local.read_bytes()
+        with tempfile.TemporaryDirectory() as staging:
+            return Path(self.client.download_artifacts(run_id, artifact, staging)).read_bytes()
 
     def _save_model(self, model: Any, run_id: str, weights: Any) -> None:
         """The weights in MLflow's pytorch format, as the LoggedModel's artifacts (see ModelFiles)."""
