@@ -203,9 +203,9 @@ def test_ctrl_c_to_the_process_group_kills_the_open_runs_and_exits_130(
     os.killpg(process.pid, signal.SIGINT)
     process.communicate(timeout=120)
     err = terminal.output()
-    assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("Interrupted: ")
-    assert "Traceback" not in err
+    assert process.returncode == 130, err[-2000:]  # the end of what the terminal showed, not every bar drawn
+    assert err.strip().splitlines()[-1].startswith("Interrupted: "), err[-2000:]
+    assert "Traceback" not in err, err
     cells = statuses(store_uri)
     assert "KILLED" in cells and "RUNNING" not in cells
     (parent,) = parents(store_uri)
