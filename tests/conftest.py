@@ -197,6 +197,9 @@ def process_groups():
 def isolated_store(tmp_path, monkeypatch, session_cache):
     """chdir to a temporary folder and point MLFLOW_TRACKING_URI at a SQLite store inside it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(session_cache))  # inherited by the processes tests start
+    # tables and titles wrap at $COLUMNS (cli/reports.terminal_width): a shell that exports it must not change
+    # what a test reads, in this process or in the commands it starts; a test that means a width sets one
+    monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

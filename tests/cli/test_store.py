@@ -187,6 +187,7 @@ def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(t
     import os
     import subprocess
     import sys
+    import time
     from pathlib import Path
 
     import mlflow
@@ -194,25 +195,26 @@ def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(t
     from tinytrain.engines.sequential import evaluate
 
     tinytrain = str(Path(sys.executable).parent / "tinytrain")
-    usage = tmp_path / "usage.jsonl"
-    env = {**os.environ, "TINYTRAIN_WRITER_USAGE": str(usage)}
     grid = ["--set", "steps=3", "--set", "optimizer=adam", "--set", "lr=0.01", "--set", "seed=0,1"]
+    imported = []
     for name in ("first", "second"):
         uri = resolve_tracking_uri(str(tmp_path / name / "mlflow.db"))
+        usage = tmp_path / f"{name}-usage.jsonl"  # a file each: the writers' lines cannot come in the wrong order
         subprocess.run(
             [tinytrain, "sweep", *grid, "--quiet", "--tracking-uri", uri],
-            env=env,
+            env={**os.environ, "TINYTRAIN_WRITER_USAGE": str(usage)},
             check=True,
             capture_output=True,
             timeout=300,
         )
-    for _ in range(50):  # the sweep does not wait for its writer's exit
-        if len(usage.read_text().splitlines()) == 2:
-            break
-        import time
-
-        time.sleep(0.1)
-    first, second = (json.loads(line)["imported"] for line in usage.read_text().splitlines())
+        # the sweep does not wait for its writer's exit: the writer appends its line as it exits
+        deadline = time.monotonic() + 120
+        while not (usage.exists() and usage.read_text().endswith("\n")):
+            assert time.monotonic() < deadline, f"the {name} sweep's writer never reported what it imported"
+            time.sleep(0.05)
+        (line,) = usage.read_text().splitlines()
+        imported.append(json.loads(line)["imported"])
+    first, second = imported
     assert "torch" in first and "mlflow.pytorch" in first
     assert "torch" not in second and "mlflow.pytorch" not in second
     assert "matplotlib" not in first and "matplotlib" not in second  # the sweep's process draws the summary
@@ -233,7 +235,6 @@ def test_a_sweeps_writer_never_imports_torch_once_the_model_template_is_cached(t
         assert evaluate(net.state_dict(), 0, 3) == run.data.metrics["final_loss"]  # the default data_seed, target
         checked = subprocess.run(
             [tinytrain, "reproduce", run.info.run_id, "--tracking-uri", uri],
-            env=env,
             capture_output=True,
             text=True,
             timeout=300,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -155,6 +158,49 @@ def artifacts_of(uri, run_id):
     return sorted(item.path for item in client(uri).list_artifacts(run_id))
 
 
+class Terminal:
+    """A pseudo-terminal for a sweep's stderr, as a user's: the sweep shows its progress bar there, and the bar
+    names the cell in training from the moment the sweep hands it to its engine or worker. Read by a thread."""
+
+    def __init__(self):
+        self.master, self.slave = pty.openpty()
+        self.text = ""
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every process holding the other end has closed it
+                data = b""
+            with self.changed:
+                if not data:
+                    self.changed.notify_all()
+                    return
+                self.text += data.decode(errors="replace")
+                self.changed.notify_all()
+
+    def wait_for(self, pattern: str, process, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not re.search(pattern, self.plain()):
+                assert process.poll() is None, f"the sweep ended (exit {process.returncode}) first: {self.plain()}"
+                assert time.monotonic() < deadline, f"never saw {pattern!r}: {self.plain()}"
+                self.changed.wait(0.5)
+
+    def plain(self) -> str:
+        """What was written, without the terminal's control sequences."""
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.text)
+
+    def output(self, timeout: float = 60) -> str:
+        """Everything written, once the sweep's processes (its writer may outlive it) have closed the terminal."""
+        self.reader.join(timeout)
+        assert not self.reader.is_alive(), f"the terminal was never closed: {self.plain()}"
+        return self.plain()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
@@ -164,18 +210,27 @@ def artifacts_of(uri, run_id):
 def test_ctrl_c_to_the_process_group_kills_the_open_runs_and_exits_130(
     experiment_file, store_uri, process_groups, options
 ):
-    """What a terminal sends: SIGINT to every process of the group (the sweep, its writer, its workers)."""
-    steps = "steps = 4000" if "vmap" in options else "steps = 1500"
-    process = start_sweep(process_groups, experiment_file(GRID.replace("steps = 150", steps)), store_uri, *options)
-    wait_for_open_cell(store_uri, process, timeout=120)
-    # a cell's run is RUNNING from its claim on, a moment before it trains (a claim not yet trained is released,
-    # not killed): let the first cell start training, well within its run of several seconds
-    time.sleep(2)
+    """What a terminal sends: SIGINT to every process of the group (the sweep, its writer, its workers), once
+    the progress bar says a cell is training (a cell's run is RUNNING from its claim on, before it trains: a
+    claim not yet trained is released, not killed; nothing in the store says when training begins)."""
+    steps = "steps = 4000" if "vmap" in options else "steps = 1500"  # runs of seconds each
+    terminal = Terminal()
+    process = process_groups(
+        [sys.executable, "-m", "tinytrain", "sweep", experiment_file(GRID.replace("steps = 150", steps)), *options],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store_uri},
+        stdout=subprocess.PIPE,
+        stderr=terminal.slave,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    os.close(terminal.slave)
+    terminal.wait_for(r"training \S", process, timeout=300)
     os.killpg(process.pid, signal.SIGINT)
-    _out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("Interrupted: ")
-    assert "Traceback" not in err
+    process.communicate(timeout=120)
+    err = terminal.output()
+    assert process.returncode == 130, err[-2000:]  # the end of what the terminal showed, not every bar drawn
+    assert err.strip().splitlines()[-1].startswith("Interrupted: "), err[-2000:]
+    assert "Traceback" not in err, err
     cells = statuses(store_uri)
     assert "KILLED" in cells and "RUNNING" not in cells
     (parent,) = parents(store_uri)

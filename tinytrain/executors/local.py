@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from collections.abc import Iterator
 
 from tinytrain.engines.planner import BatchPlan, plan_batches
@@ -46,11 +49,63 @@ class InProcess:
         pass
 
 
-def _pin_worker_threads() -> None:
-    """Each worker process trains with the spec's thread count; start it at one to avoid oversubscription."""
+# Ctrl-C in a pool: the terminal sends SIGINT to the sweep and to every worker. A task in training stops
+# (KeyboardInterrupt, sent back to the sweep, which marks its runs KILLED). A worker that is still starting,
+# or waits between tasks, must neither print a traceback nor lose the Ctrl-C and then train a whole task
+# while the sweep waits for it: it is spawned with SIGINT blocked (pending, not lost, while Python starts),
+# notes a Ctrl-C once it can (_start_worker), and its next task stops before it trains.
+_interrupted = False  # a Ctrl-C reached this worker outside a task
+
+
+def _note_interrupt(signum: int, frame) -> None:
+    global _interrupted
+    _interrupted = True
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """A Ctrl-C held back while this thread spawns a worker, then raised: the worker inherits the blocked
+    mask, so a Ctrl-C during its start waits in it too; and this process does not stop half-way through
+    handing the new worker its start (which would print the worker's traceback)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # as if it came now
+
+
+def _start_worker() -> None:
+    """A worker's start: a Ctrl-C from now on (or one held back since it was spawned) is noted, not raised;
+    then one thread each (the spec sets its own count) to avoid oversubscription."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not SIG_IGN (a shell's background job)
+        signal.signal(signal.SIGINT, _note_interrupt)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     import torch
 
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """A task of a worker: Ctrl-C stops it, and one noted before it began stops it before it trains."""
+    if signal.getsignal(signal.SIGINT) is not _note_interrupt:  # ignored, or not a pool worker
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if _interrupted:
+            raise KeyboardInterrupt
+        yield
+    finally:
+        signal.signal(signal.SIGINT, _note_interrupt)
 
 
 class ProcessPool:
@@ -62,7 +117,7 @@ class ProcessPool:
 
         self.jobs = jobs
         self.pool = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_pin_worker_threads
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
         )
 
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]:
@@ -74,9 +129,14 @@ class ProcessPool:
         """
         plan = plan_batches(specs, workers=self.jobs)
         runs = [[spec] for spec in plan.sequential]
-        for result in bounded(runs, started, lambda unit: self.pool.submit(_train_each, unit), 2 * self.jobs):
+        for result in bounded(runs, started, lambda unit: self._submit(_train_each, unit), 2 * self.jobs):
             yield with_engine_note(result, plan)
-        yield from bounded(plan.batches, started, lambda batch: self.pool.submit(_train_batch, batch), self.jobs)
+        yield from bounded(plan.batches, started, lambda batch: self._submit(_train_batch, batch), self.jobs)
+
+    def _submit(self, task, specs: list[RunSpec]):
+        """A task for the pool, which spawns a worker for it when it has none idle: with SIGINT held back."""
+        with _sigint_held():
+            return self.pool.submit(task, specs)
 
     def close(self, abandon: bool = False) -> None:
         """Wait for the runs in progress, or with abandon (their results cannot be written) end them now."""
@@ -92,11 +152,13 @@ def _train_each(specs: list[RunSpec]) -> list[RunResult]:
     """A worker's task: sequential runs, one after another."""
     from tinytrain.engines.sequential import train_safely
 
-    return [train_safely(spec) for spec in specs]
+    with _interruptible():
+        return [train_safely(spec) for spec in specs]
 
 
 def _train_batch(specs: list[RunSpec]) -> list[RunResult]:
     """A worker's task: a vmap sub-batch."""
     from tinytrain.engines.batched import train_batch
 
-    return list(train_batch(specs))
+    with _interruptible():
+        return list(train_batch(specs))
