@@ -364,15 +364,22 @@ class WriterDied(TrackingError):
 
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while a child is spawned: it inherits the disposition, and Python keeps it ignored."""
+    """SIGINT ignored while a child is spawned: it inherits the disposition, and Python keeps it ignored.
+
+    SIGINT is also blocked meanwhile: Linux keeps a blocked signal pending even while it is ignored, so a
+    Ctrl-C pressed in this window reaches this process once the handler is back (it is not lost), and the
+    child, which inherits the mask too, never sees it before it ignores SIGINT for good.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class BackgroundRecorder:
