@@ -9,7 +9,16 @@ import pytest
 from tinytrain.tracking.background import _sigint_ignored
 
 
-def test_a_ctrl_c_while_a_writer_is_spawned_reaches_the_sweep_once_the_spawn_is_done():
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler, whatever the process running the tests was given (a shell's background
+    job starts with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_while_a_writer_is_spawned_reaches_the_sweep_once_the_spawn_is_done(ctrl_c_raises):
     reached = []
     with pytest.raises(KeyboardInterrupt):
         with _sigint_ignored():

@@ -47,6 +47,8 @@ from tinytrain.tracking.sqlite import TunedConnections, create_store_from_templa
 
 WON, TAKEN, DONE = "won", "taken", "done"  # what claiming a cell gives (Claim.state)
 SETTLE_SECONDS = 0.05  # the least a block of claims waits before it reads its cells' claims back
+# How SQLite and PostgreSQL say that an insert broke a unique key (MLflow passes their message on)
+UNIQUE_KEY_BROKEN = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
 # A server's FINISHED cell runs are read again from the last read's time less this (clocks, late commits)
 FINISHED_WINDOW_SECONDS = 30.0
 
@@ -393,8 +395,7 @@ class Store:
             for run in runs:
                 if run.lapsed_claim(now):
                     why = "its process ended" if run.owner_gone else f"its lease lapsed at {run.lease_until:.0f}"
-                    self.client.set_tag(run.run_id, ERROR, f"abandoned: {why}; another sweep took the cell over")
-                    self.client.set_terminated(run.run_id, "FAILED")
+                    self._mark_abandoned(run.run_id, f"abandoned: {why}; another sweep took the cell over")
                     lapsed[spec.key] += 1
         created: dict[str, str] = {}
         leases: dict[str, float] = {}
@@ -421,6 +422,20 @@ class Store:
                 else:
                     claims[key] = Claim(WON, run_id, leases[key], lapsed[key])
         return [claims[spec.key] for spec in specs], holding
+
+    def _mark_abandoned(self, run_id: str, reason: str) -> None:
+        """Mark FAILED a lapsed claim this sweep takes over. Two sweeps may take over one claim at the same
+        moment: MLflow sets a tag by reading and then inserting it, so the second insert can break the tag's
+        unique key (the other sweep is marking the same run). That is not an error: the run ends FAILED all
+        the same, and the two sweeps' own claims are decided as any (the earliest wins)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_tag(run_id, ERROR, reason)
+        except MlflowException as error:
+            if not any(text in str(error) for text in UNIQUE_KEY_BROKEN):
+                raise
+        self.client.set_terminated(run_id, "FAILED")
 
     def claim_cell(
         self, experiment_id: str, parent_run_id: str | None, spec: RunSpec, tags: dict[str, str], lease: float
