@@ -352,6 +352,17 @@ def _for_the_writer(result: RunResult) -> RunResult:
     )
 
 
+def reply_ready(replies: multiprocessing.Queue) -> tuple[bool, Any]:
+    """A writer's reply if one is waiting (True, value), else (False, None); an error it reported is raised."""
+    try:
+        status, value = replies.get_nowait()
+    except queue.Empty:
+        return False, None
+    if status == "error":
+        raise TrackingError(f"writing to the store failed: {value}")
+    return True, value
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The sweep's side
 
@@ -491,13 +502,9 @@ class BackgroundRecorder:
 
     def raise_if_failed(self) -> None:
         """Surface a writer error as soon as it is known, not only at the end of the sweep."""
-        try:
-            status, value = self.replies.get_nowait()
-        except queue.Empty:
-            return
-        if status == "error":
-            raise TrackingError(f"writing to the store failed: {value}")
-        self.kept.append(value)  # the answer to a claim sent ahead: _reply gives it when asked
+        replied, value = reply_ready(self.replies)
+        if replied:
+            self.kept.append(value)  # the answer to a claim sent ahead: _reply gives it when asked
 
     def _raise_if_any_failed(self) -> None:
         self.raise_if_failed()

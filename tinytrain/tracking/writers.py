@@ -32,6 +32,7 @@ from tinytrain.tracking.background import (
     WriteRun,
     _serve,
     _sigint_ignored,
+    reply_ready,
 )
 from tinytrain.tracking.contract import TrackingError
 from tinytrain.tracking.recorder import RunsWritten
@@ -56,12 +57,7 @@ class RunWriter:
         return self.in_flight.get_value()
 
     def raise_if_failed(self) -> None:
-        try:
-            status, value = self.replies.get_nowait()
-        except queue.Empty:
-            return
-        if status == "error":
-            raise TrackingError(f"writing to the store failed: {value}")
+        reply_ready(self.replies)  # a run writer replies only to Drain: anything before it is an error
 
     def drain(self) -> tuple[RunsWritten, str | None]:
         """Wait until it has written every result sent to it: what it wrote, and its first error if any."""
