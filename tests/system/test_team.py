@@ -251,22 +251,29 @@ def test_claims_made_at_the_same_moment_resolve_to_one(backend, request, store_u
 # PostgreSQL behind `tinytrain server`: sweep, resume after SIGKILL, compare, reproduce
 
 
+def wait_for_two_finished_runs(process, url: str, why_it_ended) -> None:
+    """Until the sweep has finished two runs in the store (it must still be running: why_it_ended() says why not)."""
+    from tinytrain.tracking import finished_keys_readonly
+
+    deadline = time.monotonic() + 300
+    while True:
+        assert process.poll() is None, why_it_ended()
+        assert time.monotonic() < deadline, "no run finished in time"
+        try:
+            if len(finished_keys_readonly(url, NAME)) >= 2:
+                return
+        except Exception:  # noqa: BLE001 - the experiment is being created
+            pass
+        time.sleep(0.2)
+
+
 def test_sweep_killed_resumed_compared_and_reproduced_on_postgres(team_server, experiment_file, process_groups):
     url = team_server()
     grid = experiment_file(GRID.replace("steps = 150", "steps = 300"))
     process = process_groups(sweep_command(grid, url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from tinytrain.tracking import finished_keys_readonly
 
-    deadline = time.monotonic() + 300
-    while True:
-        assert process.poll() is None, "the sweep ended before it was killed"
-        assert time.monotonic() < deadline, "no run finished in time"
-        try:
-            if len(finished_keys_readonly(url, NAME)) >= 2:
-                break
-        except Exception:  # noqa: BLE001 - the experiment is being created
-            pass
-        time.sleep(0.2)
+    wait_for_two_finished_runs(process, url, lambda: "the sweep ended before it was killed")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     while group_alive(process.pid):  # its writer too: the next sweep then sees their runs' process gone
@@ -451,18 +458,7 @@ def test_a_sweep_stops_soon_after_its_server_is_killed_and_completes_once_it_is_
     grid = experiment_file(GRID.replace("steps = 150", "steps = 300"))
     output = tmp_path / "sweep.out"
     process = process_groups(sweep_command(grid, url), stdout=output.open("w"), stderr=subprocess.STDOUT)
-    from tinytrain.tracking import finished_keys_readonly
-
-    deadline = time.monotonic() + 300
-    while True:
-        assert process.poll() is None, output.read_text()
-        assert time.monotonic() < deadline, "no run finished in time"
-        try:
-            if len(finished_keys_readonly(url, NAME)) >= 2:
-                break
-        except Exception:  # noqa: BLE001 - the experiment is being created
-            pass
-        time.sleep(0.2)
+    wait_for_two_finished_runs(process, url, output.read_text)
     (server,) = team_server.processes
     os.killpg(server.pid, signal.SIGKILL)
     killed_at = time.monotonic()
