@@ -215,8 +215,9 @@ def shared_results(
 
     Cells are claimed in grid order, a block at a time (see BlockSize), and a block's cells that this sweep
     won are trained together; the next block's claims go out while one trains, so that claiming costs no
-    training time. A cell another sweep holds is left to it and looked at again once nothing else is left:
-    finished by then, it is theirs (the sweep counts it); if their lease lapsed, this sweep takes it over.
+    training time, and the first block's while this process loads what training needs (runner.prepare).
+    A cell another sweep holds is left to it and looked at again once nothing else is left: finished by
+    then, it is theirs (the sweep counts it); if their lease lapsed, this sweep takes it over.
     The sweep ends when every cell is finished, by it or by another, or failed in its own hands.
     """
     pending = list(todo)
@@ -231,6 +232,8 @@ def shared_results(
             recorder.send_claims(block)
             asked.append(block)
 
+    ask()
+    runner.prepare(todo)  # while the writer starts and answers the first claims
     while pending or asked or held:
         ask()
         if not asked:

@@ -141,3 +141,14 @@ def test_a_loss_past_diverge_above_times_the_initial_ends_the_run_as_diverged():
     assert bounded.losses == unbounded.losses[: first + 1]
     legacy = replace(validate(raw).specs()[0], diverge_above=None)
     assert train(legacy).losses == unbounded.losses
+
+
+def test_the_warm_up_before_a_sweep_trains_changes_nothing_a_result_depends_on():
+    """engines.sequential.warm_up runs while the writer starts: no random number, no runtime setting."""
+    from tinytrain.engines.sequential import warm_up
+
+    state, threads, mkldnn = torch.get_rng_state(), torch.get_num_threads(), torch.backends.mkldnn.enabled
+    warm_up()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == (threads, mkldnn)
+    assert "torch._dynamo" in sys.modules  # what it is for: the first optimizer's import is done

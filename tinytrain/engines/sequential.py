@@ -37,6 +37,13 @@ def configure_runtime(threads: int, mkldnn: bool) -> None:
         torch._C._set_deterministic_algorithms(True)  # private: see the module's docstring
 
 
+def warm_up() -> None:
+    """Make a throwaway optimizer: torch.optim's first construction imports torch._dynamo (about 2 s of CPU),
+    which a sweep then pays before its writer has answered rather than at its first run. Nothing it does
+    reaches a result: no random number is drawn, no global setting changed."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def runtime_settings() -> dict[str, str]:
     """What configure_runtime set, as it stands in this process, and the engine (recorded with every run)."""
     return {

@@ -23,6 +23,9 @@ class ExecutorError(RuntimeError):
 
 
 class Executor(Protocol):
+    def prepare(self, specs: list[RunSpec]) -> None:
+        """Load what training the specs needs (imports, first-use set-ups) while the sweep's writer starts."""
+
     def run(self, specs: list[RunSpec], started: Started) -> Iterator[RunResult]: ...
 
     def close(self, abandon: bool = False) -> None:

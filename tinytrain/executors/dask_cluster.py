@@ -308,6 +308,9 @@ class DaskExecutor:
             "run the same command again to resume (finished cells are skipped)"
         )
 
+    def prepare(self, specs: list[RunSpec]) -> None:
+        """Nothing here: the cluster's workers train."""
+
     def close(self, abandon: bool = False) -> None:
         """Disconnect (the runs in progress are cancelled); a local cluster started for the sweep shuts down too."""
         client, self.client = getattr(self, "client", None), None
