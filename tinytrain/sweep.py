@@ -420,6 +420,7 @@ class Separation:
     seeds: int  # the most seeds any cell has now
     seconds: float
     dropped: dict[str, str] = field(default_factory=dict)  # cell -> why it got no more seeds (paired pruning)
+    diverged: list[str] = field(default_factory=list)  # the cells whose every seed diverged (neither tied nor apart)
 
     @property
     def added_runs(self) -> int:
@@ -486,7 +487,9 @@ def sweep_until_separated(
         tied = [name for name in tied if name not in dropped]  # a dropped cell is told apart, one-sided
         extra = next_seeds(experiment, rows, max_seeds, dropped) if tied else {}
         if not extra or outcome.interrupted or outcome.counts.failed:
-            return Separation(rounds, not tied, best.name, tied, seeds, time.perf_counter() - started, dropped)
+            gone = [row.name for row in rows if row.seeds and row.diverged == row.seeds]
+            seconds = time.perf_counter() - started
+            return Separation(rounds, not tied, best.name, tied, seeds, seconds, dropped, gone)
         experiment = replace(experiment, extra_seeds=extra)
         rounds.append(run_sweep(experiment, uri, **options))
 

@@ -178,7 +178,7 @@ def test_compare_table_and_markdown_render(store):
     assert first[6:9] == [f"{best['median']:.2g}", f"[{best['ci_low']:.2g},", f"{best['ci_high']:.2g}]"]
     assert first[-5:] == ["—", "—", "baseline", "2", "0"]
     assert table[-1].startswith("Rank 1 reaches a training loss <= 0.001 in the fewest steps")
-    assert table[-1].endswith("with 2 seeds (Holm-corrected p >= 0.05).")
+    assert table[-1].endswith("with 2 seeds (Holm-corrected p >= 0.05); 2 cells diverged in every seed.")
     markdown = compare(store, "--format", "markdown").splitlines()
     assert markdown[2] == (
         "| rank | optimizer | lr | steps to loss 0.001 | final loss median [95% CI] | IQM | p_better "

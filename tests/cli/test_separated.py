@@ -109,3 +109,16 @@ def test_extra_seeds_load_back_from_the_experiment_file_and_name_cells_of_the_gr
     assert next_seeds(grown, rows, max_seeds=3) == {}  # both have 3 seeds: nothing more to add
     with pytest.raises(ConfigError, match='extra_seeds.adam@0.5 must name a cell of the grid as "OPTIMIZER@LR"'):
         validate({"grid": {"optimizer": ["adam"], "lr": [0.01]}, "extra_seeds": {"adam@0.5": [3]}})
+
+
+def test_a_cell_whose_every_seed_diverged_is_named_apart_from_those_a_test_separates(capsys):
+    """A diverged cell has no finite loss to pair: 'differs at p < 0.05' is not said of it."""
+    from tinytrain.cli.training import show_separation
+    from tinytrain.sweep import Separation
+
+    separation = Separation([], True, "adam@0.01", [], 6, 1.5, diverged=["adam@10", "sgd@10"])
+    show_separation(separation, max_seeds=8)
+    assert capsys.readouterr().out == (
+        "Separated: every other cell that trained differs from the best (adam@0.01) at Holm-corrected p < 0.05 "
+        "with up to 6 seeds (no seeds added, 1.5 s); 2 cell(s) diverged in every seed.\n"
+    )

@@ -390,6 +390,29 @@ def test_before_after_defaults_and_json_indented_by_two():
             "No cell shares a seed with the best (adam@0.01): nothing to compare.",
         ),
         ([row("adam"), row("sgd", rank=2)], ""),
+        (  # a cell whose every seed diverged has p = 1 and is not tied: it does not "differ at p < 0.05"
+            [row("sgd", baseline=True), row("adam", rank=None, p_value=1.0, tied_with_best=False, diverged=3)],
+            "Every other cell diverged in every seed.",
+        ),
+        (
+            [
+                row("sgd", baseline=True),
+                row("adam", rank=2, p_value=0.01, tied_with_best=False),
+                row("rmsprop", rank=None, p_value=1.0, tied_with_best=False, diverged=3),
+                row("adamw", rank=None, p_value=1.0, tied_with_best=False, diverged=3),
+            ],
+            "Every other cell that trained differs from the best (sgd@0.01) at Holm-corrected p < 0.05 with 3 "
+            "seeds; 2 cells diverged in every seed.",
+        ),
+        (
+            [
+                row("sgd", baseline=True),
+                row("adam", rank=2, p_value=0.4, tied_with_best=True),
+                row("rmsprop", rank=None, p_value=1.0, tied_with_best=False, diverged=3),
+            ],
+            "1 cell cannot be told apart from the best (sgd@0.01) with 3 seeds (Holm-corrected p >= 0.05); 1 cell "
+            "diverged in every seed.",
+        ),
     ],
 )
 def test_ties_sentence(rows, sentence):

@@ -185,9 +185,12 @@ def show_separation(separation, max_seeds: int) -> None:
         click.echo(f"Dropped {cell}: no more seeds, {reason}.")
     if separation.separated:
         pruned = " or was dropped as worse" if separation.dropped else ""
+        which = "every other cell that trained" if separation.diverged else "every other cell"
+        gone = len(separation.diverged)
+        diverged = f"; {gone} cell(s) diverged in every seed" if gone else ""
         click.echo(
-            f"Separated: every other cell differs from the best ({separation.best}) at Holm-corrected "
-            f"p < {api.COMPARE_ALPHA:g}{pruned} with up to {separation.seeds} seeds ({spent})."
+            f"Separated: {which} differs from the best ({separation.best}) at Holm-corrected "
+            f"p < {api.COMPARE_ALPHA:g}{pruned} with up to {separation.seeds} seeds ({spent}){diverged}."
         )
     else:
         tied = ", ".join(separation.tied)

@@ -226,21 +226,33 @@ def _summarize_cell(cell: tuple, runs: list[CellRun], target: float) -> CellSumm
 
 
 def ties_sentence(rows: Sequence[CellSummary]) -> str:
-    """What the paired comparison says, in a sentence: how many cells the seeds cannot tell apart."""
+    """What the paired comparison says, in a sentence: how many cells the seeds cannot tell apart. A cell whose
+    every seed diverged is neither tied nor "differs at p < 0.05" (its test has no finite loss to pair): it is
+    counted apart."""
     baseline = next((row for row in rows if row.baseline), None)
     if baseline is None:
         return ""
     who = f"the best ({baseline.name})" if baseline.rank == 1 else baseline.name
     tested = [row for row in rows if row.p_value is not None]
-    tied = sum(verdict(row) == "tied" for row in tested)  # a cell whose every seed diverged is not tied
+    diverged = sum(verdict(row) == "diverged" for row in tested)
+    compared = [row for row in tested if verdict(row) != "diverged"]
+    tied = sum(verdict(row) == "tied" for row in compared)
     counts = sorted({row.seeds for row in rows})
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     if not tested:
         return f"No cell shares a seed with {who}: nothing to compare."
+    if not compared:
+        return "Every other cell diverged in every seed."
+    also = "" if not diverged else f"; {_how_many_cells(diverged)} diverged in every seed"
     if tied == 0:
-        return f"Every other cell differs from {who} at Holm-corrected p < {stats.ALPHA:g} with {seeds} seeds."
-    cells = "1 cell cannot" if tied == 1 else f"{tied} cells cannot"
-    return f"{cells} be told apart from {who} with {seeds} seeds (Holm-corrected p >= {stats.ALPHA:g})."
+        which = "Every other cell that trained" if diverged else "Every other cell"
+        return f"{which} differs from {who} at Holm-corrected p < {stats.ALPHA:g} with {seeds} seeds{also}."
+    cannot = f"{_how_many_cells(tied)} cannot be told apart from {who} with {seeds} seeds"
+    return f"{cannot} (Holm-corrected p >= {stats.ALPHA:g}){also}."
+
+
+def _how_many_cells(count: int) -> str:
+    return "1 cell" if count == 1 else f"{count} cells"
 
 
 def columns_of(rows: Sequence[CellSummary]) -> tuple[str, ...]:
