@@ -4,6 +4,7 @@ successive halving (--budget halving), and its bad input."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import subprocess
 import sys
@@ -182,6 +183,13 @@ def test_halving_logs_every_run_once_with_its_rung_and_ends_on_the_full_grids_be
     compared = invoke(["compare", "--experiment", "e2e"])
     assert compared.exit_code == 0
     assert "the budget (successive halving) stopped" in compared.output and "at step 3:" in compared.output
+
+    # the UI's charts of the sweep: the finished runs only (a stopped run's last loss would pull its cell's average)
+    experiment = client(store_uri).get_experiment_by_name("e2e")
+    charts = next(json.loads(value) for key, value in experiment.tags.items() if key.endswith("-charts"))
+    shown = client(store_uri).search_runs([experiment.experiment_id], charts["searchFilter"])
+    finished_ids = {run.info.run_id for run in runs if run.data.tags["tinytrain.outcome"] == "finished"}
+    assert {run.info.run_id for run in shown} == finished_ids
 
 
 def stopped_runs(uri: str) -> int:

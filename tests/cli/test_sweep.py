@@ -173,7 +173,7 @@ def test_a_sweep_writes_its_prepared_views_and_prints_the_links_that_open_them(s
     shown = client(store_uri).search_runs([experiment.experiment_id], charts["searchFilter"])
     assert sorted(run.info.run_name for run in shown) == sorted(
         f"{optimizer}-lr0.01-seed{seed}" for optimizer in ("sgd", "adam") for seed in (0, 1)
-    )  # the runs that did not diverge; no cell summary, no parent
+    )  # the runs that finished (the others diverged); no cell summary, no parent
     listed = client(store_uri).search_runs(
         [experiment.experiment_id], views[f"tinytrain-{parent}-runs"]["searchFilter"]
     )
@@ -185,7 +185,7 @@ def test_a_sweep_writes_its_prepared_views_and_prints_the_links_that_open_them(s
     lines = swept.output.splitlines()
     browse = lines.index("Browse: `tinytrain ui`, then open")  # the test's store is this folder's default
     assert [line.split(": ")[0].strip() for line in lines[browse + 1 : browse + 4]] == [
-        "charts of its runs (diverged runs left out)",
+        "charts of its finished runs",
         "every run, grouped by cell",
         "cell summaries (median curves, ranks)",
     ]

@@ -42,11 +42,11 @@ def test_every_field_of_a_view_is_one_the_installed_ui_takes_from_a_shared_state
         assert set(state) <= taken_fields, f"{name}: the UI drops {set(state) - taken_fields}"
 
 
-def test_the_charts_view_leaves_out_the_diverged_runs_and_the_cell_summaries():
+def test_the_charts_view_shows_the_finished_runs_only_and_no_cell_summaries():
     charts, runs = (sweep_views(PARENT, ["optimizer", "lr"])[view] for view in (CHARTS, RUNS))
     assert charts["searchFilter"] == (
         f"tags.`mlflow.parentRunId` = '{PARENT}' and tags.`tinytrain.kind` = 'run' "
-        "and tags.`tinytrain.outcome` != 'diverged'"
+        "and tags.`tinytrain.outcome` = 'finished'"
     )
     assert runs["searchFilter"] == f"tags.`mlflow.parentRunId` = '{PARENT}' and tags.`tinytrain.kind` = 'run'"
 
@@ -118,7 +118,7 @@ def test_the_links_of_a_sweep_keep_the_summary_runs_apart():
     assert "tinytrain.kind%60%20%3D%20%27cell%27" in links.cells  # the cell summaries only
     assert "cell" not in links.charts and "cell" not in links.runs
     assert [line.split(": ")[0].strip() for line in links.lines()] == [
-        "charts of its runs (diverged runs left out)",
+        "charts of its finished runs",
         "every run, grouped by cell",
         "cell summaries (median curves, ranks)",
     ]

@@ -16,13 +16,13 @@ import json
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from tinytrain.results import FINISHED
 from tinytrain.tracking.contract import KIND, OUTCOME, PARENT
 from tinytrain.tracking.location import RUN_NAME_ORDER, runs_page_url, sweep_search
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag of a shared view state
 CHARTS, RUNS = "charts", "runs"  # a sweep's two views
 MODEL_METRICS = "Model metrics"  # the UI's section of a run's own metrics (the other is "System metrics")
-DIVERGED = "diverged"
 # Metrics the views leave uncharted (the UI would add a chart for each): the same for every run, a timing, and
 # the final loss and steps to target, which the table and the parallel coordinates show
 NOT_CHARTED = ("initial_loss", "train_seconds", "final_loss", "log10_final_loss", "steps_to_target")
@@ -37,10 +37,11 @@ def view_tag(parent_run_id: str, view: str) -> str:
     return VIEW_TAG_PREFIX + view_key(parent_run_id, view)
 
 
-def seed_runs_search(parent_run_id: str, without_diverged: bool = False) -> str:
-    """The MLflow filter of a sweep's seed runs (never its cell summaries), with or without the diverged ones."""
+def seed_runs_search(parent_run_id: str, finished_only: bool = False) -> str:
+    """The MLflow filter of a sweep's seed runs (never its cell summaries): all of them, or the finished ones
+    only (not those that diverged, failed, or that a budget stopped early: their last loss is no final loss)."""
     search = f"tags.`{PARENT}` = '{parent_run_id}' and tags.`{KIND}` = 'run'"
-    return search + f" and tags.`{OUTCOME}` != '{DIVERGED}'" if without_diverged else search
+    return search + f" and tags.`{OUTCOME}` = '{FINISHED}'" if finished_only else search
 
 
 def _column(kind: str, name: str) -> str:
@@ -54,8 +55,9 @@ def sweep_views(parent_run_id: str, axes: list[str], metric: str = "final_loss")
     per cell with the average over its seeds. `metric` is the final metric of the table and the
     parallel-coordinates chart (final_loss there in decades: log10_final_loss, results.VIEW_METRICS).
 
-    charts: the seed runs that did not diverge, grouped by cell in the table; the charts draw every run (not
-    the first ten): the loss on a log scale, and the axes against the final metric in parallel coordinates.
+    charts: the seed runs that finished (not those that diverged, failed or were stopped early), grouped by
+    cell in the table; the charts draw every run (not the first ten): the loss on a log scale, and the axes
+    against the final metric in parallel coordinates.
     The charts draw runs, not the cells' averages: MLflow draws no parallel-coordinates chart of grouped runs
     over a string axis such as the optimizer.
     runs: every seed run of the sweep in a table, grouped by cell and expanded, with the axes, the seed, the
@@ -126,7 +128,7 @@ def sweep_views(parent_run_id: str, axes: list[str], metric: str = "final_loss")
     return {
         CHARTS: {
             **common,
-            "searchFilter": seed_runs_search(parent_run_id, without_diverged=True),
+            "searchFilter": seed_runs_search(parent_run_id, finished_only=True),
             "useGroupedValuesInCharts": False,
         },
         RUNS: {**common, "searchFilter": seed_runs_search(parent_run_id), "useGroupedValuesInCharts": True},
@@ -156,7 +158,7 @@ class SweepLinks:
 
     def lines(self) -> list[str]:
         return [
-            f"  charts of its runs (diverged runs left out): {self.charts}",
+            f"  charts of its finished runs: {self.charts}",
             f"  every run, grouped by cell: {self.runs}",
             f"  cell summaries (median curves, ranks): {self.cells}",
         ]
