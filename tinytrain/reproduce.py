@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 from tinytrain import plugins
-from tinytrain.engines.sequential import plugin_provenance, train
+from tinytrain.engines.sequential import EVALUATION, plugin_provenance, train
 from tinytrain.results import (
     FINISHED,
     STOPPED,
@@ -278,11 +278,16 @@ def compare_history(name: str, logged: History, retrained: History) -> Differenc
 
 
 def spec_to_retrain(record: Record) -> RunSpec:
-    """The record's spec; a run the budget stopped is retrained to the step it stopped at (its tag)."""
+    """The record's spec; a run the budget stopped is retrained to the step it stopped at (its tag). A run
+    recorded without the `evaluation` tag was trained before evaluations restored a schedule-free optimizer's
+    weights exactly: it is retrained with train()'s round trip, as it was (no effect on other optimizers)."""
+    spec = record.spec
+    if f"tinytrain.{EVALUATION}" not in record.tags:
+        spec = dataclasses.replace(spec, round_trip_evaluation=True)
     stopped_at = record.tags.get(f"tinytrain.{STOPPED_AT}", "")
     if record.outcome == STOPPED and stopped_at.isdigit():
-        return dataclasses.replace(record.spec, stop_at=int(stopped_at))
-    return record.spec
+        return dataclasses.replace(spec, stop_at=int(stopped_at))
+    return spec
 
 
 def expected_weights(record: Record, result: RunResult) -> dict[int, StateDict | None]:

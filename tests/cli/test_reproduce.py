@@ -282,3 +282,17 @@ def test_a_vmap_run_is_retrained_alone_bit_for_bit(store_uri):
     for run_id in outcome.counts.run_ids.values():
         result = reproduce(run_id)
         assert result.exit_code == 0 and result.output.startswith("identical: "), result.output
+
+
+def test_a_schedule_free_record_from_before_exact_evaluation_reproduces_with_the_round_trip(store_uri):
+    """A record with the `evaluation` tag was trained with its weights restored exactly after each checkpoint;
+    one without it (every record made before) with optimizer.train()'s round trip, which reproduce then uses:
+    the tag decides, so taking it away from a record of this code must make reproduce differ."""
+    text = GRID.replace('["adam"]', '["schedulefree-adamw"]').replace("steps = 6", "steps = 20")
+    run_id = log_run(store_uri, text=text, overrides=("checkpoint_every=5",))
+    assert client(store_uri).get_run(run_id).data.tags["tinytrain.evaluation"] == "exact"
+    result = reproduce(run_id)
+    assert result.exit_code == 0 and result.output.startswith("identical: "), result.output
+    client(store_uri).delete_tag(run_id, "tinytrain.evaluation")
+    result = reproduce(run_id)
+    assert result.exit_code == 1 and result.output.startswith("differs at "), result.output

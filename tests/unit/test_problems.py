@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -169,7 +170,10 @@ def test_new_settings_are_params_and_come_back_from_them():
     assert RunSpec.from_params(one_sample.params()) == one_sample
 
 
-def test_schedule_free_evaluates_and_checkpoints_its_averaged_weights():
+@pytest.mark.parametrize("round_trip", [False, True])
+def test_schedule_free_evaluates_and_checkpoints_its_averaged_weights(round_trip):
+    """Evaluated every 2 steps, the run trains as if it never were (the training weights come back exactly);
+    with round_trip_evaluation (records from before), as optimizer.train() computes them back."""
     from tinytrain.optimizers import build_optimizer
 
     net = LeNet()
@@ -178,15 +182,15 @@ def test_schedule_free_evaluates_and_checkpoints_its_averaged_weights():
     with evaluation_mode(optimizer):
         assert not optimizer.param_groups[0]["train_mode"]
     assert optimizer.param_groups[0]["train_mode"]
-    result = train(digits_spec(optimizer="schedulefree-adamw", steps=4))
+    spec = replace(digits_spec(optimizer="schedulefree-adamw", steps=4), round_trip_evaluation=round_trip)
+    result = train(spec)
     # the checkpoint is what optimizer.eval() puts in the net: replay the run and switch by hand
-    spec = digits_spec(optimizer="schedulefree-adamw", steps=4)
     torch.manual_seed(0)
     net = LeNet()
     optimizer = build_optimizer(spec.kind, list(net.named_parameters()), spec.lr, spec.optimizer_kwargs)
     batches = make_problem(spec).batches(0)
     for step in range(4):
-        if step % 2 == 0:
+        if round_trip and step % 2 == 0:  # evaluated at steps 0 and 2: the round trip of records from before
             optimizer.eval()
             optimizer.train()
         x, labels = next(batches)

@@ -152,3 +152,17 @@ def test_the_warm_up_before_a_sweep_trains_changes_nothing_a_result_depends_on()
     assert torch.equal(torch.get_rng_state(), state)
     assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == (threads, mkldnn)
     assert "torch._dynamo" in sys.modules  # what it is for: the first optimizer's import is done
+
+
+def test_checkpoints_of_a_schedule_free_run_change_none_of_its_numbers():
+    """Its checkpoints are of the averaged weights (optimizer.eval()); the training weights come back bit for
+    bit, so a run checkpointed every 5 steps computes what a run checkpointed only at its end does."""
+    from tinytrain.spec import load_experiment
+
+    text = 'name = "sf"\nsteps = 20\n[grid]\noptimizer = ["schedulefree-adamw"]\nlr = [0.01]\nseed = [0]\n'
+    plain = train(load_experiment("sf", text=text).specs()[0])
+    spec = load_experiment("sf", ["checkpoint_every=5"], text=text).specs()[0]
+    checkpointed, round_trip = train(spec), train(replace(spec, round_trip_evaluation=True))
+    assert checkpointed.losses == plain.losses and checkpointed.runtime["evaluation"] == "exact"
+    assert all(torch.equal(checkpointed.final_weights[k], v) for k, v in plain.final_weights.items())
+    assert round_trip.losses != plain.losses and round_trip.runtime["evaluation"] == "round-trip"  # as before

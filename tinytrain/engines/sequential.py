@@ -74,18 +74,41 @@ def plugin_provenance(spec: RunSpec) -> dict[str, str]:
     return found
 
 
+# The runtime tag (tinytrain.evaluation) of a run whose optimizer switches weights to be evaluated: how they
+# came back, exactly or through optimizer.train()'s round trip (see evaluation_mode)
+EVALUATION, EXACT_EVALUATION, ROUND_TRIP_EVALUATION = "evaluation", "exact", "round-trip"
+
+
 @contextlib.contextmanager
-def evaluation_mode(optimizer) -> Iterator[None]:
+def evaluation_mode(optimizer, round_trip: bool = False) -> Iterator[None]:
     """The weights to evaluate: schedule-free optimizers train on one sequence of weights and are evaluated
-    (and checkpointed) on their average, which optimizer.eval() puts in the net and train() takes back."""
+    (and checkpointed) on their average, which optimizer.eval() puts in the net and train() takes back.
+
+    train() computes the training weights back from the average in floating point, which is not eval()'s
+    exact inverse: the training weights are kept here and put back bit for bit, so that evaluating
+    (eval_every, checkpoint_every, a budget's stop) never changes what a run computes. `round_trip` leaves
+    them to train(), as runs recorded before this were trained (reproduce asks for it)."""
     switches = hasattr(optimizer, "eval") and hasattr(optimizer, "train")
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     if switches:
+        if not round_trip:
+            kept = [(p, p.detach().clone()) for group in optimizer.param_groups for p in group["params"]]
         optimizer.eval()
     try:
         yield
     finally:
         if switches:
             optimizer.train()
+            with torch.no_grad():
+                for parameter, weights in kept:
+                    parameter.copy_(weights)
+
+
+def evaluation_runtime(optimizer, spec: RunSpec) -> dict[str, str]:
+    """The runtime tag of an optimizer that switches weights to be evaluated: how they come back."""
+    if not (hasattr(optimizer, "eval") and hasattr(optimizer, "train")):
+        return {}
+    return {EVALUATION: ROUND_TRIP_EVALUATION if spec.round_trip_evaluation else EXACT_EVALUATION}
 
 
 def train(spec: RunSpec) -> RunResult:
@@ -126,7 +149,7 @@ def train(spec: RunSpec) -> RunResult:
         first = saved.resumed_from = state["step"]
 
     def measure(step: int) -> None:
-        with evaluation_mode(optimizer):
+        with evaluation_mode(optimizer, spec.round_trip_evaluation):
             for name, value in problem.evaluate(net, loss_of).items():
                 metrics.setdefault(name, {})[step] = value
 
@@ -138,7 +161,7 @@ def train(spec: RunSpec) -> RunResult:
             weights,
             checkpoints if weights else {},
             earlier_seconds + time.perf_counter() - started,
-            runtime=runtime_settings() | provenance | saved.tags(),
+            runtime=runtime_settings() | evaluation_runtime(optimizer, spec) | provenance | saved.tags(),
             metrics=metrics,
             state=saved.final,
         )
@@ -161,7 +184,7 @@ def train(spec: RunSpec) -> RunResult:
             saved.discard()
             return ended(DIVERGED)
         if step == end:
-            with evaluation_mode(optimizer):
+            with evaluation_mode(optimizer, spec.round_trip_evaluation):
                 return ended(STOPPED, snapshot(net))
         loss.backward()
         if schedules.schedulers:
@@ -173,13 +196,13 @@ def train(spec: RunSpec) -> RunResult:
         schedules.step()
         done = step + 1
         if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
-            with evaluation_mode(optimizer):
+            with evaluation_mode(optimizer, spec.round_trip_evaluation):
                 checkpoints[done] = snapshot(net)
             if done < end:
                 save(done)
     if saved.enabled:
         save(spec.steps)  # before the last forward, which draws no batch and changes no state
-    with evaluation_mode(optimizer), torch.no_grad():
+    with evaluation_mode(optimizer, spec.round_trip_evaluation), torch.no_grad():
         losses.append(loss_of(net(x), labels).item())
         weights = snapshot(net)
     if evaluated:

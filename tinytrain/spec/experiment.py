@@ -84,6 +84,10 @@ class RunSpec:
     # run stops and what it continues from, never its numbers, so they are in neither its key nor its params.
     stop_at: int = field(default=0, compare=False)  # 0: train to `steps`; k: stop before step k's update
     state_folder: str = field(default="", compare=False)  # "": no states saved or continued from
+    # How a schedule-free optimizer's weights come back after an evaluation (engines.sequential.evaluation_mode):
+    # exactly (every run since it existed), or through optimizer.train()'s round trip, as runs recorded before
+    # were trained (reproduce sets it for a record without the `evaluation` tag)
+    round_trip_evaluation: bool = field(default=False, compare=False)
 
     @property
     def optimizer_kwargs(self) -> dict[str, Any]:
@@ -138,7 +142,7 @@ class RunSpec:
         diverge_above existed (None) keeps the key it was written with: old sweeps find it.
         """
         fields = {item.name: getattr(self, item.name) for item in dataclass_fields(self)}
-        for name in ("checkpoint_every", "record", "stop_at", "state_folder"):
+        for name in ("checkpoint_every", "record", "stop_at", "state_folder", "round_trip_evaluation"):
             del fields[name]  # they decide what is saved and where a run stops, not what is computed
         if self.diverge_above is None:
             del fields["diverge_above"]
