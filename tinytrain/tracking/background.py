@@ -223,7 +223,7 @@ def _serve(
 def _apply(request: Request, recorder: Recorder, state: dict, replies: multiprocessing.Queue) -> None:
     message = request.message
     if isinstance(message, Stop):
-        _report_usage(recorder)
+        _report_usage(recorder, state)
         exit_now(0)  # without the second it takes to tear down MLflow and torch
     if state["failed"] and not isinstance(message, Close | Drain):
         if isinstance(message, ClaimCell):  # answered all the same: the sweep reads its claims in order
@@ -241,6 +241,8 @@ def _apply(request: Request, recorder: Recorder, state: dict, replies: multiproc
         if isinstance(message, ClaimCell):  # after the error, the claim's own answer (see claims_reply)
             replies.put(("ok", message.refused()))
         return
+    if isinstance(message, Close | Drain):  # its last work: the sweep may exit as soon as it has the reply
+        _report_usage(recorder, state)
     if request.wants_reply:
         replies.put(("ok", result))
 
@@ -266,15 +268,17 @@ def _failed(error: Exception, recorder: Recorder, state: dict, replies: multipro
 
 MAX_RESULTS_IN_FLIGHT = 32  # results sent to the writer and not yet written (about 250 KB of weights each)
 
-# Benchmarks set it to a file path: the writer appends its CPU seconds, peak RSS and which of the heavy
-# packages it imported there before it exits
-# (the sweep does not wait for its writer's exit, so no rusage of the sweep's process tree counts it).
+# Benchmarks set it to a file path: each writer appends a line of its CPU seconds, peak RSS and which of the
+# heavy packages it imported, before its last reply (the sweep does not wait for its writers' exit, so no
+# rusage of the sweep's process tree counts them, and a writer still running when the sweep exits is cut short).
 USAGE_ENV = "TINYTRAIN_WRITER_USAGE"
 
 
-def _report_usage(recorder: Recorder) -> None:
+def _report_usage(recorder: Recorder, state: dict) -> None:
+    """Once, before the writer's last reply (Close, Drain) or at its Stop: the sweep does not wait for it."""
     path = os.environ.get(USAGE_ENV)
-    if path:
+    if path and not state.get("usage_reported"):
+        state["usage_reported"] = True
         import json
         import resource
         import sys
