@@ -167,16 +167,37 @@ def commands(
     return {key: every[key] for key in keys if key != "c" or with_naive}
 
 
-def writer_cpu(usage_file: Path) -> float:
-    """The CPU seconds (user + system) the sweep's writer process reported before it exited."""
+USAGE_WAIT = 30.0  # seconds for the writers to report after the sweep's exit (it does not wait for theirs)
+
+
+def writers_usage(path: Path, writers: int, wait: float = USAGE_WAIT) -> dict:
+    """A sweep's writer processes summed from their lines in `path` (TINYTRAIN_WRITER_USAGE: each appends one
+    line as it exits, the sweep's writer and each run writer): CPU seconds (user + system), the largest peak
+    RSS (MiB), the runs each wrote, and how many reported (fewer than `writers` after `wait` seconds)."""
     import json
 
-    for _ in range(50):  # the sweep does not wait for its writer's exit: give it a moment to write the file
-        if usage_file.exists() and usage_file.read_text().strip():
-            usage = json.loads(usage_file.read_text().splitlines()[-1])
-            return usage["user"] + usage["system"]
+    deadline = time.monotonic() + wait
+    while True:
+        text = path.read_text() if path.exists() else ""
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if len(lines) >= writers or time.monotonic() > deadline:
+            break
         time.sleep(0.1)
-    raise SystemExit(f"the writer reported no usage in {usage_file}")
+    if not lines:
+        raise SystemExit(f"no writer reported its usage in {path}")
+    return {
+        "cpu": sum(line["user"] + line["system"] for line in lines),
+        "max_rss_mib": max(line["max_rss_mib"] for line in lines),
+        "runs_written": [line["runs_written"] for line in lines],
+        "reported": len(lines),
+    }
+
+
+def writer_cpu(usage_file: Path) -> float:
+    """The CPU seconds (user + system) of every writer process of a sweep at the default `writers` (auto)."""
+    from tinytrain.spec.settings import writer_count
+
+    return writers_usage(usage_file, writer_count("auto", 1))["cpu"]
 
 
 def measure(
@@ -224,18 +245,18 @@ def measure(
 
 
 def print_writers(walls: dict, writers: dict) -> None:
-    """The writer's own CPU time in each sweep: a sweep cannot end before its single writer has done its work
-    (start-up, every run, the summary), so it bounds the sweep's wall time from below."""
+    """The writers' own CPU time in each sweep, summed over its writer processes: a sweep cannot end before its
+    writers have done their work (start-up, every run, the summary), so it bounds the sweep's wall time from below."""
     for key, values in writers.items():
         if values:
             cpu, wall = statistics.median(values), statistics.median(walls[key])
             print(
-                f"writer of ({key}): {cpu:.2f} s of CPU (median; {', '.join(f'{v:.2f}' for v in values)}), "
+                f"writers of ({key}): {cpu:.2f} s of CPU (median; {', '.join(f'{v:.2f}' for v in values)}), "
                 f"{cpu / wall:.0%} of the sweep's wall time"
             )
     if writers.get("a") and writers.get("e"):
         bound = statistics.median(walls["a"]) / statistics.median(writers["e"])
-        print(f"a/e can be at most {bound:.2f} with this writer: (a)'s wall time over the CPU time of (e)'s writer")
+        print(f"a/e can be at most {bound:.2f} with these writers: (a)'s wall time over the CPU time of (e)'s writers")
 
 
 def print_ratios(walls: dict, training: dict) -> None:
@@ -255,7 +276,7 @@ def print_ratios(walls: dict, training: dict) -> None:
         ("a", "b", "tracking's cost: whole sweep over plain training (goal <= 1.3)"),
         ("c", "a", "how far ahead of the naive MLflow script"),
         ("b", "d", "vmap engine, whole process, no tracking"),
-        ("a", "e", "whole sweep, sequential over vmap engine (target >= 1.8)"),
+        ("a", "e", f"whole sweep, sequential over vmap engine (goal >= {BATCHED_GOAL:g})"),
         ("b", "e", "plain sequential training over the whole vmap sweep"),
         ("e", "d", "the vmap sweep's tracking cost: whole sweep over vmap training"),
         ("b", "f", "vmap engine on 2 workers, whole process"),
@@ -272,6 +293,25 @@ def print_ratios(walls: dict, training: dict) -> None:
             f"| b/d training only | {batched / sequential:.2f} | model-steps/s: {sequential:.0f} sequential, "
             f"{batched:.0f} vmap (target >= 2.5); by CPU time {rate('d', True) / rate('b', True):.2f} |"
         )
+
+
+BATCHED_GOAL = 2.0  # the batched sweep against the sequential one, default grid at 100 steps, whole processes
+
+
+def print_batched_goal(walls: dict, experiment: str) -> None:
+    """The batched engine's goal: (a) over (e), whole processes side by side, against BATCHED_GOAL."""
+    if not walls.get("a") or not walls.get("e"):
+        return
+    from tinytrain.spec import load_experiment
+
+    steps = load_experiment(experiment).settings["steps"]
+    ratio = statistics.median(walls["a"]) / statistics.median(walls["e"])
+    by_round = ", ".join(f"{a / e:.2f}" for a, e in zip(walls["a"], walls["e"], strict=True))
+    print(
+        f"\ngoal, batched against sequential sweep ({Path(experiment).name}, {steps} steps, whole process): "
+        f"sequential {statistics.median(walls['a']):.2f} s / batched {statistics.median(walls['e']):.2f} s = "
+        f"{ratio:.2f} (rounds {by_round}); goal >= {BATCHED_GOAL:g}: {'met' if ratio >= BATCHED_GOAL else 'NOT met'}"
+    )
 
 
 def print_floors(training: dict, peak_gflops: float, bandwidth: float) -> None:
@@ -338,6 +378,7 @@ def main() -> None:
         if values:
             print(f"| ({key}) {NAMES[key]} | {statistics.median(values):.2f} | {len(values)} | {peaks[key]:.0f} |")
     print_ratios(walls, training)
+    print_batched_goal(walls, str(Path(args.experiment).resolve()))
     print_floors(training, peak_gflops, bandwidth)
     print_writers(walls, writers)
     print(
