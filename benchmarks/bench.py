@@ -44,14 +44,23 @@ BIN = Path(sys.executable).parent
 FLOP_PER_MODEL_STEP = 2.26e6  # one forward + backward of the tutorial LeNet on one 1x32x32 input
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB, the largest process of its tree) and stdout of one whole process."""
+def run(
+    command: list[str], cwd: Path, env: dict[str, str] | None = None, spawned: dict[int, dict] | None = None
+) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB, the largest process of its tree that it waited for) and stdout of one whole
+    process. With `spawned` (a dict), its children started by multiprocessing (a sweep's writers) are sampled
+    there as it runs (see sample_spawned)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen(
             command, cwd=cwd, stdout=out, stderr=err, text=True, env=None if env is None else {**os.environ, **env}
         )
-        _pid, status, usage = os.wait4(process.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(process.pid, 0 if spawned is None else os.WNOHANG)
+            if pid:
+                break
+            sample_spawned(process.pid, spawned)
+            time.sleep(SAMPLE_EVERY)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -59,6 +68,38 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tup
         if process.returncode:
             raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{err.read()[-2000:]}")
         return wall, usage.ru_maxrss / 1024, out.read()
+
+
+SAMPLE_EVERY = 0.2  # seconds between samples of a sweep's writer processes
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def sample_spawned(parent: int, spawned: dict[int, dict]) -> None:
+    """The CPU seconds and peak RSS (MiB) of each child of `parent` that multiprocessing spawned, from /proc
+    (a child that has exited and is not yet reaped keeps its final CPU time there). What a child uses after the
+    last sample is missed: at most SAMPLE_EVERY seconds of CPU each."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as file:
+                fields = file.read().rsplit(b")", 1)[1].split()
+            if int(fields[1]) != parent:
+                continue
+            pid = int(entry.name)
+            if pid not in spawned:
+                with open(f"/proc/{pid}/cmdline", "rb") as file:
+                    if b"spawn_main" not in file.read():
+                        continue
+                spawned[pid] = {"cpu": 0.0, "max_rss_mib": 0.0}
+            spawned[pid]["cpu"] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            with open(f"/proc/{pid}/status") as file:
+                for line in file:
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) / 1024
+                        spawned[pid]["max_rss_mib"] = max(spawned[pid]["max_rss_mib"], peak)
+        except (OSError, ValueError, IndexError):  # gone, or not ours to read
+            continue
 
 
 def field(stdout: str, name: str) -> float:
@@ -167,13 +208,17 @@ def commands(
     return {key: every[key] for key in keys if key != "c" or with_naive}
 
 
-USAGE_WAIT = 30.0  # seconds for the writers to report after the sweep's exit (it does not wait for theirs)
+USAGE_WAIT = 5.0  # seconds for the writers' lines after the sweep's exit (at exit it stops the ones still alive)
 
 
-def writers_usage(path: Path, writers: int, wait: float = USAGE_WAIT) -> dict:
-    """A sweep's writer processes summed from their lines in `path` (TINYTRAIN_WRITER_USAGE: each appends one
-    line as it exits, the sweep's writer and each run writer): CPU seconds (user + system), the largest peak
-    RSS (MiB), the runs each wrote, and how many reported (fewer than `writers` after `wait` seconds)."""
+def writers_usage(path: Path, writers: int, spawned: dict[int, dict] | None = None, wait: float = USAGE_WAIT) -> dict:
+    """A sweep's writer processes summed: CPU seconds (user + system), the largest peak RSS (MiB), the runs each
+    wrote, and where the figures come from.
+
+    Each writer (the sweep's writer and each run writer) appends one line of its own usage to `path`
+    (TINYTRAIN_WRITER_USAGE) as it stops; a writer the sweep's exit cuts short writes none. When fewer than
+    `writers` lines come, the CPU and peak RSS are those sampled from /proc as the sweep ran (`spawned`, see
+    run), which miss at most SAMPLE_EVERY seconds of each writer's CPU."""
     import json
 
     deadline = time.monotonic() + wait
@@ -183,21 +228,29 @@ def writers_usage(path: Path, writers: int, wait: float = USAGE_WAIT) -> dict:
         if len(lines) >= writers or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    if not lines:
-        raise SystemExit(f"no writer reported its usage in {path}")
-    return {
-        "cpu": sum(line["user"] + line["system"] for line in lines),
-        "max_rss_mib": max(line["max_rss_mib"] for line in lines),
+    usage = {
         "runs_written": [line["runs_written"] for line in lines],
         "reported": len(lines),
+        "sampled_cpu": sum(child["cpu"] for child in spawned.values()) if spawned else None,
     }
+    if len(lines) >= writers:
+        usage["cpu"] = sum(line["user"] + line["system"] for line in lines)
+        usage["max_rss_mib"] = max(line["max_rss_mib"] for line in lines)
+        usage["source"] = "reported"
+    elif spawned:
+        usage["cpu"] = sum(child["cpu"] for child in spawned.values())
+        usage["max_rss_mib"] = max(child["max_rss_mib"] for child in spawned.values())
+        usage["source"] = f"sampled ({len(lines)} of {writers} reported; {len(spawned)} sampled)"
+    else:
+        raise SystemExit(f"{len(lines)} of {writers} writers reported their usage in {path}, and none was sampled")
+    return usage
 
 
-def writer_cpu(usage_file: Path) -> float:
-    """The CPU seconds (user + system) of every writer process of a sweep at the default `writers` (auto)."""
+def writer_cpu(usage_file: Path, spawned: dict[int, dict]) -> float:
+    """The CPU seconds of every writer process of a sweep at the default `writers` (auto)."""
     from tinytrain.spec.settings import writer_count
 
-    return writers_usage(usage_file, writer_count("auto", 1))["cpu"]
+    return writers_usage(usage_file, writer_count("auto", 1), spawned)["cpu"]
 
 
 def measure(
@@ -227,9 +280,10 @@ def measure(
             for key in order:
                 usage_file = scratch_path / f"writer-{round_number}-{key}.json"
                 env = {"TINYTRAIN_WRITER_USAGE": str(usage_file)} if key in writers else None
-                wall, peak, stdout = run(variants[key], scratch_path, env)
+                spawned: dict[int, dict] = {}
+                wall, peak, stdout = run(variants[key], scratch_path, env, spawned if key in writers else None)
                 if key in writers:
-                    writers[key].append(writer_cpu(usage_file))
+                    writers[key].append(writer_cpu(usage_file, spawned))
                 walls[key].append(wall)
                 peaks[key] = max(peaks.get(key, 0.0), peak)
                 if key in training:

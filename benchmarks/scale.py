@@ -96,7 +96,15 @@ def measure(role: str, experiment: str, repeat: int, variants: list[Variant], sc
     print(f"{role}: {experiment}, {runs} runs, {repeat} round(s) of b and {len(variants)} variant(s)", flush=True)
     for index in range(repeat):
         print(f"  round {index + 1}/{repeat}, load {load()}", flush=True)
-        measured: dict = {"wall": {}, "cpu": {}, "rss": {}, "writer_rss": {}, "artifacts": {}, "written": {}}
+        measured: dict = {
+            "wall": {},
+            "cpu": {},
+            "rss": {},
+            "writer_rss": {},
+            "artifacts": {},
+            "written": {},
+            "source": {},
+        }
         order: list[Variant | None] = [None, *variants]
         for variant in order if index % 2 == 0 else order[::-1]:
             if variant is None:
@@ -108,10 +116,12 @@ def measure(role: str, experiment: str, repeat: int, variants: list[Variant], sc
             store = scratch / f"{role}-{name}-{index}" / "mlflow.db"
             usage_file = scratch / f"{role}-{name}-{index}.usage"
             command = [str(BIN / "tinytrain"), "sweep", experiment, "--quiet", *variant.sets]
-            wall, rss, _ = run(
-                [*command, "--tracking-uri", str(store)], ROOT, {"TINYTRAIN_WRITER_USAGE": str(usage_file)}
-            )
-            usage = writers_usage(usage_file, variant.writers)
+            spawned: dict[int, dict] = {}
+            environment = {"TINYTRAIN_WRITER_USAGE": str(usage_file)}
+            wall, rss, _ = run([*command, "--tracking-uri", str(store)], ROOT, environment, spawned)
+            usage = writers_usage(usage_file, variant.writers, spawned)
+            if len(spawned) != variant.writers:
+                print(f"    {name}: {len(spawned)} writer processes seen, not {variant.writers}", flush=True)
             measured["wall"][name], measured["rss"][name] = wall, rss
             measured["cpu"][name], measured["writer_rss"][name] = usage["cpu"], usage["max_rss_mib"]
             measured["written"][name] = usage["runs_written"]
@@ -122,11 +132,13 @@ def measure(role: str, experiment: str, repeat: int, variants: list[Variant], sc
                 reads_store = store
             else:  # the other stores' gigabytes go at once
                 shutil.rmtree(store.parent)
-            missing = variant.writers - usage["reported"]
-            written = "+".join(map(str, usage["runs_written"])) + (f"; {missing} did not report" if missing else "")
+            measured["source"][name] = usage["source"]
+            written = "+".join(map(str, usage["runs_written"]))
+            if usage["sampled_cpu"] is not None and usage["source"] == "reported":
+                usage["source"] += f", sampled {usage['sampled_cpu'] / runs * 1000:.1f}"
             print(
-                f"    {name}: {wall:.1f} s, writers {usage['cpu'] / runs * 1000:.1f} ms CPU a run (runs written "
-                f"{written}), peak RSS {rss:.0f} MiB main, {usage['max_rss_mib']:.0f} MiB writer, "
+                f"    {name}: {wall:.1f} s, writers {usage['cpu'] / runs * 1000:.1f} ms CPU a run ({usage['source']}; "
+                f"runs written {written}), peak RSS {rss:.0f} MiB main, {usage['max_rss_mib']:.0f} MiB writer, "
                 f"{measured['artifacts'][name] / 1000:.1f} KB a run",
                 flush=True,
             )
