@@ -15,7 +15,7 @@ of the sweep's writer processes summed (each writer appends its own usage to TIN
 exits; tracking/background.py), the peak RSS of the main process and of the largest writer, and the artifacts
 a run. At the end: a table of every variant, and one line per goal (GOALS): measured, goal, met or not.
 
-Usage: python benchmarks/scale.py [--only 10k|1k] [--repeat-10k 1] [--repeat-1k 2] [--variant vmap-none-w2 ...]
+Usage: python benchmarks/scale.py [--only 10k|1k] [--repeat-10k 1] [--repeat-1k 1] [--variant vmap-none-w2 ...]
        [--experiment-10k FILE] [--experiment-1k FILE] [--reads 3 | --no-reads]
 A variant is ENGINE-RECORD-wN: engine sequential|vmap, record model|weights|none, N writers (any of the 12).
 """
@@ -36,10 +36,14 @@ from bench import BIN, ROOT, run, writers_usage  # noqa: E402
 
 from tinytrain.spec.settings import DEFAULTS, ENGINES, RECORDS  # noqa: E402
 
-# Enough to answer every goal without the full engine x record x writers matrix: the batched engine at each
-# record policy, the lightest record also with a second writer, and the sequential engine at the default record
-# (the sweep as it ran before the batched engine and the record policies).
-DEFAULT_VARIANTS = ("vmap-none-w1", "vmap-none-w2", "vmap-weights-w1", "vmap-model-w1", "sequential-model-w1")
+# Enough to answer every goal without the full engine x record x writers matrix (12 sweeps an experiment): the
+# batched engine at the default record (first: its store is the one read) and at the lightest, the lightest also
+# with a second writer, and the sequential engine at the default record (the sweep as it ran before the batched
+# engine and the record policies); `weights` on the 1,000-run sweep only, where a sweep takes a minute, not eight.
+DEFAULT_VARIANTS = {
+    "10k": ("vmap-model-w1", "vmap-none-w1", "vmap-none-w2", "sequential-model-w1"),
+    "1k": ("vmap-model-w1", "vmap-none-w1", "vmap-none-w2", "vmap-weights-w1", "sequential-model-w1"),
+}
 
 
 @dataclass(frozen=True)
@@ -286,20 +290,28 @@ def main() -> None:
     parser.add_argument("--experiment-1k", default="experiments/scale-1k.toml", help="the long runs")
     parser.add_argument("--only", choices=["10k", "1k"], default=None, help="measure one experiment only")
     parser.add_argument("--repeat-10k", type=int, default=1)
-    parser.add_argument("--repeat-1k", type=int, default=2)
+    parser.add_argument("--repeat-1k", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=None, help="rounds of both experiments (overrides the two)")
     parser.add_argument(
         "--variant",
         action="append",
         type=parse_variant,
         default=None,
-        help=f"ENGINE-RECORD-wN (repeat; default: {' '.join(DEFAULT_VARIANTS)})",
+        help="ENGINE-RECORD-wN, for both experiments (repeat; default: "
+        + "; ".join(f"{role}: {' '.join(names)}" for role, names in DEFAULT_VARIANTS.items())
+        + ")",
     )
     parser.add_argument("--reads", type=int, default=3, help="runs of compare, plot and --dry-run (median)")
     parser.add_argument("--no-reads", action="store_true", help="leave out compare, plot and --dry-run")
     args = parser.parse_args()
-    variants = list(dict.fromkeys(args.variant or [parse_variant(name) for name in DEFAULT_VARIANTS]))
-    experiments = {"10k": (args.experiment_10k, args.repeat_10k), "1k": (args.experiment_1k, args.repeat_1k)}
+    chosen = list(dict.fromkeys(args.variant or []))
+    experiments = {
+        role: (str(Path(path).resolve()), repeat)
+        for role, path, repeat in (
+            ("10k", args.experiment_10k, args.repeat_10k),
+            ("1k", args.experiment_1k, args.repeat_1k),
+        )
+    }
     scratch = Path(tempfile.mkdtemp(prefix="tinytrain-scale-"))
     # Every sweep measures what every store but a machine's first costs: a copy of the cached template.
     from tinytrain.tracking import create_store_from_template, resolve_tracking_uri
@@ -307,7 +319,14 @@ def main() -> None:
     create_store_from_template(resolve_tracking_uri(str(scratch / "warm-up" / "mlflow.db")))
     print(f"{os.cpu_count()} cores, load average {load()}; scratch {scratch}", flush=True)
     results = {
-        role: measure(role, experiment, args.repeat or repeat, variants, scratch, 0 if args.no_reads else args.reads)
+        role: measure(
+            role,
+            experiment,
+            args.repeat or repeat,
+            chosen or [parse_variant(name) for name in DEFAULT_VARIANTS[role]],
+            scratch,
+            0 if args.no_reads else args.reads,
+        )
         for role, (experiment, repeat) in experiments.items()
         if args.only in (None, role)
     }

@@ -21,8 +21,8 @@ def test_a_variant_is_engine_record_writers():
     assert (variant.engine, variant.record, variant.writers) == ("vmap", "none", 2)
     assert variant.name == "vmap-none-w2"
     assert variant.sets == ["--set", "engine=vmap", "--set", "record=none", "--set", "writers=2"]
-    for name in scale.DEFAULT_VARIANTS:
-        assert scale.parse_variant(name).name == name
+    for names in scale.DEFAULT_VARIANTS.values():
+        assert [scale.parse_variant(name).name for name in names] == list(names)
 
 
 @pytest.mark.parametrize("name", ["vmap-none", "vmap-all-w1", "gpu-none-w1", "vmap-none-w0", "vmap-none-2"])
