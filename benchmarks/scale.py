@@ -15,7 +15,7 @@ of the sweep's writer processes summed (each writer appends its own usage to TIN
 exits; tracking/background.py), the peak RSS of the main process and of the largest writer, and the artifacts
 a run. At the end: a table of every variant, and one line per goal (GOALS): measured, goal, met or not.
 
-Usage: python benchmarks/scale.py [--only 10k|1k] [--repeat-10k 1] [--repeat-1k 1] [--variant vmap-none-w2 ...]
+Usage: python benchmarks/scale.py [--only 10k|1k] [--repeat-10k 1] [--repeat-1k 2] [--variant vmap-none-w2 ...]
        [--experiment-10k FILE] [--experiment-1k FILE] [--reads 3 | --no-reads]
 A variant is ENGINE-RECORD-wN: engine sequential|vmap, record model|weights|none, N writers (any of the 12).
 """
@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--experiment-1k", default="experiments/scale-1k.toml", help="the long runs")
     parser.add_argument("--only", choices=["10k", "1k"], default=None, help="measure one experiment only")
     parser.add_argument("--repeat-10k", type=int, default=1)
-    parser.add_argument("--repeat-1k", type=int, default=1)
+    parser.add_argument("--repeat-1k", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=None, help="rounds of both experiments (overrides the two)")
     parser.add_argument(
         "--variant",
