@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,13 +56,22 @@ def run(
         process = subprocess.Popen(
             command, cwd=cwd, stdout=out, stderr=err, text=True, env=None if env is None else {**os.environ, **env}
         )
-        while True:
-            pid, status, usage = os.wait4(process.pid, 0 if spawned is None else os.WNOHANG)
-            if pid:
-                break
-            sample_spawned(process.pid, spawned)
-            time.sleep(SAMPLE_EVERY)
-        wall = time.perf_counter() - started
+        ended: dict = {}
+
+        def reap() -> None:  # the wall time ends when the process does, not at the next sample
+            ended["wait"] = os.wait4(process.pid, 0)
+            ended["at"] = time.perf_counter()
+
+        if spawned is None:
+            reap()
+        else:
+            waiter = threading.Thread(target=reap, daemon=True)
+            waiter.start()
+            while waiter.is_alive():
+                sample_spawned(process.pid, spawned)
+                waiter.join(SAMPLE_EVERY)
+        _pid, status, usage = ended["wait"]
+        wall = ended["at"] - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
