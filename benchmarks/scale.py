@@ -2,18 +2,19 @@
 
 Two experiments, each in the role its goals name: the many short runs (--experiment-10k, default
 experiments/scale-10k.toml: 10,000 runs x 10 steps) and the long ones (--experiment-1k, default
-experiments/scale-1k.toml: 1,000 runs x 100 steps). For each, `--repeat` rounds of whole processes, the order
-turned round from one round to the next:
+experiments/scale-1k.toml: 1,000 runs x 100 steps). For each, --repeat-10k or --repeat-1k rounds of whole
+processes, the order turned round from one round to the next:
 
   (b)       benchmarks/plain_training.py FILE: the same cells in a plain torch loop (sequential), no tracking
   VARIANT   tinytrain sweep FILE --set engine=E --set record=R --set writers=N into a fresh SQLite store,
-            for each variant E-R-wN of --variant (default: DEFAULT_VARIANTS)
+            for each variant E-R-wN of --variant (default: DEFAULT_VARIANTS of the experiment)
 
 then, on the store of the first variant's last round: `tinytrain compare`, `tinytrain plot` and `tinytrain sweep
 --dry-run`, whole processes, median of --reads. Per variant and round it prints the wall time, a/b, the CPU
 of the sweep's writer processes summed (each writer appends its own usage to TINYTRAIN_WRITER_USAGE as it
-exits; tracking/background.py), the peak RSS of the main process and of the largest writer, and the artifacts
-a run. At the end: a table of every variant, and one line per goal (GOALS): measured, goal, met or not.
+stops, tracking/background.py; where one wrote none, the figures sampled from /proc: bench.writers_usage), the
+peak RSS of the main process and of the largest writer, and the artifacts a run. At the end: a table of every
+variant, and one line per goal (goals()): measured, goal, met or not.
 
 Usage: python benchmarks/scale.py [--only 10k|1k] [--repeat-10k 1] [--repeat-1k 2] [--variant vmap-none-w2 ...]
        [--experiment-10k FILE] [--experiment-1k FILE] [--reads 3 | --no-reads]
