@@ -68,13 +68,18 @@ cluster: $(STAMP) ## A local Dask scheduler and two workers on 127.0.0.1 (make c
 cluster-stop: $(STAMP) ## Stop the cluster that make cluster started
 	$(BIN)/tinytrain cluster --stop
 
-bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow script, vmap engine and its bound, the Python API loading a 1,000-run sweep, halving and search against the full grid, the writer's cost of each record policy; SCALE=1 adds 1,000 and 10,000-run sweeps at each record policy (~60 min)
+# SCALE=1 adds benchmarks/scale.py: the 10,000 x 10 sweep (one round: the plain loop and 4 sweeps, 25-37 min)
+# and the 1,000 x 100 sweep (two rounds: the plain loop and 5 sweeps, about 10 min), each goal judged at the end:
+# about 40 min, estimated from 60- and 600-run sweeps measured here at load 2-3 (docs/performance.md, 2026-12-06);
+# the rest of make bench about 35 min (estimated from its parts' earlier figures): about 75 min in all.
+# SCALE_ARGS passes options to it, e.g. SCALE_ARGS='--only 10k --variant vmap-none-w2' or '--repeat-10k 2'.
+bench: $(STAMP) ## Side-by-side benchmark: tracking overhead, naive MLflow script, vmap engine and its goal (2x the sequential sweep), the Python API loading a 1,000-run sweep, halving and search against the full grid, the writer's cost of each record policy (about 35 min); SCALE=1 adds the 10,000 x 10 and 1,000 x 100 sweeps against the plain loop per engine, record and writers, with their goals (about 40 min more, 75 in all)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/batched_kernels.py
 	$(BIN)/python benchmarks/api_load.py
 	$(BIN)/python benchmarks/budget.py
 	$(BIN)/python benchmarks/records.py
-	$(if $(SCALE),$(BIN)/python benchmarks/scale.py --experiment experiments/scale-1k.toml --experiment experiments/scale-10k.toml $(SCALE_ARGS))
+	$(if $(SCALE),$(BIN)/python benchmarks/scale.py $(SCALE_ARGS))
 
 lint: $(STAMP) ## ruff (check and format) over the code, and the import contract (pyproject.toml: arrows one way, no cycles)
 	$(BIN)/ruff check tinytrain tests benchmarks docs/hooks.py

@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,21 +45,71 @@ BIN = Path(sys.executable).parent
 FLOP_PER_MODEL_STEP = 2.26e6  # one forward + backward of the tutorial LeNet on one 1x32x32 input
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB, the largest process of its tree) and stdout of one whole process."""
+def run(
+    command: list[str], cwd: Path, env: dict[str, str] | None = None, spawned: dict[int, dict] | None = None
+) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB, the largest process of its tree that it waited for) and stdout of one whole
+    process. With `spawned` (a dict), its children started by multiprocessing (a sweep's writers) are sampled
+    there as it runs (see sample_spawned)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen(
             command, cwd=cwd, stdout=out, stderr=err, text=True, env=None if env is None else {**os.environ, **env}
         )
-        _pid, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
+        ended: dict = {}
+
+        def reap() -> None:  # the wall time ends when the process does, not at the next sample
+            ended["wait"] = os.wait4(process.pid, 0)
+            ended["at"] = time.perf_counter()
+
+        if spawned is None:
+            reap()
+        else:
+            waiter = threading.Thread(target=reap, daemon=True)
+            waiter.start()
+            while waiter.is_alive():
+                sample_spawned(process.pid, spawned)
+                waiter.join(SAMPLE_EVERY)
+        _pid, status, usage = ended["wait"]
+        wall = ended["at"] - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if process.returncode:
             raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{err.read()[-2000:]}")
         return wall, usage.ru_maxrss / 1024, out.read()
+
+
+SAMPLE_EVERY = 0.2  # seconds between samples of a sweep's writer processes
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def sample_spawned(parent: int, spawned: dict[int, dict]) -> None:
+    """The CPU seconds and peak RSS (MiB) of each child of `parent` that multiprocessing spawned, from /proc
+    (a child that has exited and is not yet reaped keeps its final CPU time there). What a child uses after the
+    last sample is missed: at most SAMPLE_EVERY seconds of CPU each."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as file:
+                fields = file.read().rsplit(b")", 1)[1].split()
+            if int(fields[1]) != parent:
+                continue
+            pid = int(entry.name)
+            if pid not in spawned:
+                with open(f"/proc/{pid}/cmdline", "rb") as file:
+                    if b"spawn_main" not in file.read():
+                        continue
+                spawned[pid] = {"cpu": 0.0, "max_rss_mib": 0.0}
+            spawned[pid]["cpu"] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            with open(f"/proc/{pid}/status") as file:
+                for line in file:
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) / 1024
+                        spawned[pid]["max_rss_mib"] = max(spawned[pid]["max_rss_mib"], peak)
+        except (OSError, ValueError, IndexError):  # gone, or not ours to read
+            continue
 
 
 def field(stdout: str, name: str) -> float:
@@ -167,16 +218,49 @@ def commands(
     return {key: every[key] for key in keys if key != "c" or with_naive}
 
 
-def writer_cpu(usage_file: Path) -> float:
-    """The CPU seconds (user + system) the sweep's writer process reported before it exited."""
+USAGE_WAIT = 5.0  # seconds for the writers' lines after the sweep's exit (at exit it stops the ones still alive)
+
+
+def writers_usage(path: Path, writers: int, spawned: dict[int, dict] | None = None, wait: float = USAGE_WAIT) -> dict:
+    """A sweep's writer processes summed: CPU seconds (user + system), the largest peak RSS (MiB), the runs each
+    wrote, and where the figures come from.
+
+    Each writer (the sweep's writer and each run writer) appends one line of its own usage to `path`
+    (TINYTRAIN_WRITER_USAGE) as it stops; a writer the sweep's exit cuts short writes none. When fewer than
+    `writers` lines come, the CPU and peak RSS are those sampled from /proc as the sweep ran (`spawned`, see
+    run), which miss at most SAMPLE_EVERY seconds of each writer's CPU."""
     import json
 
-    for _ in range(50):  # the sweep does not wait for its writer's exit: give it a moment to write the file
-        if usage_file.exists() and usage_file.read_text().strip():
-            usage = json.loads(usage_file.read_text().splitlines()[-1])
-            return usage["user"] + usage["system"]
+    deadline = time.monotonic() + wait
+    while True:
+        text = path.read_text() if path.exists() else ""
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if len(lines) >= writers or time.monotonic() > deadline:
+            break
         time.sleep(0.1)
-    raise SystemExit(f"the writer reported no usage in {usage_file}")
+    usage = {
+        "runs_written": [line["runs_written"] for line in lines],
+        "reported": len(lines),
+        "sampled_cpu": sum(child["cpu"] for child in spawned.values()) if spawned else None,
+    }
+    if len(lines) >= writers:
+        usage["cpu"] = sum(line["user"] + line["system"] for line in lines)
+        usage["max_rss_mib"] = max(line["max_rss_mib"] for line in lines)
+        usage["source"] = "reported"
+    elif spawned:
+        usage["cpu"] = sum(child["cpu"] for child in spawned.values())
+        usage["max_rss_mib"] = max(child["max_rss_mib"] for child in spawned.values())
+        usage["source"] = f"sampled ({len(lines)} of {writers} reported; {len(spawned)} sampled)"
+    else:
+        raise SystemExit(f"{len(lines)} of {writers} writers reported their usage in {path}, and none was sampled")
+    return usage
+
+
+def writer_cpu(usage_file: Path, spawned: dict[int, dict]) -> float:
+    """The CPU seconds of every writer process of a sweep at the default `writers` (auto)."""
+    from tinytrain.spec.settings import writer_count
+
+    return writers_usage(usage_file, writer_count("auto", 1), spawned)["cpu"]
 
 
 def measure(
@@ -206,9 +290,10 @@ def measure(
             for key in order:
                 usage_file = scratch_path / f"writer-{round_number}-{key}.json"
                 env = {"TINYTRAIN_WRITER_USAGE": str(usage_file)} if key in writers else None
-                wall, peak, stdout = run(variants[key], scratch_path, env)
+                spawned: dict[int, dict] = {}
+                wall, peak, stdout = run(variants[key], scratch_path, env, spawned if key in writers else None)
                 if key in writers:
-                    writers[key].append(writer_cpu(usage_file))
+                    writers[key].append(writer_cpu(usage_file, spawned))
                 walls[key].append(wall)
                 peaks[key] = max(peaks.get(key, 0.0), peak)
                 if key in training:
@@ -224,18 +309,18 @@ def measure(
 
 
 def print_writers(walls: dict, writers: dict) -> None:
-    """The writer's own CPU time in each sweep: a sweep cannot end before its single writer has done its work
-    (start-up, every run, the summary), so it bounds the sweep's wall time from below."""
+    """The writers' own CPU time in each sweep, summed over its writer processes: a sweep cannot end before its
+    writers have done their work (start-up, every run, the summary), so it bounds the sweep's wall time from below."""
     for key, values in writers.items():
         if values:
             cpu, wall = statistics.median(values), statistics.median(walls[key])
             print(
-                f"writer of ({key}): {cpu:.2f} s of CPU (median; {', '.join(f'{v:.2f}' for v in values)}), "
+                f"writers of ({key}): {cpu:.2f} s of CPU (median; {', '.join(f'{v:.2f}' for v in values)}), "
                 f"{cpu / wall:.0%} of the sweep's wall time"
             )
     if writers.get("a") and writers.get("e"):
         bound = statistics.median(walls["a"]) / statistics.median(writers["e"])
-        print(f"a/e can be at most {bound:.2f} with this writer: (a)'s wall time over the CPU time of (e)'s writer")
+        print(f"a/e can be at most {bound:.2f} with these writers: (a)'s wall time over the CPU time of (e)'s writers")
 
 
 def print_ratios(walls: dict, training: dict) -> None:
@@ -255,7 +340,7 @@ def print_ratios(walls: dict, training: dict) -> None:
         ("a", "b", "tracking's cost: whole sweep over plain training (goal <= 1.3)"),
         ("c", "a", "how far ahead of the naive MLflow script"),
         ("b", "d", "vmap engine, whole process, no tracking"),
-        ("a", "e", "whole sweep, sequential over vmap engine (target >= 1.8)"),
+        ("a", "e", f"whole sweep, sequential over vmap engine (goal >= {BATCHED_GOAL:g})"),
         ("b", "e", "plain sequential training over the whole vmap sweep"),
         ("e", "d", "the vmap sweep's tracking cost: whole sweep over vmap training"),
         ("b", "f", "vmap engine on 2 workers, whole process"),
@@ -272,6 +357,25 @@ def print_ratios(walls: dict, training: dict) -> None:
             f"| b/d training only | {batched / sequential:.2f} | model-steps/s: {sequential:.0f} sequential, "
             f"{batched:.0f} vmap (target >= 2.5); by CPU time {rate('d', True) / rate('b', True):.2f} |"
         )
+
+
+BATCHED_GOAL = 2.0  # the batched sweep against the sequential one, default grid at 100 steps, whole processes
+
+
+def print_batched_goal(walls: dict, experiment: str) -> None:
+    """The batched engine's goal: (a) over (e), whole processes side by side, against BATCHED_GOAL."""
+    if not walls.get("a") or not walls.get("e"):
+        return
+    from tinytrain.spec import load_experiment
+
+    steps = load_experiment(experiment).settings["steps"]
+    ratio = statistics.median(walls["a"]) / statistics.median(walls["e"])
+    by_round = ", ".join(f"{a / e:.2f}" for a, e in zip(walls["a"], walls["e"], strict=True))
+    print(
+        f"\ngoal, batched against sequential sweep ({Path(experiment).name}, {steps} steps, whole process): "
+        f"sequential {statistics.median(walls['a']):.2f} s / batched {statistics.median(walls['e']):.2f} s = "
+        f"{ratio:.2f} (rounds {by_round}); goal >= {BATCHED_GOAL:g}: {'met' if ratio >= BATCHED_GOAL else 'NOT met'}"
+    )
 
 
 def print_floors(training: dict, peak_gflops: float, bandwidth: float) -> None:
@@ -338,6 +442,7 @@ def main() -> None:
         if values:
             print(f"| ({key}) {NAMES[key]} | {statistics.median(values):.2f} | {len(values)} | {peaks[key]:.0f} |")
     print_ratios(walls, training)
+    print_batched_goal(walls, str(Path(args.experiment).resolve()))
     print_floors(training, peak_gflops, bandwidth)
     print_writers(walls, writers)
     print(
