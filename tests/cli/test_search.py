@@ -53,9 +53,10 @@ def test_a_search_is_the_same_for_the_same_sampler_seed_and_logs_ordinary_runs(s
     assert compared.exit_code == 0 and "adam" in compared.output
 
 
-def test_a_search_resumes_up_to_its_trial_count_as_a_straight_one_would(experiment_file, store_uri, tmp_path):
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "qmc"])
+def test_a_search_resumes_up_to_its_trial_count_as_a_straight_one_would(sampler, experiment_file, store_uri, tmp_path):
     file = experiment_file(GRID)
-    args = ["search", file, "--space", "lr=1e-4:0.1:log"]
+    args = ["search", file, "--space", "lr=1e-4:0.1:log", "--sampler", sampler]
     assert invoke([*args, "--trials", "2"]).exit_code == 0
     again = invoke([*args, "--trials", "3"])
     assert again.exit_code == 0 and "3 trial(s): 3 complete" in again.output and "2 runs logged" in again.output
