@@ -166,8 +166,9 @@ def test_a_search_of_the_grid_tries_its_cells_corners_first_within_a_budget_of_r
     assert "Best: trial" in result.output and f"optimizer={best[0]}, lr={best[1]:.4g})" in result.output
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "qmc"])
 def test_a_killed_grid_search_resumes_to_the_trials_and_runs_of_a_straight_one(
-    experiment_file, store_uri, process_groups, tmp_path
+    sampler, experiment_file, store_uri, process_groups, tmp_path
 ):
     """SIGKILL a real `tinytrain search --pruner seeds` process once it has logged some runs; run it again:
     the study holds the same finished trials (cells, states, values) as a search run straight through, and
@@ -181,7 +182,7 @@ def test_a_killed_grid_search_resumes_to_the_trials_and_runs_of_a_straight_one(
     from tests.conftest import group_alive
 
     file = experiment_file(CELLS)
-    args = ["search", file, "--pruner", "seeds", "--runs", "14", "--trials", "200"]
+    args = ["search", file, "--pruner", "seeds", "--runs", "14", "--trials", "200", "--sampler", sampler]
     search = process_groups([sys.executable, "-m", "tinytrain", *args], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and sqlite_path(store_uri).exists() is False:
