@@ -79,3 +79,24 @@ def test_a_vector_format_and_a_changed_savefig_setting_go_through_savefig(tmp_pa
     from PIL import Image
 
     assert Image.open(tmp_path / "clear.png").getpixel((0, 0))[3] == 0  # transparent, as savefig makes it
+
+
+def test_the_bands_are_fill_betweens_polygons_in_the_lines_colours():
+    """A panel's min-max bands are one collection: each band the polygon fill_between makes for it, in its line's
+    colour at alpha 0.2, in the lines' order (drawn below them)."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+
+    figure = plot.plot_loss_curves(SWEEPS["default grid"]())
+    for ax in figure.axes:
+        (bands,) = ax.collections
+        assert len(bands.get_paths()) == len(ax.lines) > 0
+        for line, path, colour in zip(ax.lines, bands.get_paths(), bands.get_facecolors(), strict=True):
+            assert tuple(colour) == to_rgba(line.get_color(), 0.2)
+            steps, median = line.get_data()
+            count = len(steps)
+            low, high = path.vertices[1 : count + 1, 1], path.vertices[count + 2 : 2 * count + 2, 1][::-1]
+            assert (low <= median).all() and (median <= high).all()
+            alone = Figure().subplots().fill_between(steps, low, high)
+            assert np.array_equal(path.vertices, alone.get_paths()[0].vertices)
+            assert np.array_equal(path.codes, alone.get_paths()[0].codes)
