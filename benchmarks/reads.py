@@ -87,8 +87,8 @@ def main() -> None:
         args.tracking_uri = str(Path(args.tracking_uri).resolve())
 
     codes = ([] if args.without_checkout else [ROOT]) + [path.resolve() for path in args.code]
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["COLUMNS"] = "250"  # the same table in a pipe, whatever the terminal
+    # as in a pipe: the table laid out without a terminal's width
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "COLUMNS")}
     figures: dict[Path, dict[str, list[float]]] = {code: {} for code in codes}
     outputs: dict[str, set[str]] = {"compare": set(), "plot": set()}
     print(f"load average before: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
