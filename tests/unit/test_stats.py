@@ -291,3 +291,34 @@ def test_sorted_median_is_numpys_median_bit_for_bit():
         values[1] = np.round(values[1])
         assert np.array_equal(stats._sorted_median(values, axis=-1), np.median(values, axis=-1))
         assert np.array_equal(stats._sorted_median(values, axis=1), np.median(values, axis=1))
+
+
+def test_paired_tests_made_together_equal_a_call_of_their_own():
+    """paired_each makes the Wilcoxon tests of many cells in shared scipy calls: each p equals, to the last bit,
+    scipy.stats.wilcoxon on that cell's differences alone (exact and approximate methods, zero differences, tied
+    magnitudes, few and many pairs, seeds missing from a cell, a diverged run)."""
+    from scipy.stats import wilcoxon
+
+    generator = np.random.default_rng(9)
+    baseline = [run("adam", 0.001, seed, [1.0, 10.0 ** -generator.uniform(1, 9)]) for seed in range(60)]
+    finals = {seed: b.final_loss for seed, b in enumerate(baseline)}
+    cells = []
+    for index, seeds in enumerate([20] * 6 + [60, 55, 3, 5, 12, 13, 14, 20, 2, 1]):
+        losses = {seed: 10.0 ** -generator.uniform(1, 9) for seed in range(seeds)}
+        if index % 3 == 1:
+            for seed in range(0, seeds, 4):
+                losses[seed] = finals[seed]  # zero differences
+        if index % 3 == 2 and seeds > 2:
+            losses[1] = finals[1] * 10
+            losses[2] = finals[2] * 10  # tied magnitudes
+        cell = [run("sgd", 0.01 * (index + 1), seed, [1.0, loss]) for seed, loss in losses.items()]
+        if index == 4:
+            cell[3] = run("sgd", 0.05, 3, [1.0, math.inf], "diverged")
+        cells.append(cell[::2] if index == 5 else cell)
+    together = stats.paired_each(cells, baseline)
+    for cell, result in zip(cells, together, strict=True):
+        theirs = {r.seed: stats.LOG10_DIVERGED if r.diverged else stats.log10_loss(r.final_loss) for r in baseline}
+        ours = {r.seed: stats.LOG10_DIVERGED if r.diverged else stats.log10_loss(r.final_loss) for r in cell}
+        differences = [ours[seed] - theirs[seed] for seed in sorted(set(ours) & set(theirs))]
+        alone = float(wilcoxon(differences, zero_method="wilcox", alternative="two-sided").pvalue)
+        assert (result.seeds, repr(result.p_value)) == (len(differences), repr(alone))

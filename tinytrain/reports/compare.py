@@ -179,7 +179,7 @@ def _rank_key(by: str):
 def _against(rows: list[CellSummary], cells: dict[tuple, list[CellRun]], baseline: tuple) -> list[CellSummary]:
     """Each row's paired numbers against the baseline cell, p-values Holm-corrected over the table."""
     others = [row for row in rows if row.cell != baseline]
-    comparisons = [stats.paired(cells[row.cell], cells[baseline]) for row in others]
+    comparisons = stats.paired_each([cells[row.cell] for row in others], cells[baseline])
     corrected = dict(zip(map(id, others), stats.holm([c.p_value for c in comparisons]), strict=True))
     better = {id(row): c.p_better for row, c in zip(others, comparisons, strict=True)}
     result = []

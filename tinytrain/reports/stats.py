@@ -164,21 +164,50 @@ class Paired:
 
 def paired(cell: Iterable[CellRun], baseline: Iterable[CellRun]) -> Paired:
     """Compare a cell with the baseline seed by seed, on log10 final losses (a diverged run: the worst)."""
+    return paired_each([cell], baseline)[0]
+
+
+def paired_each(cells: Sequence[Iterable[CellRun]], baseline: Iterable[CellRun]) -> list[Paired]:
+    """paired() of each cell against one baseline. The Wilcoxon tests of cells with as many non-tied pairs are
+    made in one scipy.stats.wilcoxon call, row by row: scipy picks one method for a call (exact without zero
+    differences and tied magnitudes, else the normal approximation above 13 pairs), so a call only holds rows
+    for which a call of their own picks the same one; any other row is a call of its own."""
+    import numpy as np
     from scipy import stats
 
     def by_seed(runs: Iterable[CellRun]) -> dict[int, float]:
         return {run.seed: LOG10_DIVERGED if run.diverged else log10_loss(run.final_loss) for run in runs}
 
-    ours, theirs = by_seed(cell), by_seed(baseline)
-    seeds = sorted(set(ours) & set(theirs))
-    if not seeds:
-        return Paired(0, None, None)
-    differences = [ours[seed] - theirs[seed] for seed in seeds]
-    p_better = sum(1.0 if d < 0 else 0.5 if d == 0 else 0.0 for d in differences) / len(seeds)
-    if not any(differences):
-        return Paired(len(seeds), p_better, 1.0)  # identical losses: nothing tells them apart
-    p_value = float(stats.wilcoxon(differences, zero_method="wilcox", alternative="two-sided").pvalue)
-    return Paired(len(seeds), p_better, p_value)
+    theirs = by_seed(baseline)
+    results: list[Paired | None] = []
+    tests: dict[tuple[int, str], list[tuple[int, list[float]]]] = {}  # (pairs, method) -> (index, differences)
+    for index, cell in enumerate(cells):
+        ours = by_seed(cell)
+        seeds = sorted(set(ours) & set(theirs))
+        if not seeds:
+            results.append(Paired(0, None, None))
+            continue
+        differences = [ours[seed] - theirs[seed] for seed in seeds]
+        p_better = sum(1.0 if d < 0 else 0.5 if d == 0 else 0.0 for d in differences) / len(seeds)
+        if not any(differences):
+            results.append(Paired(len(seeds), p_better, 1.0))  # identical losses: nothing tells them apart
+            continue
+        results.append(Paired(len(seeds), p_better, None))
+        magnitudes = [abs(d) for d in differences if d != 0]
+        plain = len(magnitudes) == len(differences) == len(set(magnitudes))  # no zero, no tie
+        method = "exact" if plain else "approximate" if len(differences) > 13 else f"alone {index}"
+        tests.setdefault((len(differences), method), []).append((index, differences))
+    for rows in tests.values():
+        p_values = stats.wilcoxon(
+            np.array([differences for _index, differences in rows]),
+            zero_method="wilcox",
+            alternative="two-sided",
+            axis=-1,
+        ).pvalue
+        for (index, _differences), p_value in zip(rows, np.atleast_1d(p_values).tolist(), strict=True):
+            found = results[index]
+            results[index] = Paired(found.seeds, found.p_better, float(p_value))
+    return results
 
 
 def worse_p(cell: Iterable[CellRun], baseline: Iterable[CellRun]) -> tuple[int, float | None]:
