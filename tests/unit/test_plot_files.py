@@ -52,6 +52,8 @@ SWEEPS = {
     "default grid": lambda: sweep(["sgd", "sgd-momentum", "adam", "adamw", "rmsprop"], [1e-3, 1e-2, 1e-1], 3, 100),
     "many lrs": lambda: sweep(["sgd", "adam", "adamw", "rmsprop"], list(np.geomspace(1e-4, 0.3, 12)), 4, 10),
     "accuracy": lambda: sweep(["sgd", "adam"], [1e-3, 1e-2, 1e-1], 3, 30, accuracy=True),
+    "two lrs": lambda: sweep(["sgd", "adam"], [1e-3, 1e-2], 3, 20),  # two bands a panel: two colours
+    "one lr": lambda: sweep(["adam"], [1e-2], 2, 20),
 }
 
 
@@ -81,16 +83,17 @@ def test_a_vector_format_and_a_changed_savefig_setting_go_through_savefig(tmp_pa
     assert Image.open(tmp_path / "clear.png").getpixel((0, 0))[3] == 0  # transparent, as savefig makes it
 
 
-def test_the_bands_are_fill_betweens_polygons_in_the_lines_colours():
+@pytest.mark.parametrize("name", list(SWEEPS))
+def test_the_bands_are_fill_betweens_polygons_in_the_lines_colours(name):
     """A panel's min-max bands are one collection: each band the polygon fill_between makes for it, in its line's
     colour at alpha 0.2, in the lines' order (drawn below them)."""
     from matplotlib.colors import to_rgba
     from matplotlib.figure import Figure
 
-    figure = plot.plot_loss_curves(SWEEPS["default grid"]())
+    figure = plot.plot_loss_curves(SWEEPS[name]())
     for ax in figure.axes:
         (bands,) = ax.collections
-        assert len(bands.get_paths()) == len(ax.lines) > 0
+        assert len(bands.get_paths()) == len(ax.lines) == len(bands.get_facecolors()) > 0
         for line, path, colour in zip(ax.lines, bands.get_paths(), bands.get_facecolors(), strict=True):
             assert tuple(colour) == to_rgba(line.get_color(), 0.2)
             steps, median = line.get_data()

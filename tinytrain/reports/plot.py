@@ -162,7 +162,8 @@ def _draw_lines(ax, cells: dict[float, list[CellRun]], colours: dict[float, Any]
         from matplotlib.collections import PolyCollection
 
         polygons, facecolors = zip(*bands, strict=True)
-        ax.add_collection(PolyCollection(polygons, color=facecolors, alpha=0.2, linewidths=0))
+        # an array of colours, not a tuple: a tuple of two would be read as (colour, alpha)
+        ax.add_collection(PolyCollection(polygons, color=np.array(facecolors), alpha=0.2, linewidths=0))
     return diverged_everywhere
 
 
