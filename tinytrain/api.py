@@ -255,7 +255,14 @@ class MLflowStore:
             frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
         return frame
 
-    def sweep(self, experiment: str | None = None, sweep_id: str | None = None, *, with_curves: bool = False) -> Sweep:
+    def sweep(
+        self,
+        experiment: str | None = None,
+        sweep_id: str | None = None,
+        *,
+        with_curves: bool = False,
+        with_params: bool = True,
+    ) -> Sweep:
         """A sweep of the store: the given one, else the experiment's latest.
 
         Its runs are the finished run of each cell of its grid, whichever sweep trained it (a sweep skips the
@@ -266,6 +273,8 @@ class MLflowStore:
             sweep_id: A sweep's parent run id; default the experiment's latest sweep.
             with_curves: Read every loss curve now (compare and plot need them); otherwise they are read on
                 first use.
+            with_params: Read every run's params (the `params.*` columns of `runs()`); compare and plot need
+                none.
 
         Returns:
             The sweep.
@@ -275,7 +284,7 @@ class MLflowStore:
         """
         from tinytrain.tracking.sweep_records import read_sweep
 
-        record = read_sweep(self.uri, experiment, sweep_id, with_losses=with_curves)
+        record = read_sweep(self.uri, experiment, sweep_id, with_losses=with_curves, with_params=with_params)
         return Sweep(self.uri, record, record if with_curves else None)
 
     def run_sweep(self, experiment: Experiment, **options: Any) -> SweepOutcome:

@@ -4,6 +4,7 @@ reads back weights-only; stores written before still reproduce; an empty file is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def test_the_plain_sql_reads_give_what_mlflows_own_reads_give(swept_twice, store
             mlflows = sweep_record(store, parent, with_losses=True)
             assert comparable(sweep_record_sqlite(store_uri, parent, with_losses=True)) == comparable(mlflows)
             assert comparable(sweep_record_sqlite(store_uri, parent)) == comparable(sweep_record(store, parent))
+            without = sweep_record_sqlite(store_uri, parent, with_losses=True, with_params=False)  # compare, plot
+            emptied = [dataclasses.replace(run, params={}) for run in mlflows.runs]
+            assert comparable(without) == comparable(dataclasses.replace(mlflows, runs=tuple(emptied)))
     record = read_sweep(store_uri, "scale", with_losses=True)
     assert record.parent_run_id == latest and len(record.runs) == 12 and not record.missing
     diverged = [run for run in record.runs if run.diverged]

@@ -474,3 +474,30 @@ def test_the_smaller_corners_of_the_formats():
         row("c", rank=3, p_value=0.01, tied_with_best=False, seeds=5),
     ]
     assert report.ties_sentence(three).endswith("with 3-5 seeds.")
+
+
+def test_the_columns_that_fit_are_those_of_the_whole_table_laid_out():
+    """fit_columns measures a table by one row of each column's widest cell: the columns it keeps are those that
+    laying out every row finds, at every width (cells of unequal widths in different rows, wide characters)."""
+    import random
+
+    from tinytrain.reports import tables
+
+    def by_every_row(header, rows, width, keep):
+        shown = list(range(len(header)))
+        while True:
+            lines = tables.rich_lines([header[i] for i in shown], [[row[i] for i in shown] for row in rows], ())
+            if max(map(len, lines)) <= width:
+                return shown
+            droppable = [index for index in shown if index not in keep]
+            if not droppable:
+                return None
+            shown.remove(max(droppable, key=lambda index: (tables._width(header, rows, index), index)))
+
+    generator = random.Random(4)
+    header = ["rank", "optimizer", "lr", "steps", "median [95% CI]", "p", "vs"]
+    rows = [
+        [generator.choice(["1", "12", "—", "a" * generator.randint(1, 12), "日本"]) for _ in header] for _ in range(40)
+    ]
+    for width in range(10, 120, 7):
+        assert tables.fit_columns(header, rows, width, keep=(0, 1)) == by_every_row(header, rows, width, {0, 1})

@@ -244,3 +244,81 @@ def test_the_interval_is_scipys_percentile_bootstrap_with_its_fixed_generator():
 
 def test_holm_caps_a_corrected_p_value_at_one():
     assert stats.holm([0.6, 0.7, 0.2]) == [1.0, 1.0, pytest.approx(0.6)]
+
+
+@pytest.mark.filterwarnings("ignore:The BCa confidence interval cannot be calculated")  # the NaN cell's, alone too
+def test_cells_bootstrapped_together_get_each_the_interval_of_a_call_of_their_own(monkeypatch):
+    """The cells of a sweep are bootstrapped in shared scipy calls, a chunk of equal-sized cells at a time, with
+    their medians taken by sorting: each cell's numbers equal, to the last bit, those of scipy.stats.bootstrap
+    with np.median on that cell alone (odd and even sizes, ties, a NaN, chunks that split a size's cells)."""
+    from scipy.stats import bootstrap
+
+    monkeypatch.setattr(stats, "BOOTSTRAP_VALUES", 3 * stats.BOOTSTRAP_RESAMPLES * 20)  # 3 cells of 20 a call
+    generator = np.random.default_rng(3)
+    cells = []
+    for index, size in enumerate([20] * 8 + [19] * 3 + [7, 2, 1, 0, 5, 20]):
+        finals = 10.0 ** -generator.uniform(1, 9, size)
+        if index == 3:
+            finals[:6] = finals[6]  # ties
+        if index == 4:
+            finals[5] = math.nan  # a run that ended on NaN without being marked diverged
+        cells.append([run("adam", 0.01 * (index + 1), seed, [0.1, final]) for seed, final in enumerate(finals)])
+    cells.append([run("sgd", 0.1, seed, [0.1, 0.02]) for seed in range(4)])  # every seed the same
+    cells[-2].append(run("adam", 0.5, 99, [0.1, math.inf], "diverged"))
+    together = stats.cells_stats(cells)
+    assert repr(together) == repr([stats.cell_stats(cell) for cell in cells])  # repr: NaN equals NaN
+    for cell, numbers in zip(cells, together, strict=True):
+        logs = np.array([stats.log10_loss(r.final_loss) for r in cell if not r.diverged])
+        if logs.size < 2 or np.all(logs == logs[0]):
+            continue
+        alone = bootstrap(
+            (logs,),
+            np.median,
+            n_resamples=stats.BOOTSTRAP_RESAMPLES,
+            confidence_level=stats.CONFIDENCE,
+            method="percentile",
+            rng=np.random.default_rng(stats.BOOTSTRAP_SEED),
+        ).confidence_interval
+        expected = (10 ** float(alone.low), 10 ** float(alone.high), 10 ** float(np.median(logs)))
+        assert repr((numbers.ci_low, numbers.ci_high, numbers.median)) == repr(expected)
+
+
+def test_sorted_median_is_numpys_median_bit_for_bit():
+    generator = np.random.default_rng(11)
+    for size in (2, 3, 19, 20, 21):
+        values = generator.normal(-5, 3, (50, 40, size))
+        values[0, :, : size // 2] = values[0, :, :1]  # ties
+        values[1] = np.round(values[1])
+        assert np.array_equal(stats._sorted_median(values, axis=-1), np.median(values, axis=-1))
+        assert np.array_equal(stats._sorted_median(values, axis=1), np.median(values, axis=1))
+
+
+def test_paired_tests_made_together_equal_a_call_of_their_own():
+    """paired_each makes the Wilcoxon tests of many cells in shared scipy calls: each p equals, to the last bit,
+    scipy.stats.wilcoxon on that cell's differences alone (exact and approximate methods, zero differences, tied
+    magnitudes, few and many pairs, seeds missing from a cell, a diverged run)."""
+    from scipy.stats import wilcoxon
+
+    generator = np.random.default_rng(9)
+    baseline = [run("adam", 0.001, seed, [1.0, 10.0 ** -generator.uniform(1, 9)]) for seed in range(60)]
+    finals = {seed: b.final_loss for seed, b in enumerate(baseline)}
+    cells = []
+    for index, seeds in enumerate([20] * 6 + [60, 55, 3, 5, 12, 13, 14, 20, 2, 1]):
+        losses = {seed: 10.0 ** -generator.uniform(1, 9) for seed in range(seeds)}
+        if index % 3 == 1:
+            for seed in range(0, seeds, 4):
+                losses[seed] = finals[seed]  # zero differences
+        if index % 3 == 2 and seeds > 2:
+            losses[1] = finals[1] * 10
+            losses[2] = finals[2] * 10  # tied magnitudes
+        cell = [run("sgd", 0.01 * (index + 1), seed, [1.0, loss]) for seed, loss in losses.items()]
+        if index == 4:
+            cell[3] = run("sgd", 0.05, 3, [1.0, math.inf], "diverged")
+        cells.append(cell[::2] if index == 5 else cell)
+    together = stats.paired_each(cells, baseline)
+    for cell, result in zip(cells, together, strict=True):
+        theirs = {r.seed: stats.LOG10_DIVERGED if r.diverged else stats.log10_loss(r.final_loss) for r in baseline}
+        ours = {r.seed: stats.LOG10_DIVERGED if r.diverged else stats.log10_loss(r.final_loss) for r in cell}
+        differences = [ours[seed] - theirs[seed] for seed in sorted(set(ours) & set(theirs))]
+        alone = float(wilcoxon(differences, zero_method="wilcox", alternative="two-sided").pvalue)
+        assert (result.seeds, repr(result.p_value)) == (len(differences), repr(alone))

@@ -144,7 +144,7 @@ def compare(
         raise BadInput("--sort and --vs are for the compare table; --before-after lists the runs in grid order")
     api.check_compare_options(target, vs)  # bad options fail before the store is read
     store = api.open_store(resolved_uri(tracking_uri))
-    sweep = store.sweep(experiment_name, sweep_id, with_curves=not before_after)
+    sweep = store.sweep(experiment_name, sweep_id, with_curves=not before_after, with_params=False)
     if before_after:
         text = sweep.before_after_text(output_format)
     else:
@@ -197,7 +197,8 @@ def plot(experiment_name, sweep_id, out, dpi, kind, tracking_uri):
         tinytrain plot --experiment one-step-adam --sweep 3f2a9c... --out one-step.svg --dpi 300
     """
     api.check_figure_format(out)  # before the store is read
-    sweep = api.open_store(resolved_uri(tracking_uri)).sweep(experiment_name, sweep_id, with_curves=kind == "curves")
+    store = api.open_store(resolved_uri(tracking_uri))
+    sweep = store.sweep(experiment_name, sweep_id, with_curves=kind == "curves", with_params=False)
     figure = sweep.plot(out, kind=kind, dpi=dpi)
     lines = sum(len(ax.lines) for ax in figure.axes)
     click.echo(

@@ -155,7 +155,11 @@ def summarize(
     if by not in RANKINGS:
         raise ValueError(f"unknown ranking {by!r}: use one of {', '.join(RANKINGS)}")
     cells = _by_cell(runs)
-    unranked = [_summarize_cell(key, cell, target) for key, cell in cells.items()]
+    numbers = stats.cells_stats(list(cells.values()), target)
+    unranked = [
+        _summarize_cell(key, cell, cell_numbers)
+        for (key, cell), cell_numbers in zip(cells.items(), numbers, strict=True)
+    ]
     ranked = sorted((row for row in unranked if row.geomean is not None), key=_rank_key(by))
     ranks = {id(row): rank for rank, row in enumerate(ranked, start=1)}
     rows = [replace(row, rank=ranks.get(id(row))) for row in unranked]
@@ -175,7 +179,7 @@ def _rank_key(by: str):
 def _against(rows: list[CellSummary], cells: dict[tuple, list[CellRun]], baseline: tuple) -> list[CellSummary]:
     """Each row's paired numbers against the baseline cell, p-values Holm-corrected over the table."""
     others = [row for row in rows if row.cell != baseline]
-    comparisons = [stats.paired(cells[row.cell], cells[baseline]) for row in others]
+    comparisons = stats.paired_each([cells[row.cell] for row in others], cells[baseline])
     corrected = dict(zip(map(id, others), stats.holm([c.p_value for c in comparisons]), strict=True))
     better = {id(row): c.p_better for row, c in zip(others, comparisons, strict=True)}
     result = []
@@ -203,11 +207,10 @@ def _by_cell(runs: Iterable[CellRun]) -> dict[tuple, list[CellRun]]:
     return cells
 
 
-def _summarize_cell(cell: tuple, runs: list[CellRun], target: float) -> CellSummary:
+def _summarize_cell(cell: tuple, runs: list[CellRun], numbers: stats.CellStats) -> CellSummary:
     optimizer, lr, *arm = cell
     losses = [run.final_loss for run in runs if not run.diverged]
     logs = [stats.log10_loss(loss) for loss in losses]
-    numbers = stats.cell_stats(runs, target)
     return CellSummary(
         rank=None,
         optimizer=optimizer,

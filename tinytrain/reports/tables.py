@@ -44,11 +44,18 @@ def fit_columns(
 ) -> list[int] | None:
     """The indices of the columns to show so that the table fits `width`: the widest column not kept goes
     first, then the next; None when even the kept columns do not fit (stack the rows instead)."""
+    from rich.cells import cell_len
+
     keep = set(keep)
     shown = list(range(len(header)))
+    # A column is as wide as its widest cell (no cell wraps), so the table is as wide as a table of one row of
+    # each column's widest cell: laid out instead of every row, once per column dropped
+    widest_cells = [[max((row[index] for row in rows), key=cell_len) for index in shown]] if rows else []
 
     def table_width(columns: list[int]) -> int:
-        lines = rich_lines([header[i] for i in columns], [[row[i] for i in columns] for row in rows], (), (), 10_000)
+        lines = rich_lines(
+            [header[i] for i in columns], [[row[i] for i in columns] for row in widest_cells], (), (), 10_000
+        )
         return max(map(len, lines), default=0)
 
     while table_width(shown) > width:

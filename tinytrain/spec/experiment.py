@@ -647,6 +647,8 @@ def _check_cells(raw: dict[str, Any], experiment: Experiment) -> Experiment:
     names = raw.get("cells", [])
     if not isinstance(names, list):
         raise ConfigError('cells must be a list of "OPTIMIZER@LR" cells of the grid')
+    if not names:  # every cell of the grid: nothing to check (listing the specs is most of a large grid's load)
+        return replace(experiment, confirms=confirms)
     specs = experiment.specs()
     grid = {experiment.cell(spec) for spec in specs} | {(spec.optimizer, spec.lr) for spec in specs}
     cells = []

@@ -313,19 +313,19 @@ def finished_runs_readonly(
 
 
 def params_of_runs_readonly(uri: str, run_ids: list[str]) -> dict[str, dict[str, str]]:
-    """run id -> {param: value}, in name order, of the given runs (one query)."""
+    """run id -> {param: value}, in name order, of the given runs (one query, a JSON object a run: a row a run
+    rather than a row a param)."""
     import json
 
     rows = query_sqlite(
         uri,
-        """SELECT params.run_uuid, params.key, params.value
-           FROM json_each(?) AS wanted JOIN params ON params.run_uuid = wanted.value""",
+        """SELECT wanted.value, (SELECT json_group_object(params.key, params.value) FROM params
+                                 WHERE params.run_uuid = wanted.value)
+           FROM json_each(?) AS wanted""",
         (json.dumps(run_ids),),
     )
-    params: dict[str, dict[str, str]] = {}
-    for run_id, key, value in rows:
-        params.setdefault(run_id, {})[key] = value
-    return {run_id: dict(sorted(values.items())) for run_id, values in params.items()}
+    loads = json.loads
+    return {run_id: dict(sorted(loads(values).items())) for run_id, values in rows if values != "{}"}
 
 
 def curves_of_runs_readonly(uri: str, run_ids: list[str], metrics: list[str]) -> list[tuple[str, int, str, float]]:

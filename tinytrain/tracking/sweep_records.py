@@ -280,13 +280,18 @@ class SweepRecord:
 
 
 def read_sweep(
-    uri: str, experiment: str | None = None, parent_run_id: str | None = None, with_losses: bool = False
+    uri: str,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+    with_losses: bool = False,
+    with_params: bool = True,
 ) -> SweepRecord:
     """A sweep of the store: the given parent run, else the latest sweep of the experiment.
 
     Without an experiment nor a parent run: the store's latest sweep, of whichever experiment.
     A SQLite store is read with plain SQL in a few queries (sqlite.py), without importing MLflow; a server
-    through MLflow's client.
+    through MLflow's client. with_params=False leaves the runs' params out of a SQLite store's record (compare and
+    plot read none; on a server they come with the runs anyway).
     """
     if is_http(uri):
         check_store(uri)  # one line now, rather than MLflow's retries and a traceback
@@ -302,7 +307,7 @@ def read_sweep(
         with one_connection(uri):
             if parent_run_id is None:
                 parent_run_id = _latest_sweep_sqlite(uri, experiment)
-            record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses)
+            record = sweep_record_sqlite(uri, parent_run_id, with_losses=with_losses, with_params=with_params)
     if experiment is not None and record.experiment != experiment:
         raise TrackingError(
             f"run {parent_run_id} is a sweep of experiment '{record.experiment}', not "
@@ -416,9 +421,11 @@ def sweep_record_sqlite(
     experiment: Experiment | None = None,
     with_losses: bool = False,
     known_losses: dict[str, tuple[float, ...]] | None = None,
+    with_params: bool = True,
 ) -> SweepRecord:
     """sweep_record on a SQLite store, in plain SQL: the finished runs, their latest metrics and (with_losses)
-    every `loss` history in one query each, instead of MLflow's search and a get_metric_history per run."""
+    every `loss` history in one query each, instead of MLflow's search and a get_metric_history per run
+    (with_params=False: the runs' params left out)."""
     known_losses = known_losses or {}
     parent = run_readonly(uri, parent_run_id)
     if parent is None:
@@ -436,7 +443,7 @@ def sweep_record_sqlite(
     finished = finished_runs_readonly(uri, experiment_id, FINISHED_RUNS_SQL)
     specs = experiment.specs()
     run_ids = [finished[spec.key][0] for spec in specs if spec.key in finished]  # the sweep's runs, grid order
-    params = params_of_runs_readonly(uri, run_ids)
+    params = params_of_runs_readonly(uri, run_ids) if with_params else {}
     losses: dict[str, list[tuple[int, float]]] = {}
     if with_losses and any(spec.key in finished and spec.key not in known_losses for spec in specs):
         unknown = [finished[spec.key][0] for spec in specs if spec.key in finished and spec.key not in known_losses]
