@@ -4,6 +4,11 @@
           whole processes into fresh SQLite stores, the writer counts alternated round by round: wall time,
           runs per second, the CPU of each writer process per run it wrote (the writers report their own
           usage, tracking/background.py) and of the sweep's process tree, and the load average.
+  parts   where a writer's CPU goes a run: in this process, a Recorder claims (blocks of 32, as a sweep does) and
+          writes --runs copies of one real 10-step result (record = none) into a fresh store, timing each part
+          (the claim reads, MLflow's create_run, log_batch, set_terminated) per --every runs, so that a part that
+          grows with the store shows; then bare MLflow (create_run with the same tags, one log_batch of the same
+          params, metrics and tags, set_terminated) writes the same records into another fresh store.
   lock    what bounds more writers on one SQLite file: in this process, a Recorder (as a writer runs it)
           claims and writes --runs real 10-step results into a fresh store, and per run it measures the
           writer's CPU and how long a write transaction held the database's write lock (from a transaction's
@@ -13,6 +18,7 @@
 Run it under the bench lock, never beside another benchmark:
   flock /tmp/tinytrain-bench.lock .venv/bin/python benchmarks/writers.py sweep --writers 1 2 --repeat 3
   flock /tmp/tinytrain-bench.lock .venv/bin/python benchmarks/writers.py lock --runs 300
+  flock /tmp/tinytrain-bench.lock .venv/bin/python benchmarks/writers.py parts --runs 10000
 """
 
 from __future__ import annotations
@@ -163,6 +169,101 @@ def lock(args) -> None:
     print(f"  writers before the lock binds: about {cpu / held:.1f}")
 
 
+class PartTimer:
+    """CPU seconds spent in chosen methods (process time, this thread), by label."""
+
+    def __init__(self):
+        self.spent: dict[str, float] = {}
+
+    def wrap(self, owner, name: str, label: str) -> None:
+        import functools
+
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            started = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.spent[label] = self.spent.get(label, 0.0) + time.process_time() - started
+
+        setattr(owner, name, timed)
+
+    def take(self) -> dict[str, float]:
+        spent, self.spent = self.spent, {}
+        return spent
+
+
+def parts(args) -> None:
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    from tinytrain.engines.sequential import train_safely
+    from tinytrain.spec import load_experiment
+    from tinytrain.tracking import store
+    from tinytrain.tracking.background import _for_the_writer
+    from tinytrain.tracking.provenance import environment
+    from tinytrain.tracking.recorder import Recorder
+    from tinytrain.tracking.sqlite import TunedConnections
+
+    experiment = load_experiment(ROOT / args.experiment, [f"steps={args.steps}", "record=none"])
+    specs = experiment.specs()[: args.runs]
+    trained = _for_the_writer(train_safely(specs[0]))
+    results = [dataclasses.replace(trained, spec=spec) for spec in specs]
+    timer = PartTimer()
+    timer.wrap(store.Store, "cell_states", "claim reads")
+    timer.wrap(mlflow.MlflowClient, "create_run", "create_run")
+    timer.wrap(mlflow.MlflowClient, "log_batch", "log_batch")
+    timer.wrap(mlflow.MlflowClient, "set_terminated", "set_terminated")
+
+    def report(who: str, first: int, count: int, cpu: float) -> None:
+        spent = ", ".join(f"{label} {1000 * value / count:.2f}" for label, value in sorted(timer.take().items()))
+        print(f"  {who} runs {first}-{first + count}: {1000 * cpu / count:.2f} ms of CPU a run ({spent})", flush=True)
+
+    print(f"{len(results)} runs of {args.steps} steps, record = none, fresh SQLite stores, load {load()}")
+    with tempfile.TemporaryDirectory(prefix="tinytrain-parts-") as scratch:
+        recorder = Recorder(f"sqlite:///{scratch}/ours.db")
+        recorder.open(experiment, specs, {})
+        timer.take()
+        cpu0, first = time.process_time(), 0
+        for start in range(0, len(results), 32):
+            block = results[start : start + 32]
+            recorder.claim_many([result.spec for result in block])
+            for result in block:
+                recorder.run_started(result.spec)
+                recorder.run_finished(result)
+            done = start + len(block)
+            if done - first >= args.every or done == len(results):
+                report("ours", first, done - first, time.process_time() - cpu0)
+                cpu0, first = time.process_time(), done
+        recorder.close("FINISHED")
+
+        uri = f"sqlite:///{scratch}/bare.db"
+        tuning = TunedConnections(uri).install()  # the same SQLite settings as a sweep's writer
+        client = mlflow.MlflowClient(uri)
+        experiment_id = client.create_experiment("bare", artifact_location=f"{scratch}/bare-artifacts")
+        parent = client.create_run(experiment_id).info.run_id
+        tags = {"tinytrain.kind": "run", "tinytrain.owner": "bare", **environment(), "mlflow.parentRunId": parent}
+        timer.take()
+        cpu0, first = time.process_time(), 0
+        for done, result in enumerate(results, 1):
+            run_tags = {**tags, "tinytrain.run_key": result.spec.key, "tinytrain.lease_until": f"{time.time():.3f}"}
+            run_id = client.create_run(experiment_id, run_name=result.spec.run_name, tags=run_tags).info.run_id
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, v, now, step) for k, history in result.logged_metrics().items() for step, v in history]
+            metrics += [Metric(k, v, now, 0) for k, v in result.view_metrics().items()]
+            end_tags = [RunTag("tinytrain.outcome", result.outcome)]
+            end_tags += [RunTag(f"tinytrain.{k}", v) for k, v in result.runtime.items()]
+            params = [Param(k, v) for k, v in result.spec.params().items()]
+            client.log_batch(run_id, metrics=metrics, params=params, tags=end_tags)
+            client.set_terminated(run_id, "FINISHED")
+            if done - first >= args.every or done == len(results):
+                report("bare", first, done - first, time.process_time() - cpu0)
+                cpu0, first = time.process_time(), done
+        tuning.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,8 +276,13 @@ def main() -> None:
     held.add_argument("--experiment", default="experiments/scale-1k.toml")
     held.add_argument("--steps", type=int, default=10)
     held.add_argument("--runs", type=int, default=300)
+    split = commands.add_parser("parts")
+    split.add_argument("--experiment", default="experiments/scale-10k.toml")
+    split.add_argument("--steps", type=int, default=10)
+    split.add_argument("--runs", type=int, default=2000)
+    split.add_argument("--every", type=int, default=1000)
     args = parser.parse_args()
-    sweep(args) if args.command == "sweep" else lock(args)
+    {"sweep": sweep, "lock": lock, "parts": parts}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,28 @@ def test_checkpoints_of_a_schedule_free_run_change_none_of_its_numbers():
     assert checkpointed.losses == plain.losses and checkpointed.runtime["evaluation"] == "exact"
     assert all(torch.equal(checkpointed.final_weights[k], v) for k, v in plain.final_weights.items())
     assert round_trip.losses != plain.losses and round_trip.runtime["evaluation"] == "round-trip"  # as before
+
+
+def test_a_result_goes_to_the_writer_with_its_weights_only_where_its_record_keeps_them():
+    """The hand-over to the writer process: weights as their files' bytes (model, weights), none at all with
+    record = none (the writer would throw them away); the rest of the result as trained."""
+    import pickle
+
+    from tinytrain.tracking.background import _for_the_writer
+    from tinytrain.tracking.model_files import SavedWeights
+
+    for record in ("model", "weights", "none"):
+        result = train_safely(one_spec(steps=4, checkpoint_every=2, record=record))
+        assert result.final_weights is not None and result.checkpoints
+        sent = pickle.loads(pickle.dumps(_for_the_writer(result)))
+        assert (sent.losses, sent.metrics, sent.outcome, sent.runtime) == (
+            result.losses,
+            result.metrics,
+            result.outcome,
+            result.runtime,
+        )
+        if record == "none":
+            assert sent.final_weights is None and sent.checkpoints == {}
+            assert len(pickle.dumps(sent)) < 20_000  # not the weights' size
+        else:
+            assert isinstance(sent.final_weights, SavedWeights) and set(sent.checkpoints) == set(result.checkpoints)

@@ -30,7 +30,7 @@ from typing import Any
 from tinytrain.results import RunResult
 from tinytrain.shutdown import exit_now
 from tinytrain.spec import Experiment, RunSpec
-from tinytrain.tracking.contract import TrackingError
+from tinytrain.tracking.contract import RECORD_NONE, TrackingError
 from tinytrain.tracking.location import is_http, server_failure
 from tinytrain.tracking.model_files import save_weights
 from tinytrain.tracking.recorder import (
@@ -341,10 +341,13 @@ def _running(pid: int) -> bool:
 def _for_the_writer(result: RunResult) -> RunResult:
     """A result whose weights travel as the bytes of their files (model_files.SavedWeights).
 
-    Saved here, where torch already is, so that the writer never imports it. Bytes also keep the message
-    whole by itself: torch makes tensors in a multiprocessing queue share memory through file descriptors
-    that the sending process serves, and if it died the writer could not read the results already sent.
+    Saved here, where torch already is, so that the writer never imports it; with record = none the writer
+    keeps no weights, so none are saved nor sent. Bytes also keep the message whole by itself: torch makes
+    tensors in a multiprocessing queue share memory through file descriptors that the sending process serves,
+    and if it died the writer could not read the results already sent.
     """
+    if result.spec.record == RECORD_NONE:
+        return dataclasses.replace(result, final_weights=None, checkpoints={})
 
     def saved(weights):
         return None if weights is None else save_weights(weights)

@@ -388,8 +388,9 @@ def cell_states_readonly(
 ) -> list[tuple[str, str, str, int, str | None, str | None, str | None]]:
     """(run id, run key, status, start time, outcome, lease, owner) of the active cell runs (KIND = run) of the
     given run keys that are RUNNING, or FINISHED and written by another owner than `me`: what claiming
-    decides on (store.Store.cell_states, held equal to its MLflow search by tests/unit/test_read.py), in one
-    query."""
+    decides on (store.Store.cell_states, held equal to its MLflow search by tests/cli/test_claims_store.py),
+    in one query. The wanted keys are a set each run key is looked up in (IN a subquery), not a table joined
+    to the run keys: a join compared every run key of the store with every wanted key, at every claim."""
     import json
 
     from tinytrain.tracking.contract import KIND, LEASE, OUTCOME, OWNER, RUN_KEY
@@ -401,12 +402,12 @@ def cell_states_readonly(
         uri,
         f"""SELECT runs.run_uuid, key_tag.value, runs.status, runs.start_time, {tag(OUTCOME)}, {tag(LEASE)},
                    {tag(OWNER)} AS owner
-            FROM json_each(:keys) AS wanted
-            JOIN tags AS key_tag ON key_tag.key = :key_tag AND key_tag.value = wanted.value
+            FROM tags AS key_tag
             JOIN runs ON runs.run_uuid = key_tag.run_uuid
             JOIN tags AS kind_tag ON kind_tag.run_uuid = runs.run_uuid AND kind_tag.key = :kind_tag
                                   AND kind_tag.value = 'run'
-            WHERE runs.experiment_id = :experiment_id AND runs.lifecycle_stage = 'active'
+            WHERE key_tag.key = :key_tag AND key_tag.value IN (SELECT value FROM json_each(:keys))
+              AND runs.experiment_id = :experiment_id AND runs.lifecycle_stage = 'active'
               AND (runs.status = 'RUNNING' OR (runs.status = 'FINISHED' AND owner IS NOT NULL AND owner != :me))""",
         {"keys": json.dumps(keys), "key_tag": RUN_KEY, "kind_tag": KIND, "experiment_id": experiment_id, "me": me},
     )

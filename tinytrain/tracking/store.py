@@ -499,6 +499,8 @@ class Store:
             tags += [RunTag(f"tinytrain.{key}", value) for key, value in result.runtime.items()]
             if result.error:
                 tags.append(RunTag(ERROR, result.error[:5000]))
+            if result.outcome == DIVERGED:  # at a glance in the UI's tables; the run's key and numbers stay as logged
+                tags.append(RunTag(RUN_NAME_TAG, diverged_run_name(result.spec)))  # MLflow renames the run too
             self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
             if models:
                 outputs = [LoggedModelOutput(model_id, step) for step, model_id in models.items()]
@@ -509,8 +511,6 @@ class Store:
             raise
         for model_id in models.values():
             self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
-        if result.outcome == DIVERGED:  # at a glance in the UI's tables; the run's key and numbers stay as logged
-            self.client.set_tag(run_id, RUN_NAME_TAG, diverged_run_name(result.spec))
         self.client.set_terminated(run_id, "FAILED" if result.outcome == FAILED else "FINISHED")
 
     def log_checkpoints(self, run_id: str, result: RunResult, experiment_id: str) -> dict[int, str]:
