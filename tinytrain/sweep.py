@@ -258,22 +258,24 @@ def shared_results(
 
 class BlockSize:
     """How many cells a sweep claims at once. At least `wave` (one per worker; the vmap engine's batch);
-    where it `grows`, as many as train in about CLAIM_AHEAD_SECONDS (measured on the last block) so that a
-    claim costs about one run's creation, but never more than half of what is left unclaimed, so that another
-    sweep starting meanwhile gets its share."""
+    where it `grows`, as many as train in about CLAIM_AHEAD_SECONDS (at the mean time a cell has taken so far)
+    so that a claim costs about one run's creation, but at most twice the last block and never more than half
+    of what is left unclaimed, so that another sweep gets its share. A block of cells that diverged at once
+    takes almost no time: measured alone, it would make the next block hold the rest of the grid, which this
+    sweep then trains while the others, with nothing left to claim, wait for it."""
 
     def __init__(self, wave: int, grows: bool = True):
         self.wave, self.grows = wave, grows
-        self.seconds_per_cell: float | None = None
+        self.cells, self.seconds, self.last = 0, 0.0, wave
 
     def next(self, left: int) -> int:
-        if not self.grows or self.seconds_per_cell is None:
+        if not self.grows or not self.cells:
             return self.wave
-        ahead = int(CLAIM_AHEAD_SECONDS / max(self.seconds_per_cell, 1e-3))
-        return max(self.wave, min(ahead, -(-left // 2)))
+        ahead = int(CLAIM_AHEAD_SECONDS / max(self.seconds / self.cells, 1e-3))
+        return max(self.wave, min(ahead, 2 * self.last, -(-left // 2)))
 
     def trained(self, cells: int, seconds: float) -> None:
-        self.seconds_per_cell = seconds / cells
+        self.cells, self.seconds, self.last = self.cells + cells, self.seconds + seconds, cells
 
 
 def _wave(experiment: Experiment, executor: str, jobs: int, cells: int) -> int:

@@ -52,11 +52,27 @@ def test_a_block_holds_a_few_seconds_of_training_and_at_most_half_of_what_is_lef
 
     size = BlockSize(wave=2)
     assert size.next(1000) == 2  # nothing trained yet: one cell per worker
-    size.trained(2, 0.2)  # 0.1 s a cell
-    assert size.next(1000) == int(CLAIM_AHEAD_SECONDS / 0.1)
+    size.trained(2, 0.2)  # 0.1 s a cell: at most twice the last block
+    assert size.next(1000) == 4
+    for _ in range(4):
+        size.trained(size.next(1000), 0.1 * size.next(1000))
+    assert size.next(1000) == int(CLAIM_AHEAD_SECONDS / 0.1)  # grown to a second of training
     assert size.next(20) == 10 and size.next(3) == 2
     size.trained(1, 60.0)  # long cells: still one per worker
     assert size.next(1000) == 2
+
+
+def test_a_block_that_diverged_at_once_does_not_make_the_next_one_take_the_rest_of_the_grid():
+    """Cells of about 1 s, then a block that diverged in milliseconds: the next block still holds about a
+    second of training (the mean so far), not half of the grid, so another sweep is not left waiting."""
+    from tinytrain.sweep import BlockSize
+
+    size = BlockSize(wave=1)
+    for _ in range(14):
+        size.trained(1, 1.1)
+    size.trained(3, 0.02)  # three cells that diverged at their first steps
+    assert size.next(26) <= 2
+
     fixed = BlockSize(wave=32, grows=False)  # the vmap engine's batch
     fixed.trained(32, 0.32)
     assert fixed.next(1000) == 32
