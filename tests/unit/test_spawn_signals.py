@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tinytrain.tracking.background import _sigint_ignored
+from tinytrain.signals import sigint_deferred
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def ctrl_c_raises():
 def test_a_ctrl_c_while_a_writer_is_spawned_reaches_the_sweep_once_the_spawn_is_done(ctrl_c_raises):
     reached = []
     with pytest.raises(KeyboardInterrupt):
-        with _sigint_ignored():
+        with sigint_deferred(ignore=True):
             # to this thread: a process-directed signal may go to a thread another test left behind
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(0.2)
@@ -37,6 +37,6 @@ def test_a_child_spawned_in_the_window_ignores_ctrl_c_from_its_first_instruction
     import sys
 
     code = "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"
-    with _sigint_ignored():
+    with sigint_deferred(ignore=True):
         child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert child.stdout.strip() == "True"

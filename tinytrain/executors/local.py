@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import threading
 from collections.abc import Iterator
 
 from tinytrain.engines.planner import BatchPlan, plan_batches
 from tinytrain.executors.base import Started, bounded
 from tinytrain.results import RunResult
+from tinytrain.signals import sigint_deferred
 from tinytrain.spec import RunSpec
 
 
@@ -76,26 +76,6 @@ def _note_interrupt(signum: int, frame) -> None:
     _interrupted = True
 
 
-@contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """A Ctrl-C held back while this thread spawns a worker, then raised: the worker inherits the blocked
-    mask, so a Ctrl-C during its start waits in it too; and this process does not stop half-way through
-    handing the new worker its start (which would print the worker's traceback)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            signal.raise_signal(signal.SIGINT)  # as if it came now
-
-
 def _start_worker() -> None:
     """A worker's start: a Ctrl-C from now on (or one held back since it was spawned) is noted, not raised;
     then one thread each (the spec sets its own count) to avoid oversubscription."""
@@ -152,7 +132,7 @@ class ProcessPool:
 
     def _submit(self, task, specs: list[RunSpec]):
         """A task for the pool, which spawns a worker for it when it has none idle: with SIGINT held back."""
-        with _sigint_held():
+        with sigint_deferred():
             return self.pool.submit(task, specs)
 
     def close(self, abandon: bool = False) -> None:

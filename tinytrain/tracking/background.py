@@ -15,7 +15,6 @@ the one a sweep waits for at its end, while the sweep's own has finished trainin
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -23,12 +22,12 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from tinytrain.results import RunResult
 from tinytrain.shutdown import exit_now
+from tinytrain.signals import sigint_deferred
 from tinytrain.spec import Experiment, RunSpec
 from tinytrain.tracking.contract import RECORD_NONE, TrackingError
 from tinytrain.tracking.location import is_http, server_failure
@@ -380,26 +379,6 @@ class WriterDied(TrackingError):
     """The writer process ended before the sweep closed it: nothing more can be written."""
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while a child is spawned: it inherits the disposition, and Python keeps it ignored.
-
-    SIGINT is also blocked meanwhile: Linux keeps a blocked signal pending even while it is ignored, so a
-    Ctrl-C pressed in this window reaches this process once the handler is back (it is not lost), and the
-    child, which inherits the mask too, never sees it before it ignores SIGINT for good.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
 class BackgroundRecorder:
     """A SweepRecorder whose calls are carried out by a Recorder in a writer process.
 
@@ -425,7 +404,9 @@ class BackgroundRecorder:
             name="tinytrain-writer",
             daemon=True,
         )
-        with _sigint_ignored():  # from its first instruction: Ctrl-C to the group must not kill it mid-import
+        with sigint_deferred(
+            ignore=True
+        ):  # from its first instruction: Ctrl-C to the group must not kill it mid-import
             self.process.start()
         self.run_writers = None  # more processes writing finished runs (writers.py), with `writers` > 1
         if writers > 1:

@@ -24,6 +24,7 @@ import multiprocessing
 import queue
 from typing import Any
 
+from tinytrain.signals import sigint_deferred
 from tinytrain.tracking.background import (
     MAX_RESULTS_IN_FLIGHT,
     Drain,
@@ -31,7 +32,6 @@ from tinytrain.tracking.background import (
     Stop,
     WriteRun,
     _serve,
-    _sigint_ignored,
     reply_ready,
 )
 from tinytrain.tracking.contract import TrackingError
@@ -49,7 +49,7 @@ class RunWriter:
             target=_serve, args=(uri, self.requests, self.replies, self.in_flight), name="tinytrain-run-writer"
         )
         self.process.daemon = True
-        with _sigint_ignored():
+        with sigint_deferred(ignore=True):
             self.process.start()
 
     def room(self) -> int:
