@@ -83,6 +83,18 @@ def group_alive(group: int) -> bool:
     return True
 
 
+def kill_group(process) -> None:
+    """SIGKILL a process started in its own group, and every process of the group (its writers too): returns
+    once they are all gone."""
+    import signal
+    import time
+
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    while group_alive(process.pid):
+        time.sleep(0.1)
+
+
 class Invoker(CliRunner):
     """click's runner, except that an exception other than SystemExit (click's own exits, exit codes) is raised
     in the test rather than kept in result.exception: a traceback a user would see fails the test as one."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import children, client, group_alive, invoke
+from tests.conftest import children, client, invoke, kill_group
 from tinytrain.engines.sequential import train
 from tinytrain.engines.state import saved_steps
 from tinytrain.spec import load_experiment
@@ -51,12 +50,8 @@ def kill_when_a_state_is_saved(process_groups, file: str, uri: str, lineage: str
         time.sleep(0.05)
     else:
         pytest.fail("no state saved within the time")
-    import os
 
-    os.killpg(sweep.pid, signal.SIGKILL)
-    sweep.wait(timeout=30)
-    while group_alive(sweep.pid):  # its writer process too
-        time.sleep(0.1)
+    kill_group(sweep)
     return saved_steps(folder, lineage)[-1]
 
 
@@ -208,7 +203,6 @@ def stopped_runs(uri: str) -> int:
 
 
 def test_a_killed_halving_sweep_resumes_at_the_rung_it_was_on(experiment_file, store_uri, process_groups, tmp_path):
-    import os
 
     file = experiment_file(HALVING.format(steps=2700, first=100))
     sweep = process_groups([sys.executable, "-m", "tinytrain", "sweep", file, "-q"], stdout=subprocess.DEVNULL)
@@ -216,10 +210,7 @@ def test_a_killed_halving_sweep_resumes_at_the_rung_it_was_on(experiment_file, s
     while not stopped_runs(store_uri):  # the first rung is ranked and its losers logged
         assert sweep.poll() is None and time.monotonic() < deadline, "the first rung never ended"
         time.sleep(0.1)
-    os.killpg(sweep.pid, signal.SIGKILL)
-    sweep.wait(timeout=30)
-    while group_alive(sweep.pid):
-        time.sleep(0.1)
+    kill_group(sweep)
     logged_before = stopped_runs(store_uri)
 
     resumed = invoke(["sweep", file, "-q"])

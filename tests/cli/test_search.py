@@ -173,13 +173,11 @@ def test_a_killed_grid_search_resumes_to_the_trials_and_runs_of_a_straight_one(
     """SIGKILL a real `tinytrain search --pruner seeds` process once it has logged some runs; run it again:
     the study holds the same finished trials (cells, states, values) as a search run straight through, and
     the store the same runs, none twice."""
-    import os
-    import signal
     import subprocess
     import sys
     import time
 
-    from tests.conftest import group_alive
+    from tests.conftest import kill_group
 
     file = experiment_file(CELLS)
     args = ["search", file, "--pruner", "seeds", "--runs", "14", "--trials", "200", "--sampler", sampler]
@@ -195,10 +193,7 @@ def test_a_killed_grid_search_resumes_to_the_trials_and_runs_of_a_straight_one(
             pass
         assert search.poll() is None, "the search ended before it was killed"
         time.sleep(0.05)
-    os.killpg(search.pid, signal.SIGKILL)
-    search.wait(timeout=30)
-    while group_alive(search.pid):
-        time.sleep(0.1)
+    kill_group(search)
     resumed = invoke(args)
     assert resumed.exit_code == 0, resumed.output
     straight = f"sqlite:///{tmp_path / 'straight' / 'mlflow.db'}"

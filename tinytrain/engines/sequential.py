@@ -79,6 +79,11 @@ def plugin_provenance(spec: RunSpec) -> dict[str, str]:
 EVALUATION, EXACT_EVALUATION, ROUND_TRIP_EVALUATION = "evaluation", "exact", "round-trip"
 
 
+def switches_weights(optimizer) -> bool:
+    """Whether an optimizer is evaluated on other weights than it trains (schedule-free: eval() and train())."""
+    return hasattr(optimizer, "eval") and hasattr(optimizer, "train")
+
+
 @contextlib.contextmanager
 def evaluation_mode(optimizer, round_trip: bool = False) -> Iterator[None]:
     """The weights to evaluate: schedule-free optimizers train on one sequence of weights and are evaluated
@@ -88,7 +93,7 @@ def evaluation_mode(optimizer, round_trip: bool = False) -> Iterator[None]:
     exact inverse: the training weights are kept here and put back bit for bit, so that evaluating
     (eval_every, checkpoint_every, a budget's stop) never changes what a run computes. `round_trip` leaves
     them to train(), as runs recorded before this were trained (reproduce asks for it)."""
-    switches = hasattr(optimizer, "eval") and hasattr(optimizer, "train")
+    switches = switches_weights(optimizer)
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     if switches:
         if not round_trip:
@@ -106,7 +111,7 @@ def evaluation_mode(optimizer, round_trip: bool = False) -> Iterator[None]:
 
 def evaluation_runtime(optimizer, spec: RunSpec) -> dict[str, str]:
     """The runtime tag of an optimizer that switches weights to be evaluated: how they come back."""
-    if not (hasattr(optimizer, "eval") and hasattr(optimizer, "train")):
+    if not switches_weights(optimizer):
         return {}
     return {EVALUATION: ROUND_TRIP_EVALUATION if spec.round_trip_evaluation else EXACT_EVALUATION}
 
